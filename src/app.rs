@@ -1,0 +1,203 @@
+//! Wiring for the binary: builds the store and authority from the checked
+//! configuration and runs the chosen command.
+
+use crate::config::{
+    BootstrapArgs, Cli, Command, ConfigError, ProtosetArgs, ServeArgs, StoreArgs, StoreChoice,
+};
+use crate::server::{self, ServerOptions};
+use crate::service::{Authority, AuthorityOptions};
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Name of the admin identity dev mode creates.
+pub const DEV_ADMIN_NAME: &str = "dev_admin";
+
+/// Logs go to stderr (stdout carries tokens a script may capture), filtered
+/// by `RUST_LOG`, `info` by default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Why the binary stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    /// The authority refused (e.g. bootstrap when an admin exists).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Runs the command the command line chose.
+pub async fn run(cli: Cli) -> Result<(), RunError> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::BootstrapAdmin(args)) => bootstrap_admin(args).await,
+        Some(Command::Protoset(args)) => protoset(args),
+    }
+}
+
+/// Builds the authority over the configured store.
+async fn open_authority(args: &StoreArgs) -> Result<(Arc<Authority>, bool), RunError> {
+    let config = args.load()?;
+    let options = AuthorityOptions {
+        token_prefix: config.token_prefix,
+    };
+    let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
+        StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
+        StoreChoice::Redis(url) => {
+            let options = RedisOptions {
+                url,
+                key_prefix: args.redis_prefix.clone(),
+                connect_timeout: args.redis_timeout,
+                response_timeout: args.redis_timeout,
+            };
+            let store = RedisStore::connect(&options, args.redis_connect_wait)
+                .await
+                .map_err(|e| ConfigError(format!("cannot reach Redis: {e}")))?;
+            match store.maxmemory_policy().await.as_deref() {
+                Some("noeviction") => {}
+                Some(policy) => tracing::warn!(
+                    policy,
+                    "Redis maxmemory-policy is not noeviction: under memory pressure Redis may evict keyrack's records, \
+                     including rolled keys in grace; set `maxmemory-policy noeviction`"
+                ),
+                None => tracing::warn!(
+                    "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
+                ),
+            }
+            (Arc::new(store), false)
+        }
+    };
+    Ok((
+        Arc::new(Authority::new(store, config.hasher, options)),
+        dev_mode,
+    ))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let (authority, dev_mode) = open_authority(&args.store).await?;
+    if !dev_mode && args.admin_token_file.is_some() {
+        return Err(ConfigError(
+            "--admin-token-file is for dev mode; use `keyrack bootstrap-admin` with Redis".into(),
+        )
+        .into());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
+    if dev_mode {
+        tracing::warn!(
+            "dev mode: embedded in-memory store; all state is lost on exit (use --redis-url in production)"
+        );
+        let (_, minted) = authority
+            .create_admin(DEV_ADMIN_NAME, "created by dev mode")
+            .await
+            .map_err(|e| RunError::Refused(format!("cannot create the dev admin: {e}")))?;
+        if let Some(path) = &args.admin_token_file {
+            write_private_file(path, minted.token.expose()).map_err(|e| {
+                ConfigError(format!(
+                    "cannot write --admin-token-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        println!("dev admin token: {}", minted.token.expose());
+        let _ = std::io::stdout().flush();
+    }
+    tracing::info!(address = %listener.local_addr().map_err(|e| ConfigError(e.to_string()))?, "keyrack listening");
+    let options = ServerOptions {
+        reflection: args.reflection,
+        shutdown_timeout: args.shutdown_timeout,
+        ..ServerOptions::default()
+    };
+    server::serve(listener, authority, options, shutdown_signal()).await?;
+    tracing::info!("keyrack stopped");
+    Ok(())
+}
+
+async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
+    if args.store.redis_url.is_none() {
+        return Err(ConfigError(
+            "bootstrap-admin needs --redis-url: the embedded store lives only inside `keyrack serve`, which prints its own dev admin token".into(),
+        )
+        .into());
+    }
+    crate::domain::names::parse_name(&args.name).map_err(|e| ConfigError(format!("--name {e}")))?;
+    let (authority, _) = open_authority(&args.store).await?;
+    let refused = |e: crate::domain::Error| RunError::Refused(e.to_string());
+    if !args.force && authority.admin_exists().await.map_err(refused)? {
+        return Err(RunError::Refused(
+            "an admin identity already exists; pass --force to create another".into(),
+        ));
+    }
+    let (identity, minted) = authority
+        .create_admin(&args.name, "created by keyrack bootstrap-admin")
+        .await
+        .map_err(refused)?;
+    tracing::info!(identity_id = %identity.id, name = %identity.name, "admin created");
+    println!("{}", minted.token.expose());
+    Ok(())
+}
+
+fn protoset(args: ProtosetArgs) -> Result<(), RunError> {
+    let bytes = crate::proto::protoset();
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, &bytes),
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .and_then(|()| std::io::stdout().flush()),
+    };
+    written.map_err(|e| ConfigError(format!("cannot write the descriptor set: {e}")).into())
+}
+
+/// Writes `content` to a file only its owner can read.
+fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only when the file is created; tighten an existing one.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{content}")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops keyrack");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,214 @@
+//! The command line: flags, their `KEYRACK_*` variables, and the checks that
+//! run before anything binds a port.
+
+use crate::domain::token::TokenPrefix;
+use crate::grpc::reflection::ReflectionAccess;
+use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// keyrack: a credential authority for internal microservices.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyrack",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (the default).
+    Serve(ServeArgs),
+    /// Create the first admin identity and print its token on stdout.
+    BootstrapAdmin(BootstrapArgs),
+    /// Write the protobuf descriptor set, for `grpcurl -protoset`.
+    Protoset(ProtosetArgs),
+}
+
+/// Where state lives and how secrets are keyed.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Redis URL (redis://, rediss:// or unix://). Without it keyrack runs in
+    /// dev mode on an embedded in-memory store whose state is lost on exit.
+    #[arg(long, env = "KEYRACK_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key keyrack writes.
+    #[arg(long, env = "KEYRACK_REDIS_PREFIX", default_value = "keyrack:")]
+    pub redis_prefix: String,
+    /// Bound on each Redis connection attempt and each reply.
+    #[arg(long, env = "KEYRACK_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// How long to keep trying to reach Redis at start before giving up.
+    #[arg(long, env = "KEYRACK_REDIS_CONNECT_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub redis_connect_wait: Duration,
+    /// File holding the server secret (at least 32 bytes, e.g. `openssl rand
+    /// -base64 32`; a trailing newline is ignored). Required with Redis. It is
+    /// argon2's pepper and never enters Redis.
+    #[arg(long, env = "KEYRACK_SERVER_SECRET_FILE")]
+    pub server_secret_file: Option<PathBuf>,
+    /// Version of the server secret, written into every new hash.
+    #[arg(long, env = "KEYRACK_SERVER_SECRET_VERSION", default_value_t = 1)]
+    pub server_secret_version: u32,
+    /// The previous server secret, still accepted for hashes made under
+    /// version `--server-secret-version` minus one (for rotation).
+    #[arg(long, env = "KEYRACK_PREVIOUS_SERVER_SECRET_FILE")]
+    pub previous_server_secret_file: Option<PathBuf>,
+    /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
+    #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
+    pub token_prefix: String,
+}
+
+/// Flags of `keyrack serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYRACK_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Dev mode only: also write the dev admin token to this file (mode 0600).
+    #[arg(long, env = "KEYRACK_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Who may use gRPC server reflection: callers with an admin token
+    /// (gated), anyone (open), or nobody (off).
+    #[arg(long, env = "KEYRACK_REFLECTION", value_enum, default_value = "gated")]
+    pub reflection: ReflectionAccess,
+    /// How long in-flight calls may take to finish at shutdown.
+    #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Store and secret flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Flags of `keyrack bootstrap-admin`.
+#[derive(Debug, Clone, Args)]
+pub struct BootstrapArgs {
+    /// Name of the admin identity to create.
+    #[arg(long, env = "KEYRACK_BOOTSTRAP_NAME")]
+    pub name: String,
+    /// Create it even when an admin already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Store and secret flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Flags of `keyrack protoset`.
+#[derive(Debug, Clone, Args)]
+pub struct ProtosetArgs {
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// A configuration problem, reported in one line before anything binds.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The store a process will use.
+#[derive(Debug)]
+pub enum StoreChoice {
+    /// Dev mode.
+    Memory,
+    /// A standalone Redis at this URL.
+    Redis(String),
+}
+
+/// Store and secret settings, checked.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// Which store.
+    pub store: StoreChoice,
+    /// The hasher keyed with the server secret(s).
+    pub hasher: SecretHasher,
+    /// The token prefix.
+    pub token_prefix: TokenPrefix,
+}
+
+fn read_secret(path: &Path, version: u32) -> Result<ServerSecret, ConfigError> {
+    let content = std::fs::read(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read server secret file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut bytes = Zeroizing::new(content);
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(ServerSecret { version, bytes })
+}
+
+impl StoreArgs {
+    /// Checks the flags and reads the server secret(s).
+    pub fn load(&self) -> Result<StoreConfig, ConfigError> {
+        let token_prefix = TokenPrefix::parse(&self.token_prefix)
+            .map_err(|e| ConfigError(format!("--token-prefix: {e}")))?;
+        if self.redis_prefix.contains(['{', '}']) {
+            return Err(ConfigError(
+                "--redis-prefix must not contain { or } (hash tags are keyrack's)".into(),
+            ));
+        }
+        let Some(url) = &self.redis_url else {
+            if self.server_secret_file.is_some() {
+                tracing::warn!(
+                    "--server-secret-file is ignored in dev mode: a random secret is used"
+                );
+            }
+            return Ok(StoreConfig {
+                store: StoreChoice::Memory,
+                hasher: SecretHasher::ephemeral(),
+                token_prefix,
+            });
+        };
+        let path = self.server_secret_file.as_deref().ok_or_else(|| {
+            ConfigError(
+                "--server-secret-file (KEYRACK_SERVER_SECRET_FILE) is required with --redis-url: \
+                 a file of at least 32 bytes, e.g. from `openssl rand -base64 32`"
+                    .into(),
+            )
+        })?;
+        let current = read_secret(path, self.server_secret_version)?;
+        let previous = match &self.previous_server_secret_file {
+            Some(path) if self.server_secret_version > 1 => {
+                vec![read_secret(path, self.server_secret_version - 1)?]
+            }
+            Some(_) => {
+                return Err(ConfigError(
+                    "--previous-server-secret-file needs --server-secret-version of 2 or more"
+                        .into(),
+                ));
+            }
+            None => Vec::new(),
+        };
+        let hasher = SecretHasher::new(current, previous, HashPolicy::default())
+            .map_err(|e| ConfigError(format!("--server-secret-file: {e}")))?;
+        redis::parse_redis_url(url).ok_or_else(|| {
+            ConfigError(format!(
+                "--redis-url {url:?} is not a redis://, rediss:// or unix:// URL"
+            ))
+        })?;
+        Ok(StoreConfig {
+            store: StoreChoice::Redis(url.clone()),
+            hasher,
+            token_prefix,
+        })
+    }
+}

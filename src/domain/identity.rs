@@ -1,0 +1,91 @@
+//! Identities: the principals that own keys.
+
+use super::cidr;
+use super::ids::IdentityId;
+use super::time::UnixMillis;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// What kind of principal an identity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// A service or machine, managed through the Admin API.
+    Service,
+    /// A person provisioned by the identity provider over SCIM.
+    Person,
+}
+
+/// Whether an identity or key may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Usable.
+    Active,
+    /// Refused until enabled again.
+    Disabled,
+}
+
+/// A principal as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Public, stable id.
+    pub id: IdentityId,
+    /// Unique in the authority.
+    pub name: String,
+    /// Free text for operators.
+    pub description: String,
+    /// Service or person.
+    pub kind: IdentityKind,
+    /// Active or disabled.
+    pub state: State,
+    /// Datasets this identity may access.
+    pub datasets: Vec<String>,
+    /// Where its keys may be used from; empty means anywhere.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Whether it may call AdminService.
+    pub admin: bool,
+    /// When it and all its keys stop working.
+    pub expire_time: Option<UnixMillis>,
+    /// When it was created.
+    pub create_time: UnixMillis,
+    /// When it was last changed.
+    pub update_time: UnixMillis,
+    /// The identity provider's id, for SCIM-provisioned people.
+    pub external_id: Option<String>,
+    /// Incremented by every write; a write names the revision it read, so a
+    /// concurrent change is detected instead of overwritten.
+    pub revision: u64,
+}
+
+impl Identity {
+    /// A new active service identity.
+    pub fn new_service(name: String, description: String, now: UnixMillis) -> Self {
+        Self {
+            id: IdentityId::generate(),
+            name,
+            description,
+            kind: IdentityKind::Service,
+            state: State::Active,
+            datasets: Vec::new(),
+            allowed_cidrs: Vec::new(),
+            admin: false,
+            expire_time: None,
+            create_time: now,
+            update_time: now,
+            external_id: None,
+            revision: 0,
+        }
+    }
+
+    /// Whether the identity has expired at `now` (a store may still hold it
+    /// for a moment after its deadline).
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        self.expire_time.is_some_and(|deadline| deadline <= now)
+    }
+
+    /// Whether keys of this identity may be used from `address`.
+    pub fn permits_address(&self, key_cidrs: &[IpNet], address: Option<std::net::IpAddr>) -> bool {
+        cidr::permits(&[&self.allowed_cidrs, key_cidrs], address)
+    }
+}

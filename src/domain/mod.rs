@@ -1,0 +1,21 @@
+//! Pure types and rules of the authority. Nothing here knows about gRPC,
+//! protobuf or Redis; every value that exists past a `parse` is valid.
+
+pub mod cidr;
+pub mod error;
+pub mod identity;
+pub mod ids;
+pub mod key;
+pub mod names;
+pub mod secret;
+pub mod time;
+pub mod token;
+pub mod verdict;
+
+pub use error::{Error, FieldViolation, Violations};
+pub use identity::{Identity, IdentityKind, State};
+pub use ids::{IdentityId, KeyId};
+pub use key::ApiKey;
+pub use secret::SecretString;
+pub use time::UnixMillis;
+pub use verdict::{Verdict, VerifyCode};

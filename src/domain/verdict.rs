@@ -1,0 +1,53 @@
+//! Verify's decision on a token.
+
+use super::{ApiKey, Identity, UnixMillis};
+
+/// Why a token was accepted or refused. Reasons after `Unknown` are given only
+/// once the secret matched, so they never help guess a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyCode {
+    /// Valid.
+    Valid,
+    /// Not of keyrack's format, or a bad checksum.
+    Malformed,
+    /// No such key, wrong secret, expired or revoked: one answer for all.
+    Unknown,
+    /// The key or its identity is disabled.
+    Disabled,
+    /// The caller's address is outside the allow-list, or unknown.
+    IpNotAllowed,
+    /// The identity has no access to the requested dataset.
+    DatasetNotAllowed,
+}
+
+/// The outcome of Verify: the code and, once the secret matched, the owner.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The decision.
+    pub code: VerifyCode,
+    /// The key and its identity, present once the secret matched.
+    pub subject: Option<(ApiKey, Identity)>,
+}
+
+impl Verdict {
+    /// A refusal that says nothing about the key.
+    pub fn refused(code: VerifyCode) -> Self {
+        Self {
+            code,
+            subject: None,
+        }
+    }
+
+    /// Whether the token is valid.
+    pub fn is_valid(&self) -> bool {
+        self.code == VerifyCode::Valid
+    }
+
+    /// When the token stops working: the earliest of the key's expiry, its
+    /// grace deadline and its identity's expiry.
+    pub fn expire_time(&self) -> Option<UnixMillis> {
+        self.subject
+            .as_ref()
+            .and_then(|(key, identity)| key.record_deadline(identity.expire_time))
+    }
+}

@@ -1,0 +1,281 @@
+//! AdminService. Every method authenticates the caller as an admin first.
+
+use super::{bearer_token, convert};
+use crate::domain::{Error, State};
+use crate::proto::{self, admin_service_server::AdminService};
+use crate::service::{Authority, Caller};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct AdminApi {
+    authority: Arc<Authority>,
+}
+
+impl AdminApi {
+    /// Serves the Admin API from `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let caller = self
+            .authority
+            .authenticate_admin(bearer_token(request.metadata()), peer)
+            .await?;
+        tracing::Span::current().record("actor", tracing::field::display(&caller.identity.id));
+        Ok(caller)
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::from(Error::Unimplemented(what.to_owned()))
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    #[tracing::instrument(name = "CreateIdentity", skip_all, fields(actor))]
+    async fn create_identity(
+        &self,
+        request: Request<proto::CreateIdentityRequest>,
+    ) -> Reply<proto::CreateIdentityResponse> {
+        self.authorize(&request).await?;
+        let input = convert::new_identity_in(request.into_inner())?;
+        let (identity, minted) = self.authority.create_identity(input).await?;
+        Ok(Response::new(proto::CreateIdentityResponse {
+            identity: Some(convert::identity_out(identity)),
+            key: Some(convert::key_out(minted.key)),
+            token: minted.token.expose().to_owned(),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetIdentity", skip_all, fields(actor))]
+    async fn get_identity(
+        &self,
+        request: Request<proto::GetIdentityRequest>,
+    ) -> Reply<proto::Identity> {
+        self.authorize(&request).await?;
+        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
+        Ok(Response::new(convert::identity_out(
+            self.authority.get_identity(&id).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "ListIdentities", skip_all, fields(actor))]
+    async fn list_identities(
+        &self,
+        request: Request<proto::ListIdentitiesRequest>,
+    ) -> Reply<proto::ListIdentitiesResponse> {
+        self.authorize(&request).await?;
+        let request = request.into_inner();
+        if !request.filter.is_empty() {
+            return Err(
+                Error::invalid("filter", "filters are not supported by this server").into(),
+            );
+        }
+        let page = convert::page_in(request.page_size, request.page_token)?;
+        let page = self.authority.list_identities(&page, |_| true).await?;
+        Ok(Response::new(proto::ListIdentitiesResponse {
+            identities: page.items.into_iter().map(convert::identity_out).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "UpdateIdentity", skip_all, fields(actor))]
+    async fn update_identity(
+        &self,
+        request: Request<proto::UpdateIdentityRequest>,
+    ) -> Reply<proto::Identity> {
+        self.authorize(&request).await?;
+        let (id, changes) = convert::identity_changes_in(request.into_inner())?;
+        Ok(Response::new(convert::identity_out(
+            self.authority.update_identity(&id, changes).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "DisableIdentity", skip_all, fields(actor))]
+    async fn disable_identity(
+        &self,
+        request: Request<proto::DisableIdentityRequest>,
+    ) -> Reply<proto::Identity> {
+        self.authorize(&request).await?;
+        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
+        Ok(Response::new(convert::identity_out(
+            self.authority
+                .set_identity_state(&id, State::Disabled)
+                .await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "EnableIdentity", skip_all, fields(actor))]
+    async fn enable_identity(
+        &self,
+        request: Request<proto::EnableIdentityRequest>,
+    ) -> Reply<proto::Identity> {
+        self.authorize(&request).await?;
+        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
+        Ok(Response::new(convert::identity_out(
+            self.authority
+                .set_identity_state(&id, State::Active)
+                .await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "DeleteIdentity", skip_all, fields(actor))]
+    async fn delete_identity(
+        &self,
+        request: Request<proto::DeleteIdentityRequest>,
+    ) -> Reply<proto::DeleteIdentityResponse> {
+        self.authorize(&request).await?;
+        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
+        self.authority.delete_identity(&id).await?;
+        Ok(Response::new(proto::DeleteIdentityResponse {}))
+    }
+
+    #[tracing::instrument(name = "CreateKey", skip_all, fields(actor))]
+    async fn create_key(
+        &self,
+        request: Request<proto::CreateKeyRequest>,
+    ) -> Reply<proto::CreateKeyResponse> {
+        self.authorize(&request).await?;
+        let input = convert::new_key_in(request.into_inner())?;
+        let minted = self.authority.create_key(input).await?;
+        Ok(Response::new(proto::CreateKeyResponse {
+            key: Some(convert::key_out(minted.key)),
+            token: minted.token.expose().to_owned(),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetKey", skip_all, fields(actor))]
+    async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Reply<proto::ApiKey> {
+        self.authorize(&request).await?;
+        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
+        Ok(Response::new(convert::key_out(
+            self.authority.get_key(&id).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "ListKeys", skip_all, fields(actor))]
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Reply<proto::ListKeysResponse> {
+        self.authorize(&request).await?;
+        let request = request.into_inner();
+        let identity = convert::identity_id_in("identity_id", &request.identity_id)?;
+        let page = convert::page_in(request.page_size, request.page_token)?;
+        let page = self.authority.list_keys(&identity, &page).await?;
+        Ok(Response::new(proto::ListKeysResponse {
+            keys: page.items.into_iter().map(convert::key_out).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "UpdateKey", skip_all, fields(actor))]
+    async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Reply<proto::ApiKey> {
+        self.authorize(&request).await?;
+        let (id, changes) = convert::key_changes_in(request.into_inner())?;
+        Ok(Response::new(convert::key_out(
+            self.authority.update_key(&id, changes).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "DisableKey", skip_all, fields(actor))]
+    async fn disable_key(
+        &self,
+        request: Request<proto::DisableKeyRequest>,
+    ) -> Reply<proto::ApiKey> {
+        self.authorize(&request).await?;
+        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
+        Ok(Response::new(convert::key_out(
+            self.authority.set_key_state(&id, State::Disabled).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "EnableKey", skip_all, fields(actor))]
+    async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Reply<proto::ApiKey> {
+        self.authorize(&request).await?;
+        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
+        Ok(Response::new(convert::key_out(
+            self.authority.set_key_state(&id, State::Active).await?,
+        )))
+    }
+
+    #[tracing::instrument(name = "RollKey", skip_all, fields(actor))]
+    async fn roll_key(
+        &self,
+        request: Request<proto::RollKeyRequest>,
+    ) -> Reply<proto::RollKeyResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("RollKey"))
+    }
+
+    #[tracing::instrument(name = "RevokeKey", skip_all, fields(actor))]
+    async fn revoke_key(
+        &self,
+        request: Request<proto::RevokeKeyRequest>,
+    ) -> Reply<proto::RevokeKeyResponse> {
+        self.authorize(&request).await?;
+        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
+        self.authority.revoke_key(&id).await?;
+        Ok(Response::new(proto::RevokeKeyResponse {}))
+    }
+
+    #[tracing::instrument(name = "CreateDataset", skip_all, fields(actor))]
+    async fn create_dataset(
+        &self,
+        request: Request<proto::CreateDatasetRequest>,
+    ) -> Reply<proto::CreateDatasetResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("CreateDataset"))
+    }
+
+    #[tracing::instrument(name = "GetDataset", skip_all, fields(actor))]
+    async fn get_dataset(
+        &self,
+        request: Request<proto::GetDatasetRequest>,
+    ) -> Reply<proto::Dataset> {
+        self.authorize(&request).await?;
+        Err(unimplemented("GetDataset"))
+    }
+
+    #[tracing::instrument(name = "ListDatasets", skip_all, fields(actor))]
+    async fn list_datasets(
+        &self,
+        request: Request<proto::ListDatasetsRequest>,
+    ) -> Reply<proto::ListDatasetsResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("ListDatasets"))
+    }
+
+    #[tracing::instrument(name = "DeleteDataset", skip_all, fields(actor))]
+    async fn delete_dataset(
+        &self,
+        request: Request<proto::DeleteDatasetRequest>,
+    ) -> Reply<proto::DeleteDatasetResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("DeleteDataset"))
+    }
+
+    #[tracing::instrument(name = "EnrollTotp", skip_all, fields(actor))]
+    async fn enroll_totp(
+        &self,
+        request: Request<proto::EnrollTotpRequest>,
+    ) -> Reply<proto::EnrollTotpResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("EnrollTotp"))
+    }
+
+    #[tracing::instrument(name = "ConfirmTotp", skip_all, fields(actor))]
+    async fn confirm_totp(
+        &self,
+        request: Request<proto::ConfirmTotpRequest>,
+    ) -> Reply<proto::ConfirmTotpResponse> {
+        self.authorize(&request).await?;
+        Err(unimplemented("ConfirmTotp"))
+    }
+}

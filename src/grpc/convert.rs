@@ -1,0 +1,443 @@
+//! Proto ↔ domain: every request field is checked here, all at once, so a
+//! caller sees every problem in one INVALID_ARGUMENT with field violations.
+
+use crate::domain::cidr;
+use crate::domain::names::{parse_description, parse_name};
+use crate::domain::{
+    ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
+};
+use crate::proto;
+use crate::service::{IdentityChanges, KeyChanges, NewIdentity, NewKey, PageRequest};
+use ipnet::IpNet;
+
+/// Latest instant a timestamp may name: the end of year 9999, as
+/// google.protobuf.Timestamp defines.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A request's timestamp as milliseconds, refusing values outside
+/// google.protobuf.Timestamp's range.
+pub fn timestamp_in(time: &prost_types::Timestamp) -> Result<UnixMillis, String> {
+    if !(0..1_000_000_000).contains(&time.nanos) {
+        return Err("nanos must be between 0 and 999,999,999".into());
+    }
+    if !(0..=MAX_TIMESTAMP_SECONDS).contains(&time.seconds) {
+        return Err("must be between 1970-01-01 and 9999-12-31".into());
+    }
+    Ok(UnixMillis(
+        time.seconds * 1000 + i64::from(time.nanos / 1_000_000),
+    ))
+}
+
+/// Milliseconds as a google.protobuf.Timestamp.
+pub fn timestamp_out(time: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.0.div_euclid(1000),
+        nanos: (time.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn state_out(state: State) -> proto::State {
+    match state {
+        State::Active => proto::State::Active,
+        State::Disabled => proto::State::Disabled,
+    }
+}
+
+/// A domain identity kind as the proto enum.
+pub fn kind_out(kind: IdentityKind) -> proto::IdentityKind {
+    match kind {
+        IdentityKind::Service => proto::IdentityKind::Service,
+        IdentityKind::Person => proto::IdentityKind::Person,
+    }
+}
+
+/// An identity as the API shows it.
+pub fn identity_out(identity: Identity) -> proto::Identity {
+    proto::Identity {
+        id: identity.id.to_string(),
+        name: identity.name,
+        description: identity.description,
+        kind: kind_out(identity.kind).into(),
+        state: state_out(identity.state).into(),
+        datasets: identity.datasets,
+        allowed_cidrs: identity
+            .allowed_cidrs
+            .iter()
+            .map(IpNet::to_string)
+            .collect(),
+        admin: identity.admin,
+        expire_time: identity.expire_time.map(timestamp_out),
+        create_time: Some(timestamp_out(identity.create_time)),
+        update_time: Some(timestamp_out(identity.update_time)),
+        external_id: identity.external_id.unwrap_or_default(),
+    }
+}
+
+/// A key as the API shows it: never its hash.
+pub fn key_out(key: ApiKey) -> proto::ApiKey {
+    proto::ApiKey {
+        in_grace: key.in_grace(),
+        id: key.id.to_string(),
+        identity_id: key.identity_id.to_string(),
+        name: key.name,
+        description: key.description,
+        state: state_out(key.state).into(),
+        create_time: Some(timestamp_out(key.create_time)),
+        expire_time: key.expire_time.map(timestamp_out),
+        last_use_time: key.last_use_time.map(timestamp_out),
+        rolled_from: key.rolled_from.map(|id| id.to_string()).unwrap_or_default(),
+        rolled_to: key.rolled_to.map(|id| id.to_string()).unwrap_or_default(),
+        grace_expire_time: key.grace_expire_time.map(timestamp_out),
+        token_hint: key.token_hint,
+        allowed_cidrs: key.allowed_cidrs.iter().map(IpNet::to_string).collect(),
+    }
+}
+
+/// Most datasets on one identity.
+pub const MAX_DATASETS: usize = 256;
+
+fn check_cidrs(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<IpNet> {
+    match cidr::parse_cidrs(field, entries) {
+        Ok(nets) => nets,
+        Err(errors) => {
+            for (field, why) in errors {
+                violations.add(field, why);
+            }
+            Vec::new()
+        }
+    }
+}
+
+fn check_datasets(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<String> {
+    if entries.len() > MAX_DATASETS {
+        violations.add(field, format!("at most {MAX_DATASETS} datasets"));
+        return Vec::new();
+    }
+    let mut names: Vec<String> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        match parse_name(entry) {
+            Ok(name) if names.contains(&name) => violations.add(
+                format!("{field}[{index}]"),
+                format!("{name:?} is listed twice"),
+            ),
+            Ok(name) => names.push(name),
+            Err(why) => violations.add(format!("{field}[{index}]"), why.to_string()),
+        }
+    }
+    names
+}
+
+fn check_expire(
+    violations: &mut Violations,
+    field: &str,
+    time: Option<&prost_types::Timestamp>,
+) -> Option<UnixMillis> {
+    time.and_then(|time| violations.check(field, timestamp_in(time)))
+}
+
+/// Checks an id field.
+pub fn identity_id_in(field: &str, text: &str) -> Result<IdentityId, Error> {
+    IdentityId::parse(text).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+/// Checks a key id field.
+pub fn key_id_in(field: &str, text: &str) -> Result<KeyId, Error> {
+    KeyId::parse(text).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+/// Checks page_size and page_token.
+pub fn page_in(page_size: i32, page_token: String) -> Result<PageRequest, Error> {
+    let page_size = usize::try_from(page_size)
+        .map_err(|_| Error::invalid("page_size", "must not be negative"))?;
+    if page_token.len() > 256 {
+        return Err(Error::invalid(
+            "page_token",
+            "is not a token this API returned",
+        ));
+    }
+    Ok(PageRequest {
+        page_size,
+        page_token,
+    })
+}
+
+/// Checks a CreateIdentityRequest.
+pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdentity, Error> {
+    let mut violations = Violations::new();
+    let name = violations.check("name", parse_name(&request.name));
+    let description = violations.check("description", parse_description(&request.description));
+    let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
+    let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
+    violations.finish()?;
+    Ok(NewIdentity {
+        name: name.unwrap_or_default(),
+        description: description.unwrap_or_default(),
+        datasets,
+        allowed_cidrs,
+        admin: request.admin,
+        expire_time,
+    })
+}
+
+/// Checks a CreateKeyRequest.
+pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
+    let mut violations = Violations::new();
+    let identity_id = violations.check("identity_id", IdentityId::parse(&request.identity_id));
+    let name = violations.check("name", parse_name(&request.name));
+    let description = violations.check("description", parse_description(&request.description));
+    let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
+    violations.finish()?;
+    Ok(NewKey {
+        identity_id: identity_id.expect("checked above"),
+        name: name.unwrap_or_default(),
+        description: description.unwrap_or_default(),
+        expire_time,
+        allowed_cidrs,
+    })
+}
+
+/// The mask's paths, accepting proto names and their JSON (lowerCamelCase)
+/// spellings; `*` means every path in `allowed`.
+fn mask_paths(
+    violations: &mut Violations,
+    mask: Option<&prost_types::FieldMask>,
+    allowed: &[&'static str],
+) -> Vec<&'static str> {
+    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
+        violations.add(
+            "update_mask",
+            format!(
+                "is required; name the fields to change: {}",
+                allowed.join(", ")
+            ),
+        );
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for (index, path) in mask.paths.iter().enumerate() {
+        if path == "*" {
+            return allowed.to_vec();
+        }
+        let snake: String = path
+            .chars()
+            .flat_map(|c| {
+                if c.is_ascii_uppercase() {
+                    vec!['_', c.to_ascii_lowercase()]
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        match allowed.iter().find(|candidate| **candidate == snake) {
+            Some(found) if !paths.contains(found) => paths.push(*found),
+            Some(_) => violations.add(
+                format!("update_mask.paths[{index}]"),
+                format!("{path:?} is listed twice"),
+            ),
+            None => violations.add(
+                format!("update_mask.paths[{index}]"),
+                format!(
+                    "{path:?} cannot be updated; updatable fields: {}",
+                    allowed.join(", ")
+                ),
+            ),
+        }
+    }
+    paths
+}
+
+/// Fields of an identity that UpdateIdentity may change.
+pub const IDENTITY_MASK_PATHS: &[&str] = &[
+    "name",
+    "description",
+    "datasets",
+    "allowed_cidrs",
+    "admin",
+    "expire_time",
+];
+
+/// Fields of a key that UpdateKey may change.
+pub const KEY_MASK_PATHS: &[&str] = &["name", "description", "expire_time", "allowed_cidrs"];
+
+/// Checks an UpdateIdentityRequest; the name's rule depends on the identity's
+/// kind, so the service checks it.
+pub fn identity_changes_in(
+    request: proto::UpdateIdentityRequest,
+) -> Result<(IdentityId, IdentityChanges), Error> {
+    let mut violations = Violations::new();
+    let identity = request.identity.unwrap_or_default();
+    let id = violations.check("identity.id", IdentityId::parse(&identity.id));
+    let mut changes = IdentityChanges::default();
+    for path in mask_paths(
+        &mut violations,
+        request.update_mask.as_ref(),
+        IDENTITY_MASK_PATHS,
+    ) {
+        match path {
+            "name" => changes.name = Some(identity.name.clone()),
+            "description" => {
+                changes.description = violations.check(
+                    "identity.description",
+                    parse_description(&identity.description),
+                )
+            }
+            "datasets" => {
+                changes.datasets = Some(check_datasets(
+                    &mut violations,
+                    "identity.datasets",
+                    &identity.datasets,
+                ))
+            }
+            "allowed_cidrs" => {
+                changes.allowed_cidrs = Some(check_cidrs(
+                    &mut violations,
+                    "identity.allowed_cidrs",
+                    &identity.allowed_cidrs,
+                ))
+            }
+            "admin" => changes.admin = Some(identity.admin),
+            "expire_time" => {
+                changes.expire_time = Some(check_expire(
+                    &mut violations,
+                    "identity.expire_time",
+                    identity.expire_time.as_ref(),
+                ))
+            }
+            _ => unreachable!("mask_paths returns only allowed paths"),
+        }
+    }
+    violations.finish()?;
+    Ok((id.expect("checked above"), changes))
+}
+
+/// Checks an UpdateKeyRequest.
+pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyChanges), Error> {
+    let mut violations = Violations::new();
+    let key = request.key.unwrap_or_default();
+    let id = violations.check("key.id", KeyId::parse(&key.id));
+    let mut changes = KeyChanges::default();
+    for path in mask_paths(
+        &mut violations,
+        request.update_mask.as_ref(),
+        KEY_MASK_PATHS,
+    ) {
+        match path {
+            "name" => changes.name = violations.check("key.name", parse_name(&key.name)),
+            "description" => {
+                changes.description =
+                    violations.check("key.description", parse_description(&key.description))
+            }
+            "expire_time" => {
+                changes.expire_time = Some(check_expire(
+                    &mut violations,
+                    "key.expire_time",
+                    key.expire_time.as_ref(),
+                ))
+            }
+            "allowed_cidrs" => {
+                changes.allowed_cidrs = Some(check_cidrs(
+                    &mut violations,
+                    "key.allowed_cidrs",
+                    &key.allowed_cidrs,
+                ))
+            }
+            _ => unreachable!("mask_paths returns only allowed paths"),
+        }
+    }
+    violations.finish()?;
+    Ok((id.expect("checked above"), changes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_refuse_out_of_range() {
+        let time = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_000_000,
+        };
+        let millis = timestamp_in(&time).unwrap();
+        assert_eq!(millis, UnixMillis(1_700_000_000_123));
+        assert_eq!(timestamp_out(millis), time);
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: 1,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn create_identity_reports_every_bad_field() {
+        let request = proto::CreateIdentityRequest {
+            name: "bad name".into(),
+            description: "x".repeat(300),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "300.1.1.1/8".into()],
+            datasets: vec!["a".into(), "a".into()],
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(violations)) = new_identity_in(request) else {
+            panic!("accepted")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["name", "description", "datasets[1]", "allowed_cidrs[1]"]
+        );
+    }
+
+    #[test]
+    fn masks_accept_json_spelling_and_refuse_unknown_paths() {
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                allowed_cidrs: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allowedCidrs".into()],
+            }),
+        };
+        let (_, changes) = identity_changes_in(request).unwrap();
+        assert_eq!(changes.allowed_cidrs.unwrap().len(), 1);
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["kind".into()],
+            }),
+        };
+        assert!(matches!(
+            identity_changes_in(request),
+            Err(Error::InvalidArgument(_))
+        ));
+        let request = proto::UpdateIdentityRequest {
+            identity: None,
+            update_mask: None,
+        };
+        assert!(
+            matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! VerifyService.
+
+use super::{bearer_token, convert};
+use crate::domain::names::parse_name;
+use crate::domain::{Verdict, VerifyCode, Violations};
+use crate::proto::{self, verify_service_server::VerifyService};
+use crate::service::{Authority, VerifyQuery};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The VerifyService implementation.
+#[derive(Clone)]
+pub struct VerifyApi {
+    authority: Arc<Authority>,
+}
+
+impl VerifyApi {
+    /// Serves Verify from `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+}
+
+fn code_out(code: VerifyCode) -> proto::VerifyCode {
+    match code {
+        VerifyCode::Valid => proto::VerifyCode::Valid,
+        VerifyCode::Malformed => proto::VerifyCode::Malformed,
+        VerifyCode::Unknown => proto::VerifyCode::Unknown,
+        VerifyCode::Disabled => proto::VerifyCode::Disabled,
+        VerifyCode::IpNotAllowed => proto::VerifyCode::IpNotAllowed,
+        VerifyCode::DatasetNotAllowed => proto::VerifyCode::DatasetNotAllowed,
+    }
+}
+
+fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
+    let expire_time = verdict.expire_time().map(convert::timestamp_out);
+    let mut response = proto::VerifyResponse {
+        valid: verdict.is_valid(),
+        code: code_out(verdict.code).into(),
+        expire_time,
+        ..Default::default()
+    };
+    if let Some((key, identity)) = verdict.subject {
+        response.in_grace = key.in_grace();
+        response.key_id = key.id.to_string();
+        response.identity = Some(proto::VerifiedIdentity {
+            id: identity.id.to_string(),
+            name: identity.name,
+            kind: convert::kind_out(identity.kind).into(),
+        });
+        response.datasets = identity.datasets;
+    }
+    response
+}
+
+#[tonic::async_trait]
+impl VerifyService for VerifyApi {
+    #[tracing::instrument(name = "Verify", skip_all)]
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let bearer = bearer_token(request.metadata()).map(str::to_owned);
+        let request = request.into_inner();
+        let token = if request.token.is_empty() {
+            bearer.unwrap_or_default()
+        } else {
+            request.token
+        };
+        let mut violations = Violations::new();
+        if token.is_empty() {
+            violations.add(
+                "token",
+                "is required (or send `authorization: Bearer <token>` metadata)",
+            );
+        }
+        if !request.dataset.is_empty() {
+            violations.check("dataset", parse_name(&request.dataset));
+        }
+        let client_ip = match request.client_ip.as_str() {
+            "" => None,
+            text => violations.check(
+                "client_ip",
+                text.parse::<IpAddr>()
+                    .map_err(|_| "is not an IPv4 or IPv6 address"),
+            ),
+        };
+        violations.finish()?;
+        let query = VerifyQuery {
+            token: &token,
+            dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
+            client_ip,
+        };
+        // A store outage is an error status, never a verdict: fail closed.
+        let verdict = self.authority.verify(query).await?;
+        tracing::debug!(code = ?verdict.code, key_id = verdict.subject.as_ref().map(|(k, _)| k.id.to_string()), "verified");
+        Ok(Response::new(verdict_out(verdict)))
+    }
+}

@@ -1,0 +1,26 @@
+//! The `keyrack` binary: parse the command line and hand over to the library.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = keyrack::config::Cli::parse();
+    keyrack::app::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keyrack: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(keyrack::app::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keyrack: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Assembles the tonic server: Verify and Admin services with their message
+//! limits, grpc.health.v1 driven by store pings, reflection (gated by
+//! default), and a graceful shutdown with a hard bound.
+
+use crate::grpc::reflection::{AdminGate, ReflectionAccess};
+use crate::grpc::{AdminApi, VerifyApi};
+use crate::proto::admin_service_server::AdminServiceServer;
+use crate::proto::verify_service_server::VerifyServiceServer;
+use crate::service::Authority;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Largest Verify request accepted: a token and two short fields.
+pub const MAX_VERIFY_MESSAGE_BYTES: usize = 4 * 1024;
+/// Largest Admin request accepted.
+pub const MAX_ADMIN_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Who may use server reflection.
+    pub reflection: ReflectionAccess,
+    /// How long in-flight calls may take to finish once shutdown starts.
+    pub shutdown_timeout: Duration,
+    /// How often the store is pinged for health.
+    pub health_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            reflection: ReflectionAccess::Gated,
+            shutdown_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The names health is reported under: the server as a whole and each service.
+fn health_names() -> [&'static str; 3] {
+    [
+        "",
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+        <VerifyServiceServer<VerifyApi> as NamedService>::NAME,
+    ]
+}
+
+async fn report(reporter: &HealthReporter, status: ServingStatus) {
+    for name in health_names() {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Pings the store and reports SERVING only while it answers within the interval.
+async fn watch_store_health(
+    authority: Arc<Authority>,
+    reporter: HealthReporter,
+    interval: Duration,
+) {
+    let mut last = None;
+    loop {
+        let answered = tokio::time::timeout(interval, authority.store().ping()).await;
+        let status = match answered {
+            Ok(Ok(())) => ServingStatus::Serving,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "store ping failed");
+                ServingStatus::NotServing
+            }
+            Err(_) => {
+                tracing::warn!("store ping timed out");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health changed");
+            report(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Serves keyrack on an already-bound listener until `shutdown` completes,
+/// then drains in-flight calls for at most `options.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    report(&reporter, ServingStatus::NotServing).await;
+    let health_task = tokio::spawn(watch_store_health(
+        Arc::clone(&authority),
+        reporter.clone(),
+        options.health_interval,
+    ));
+
+    let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
+        .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
+        .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
+
+    let mut routes = Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .add_service(health)
+        .add_service(verify)
+        .add_service(admin);
+    if options.reflection != ReflectionAccess::Off {
+        // Both versions describe everything served, error details included,
+        // so grpcurl can decode google.rpc.BadRequest.
+        let describe_all = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+        };
+        let v1 = describe_all().build_v1()?;
+        let v1alpha = describe_all().build_v1alpha()?;
+        routes = match options.reflection {
+            ReflectionAccess::Open => routes.add_service(v1).add_service(v1alpha),
+            _ => routes
+                .add_service(AdminGate::new(v1, Arc::clone(&authority)))
+                .add_service(AdminGate::new(v1alpha, Arc::clone(&authority))),
+        };
+    }
+
+    // Nagle's algorithm would hold small gRPC frames back for an ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = routes.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    let result = match result {
+        Some(result) => result.map_err(ServeError::from),
+        None => {
+            tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: draining in-flight calls");
+            health_task.abort();
+            report(&reporter, ServingStatus::NotServing).await;
+            let _ = stop.send(());
+            match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
+                Ok(result) => result.map_err(ServeError::from),
+                Err(_) => {
+                    tracing::warn!("shutdown timeout reached; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    health_task.abort();
+    result
+}

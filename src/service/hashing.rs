@@ -1,0 +1,261 @@
+//! Hashing of key secrets: argon2id PHC strings keyed with the server secret.
+//!
+//! Generated secrets carry 256 bits of entropy, so no amount of hashing cost
+//! changes how hard they are to guess; the hash only has to be one-way and
+//! keyed so that a copy of Redis yields no usable token. OWASP ASVS 5.0
+//! V6.5.2 accepts an approved one-way function for such high-entropy secrets,
+//! which is why the default parameters are light (2 MiB, one pass, one lane:
+//! about a millisecond) rather than the password-grade ones.
+//!
+//! The server secret is argon2's secret input (a pepper). It never enters
+//! Redis; its version is written into each PHC string as argon2's `keyid`, so
+//! secrets can rotate: hashes made under an older version keep verifying for
+//! as long as that version is configured.
+
+use crate::domain::{Error, SecretString};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, KeyId, Params, ParamsBuilder, Version};
+use std::collections::HashMap;
+use zeroize::Zeroizing;
+
+/// Least length of a server secret, in bytes.
+pub const MIN_SERVER_SECRET_BYTES: usize = 32;
+
+/// Argon2 cost parameters, and the bounds Verify accepts in stored hashes.
+#[derive(Debug, Clone, Copy)]
+pub struct HashPolicy {
+    /// Memory in KiB for new hashes.
+    pub memory_kib: u32,
+    /// Passes for new hashes.
+    pub iterations: u32,
+    /// Lanes for new hashes.
+    pub parallelism: u32,
+    /// Largest memory (KiB) a stored hash may ask for.
+    pub max_memory_kib: u32,
+    /// Most passes a stored hash may ask for.
+    pub max_iterations: u32,
+    /// Most lanes a stored hash may ask for.
+    pub max_parallelism: u32,
+}
+
+impl Default for HashPolicy {
+    fn default() -> Self {
+        Self {
+            memory_kib: 2048,
+            iterations: 1,
+            parallelism: 1,
+            // Refusing costlier hashes keeps a tampered record from turning
+            // Verify into a CPU or memory sink.
+            max_memory_kib: 64 * 1024,
+            max_iterations: 8,
+            max_parallelism: 4,
+        }
+    }
+}
+
+/// A server secret with its version.
+pub struct ServerSecret {
+    /// Written into each PHC string as argon2's `keyid`.
+    pub version: u32,
+    /// The secret bytes.
+    pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerSecret(version {}, [redacted])", self.version)
+    }
+}
+
+/// Hashes and checks key secrets. Both calls are CPU-bound: run them on a
+/// blocking thread.
+#[derive(Debug)]
+pub struct SecretHasher {
+    current_version: u32,
+    secrets: HashMap<u32, ServerSecret>,
+    policy: HashPolicy,
+}
+
+impl SecretHasher {
+    /// A hasher that hashes under `current` and also checks hashes made under
+    /// `previous` versions.
+    pub fn new(
+        current: ServerSecret,
+        previous: Vec<ServerSecret>,
+        policy: HashPolicy,
+    ) -> Result<Self, String> {
+        for secret in std::iter::once(&current).chain(&previous) {
+            if secret.bytes.len() < MIN_SERVER_SECRET_BYTES {
+                return Err(format!(
+                    "a server secret must be at least {MIN_SERVER_SECRET_BYTES} bytes (e.g. `openssl rand -base64 32`)"
+                ));
+            }
+        }
+        let current_version = current.version;
+        let mut secrets = HashMap::new();
+        for secret in previous.into_iter().chain(std::iter::once(current)) {
+            secrets.insert(secret.version, secret);
+        }
+        Params::new(
+            policy.memory_kib,
+            policy.iterations,
+            policy.parallelism,
+            None,
+        )
+        .map_err(|e| format!("bad argon2 parameters: {e}"))?;
+        Ok(Self {
+            current_version,
+            secrets,
+            policy,
+        })
+    }
+
+    /// A hasher with a random server secret, for dev mode: its hashes die with
+    /// the process, like the embedded store.
+    pub fn ephemeral() -> Self {
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
+        argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, bytes.as_mut_slice());
+        Self::new(
+            ServerSecret { version: 1, bytes },
+            Vec::new(),
+            HashPolicy::default(),
+        )
+        .expect("the default policy and a 32-byte secret are valid")
+    }
+
+    fn argon2(&self, version: u32, params: Params) -> Result<Argon2<'_>, Error> {
+        let secret = self.secrets.get(&version).ok_or_else(|| {
+            Error::Internal(format!(
+                "no server secret of version {version} is configured"
+            ))
+        })?;
+        Argon2::new_with_secret(&secret.bytes, Algorithm::Argon2id, Version::V0x13, params)
+            .map_err(|e| Error::Internal(format!("argon2 setup: {e}")))
+    }
+
+    /// The PHC string of `secret` under the current server secret.
+    pub fn hash(&self, secret: &SecretString) -> Result<String, Error> {
+        let keyid = KeyId::new(&self.current_version.to_be_bytes())
+            .map_err(|e| Error::Internal(format!("argon2 keyid: {e}")))?;
+        let params = ParamsBuilder::new()
+            .m_cost(self.policy.memory_kib)
+            .t_cost(self.policy.iterations)
+            .p_cost(self.policy.parallelism)
+            .keyid(keyid)
+            .build()
+            .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon2(self.current_version, params)?
+            .hash_password(secret.expose().as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| Error::Internal(format!("argon2 hash: {e}")))
+    }
+
+    /// Whether `secret` matches the PHC string. A hash that is not argon2id,
+    /// asks for more than the policy allows, or names an unknown server secret
+    /// never matches (and is logged: it means tampering or misconfiguration).
+    pub fn verify(&self, secret: &str, phc: &str) -> bool {
+        match self.check(secret, phc) {
+            Ok(matched) => matched,
+            Err(reason) => {
+                tracing::error!(%reason, "refusing a stored key hash");
+                false
+            }
+        }
+    }
+
+    fn check(&self, secret: &str, phc: &str) -> Result<bool, String> {
+        let hash = PasswordHash::new(phc).map_err(|e| format!("unparsable PHC string: {e}"))?;
+        if hash.algorithm != Algorithm::Argon2id.ident() {
+            return Err(format!("algorithm {} is not argon2id", hash.algorithm));
+        }
+        let params = Params::try_from(&hash).map_err(|e| format!("bad parameters: {e}"))?;
+        let policy = &self.policy;
+        if params.m_cost() > policy.max_memory_kib
+            || params.t_cost() > policy.max_iterations
+            || params.p_cost() > policy.max_parallelism
+        {
+            return Err(format!(
+                "parameters m={} t={} p={} exceed the configured bounds",
+                params.m_cost(),
+                params.t_cost(),
+                params.p_cost()
+            ));
+        }
+        let version = <[u8; 4]>::try_from(params.keyid())
+            .map(u32::from_be_bytes)
+            .map_err(|_| "missing or malformed server secret version (keyid)".to_owned())?;
+        let argon2 = self.argon2(version, params).map_err(|e| e.to_string())?;
+        // verify_password compares the derived output in constant time.
+        Ok(argon2.verify_password(secret.as_bytes(), &hash).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(version: u32, fill: u8) -> ServerSecret {
+        ServerSecret {
+            version,
+            bytes: Zeroizing::new(vec![fill; 32]),
+        }
+    }
+
+    #[test]
+    fn hashes_verify_only_with_the_same_secret_and_pepper() {
+        let hasher = SecretHasher::new(secret(1, 7), vec![], HashPolicy::default()).unwrap();
+        let phc = hasher.hash(&SecretString::new("s3cret".into())).unwrap();
+        assert!(
+            phc.starts_with("$argon2id$v=19$m=2048,t=1,p=1,keyid="),
+            "{phc}"
+        );
+        assert!(hasher.verify("s3cret", &phc));
+        assert!(!hasher.verify("s3creT", &phc));
+        let other_pepper = SecretHasher::new(secret(1, 8), vec![], HashPolicy::default()).unwrap();
+        assert!(!other_pepper.verify("s3cret", &phc));
+    }
+
+    #[test]
+    fn rotation_keeps_old_hashes_working() {
+        let old = SecretHasher::new(secret(1, 7), vec![], HashPolicy::default()).unwrap();
+        let phc = old.hash(&SecretString::new("s3cret".into())).unwrap();
+        let rotated =
+            SecretHasher::new(secret(2, 9), vec![secret(1, 7)], HashPolicy::default()).unwrap();
+        assert!(rotated.verify("s3cret", &phc));
+        let new_phc = rotated.hash(&SecretString::new("s3cret".into())).unwrap();
+        assert!(
+            !old.verify("s3cret", &new_phc),
+            "version 2 is unknown to the old hasher"
+        );
+    }
+
+    #[test]
+    fn refuses_costly_or_foreign_hashes() {
+        let policy = HashPolicy {
+            max_memory_kib: 1024,
+            ..HashPolicy::default()
+        };
+        let strict = SecretHasher::new(secret(1, 7), vec![], policy).unwrap();
+        let lax = SecretHasher::new(secret(1, 7), vec![], HashPolicy::default()).unwrap();
+        let phc = lax.hash(&SecretString::new("s3cret".into())).unwrap();
+        assert!(!strict.verify("s3cret", &phc));
+        assert!(!lax.verify(
+            "s3cret",
+            "$argon2i$v=19$m=2048,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+        ));
+        assert!(!lax.verify("s3cret", "not a phc string"));
+        assert!(
+            SecretHasher::new(
+                ServerSecret {
+                    version: 1,
+                    bytes: Zeroizing::new(vec![1; 31])
+                },
+                vec![],
+                HashPolicy::default()
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Operations on identities.
+
+use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis};
+use ipnet::IpNet;
+
+/// The first key of a new identity is called this.
+pub const FIRST_KEY_NAME: &str = "default";
+
+/// A service identity to create, already validated at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct NewIdentity {
+    /// `^[A-Za-z0-9_]{1,30}$`.
+    pub name: String,
+    /// At most 256 characters.
+    pub description: String,
+    /// Existing datasets.
+    pub datasets: Vec<String>,
+    /// Allowed CIDRs.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Whether it may call AdminService.
+    pub admin: bool,
+    /// When it stops working.
+    pub expire_time: Option<UnixMillis>,
+}
+
+/// Fields to change on an identity; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityChanges {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new description.
+    pub description: Option<String>,
+    /// A new dataset list.
+    pub datasets: Option<Vec<String>>,
+    /// A new allow-list.
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// A new admin flag.
+    pub admin: Option<bool>,
+    /// A new expiry; `Some(None)` clears it.
+    pub expire_time: Option<Option<UnixMillis>>,
+}
+
+impl Authority {
+    async fn require_datasets_exist(&self, field: &str, datasets: &[String]) -> Result<(), Error> {
+        // Datasets arrive with the dataset API; until then none exists, so any
+        // reference is to an unknown dataset.
+        match datasets.first() {
+            Some(unknown) => Err(Error::invalid(
+                field,
+                format!("dataset {unknown:?} does not exist"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates a service identity with its first key.
+    pub async fn create_identity(
+        &self,
+        request: NewIdentity,
+    ) -> Result<(Identity, MintedKey), Error> {
+        let now = UnixMillis::now();
+        require_future("expire_time", request.expire_time, now)?;
+        self.require_datasets_exist("datasets", &request.datasets)
+            .await?;
+        let mut identity = Identity::new_service(request.name, request.description, now);
+        identity.datasets = request.datasets;
+        identity.allowed_cidrs = request.allowed_cidrs;
+        identity.admin = request.admin;
+        identity.expire_time = request.expire_time;
+        let first = self
+            .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now)
+            .await?;
+        self.store
+            .create_identity(&identity, std::slice::from_ref(&first.key))
+            .await?;
+        tracing::info!(identity_id = %identity.id, name = %identity.name, admin = identity.admin, "identity created");
+        Ok((identity, first))
+    }
+
+    /// One identity.
+    pub async fn get_identity(&self, id: &IdentityId) -> Result<Identity, Error> {
+        self.store
+            .get_identity(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("identity {id}")))
+    }
+
+    /// A page of identities, ordered by id, that pass `filter`.
+    pub async fn list_identities(
+        &self,
+        page: &PageRequest,
+        filter: impl Fn(&Identity) -> bool,
+    ) -> Result<Page<Identity>, Error> {
+        let limit = page.limit();
+        let mut after =
+            match page.page_token.as_str() {
+                "" => None,
+                token => Some(IdentityId::parse(token).map_err(|_| {
+                    Error::invalid("page_token", "is not a token this API returned")
+                })?),
+            };
+        let mut items = Vec::with_capacity(limit);
+        // Filtering after the read may thin a page out; keep reading until it is
+        // full or the listing ends, so a short page always means the last page.
+        loop {
+            let batch = self.store.list_identities(after.as_ref(), limit).await?;
+            let exhausted = batch.len() < limit;
+            for identity in batch {
+                after = Some(identity.id.clone());
+                if filter(&identity) {
+                    items.push(identity);
+                    if items.len() == limit {
+                        let next = after.as_ref().map(|id| id.to_string());
+                        return Ok(Page {
+                            items,
+                            next_page_token: next,
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    next_page_token: None,
+                });
+            }
+        }
+    }
+
+    /// Applies `changes` to an identity.
+    pub async fn update_identity(
+        &self,
+        id: &IdentityId,
+        changes: IdentityChanges,
+    ) -> Result<Identity, Error> {
+        let now = UnixMillis::now();
+        if let Some(expire_time) = changes.expire_time {
+            require_future("identity.expire_time", expire_time, now)?;
+        }
+        if let Some(datasets) = &changes.datasets {
+            self.require_datasets_exist("identity.datasets", datasets)
+                .await?;
+        }
+        with_retries("identity", || async {
+            let mut identity = self.get_identity(id).await?;
+            if let Some(name) = &changes.name {
+                if identity.kind == IdentityKind::Service {
+                    crate::domain::names::parse_name(name)
+                        .map_err(|e| Error::invalid("identity.name", e.to_string()))?;
+                }
+                identity.name = name.clone();
+            }
+            if let Some(description) = &changes.description {
+                identity.description = description.clone();
+            }
+            if let Some(datasets) = &changes.datasets {
+                identity.datasets = datasets.clone();
+            }
+            if let Some(cidrs) = &changes.allowed_cidrs {
+                identity.allowed_cidrs = cidrs.clone();
+            }
+            if let Some(admin) = changes.admin {
+                identity.admin = admin;
+            }
+            if let Some(expire_time) = changes.expire_time {
+                identity.expire_time = expire_time;
+            }
+            identity.update_time = now;
+            Ok(self.store.update_identity(&identity).await?)
+        })
+        .await
+    }
+
+    /// Disables or enables an identity.
+    pub async fn set_identity_state(
+        &self,
+        id: &IdentityId,
+        state: State,
+    ) -> Result<Identity, Error> {
+        with_retries("identity", || async {
+            let mut identity = self.get_identity(id).await?;
+            if identity.kind == IdentityKind::Person {
+                return Err(Error::FailedPrecondition(
+                    "person identities are managed by the identity provider".into(),
+                ));
+            }
+            if identity.state == state {
+                return Ok(identity);
+            }
+            identity.state = state;
+            identity.update_time = UnixMillis::now();
+            let stored = self.store.update_identity(&identity).await?;
+            tracing::info!(identity_id = %id, ?state, "identity state changed");
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Deletes an identity and all its keys.
+    pub async fn delete_identity(&self, id: &IdentityId) -> Result<(), Error> {
+        if self.store.delete_identity(id).await? {
+            tracing::info!(identity_id = %id, "identity deleted");
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("identity {id}")))
+        }
+    }
+
+    /// Whether any active admin identity exists (read for bootstrap).
+    pub async fn admin_exists(&self) -> Result<bool, Error> {
+        let page = PageRequest {
+            page_size: super::MAX_PAGE_SIZE,
+            page_token: String::new(),
+        };
+        let mut page = page;
+        loop {
+            let found = self.list_identities(&page, |_| true).await?;
+            if found
+                .items
+                .iter()
+                .any(|i| i.admin && i.state == State::Active)
+            {
+                return Ok(true);
+            }
+            match found.next_page_token {
+                Some(token) => page.page_token = token,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Creates an admin identity named `name` with its first key (bootstrap and
+    /// dev mode).
+    pub async fn create_admin(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<(Identity, MintedKey), Error> {
+        self.create_identity(NewIdentity {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            admin: true,
+            ..NewIdentity::default()
+        })
+        .await
+    }
+}

@@ -1,0 +1,178 @@
+//! The authority's operations over a [`Store`]: what an admin may do to
+//! identities and keys, and how a token is verified. Transport-free: the gRPC
+//! layer converts requests into the inputs here and errors into statuses.
+
+pub mod hashing;
+mod identities;
+mod keys;
+mod verify;
+
+pub use identities::{IdentityChanges, NewIdentity};
+pub use keys::{KeyChanges, NewKey};
+pub use verify::{Caller, VerifyQuery};
+
+use crate::domain::token::{self, TokenPrefix};
+use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
+use crate::store::{Store, StoreError};
+use hashing::SecretHasher;
+use std::sync::Arc;
+
+/// Most items one List call returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Items a List call returns when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// How often a read-modify-write is retried when a concurrent change wins.
+const WRITE_ATTEMPTS: usize = 3;
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => Error::Unavailable(cause),
+            StoreError::NotFound(what) => Error::NotFound(what.to_owned()),
+            StoreError::NameTaken(name) => Error::AlreadyExists(format!("name {name:?}")),
+            StoreError::Conflict => Error::Aborted("the record".to_owned()),
+            StoreError::Corrupt(cause) => Error::Internal(cause),
+        }
+    }
+}
+
+/// A page of results and where the next one starts.
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The items, ordered by id.
+    pub items: Vec<T>,
+    /// The token for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// A page request as the caller made it.
+#[derive(Debug, Default, Clone)]
+pub struct PageRequest {
+    /// 0 means the default.
+    pub page_size: usize,
+    /// Empty for the first page.
+    pub page_token: String,
+}
+
+impl PageRequest {
+    fn limit(&self) -> usize {
+        match self.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        }
+    }
+}
+
+/// A key just minted, with its token: the only time the token exists outside
+/// the caller.
+#[derive(Debug)]
+pub struct MintedKey {
+    /// The key as stored.
+    pub key: ApiKey,
+    /// The whole token.
+    pub token: SecretString,
+}
+
+/// Configuration of the authority's behaviour.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorityOptions {
+    /// The prefix of minted tokens.
+    pub token_prefix: TokenPrefix,
+}
+
+/// The credential authority: every operation the API offers.
+pub struct Authority {
+    store: Arc<dyn Store>,
+    hasher: Arc<SecretHasher>,
+    options: AuthorityOptions,
+}
+
+impl Authority {
+    /// An authority over `store`, hashing with `hasher`.
+    pub fn new(store: Arc<dyn Store>, hasher: SecretHasher, options: AuthorityOptions) -> Self {
+        Self {
+            store,
+            hasher: Arc::new(hasher),
+            options,
+        }
+    }
+
+    /// The store, for health checks.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Mints a token and hashes its secret (on a blocking thread) for a new key
+    /// of `identity`; the caller fills in the key's other fields.
+    async fn mint(
+        &self,
+        identity: &IdentityId,
+        name: String,
+        now: UnixMillis,
+    ) -> Result<MintedKey, Error> {
+        let id = KeyId::generate(identity);
+        let minted = token::mint(&self.options.token_prefix, &id);
+        let hasher = Arc::clone(&self.hasher);
+        let secret = minted.secret;
+        let secret_hash = tokio::task::spawn_blocking(move || hasher.hash(&secret))
+            .await
+            .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))??;
+        let key = ApiKey {
+            id,
+            identity_id: identity.clone(),
+            name,
+            description: String::new(),
+            state: crate::domain::State::Active,
+            create_time: now,
+            expire_time: None,
+            last_use_time: None,
+            rolled_from: None,
+            rolled_to: None,
+            grace_expire_time: None,
+            token_hint: minted.hint,
+            allowed_cidrs: Vec::new(),
+            secret_hash,
+            revision: 0,
+        };
+        Ok(MintedKey {
+            key,
+            token: minted.token,
+        })
+    }
+
+    /// Checks a secret against a PHC string on a blocking thread.
+    async fn secret_matches(&self, secret: &str, phc: &str) -> Result<bool, Error> {
+        let hasher = Arc::clone(&self.hasher);
+        let secret = SecretString::new(secret.to_owned());
+        let phc = phc.to_owned();
+        tokio::task::spawn_blocking(move || hasher.verify(secret.expose(), &phc))
+            .await
+            .map_err(|e| Error::Internal(format!("hash check task failed: {e}")))
+    }
+}
+
+/// Refuses a time that is not in the future.
+fn require_future(field: &str, time: Option<UnixMillis>, now: UnixMillis) -> Result<(), Error> {
+    match time {
+        Some(time) if time <= now => Err(Error::invalid(field, "must be in the future")),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a read-modify-write, retrying when a concurrent change wins the race.
+async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    for _ in 1..WRITE_ATTEMPTS {
+        match attempt().await {
+            Err(Error::Aborted(_)) => continue,
+            other => return other,
+        }
+    }
+    attempt().await.map_err(|error| match error {
+        Error::Aborted(_) => Error::Aborted(what.to_owned()),
+        other => other,
+    })
+}

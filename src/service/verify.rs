@@ -1,0 +1,110 @@
+//! Verify: the hot path. Shape and checksum first (no I/O), then one store
+//! round trip for the key and its identity, then the secret, and only then
+//! the reasons that depend on the key's settings.
+
+use super::Authority;
+use crate::domain::token;
+use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
+use std::net::IpAddr;
+
+/// What Verify is asked.
+#[derive(Debug)]
+pub struct VerifyQuery<'a> {
+    /// The presented token (never logged: `Debug` of this struct is not used
+    /// on a path that logs, and tracing spans skip it).
+    pub token: &'a str,
+    /// The dataset the caller wants, if any.
+    pub dataset: Option<&'a str>,
+    /// The address the token came from, if known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// An authenticated admin.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The admin's identity.
+    pub identity: Identity,
+    /// The key it authenticated with.
+    pub key_id: KeyId,
+}
+
+impl Authority {
+    /// Decides whether a token is valid. A bad token is a verdict, not an
+    /// error; only a store outage is an error (fail closed).
+    pub async fn verify(&self, query: VerifyQuery<'_>) -> Result<Verdict, Error> {
+        let parsed = match token::parse(&self.options.token_prefix, query.token) {
+            Ok(parsed) => parsed,
+            Err(_) => return Ok(Verdict::refused(VerifyCode::Malformed)),
+        };
+        let Some((key, identity)) = self.store.key_with_identity(&parsed.key_id).await? else {
+            return Ok(Verdict::refused(VerifyCode::Unknown));
+        };
+        if !self.is_current(&key, &identity)
+            || !self
+                .secret_matches(parsed.secret(), &key.secret_hash)
+                .await?
+        {
+            return Ok(Verdict::refused(VerifyCode::Unknown));
+        }
+        let code = if key.state == State::Disabled || identity.state == State::Disabled {
+            VerifyCode::Disabled
+        } else if !identity.permits_address(&key.allowed_cidrs, query.client_ip) {
+            VerifyCode::IpNotAllowed
+        } else if query
+            .dataset
+            .is_some_and(|wanted| !identity.datasets.iter().any(|d| d == wanted))
+        {
+            VerifyCode::DatasetNotAllowed
+        } else {
+            VerifyCode::Valid
+        };
+        Ok(Verdict {
+            code,
+            subject: Some((key, identity)),
+        })
+    }
+
+    /// The store drops records at their deadline; this also refuses one read
+    /// in the instant before the store caught up, and a key whose record does
+    /// not belong to the identity it was read with.
+    fn is_current(&self, key: &ApiKey, identity: &Identity) -> bool {
+        let now = UnixMillis::now();
+        key.identity_id == identity.id
+            && key
+                .record_deadline(identity.expire_time)
+                .is_none_or(|deadline| deadline > now)
+    }
+
+    /// Authenticates an AdminService caller: UNAUTHENTICATED without a valid
+    /// token, PERMISSION_DENIED for a valid token of a non-admin identity.
+    pub async fn authenticate_admin(
+        &self,
+        token: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, Error> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(Error::Unauthenticated(
+                "missing `authorization: Bearer <admin token>` metadata".into(),
+            ));
+        };
+        let verdict = self
+            .verify(VerifyQuery {
+                token,
+                dataset: None,
+                client_ip: peer,
+            })
+            .await?;
+        match (verdict.code, verdict.subject) {
+            (VerifyCode::Valid, Some((key, identity))) if identity.admin => Ok(Caller {
+                identity,
+                key_id: key.id,
+            }),
+            (VerifyCode::Valid, Some(_)) => Err(Error::PermissionDenied(
+                "the token is valid but its identity is not an admin".into(),
+            )),
+            _ => Err(Error::Unauthenticated(
+                "the bearer token is not a valid admin token".into(),
+            )),
+        }
+    }
+}

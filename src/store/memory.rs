@@ -1,0 +1,337 @@
+//! The embedded store: all state in one mutex-guarded structure, deadlines
+//! honoured on every read. Dev mode and tests run on it.
+
+use super::{Store, StoreError, StoreResult};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// A record with the instant it disappears, like a Redis key with a TTL.
+struct Expiring<T> {
+    value: T,
+    deadline: Option<UnixMillis>,
+}
+
+impl<T> Expiring<T> {
+    fn live(&self, now: UnixMillis) -> bool {
+        self.deadline.is_none_or(|deadline| deadline > now)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    identities: BTreeMap<IdentityId, Expiring<Identity>>,
+    names: HashMap<String, IdentityId>,
+    // Key ids start with their identity's id, so one identity's keys are a
+    // contiguous range of this map.
+    keys: BTreeMap<KeyId, Expiring<ApiKey>>,
+    /// The time of the operation under way: every read honours deadlines at it.
+    now: UnixMillis,
+    last_purge: UnixMillis,
+}
+
+/// How often expired records are swept out; reads never see them regardless.
+const PURGE_INTERVAL_MILLIS: i64 = 1_000;
+
+impl State {
+    fn identity(&self, id: &IdentityId) -> Option<&Identity> {
+        self.identities
+            .get(id)
+            .filter(|e| e.live(self.now))
+            .map(|e| &e.value)
+    }
+
+    fn key(&self, id: &KeyId) -> Option<&ApiKey> {
+        self.keys
+            .get(id)
+            .filter(|e| e.live(self.now))
+            .map(|e| &e.value)
+    }
+
+    fn identity_named(&self, name: &str) -> Option<&Identity> {
+        self.names.get(name).and_then(|id| self.identity(id))
+    }
+
+    /// Drops whatever has passed its deadline: what Redis does natively.
+    fn purge(&mut self, now: UnixMillis) {
+        let expired: Vec<IdentityId> = self
+            .identities
+            .iter()
+            .filter(|(_, entry)| !entry.live(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove_identity(&id);
+        }
+        self.keys.retain(|_, entry| entry.live(now));
+    }
+
+    fn remove_identity(&mut self, id: &IdentityId) -> bool {
+        let Some(entry) = self.identities.remove(id) else {
+            return false;
+        };
+        let was_live = entry.live(self.now);
+        if self.names.get(&entry.value.name) == Some(id) {
+            self.names.remove(&entry.value.name);
+        }
+        let key_ids: Vec<KeyId> = self.keys_of(id).map(|k| k.id.clone()).collect();
+        for key_id in key_ids {
+            self.keys.remove(&key_id);
+        }
+        was_live
+    }
+
+    fn keys_of<'a>(&'a self, identity: &'a IdentityId) -> impl Iterator<Item = &'a ApiKey> + 'a {
+        self.keys
+            .range::<str, _>((
+                std::ops::Bound::Included(identity.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(id, _)| id.identity_id() == *identity)
+            .filter(|(_, entry)| entry.live(self.now))
+            .map(|(_, entry)| &entry.value)
+    }
+
+    fn key_name_taken(&self, key: &ApiKey) -> bool {
+        key.holds_name()
+            && self
+                .keys_of(&key.identity_id)
+                .any(|other| other.id != key.id && other.holds_name() && other.name == key.name)
+    }
+
+    fn put_key(&mut self, key: ApiKey, identity_expire: Option<UnixMillis>) {
+        let deadline = key.record_deadline(identity_expire);
+        self.keys.insert(
+            key.id.clone(),
+            Expiring {
+                value: key,
+                deadline,
+            },
+        );
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// The embedded in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // Every operation is short and never awaits while holding the lock, so a
+    // std mutex is the right tool; a poisoned lock means a panic mid-change,
+    // which the store reports rather than trusting the state.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> StoreResult<T>) -> StoreResult<T> {
+        let mut state = self.state.lock().map_err(|_| {
+            StoreError::Unavailable("memory store poisoned by an earlier panic".into())
+        })?;
+        let now = UnixMillis::now();
+        state.now = now;
+        if now.0 - state.last_purge.0 >= PURGE_INTERVAL_MILLIS {
+            state.purge(now);
+            state.last_purge = now;
+        }
+        f(&mut state)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.with_state(|_| Ok(()))
+    }
+
+    async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()> {
+        self.with_state(|state| {
+            if state.identity_named(&identity.name).is_some() {
+                return Err(StoreError::NameTaken(identity.name.clone()));
+            }
+            if state.identity(&identity.id).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            state
+                .names
+                .insert(identity.name.clone(), identity.id.clone());
+            state.identities.insert(
+                identity.id.clone(),
+                Expiring {
+                    value: identity.clone(),
+                    deadline: identity.expire_time,
+                },
+            );
+            for key in keys {
+                state.put_key(key.clone(), identity.expire_time);
+            }
+            Ok(())
+        })
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> StoreResult<Option<Identity>> {
+        self.with_state(|state| Ok(state.identity(id).cloned()))
+    }
+
+    async fn find_identity_by_name(&self, name: &str) -> StoreResult<Option<Identity>> {
+        self.with_state(|state| Ok(state.identity_named(name).cloned()))
+    }
+
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Identity>> {
+        self.with_state(|state| {
+            Ok(state
+                .identities
+                .iter()
+                .filter(|(id, e)| after.is_none_or(|after| *id > after) && e.live(state.now))
+                .take(limit)
+                .map(|(_, e)| e.value.clone())
+                .collect())
+        })
+    }
+
+    async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
+        self.with_state(|state| {
+            let current = state
+                .identity(&identity.id)
+                .ok_or(StoreError::NotFound("identity"))?;
+            if current.revision != identity.revision {
+                return Err(StoreError::Conflict);
+            }
+            let old_name = current.name.clone();
+            if old_name != identity.name {
+                if state.identity_named(&identity.name).is_some() {
+                    return Err(StoreError::NameTaken(identity.name.clone()));
+                }
+                state.names.remove(&old_name);
+                state
+                    .names
+                    .insert(identity.name.clone(), identity.id.clone());
+            }
+            let mut stored = identity.clone();
+            stored.revision += 1;
+            state.identities.insert(
+                stored.id.clone(),
+                Expiring {
+                    value: stored.clone(),
+                    deadline: stored.expire_time,
+                },
+            );
+            let keys: Vec<ApiKey> = state.keys_of(&stored.id).cloned().collect();
+            for key in keys {
+                state.put_key(key, stored.expire_time);
+            }
+            Ok(stored)
+        })
+    }
+
+    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+        self.with_state(|state| Ok(state.remove_identity(id)))
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
+        self.with_state(|state| {
+            let identity_expire = state
+                .identity(&key.identity_id)
+                .ok_or(StoreError::NotFound("identity"))?
+                .expire_time;
+            if state.key(&key.id).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            if state.key_name_taken(key) {
+                return Err(StoreError::NameTaken(key.name.clone()));
+            }
+            state.put_key(key.clone(), identity_expire);
+            Ok(())
+        })
+    }
+
+    async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
+        self.with_state(|state| Ok(state.key(id).cloned()))
+    }
+
+    async fn list_keys(
+        &self,
+        identity: &IdentityId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> StoreResult<Vec<ApiKey>> {
+        self.with_state(|state| {
+            Ok(state
+                .keys_of(identity)
+                .filter(|key| after.is_none_or(|after| key.id > *after))
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
+        self.with_state(|state| {
+            let identity_expire = state
+                .identity(&key.identity_id)
+                .ok_or(StoreError::NotFound("key"))?
+                .expire_time;
+            let current = state.key(&key.id).ok_or(StoreError::NotFound("key"))?;
+            if current.revision != key.revision {
+                return Err(StoreError::Conflict);
+            }
+            if state.key_name_taken(key) {
+                return Err(StoreError::NameTaken(key.name.clone()));
+            }
+            let mut stored = key.clone();
+            stored.revision += 1;
+            state.put_key(stored.clone(), identity_expire);
+            Ok(stored)
+        })
+    }
+
+    async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
+        self.with_state(|state| Ok(state.keys.remove(id).is_some_and(|e| e.live(state.now))))
+    }
+
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
+        self.with_state(|state| {
+            let identity_expire = state
+                .identity(&old.identity_id)
+                .ok_or(StoreError::NotFound("identity"))?
+                .expire_time;
+            let current = state.key(&old.id).ok_or(StoreError::NotFound("key"))?;
+            if current.revision != old.revision || current.rolled_to.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            if state.key(&replacement.id).is_some() {
+                return Err(StoreError::Conflict);
+            }
+            if old.grace_expire_time.is_some() {
+                let mut stored = old.clone();
+                stored.revision += 1;
+                state.put_key(stored, identity_expire);
+            } else {
+                state.keys.remove(&old.id);
+            }
+            state.put_key(replacement.clone(), identity_expire);
+            Ok(())
+        })
+    }
+
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+        self.with_state(|state| {
+            let key = state.key(id).cloned();
+            let identity = state.identity(&id.identity_id()).cloned();
+            Ok(key.zip(identity))
+        })
+    }
+}

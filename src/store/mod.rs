@@ -1,0 +1,108 @@
+//! Storage: the [`Store`] trait, in domain terms, and its two backends.
+//!
+//! - [`memory::MemoryStore`]: embedded, for dev mode and tests; same semantics,
+//!   TTLs included.
+//! - [`redis::RedisStore`]: the system of record; the only code that knows
+//!   Redis key names and scripts.
+//!
+//! Semantics every backend honours (the contract suite in `tests/` checks both):
+//! - A record whose deadline has passed is gone: an identity at its
+//!   `expire_time`; a key at the earliest of its `expire_time`, its grace
+//!   deadline and its identity's `expire_time`.
+//! - Updates name the revision they read and fail with
+//!   [`StoreError::Conflict`] when the record changed since.
+//! - Identity names are unique; key names are unique among an identity's keys
+//!   that have not been rolled.
+//! - Every change to one identity's records is atomic.
+
+pub mod memory;
+pub mod redis;
+
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId};
+use async_trait::async_trait;
+
+/// What a store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot answer (connection, timeout, server error).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The record to change does not exist (or has expired).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The unique name is held by another record.
+    #[error("name {0:?} is already taken")]
+    NameTaken(String),
+    /// The record changed since it was read.
+    #[error("the record changed concurrently")]
+    Conflict,
+    /// A stored record could not be read back.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The authority's storage, in domain operations.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Ok while the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a new identity together with its first keys, atomically.
+    /// `NameTaken` when another identity has the name.
+    async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()>;
+
+    /// One identity, if it exists.
+    async fn get_identity(&self, id: &IdentityId) -> StoreResult<Option<Identity>>;
+
+    /// The identity holding `name`, if any.
+    async fn find_identity_by_name(&self, name: &str) -> StoreResult<Option<Identity>>;
+
+    /// Up to `limit` identities with ids greater than `after`, ordered by id.
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Identity>>;
+
+    /// Replaces an identity read at `identity.revision`; returns it as stored
+    /// (next revision). Re-applies the deadlines of all its keys.
+    async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity>;
+
+    /// Deletes an identity and all its keys; false when it did not exist.
+    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool>;
+
+    /// Stores a new key. `NotFound` without its identity; `NameTaken` when
+    /// another of the identity's keys holds the name.
+    async fn create_key(&self, key: &ApiKey) -> StoreResult<()>;
+
+    /// One key, if it exists.
+    async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>>;
+
+    /// Up to `limit` keys of `identity` with ids greater than `after`, by id.
+    async fn list_keys(
+        &self,
+        identity: &IdentityId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> StoreResult<Vec<ApiKey>>;
+
+    /// Replaces a key read at `key.revision`; returns it as stored. Its
+    /// deadline is recomputed from the record, so a grace period survives.
+    async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey>;
+
+    /// Deletes a key; false when it did not exist.
+    async fn delete_key(&self, id: &KeyId) -> StoreResult<bool>;
+
+    /// Atomically stores `replacement` and either removes `old` (when it has
+    /// no grace deadline) or replaces it (read at `old.revision`, now carrying
+    /// `rolled_to` and its grace deadline as its native TTL). `Conflict` when
+    /// the old key changed or was already rolled.
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()>;
+
+    /// A key and its identity, read together (one round trip on Redis): the
+    /// lookup behind Verify.
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>>;
+}

@@ -1,0 +1,96 @@
+//! The Redis key layout, in one place.
+//!
+//! Every record of one identity carries the identity's id as its hash tag
+//! (`{…}`), so all of them live in one Cluster slot and every change to them is
+//! a single Lua call. Only two indexes span identities (names and the listing);
+//! they are written before or after the records and repaired when read.
+//!
+//! ```text
+//! <prefix>{<identity id>}:identity          JSON Identity, PEXPIREAT its expire_time
+//! <prefix>{<identity id>}:key:<key id>      JSON ApiKey, PEXPIREAT its deadline
+//! <prefix>{<identity id>}:keys              ZSET of key ids (score 0, ordered by id)
+//! <prefix>{<identity id>}:key-names         HASH key name -> key id
+//! <prefix>identity-names                    HASH identity name -> identity id
+//! <prefix>identities                        ZSET of identity ids (score 0)
+//! ```
+
+use crate::domain::{IdentityId, KeyId};
+
+/// Builds every Redis key keyrack uses, under a configurable prefix.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    /// Keys under `prefix`, e.g. `keyrack:`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    fn tagged(&self, identity: &IdentityId) -> String {
+        format!("{}{{{}}}:", self.prefix, identity)
+    }
+
+    /// The identity's record.
+    pub fn identity(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "identity"
+    }
+
+    /// What a key record's name starts with; Lua scripts append key ids to it.
+    pub fn key_prefix(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "key:"
+    }
+
+    /// A key's record.
+    pub fn key(&self, key: &KeyId) -> String {
+        self.key_prefix(&key.identity_id()) + key.as_str()
+    }
+
+    /// The identity's key ids.
+    pub fn key_index(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "keys"
+    }
+
+    /// The identity's key names.
+    pub fn key_names(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "key-names"
+    }
+
+    /// Identity names across the authority.
+    pub fn identity_names(&self) -> String {
+        format!("{}identity-names", self.prefix)
+    }
+
+    /// Identity ids across the authority.
+    pub fn identities(&self) -> String {
+        format!("{}identities", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_one_identity_share_its_hash_tag() {
+        let keyspace = Keyspace::new("keyrack:");
+        let identity = IdentityId::parse("abcdefghijkl").unwrap();
+        let key = KeyId::parse("abcdefghijklXYZ123").unwrap();
+        let tag = "{abcdefghijkl}";
+        for name in [
+            keyspace.identity(&identity),
+            keyspace.key(&key),
+            keyspace.key_index(&identity),
+            keyspace.key_names(&identity),
+        ] {
+            assert!(name.starts_with("keyrack:") && name.contains(tag), "{name}");
+        }
+        assert_eq!(
+            keyspace.key(&key),
+            "keyrack:{abcdefghijkl}:key:abcdefghijklXYZ123"
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! The Redis store: the system of record. This module and its children are the
+//! only code that knows Redis key names, commands and scripts.
+
+mod keys;
+mod scripts;
+
+pub use keys::Keyspace;
+
+use super::{Store, StoreError, StoreResult};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId};
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError};
+use std::time::Duration;
+
+/// How a standalone Redis is reached.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://`, `rediss://` or `unix://` URL.
+    pub url: String,
+    /// Prefix of every key keyrack writes.
+    pub key_prefix: String,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on any one command's reply.
+    pub response_timeout: Duration,
+}
+
+/// Keyrack's records in Redis, over any connection redis-rs offers (one
+/// shared multiplexed connection for a standalone server).
+pub struct RedisStore<C = ConnectionManager> {
+    connection: C,
+    keyspace: Keyspace,
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Maps a script's status reply to the store's outcome.
+fn script_outcome(reply: &str, name: &str) -> StoreResult<()> {
+    match reply {
+        "OK" => Ok(()),
+        "NOTFOUND" => Err(StoreError::NotFound("record")),
+        "CONFLICT" | "EXISTS" => Err(StoreError::Conflict),
+        "NAMETAKEN" => Err(StoreError::NameTaken(name.to_owned())),
+        other => Err(StoreError::Corrupt(format!(
+            "unexpected script reply {other:?}"
+        ))),
+    }
+}
+
+impl RedisStore<ConnectionManager> {
+    /// Connects to a standalone Redis, retrying until `wait` has passed.
+    pub async fn connect(options: &RedisOptions, wait: Duration) -> StoreResult<Self> {
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        loop {
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(connection) => {
+                    return Ok(Self::with_connection(
+                        connection,
+                        Keyspace::new(&options.key_prefix),
+                    ));
+                }
+                Err(error) if started.elapsed() < wait => {
+                    tracing::warn!(%error, "Redis is not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store over an established connection.
+    pub fn with_connection(connection: C, keyspace: Keyspace) -> Self {
+        Self {
+            connection,
+            keyspace,
+        }
+    }
+
+    fn connection(&self) -> C {
+        // Cloning a multiplexed connection shares it; commands pipeline on it.
+        self.connection.clone()
+    }
+
+    /// The `maxmemory-policy` Redis reports, when CONFIG GET is allowed.
+    pub async fn maxmemory_policy(&self) -> Option<String> {
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.connection())
+            .await
+            .ok()?;
+        reply.get(1).cloned()
+    }
+
+    /// Claims `name` for `id` in the global name index. A holder whose record is
+    /// gone or carries another name is stale (an interrupted write or a native
+    /// expiry) and is replaced.
+    async fn claim_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<()> {
+        let mut stale = String::new();
+        // Each round either succeeds or proves one holder stale; three rounds
+        // cover a holder that was itself replaced meanwhile.
+        for _ in 0..3 {
+            let holder: String = scripts::CLAIM_NAME
+                .key(self.keyspace.identity_names())
+                .arg(name)
+                .arg(id.as_str())
+                .arg(&stale)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            if holder.is_empty() {
+                return Ok(());
+            }
+            let holder_id = IdentityId::parse(&holder)
+                .map_err(|_| StoreError::Corrupt(format!("name index holds {holder:?}")))?;
+            match self.get_identity(&holder_id).await? {
+                Some(other) if other.name == name => {
+                    return Err(StoreError::NameTaken(name.to_owned()));
+                }
+                _ => stale = holder,
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn release_identity_name(&self, name: &str, id: &IdentityId) {
+        let released: Result<i64, _> = scripts::RELEASE_NAME
+            .key(self.keyspace.identity_names())
+            .arg(name)
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection())
+            .await;
+        if let Err(error) = released {
+            // Harmless: a stale claim is repaired by the next claim of the name.
+            tracing::warn!(%error, identity_id = %id, "could not release a name claim");
+        }
+    }
+
+    async fn holds_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<bool> {
+        let holder: Option<String> = self
+            .connection()
+            .hget(self.keyspace.identity_names(), name)
+            .await
+            .map_err(unavailable)?;
+        Ok(holder.as_deref() == Some(id.as_str()))
+    }
+
+    async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
+        let mut stored = identity.clone();
+        stored.revision += 1;
+        let reply: String = scripts::UPDATE_IDENTITY
+            .key(self.keyspace.identity(&identity.id))
+            .key(self.keyspace.key_index(&identity.id))
+            .key(self.keyspace.key_names(&identity.id))
+            .arg(self.keyspace.key_prefix(&identity.id))
+            .arg(encode(&stored)?)
+            .arg(identity.revision)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        script_outcome(&reply, &identity.name).map_err(|error| match error {
+            StoreError::NotFound(_) => StoreError::NotFound("identity"),
+            other => other,
+        })?;
+        Ok(stored)
+    }
+
+    async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+        let existed: i64 = scripts::DELETE_IDENTITY
+            .key(self.keyspace.identity(id))
+            .key(self.keyspace.key_index(id))
+            .key(self.keyspace.key_names(id))
+            .arg(self.keyspace.key_prefix(id))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(existed == 1)
+    }
+
+    async fn forget_listed_identity(&self, id: &IdentityId) {
+        let removed: Result<i64, _> = self
+            .connection()
+            .zrem(self.keyspace.identities(), id.as_str())
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(%error, identity_id = %id, "could not repair the identity listing");
+        }
+    }
+}
+
+#[async_trait]
+impl<C> Store for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()> {
+        // Order matters for repair on read: the name claim and the listing entry
+        // come first, so an interrupted create leaves only index entries that
+        // point at nothing, which readers drop.
+        self.claim_identity_name(&identity.name, &identity.id)
+            .await?;
+        let listed: Result<i64, _> = self
+            .connection()
+            .zadd(self.keyspace.identities(), identity.id.as_str(), 0)
+            .await;
+        if let Err(error) = listed {
+            self.release_identity_name(&identity.name, &identity.id)
+                .await;
+            return Err(unavailable(error));
+        }
+        let mut invocation = scripts::CREATE_IDENTITY.prepare_invoke();
+        invocation
+            .key(self.keyspace.identity(&identity.id))
+            .key(self.keyspace.key_index(&identity.id))
+            .key(self.keyspace.key_names(&identity.id))
+            .arg(self.keyspace.key_prefix(&identity.id))
+            .arg(encode(identity)?);
+        for key in keys {
+            invocation.arg(encode(key)?);
+        }
+        let created: Result<String, _> = invocation.invoke_async(&mut self.connection()).await;
+        let outcome = match created {
+            Ok(reply) => script_outcome(&reply, &identity.name),
+            Err(error) => Err(unavailable(error)),
+        };
+        if let Err(error) = outcome {
+            self.release_identity_name(&identity.name, &identity.id)
+                .await;
+            self.forget_listed_identity(&identity.id).await;
+            return Err(error);
+        }
+        // A concurrent creator may have judged our fresh claim stale between
+        // the claim and the write; exactly one of us still holds it.
+        if !self
+            .holds_identity_name(&identity.name, &identity.id)
+            .await?
+        {
+            self.run_delete_identity(&identity.id).await?;
+            self.forget_listed_identity(&identity.id).await;
+            return Err(StoreError::NameTaken(identity.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> StoreResult<Option<Identity>> {
+        let raw: Option<String> = self
+            .connection()
+            .get(self.keyspace.identity(id))
+            .await
+            .map_err(unavailable)?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    async fn find_identity_by_name(&self, name: &str) -> StoreResult<Option<Identity>> {
+        let holder: Option<String> = self
+            .connection()
+            .hget(self.keyspace.identity_names(), name)
+            .await
+            .map_err(unavailable)?;
+        let Some(id) = holder.and_then(|h| IdentityId::parse(&h).ok()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_identity(&id)
+            .await?
+            .filter(|identity| identity.name == name))
+    }
+
+    async fn list_identities(
+        &self,
+        after: Option<&IdentityId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Identity>> {
+        let mut found = Vec::with_capacity(limit);
+        let mut cursor = after
+            .map(|id| format!("({id}"))
+            .unwrap_or_else(|| "-".to_owned());
+        while found.len() < limit {
+            let wanted = limit - found.len();
+            let ids: Vec<String> = self
+                .connection()
+                .zrangebylex_limit(self.keyspace.identities(), &cursor, "+", 0, wanted as isize)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last() else { break };
+            cursor = format!("({last}");
+            let ids: Vec<IdentityId> = ids
+                .iter()
+                .filter_map(|id| IdentityId::parse(id).ok())
+                .collect();
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.get(self.keyspace.identity(id));
+            }
+            let records: Vec<Option<String>> = pipe
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            for (id, raw) in ids.iter().zip(records) {
+                match raw {
+                    Some(raw) => found.push(decode(&raw)?),
+                    // Expired natively or an interrupted delete: repair the index.
+                    None => self.forget_listed_identity(id).await,
+                }
+            }
+            if ids.len() < wanted {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
+        let Some(current) = self.get_identity(&identity.id).await? else {
+            return Err(StoreError::NotFound("identity"));
+        };
+        if current.name == identity.name {
+            return self.run_update_identity(identity).await;
+        }
+        self.claim_identity_name(&identity.name, &identity.id)
+            .await?;
+        let stored = match self.run_update_identity(identity).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.release_identity_name(&identity.name, &identity.id)
+                    .await;
+                return Err(error);
+            }
+        };
+        if !self
+            .holds_identity_name(&identity.name, &identity.id)
+            .await?
+        {
+            // Lost the new name to a concurrent claim: put the old name back.
+            let mut reverted = stored.clone();
+            reverted.name = current.name.clone();
+            self.run_update_identity(&reverted).await?;
+            return Err(StoreError::NameTaken(identity.name.clone()));
+        }
+        self.release_identity_name(&current.name, &identity.id)
+            .await;
+        Ok(stored)
+    }
+
+    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+        let name = self.get_identity(id).await?.map(|identity| identity.name);
+        let existed = self.run_delete_identity(id).await?;
+        if let Some(name) = name {
+            self.release_identity_name(&name, id).await;
+        }
+        self.forget_listed_identity(id).await;
+        Ok(existed)
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let identity = &key.identity_id;
+        let reply: String = scripts::CREATE_KEY
+            .key(self.keyspace.identity(identity))
+            .key(self.keyspace.key_index(identity))
+            .key(self.keyspace.key_names(identity))
+            .key(self.keyspace.key(&key.id))
+            .arg(self.keyspace.key_prefix(identity))
+            .arg(encode(key)?)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        script_outcome(&reply, &key.name).map_err(|error| match error {
+            StoreError::NotFound(_) => StoreError::NotFound("identity"),
+            other => other,
+        })
+    }
+
+    async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
+        let raw: Option<String> = self
+            .connection()
+            .get(self.keyspace.key(id))
+            .await
+            .map_err(unavailable)?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    async fn list_keys(
+        &self,
+        identity: &IdentityId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> StoreResult<Vec<ApiKey>> {
+        let index = self.keyspace.key_index(identity);
+        let mut found = Vec::with_capacity(limit);
+        let mut cursor = after
+            .map(|id| format!("({id}"))
+            .unwrap_or_else(|| "-".to_owned());
+        while found.len() < limit {
+            let wanted = limit - found.len();
+            let ids: Vec<String> = self
+                .connection()
+                .zrangebylex_limit(&index, &cursor, "+", 0, wanted as isize)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last() else { break };
+            cursor = format!("({last}");
+            let ids: Vec<KeyId> = ids.iter().filter_map(|id| KeyId::parse(id).ok()).collect();
+            let records: Vec<Option<String>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                // One identity's records share a slot, so MGET is one call.
+                let names: Vec<String> = ids.iter().map(|id| self.keyspace.key(id)).collect();
+                self.connection().mget(names).await.map_err(unavailable)?
+            };
+            for (id, raw) in ids.iter().zip(records) {
+                match raw {
+                    Some(raw) => found.push(decode(&raw)?),
+                    None => {
+                        let _: Result<i64, _> = self.connection().zrem(&index, id.as_str()).await;
+                    }
+                }
+            }
+            if ids.len() < wanted {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
+        let identity = &key.identity_id;
+        let mut stored = key.clone();
+        stored.revision += 1;
+        let reply: String = scripts::UPDATE_KEY
+            .key(self.keyspace.identity(identity))
+            .key(self.keyspace.key_index(identity))
+            .key(self.keyspace.key_names(identity))
+            .key(self.keyspace.key(&key.id))
+            .arg(self.keyspace.key_prefix(identity))
+            .arg(encode(&stored)?)
+            .arg(key.revision)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        script_outcome(&reply, &key.name).map_err(|error| match error {
+            StoreError::NotFound(_) => StoreError::NotFound("key"),
+            other => other,
+        })?;
+        Ok(stored)
+    }
+
+    async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
+        let identity = id.identity_id();
+        let existed: i64 = scripts::DELETE_KEY
+            .key(self.keyspace.key_index(&identity))
+            .key(self.keyspace.key_names(&identity))
+            .key(self.keyspace.key(id))
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(existed == 1)
+    }
+
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
+        let identity = &old.identity_id;
+        let mut stored_old = old.clone();
+        stored_old.revision += 1;
+        let reply: String = scripts::ROLL_KEY
+            .key(self.keyspace.identity(identity))
+            .key(self.keyspace.key_index(identity))
+            .key(self.keyspace.key_names(identity))
+            .key(self.keyspace.key(&old.id))
+            .key(self.keyspace.key(&replacement.id))
+            .arg(self.keyspace.key_prefix(identity))
+            .arg(encode(&stored_old)?)
+            .arg(old.revision)
+            .arg(encode(replacement)?)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        script_outcome(&reply, &replacement.name).map_err(|error| match error {
+            StoreError::NotFound(_) => StoreError::NotFound("key"),
+            other => other,
+        })
+    }
+
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+        // Both records carry the identity's hash tag: one MGET, one round
+        // trip, one Cluster slot.
+        let (raw_key, raw_identity): (Option<String>, Option<String>) = self
+            .connection()
+            .mget(&[
+                self.keyspace.key(id),
+                self.keyspace.identity(&id.identity_id()),
+            ])
+            .await
+            .map_err(unavailable)?;
+        match (raw_key, raw_identity) {
+            (Some(key), Some(identity)) => Ok(Some((decode(&key)?, decode(&identity)?))),
+            _ => Ok(None),
+        }
+    }
+}

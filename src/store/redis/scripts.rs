@@ -1,0 +1,221 @@
+//! Lua scripts: each change to one identity's records is one script call, so it
+//! is atomic and touches one Cluster slot. Records are JSON; scripts read the
+//! few fields they need with cjson.
+//!
+//! The deadline rule here mirrors `ApiKey::record_deadline`: a key record
+//! expires at the earliest of its `expire_time`, its `grace_expire_time` and its
+//! identity's `expire_time`. Every script that writes a key record re-applies it,
+//! so no write can clear a grace period.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+const COMMON: &str = r#"
+local function earliest(d, v)
+  if type(v) == 'number' and (d == nil or v < d) then return v end
+  return d
+end
+local function expire_at(k, d)
+  if d then redis.call('PEXPIREAT', k, string.format('%d', d)) else redis.call('PERSIST', k) end
+end
+local function key_deadline(key, identity_expire)
+  return earliest(earliest(earliest(nil, key.expire_time), key.grace_expire_time), identity_expire)
+end
+local function holds_name(key) return type(key.rolled_to) ~= 'string' end
+local function key_name_taken(names_key, key_prefix, name, id)
+  local holder = redis.call('HGET', names_key, name)
+  if not holder or holder == id then return false end
+  local raw = redis.call('GET', key_prefix .. holder)
+  if not raw then return false end
+  local other = cjson.decode(raw)
+  return other.name == name and holds_name(other)
+end
+local function expire_identity_indexes(index_key, names_key, identity_expire)
+  local d = earliest(nil, identity_expire)
+  expire_at(index_key, d)
+  expire_at(names_key, d)
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// KEYS: identity, key index, key names. ARGV: key prefix, identity JSON, key JSON...
+pub static CREATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'EXISTS' end
+local identity = cjson.decode(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2])
+expire_at(KEYS[1], earliest(nil, identity.expire_time))
+for i = 3, #ARGV do
+  local key = cjson.decode(ARGV[i])
+  local record = ARGV[1] .. key.id
+  redis.call('SET', record, ARGV[i])
+  expire_at(record, key_deadline(key, identity.expire_time))
+  redis.call('ZADD', KEYS[2], 0, key.id)
+  if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
+end
+expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: identity, key index, key names. ARGV: key prefix, new JSON, expected revision.
+pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'NOTFOUND' end
+if cjson.decode(raw).revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
+local identity = cjson.decode(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2])
+expire_at(KEYS[1], earliest(nil, identity.expire_time))
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local record = ARGV[1] .. id
+  local key = redis.call('GET', record)
+  if key then
+    expire_at(record, key_deadline(cjson.decode(key), identity.expire_time))
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: identity, key index, key names. ARGV: key prefix. Returns 1 if it existed.
+pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local existed = redis.call('EXISTS', KEYS[1])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  redis.call('DEL', ARGV[1] .. id)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return existed
+"#,
+    )
+});
+
+/// KEYS: identity, key index, key names, key record. ARGV: key prefix, key JSON.
+pub static CREATE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'NOTFOUND' end
+local identity = cjson.decode(raw)
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'CONFLICT' end
+local key = cjson.decode(ARGV[2])
+if holds_name(key) and key_name_taken(KEYS[3], ARGV[1], key.name, key.id) then return 'NAMETAKEN' end
+redis.call('SET', KEYS[4], ARGV[2])
+expire_at(KEYS[4], key_deadline(key, identity.expire_time))
+redis.call('ZADD', KEYS[2], 0, key.id)
+if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
+expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: identity, key index, key names, key record. ARGV: key prefix, new JSON,
+/// expected revision.
+pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw_identity = redis.call('GET', KEYS[1])
+local raw = redis.call('GET', KEYS[4])
+if not raw or not raw_identity then return 'NOTFOUND' end
+local current = cjson.decode(raw)
+if current.revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
+local key = cjson.decode(ARGV[2])
+if holds_name(key) and key_name_taken(KEYS[3], ARGV[1], key.name, key.id) then return 'NAMETAKEN' end
+if current.name ~= key.name and redis.call('HGET', KEYS[3], current.name) == key.id then
+  redis.call('HDEL', KEYS[3], current.name)
+end
+if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
+redis.call('SET', KEYS[4], ARGV[2])
+local identity_expire = cjson.decode(raw_identity).expire_time
+expire_at(KEYS[4], key_deadline(key, identity_expire))
+expire_identity_indexes(KEYS[2], KEYS[3], identity_expire)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: key index, key names, key record. ARGV: key id. Returns 1 if it existed.
+pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw = redis.call('GET', KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local key = cjson.decode(raw)
+if redis.call('HGET', KEYS[2], key.name) == ARGV[1] then redis.call('HDEL', KEYS[2], key.name) end
+redis.call('DEL', KEYS[3])
+return 1
+"#,
+    )
+});
+
+/// KEYS: identity, key index, key names, old record, new record. ARGV: key
+/// prefix, old key's new JSON, its expected revision, new key JSON.
+pub static ROLL_KEY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw_identity = redis.call('GET', KEYS[1])
+local raw = redis.call('GET', KEYS[4])
+if not raw_identity or not raw then return 'NOTFOUND' end
+local current = cjson.decode(raw)
+if current.revision ~= tonumber(ARGV[3]) or not holds_name(current) then return 'CONFLICT' end
+if redis.call('EXISTS', KEYS[5]) == 1 then return 'CONFLICT' end
+local identity_expire = cjson.decode(raw_identity).expire_time
+local old = cjson.decode(ARGV[2])
+local new = cjson.decode(ARGV[4])
+if type(old.grace_expire_time) == 'number' then
+  redis.call('SET', KEYS[4], ARGV[2])
+  expire_at(KEYS[4], key_deadline(old, identity_expire))
+else
+  redis.call('DEL', KEYS[4])
+  redis.call('ZREM', KEYS[2], old.id)
+end
+redis.call('SET', KEYS[5], ARGV[4])
+expire_at(KEYS[5], key_deadline(new, identity_expire))
+redis.call('ZADD', KEYS[2], 0, new.id)
+redis.call('HSET', KEYS[3], new.name, new.id)
+expire_identity_indexes(KEYS[2], KEYS[3], identity_expire)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: identity names. ARGV: name, claiming id, stale holder id (or '').
+/// Returns '' when the claim is ours, else the current holder's id.
+pub static CLAIM_NAME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if not holder or holder == ARGV[2] or holder == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return ''
+end
+return holder
+"#,
+    )
+});
+
+/// KEYS: identity names. ARGV: name, id. Removes the claim only if `id` holds it.
+pub static RELEASE_NAME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
