@@ -1,0 +1,5 @@
+//! keyrack's integration tests: one binary, real servers on port 0, real
+//! redis-servers the tests start themselves.
+
+mod support;
+mod store_contract;

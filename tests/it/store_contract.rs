@@ -1,0 +1,325 @@
+//! The Store contract: one suite, run against the memory store and a real
+//! redis-server, so both backends mean the same thing.
+
+use crate::support::{Backend, RedisServer, eventually, open_store};
+use keyrack::domain::{ApiKey, Identity, IdentityId, KeyId, State, UnixMillis};
+use keyrack::store::{Store, StoreError};
+use std::time::Duration;
+
+fn identity(name: &str) -> Identity {
+    Identity::new_service(name.to_owned(), String::new(), UnixMillis::now())
+}
+
+fn key(identity: &Identity, name: &str) -> ApiKey {
+    ApiKey {
+        id: KeyId::generate(&identity.id),
+        identity_id: identity.id.clone(),
+        name: name.to_owned(),
+        description: String::new(),
+        state: State::Active,
+        create_time: UnixMillis::now(),
+        expire_time: None,
+        last_use_time: None,
+        rolled_from: None,
+        rolled_to: None,
+        grace_expire_time: None,
+        token_hint: String::new(),
+        allowed_cidrs: Vec::new(),
+        secret_hash: "$argon2id$placeholder".into(),
+        revision: 0,
+    }
+}
+
+fn soon(millis: i64) -> Option<UnixMillis> {
+    Some(UnixMillis(UnixMillis::now().0 + millis))
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::support::Backend::Memory;
+                    super::$name(&*crate::support::open_store(&backend).await).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = crate::support::Backend::Redis(crate::support::RedisServer::start());
+                    super::$name(&*crate::support::open_store(&backend).await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    identities_are_created_found_and_listed,
+    identity_updates_check_revisions_and_names,
+    deleting_an_identity_removes_its_keys,
+    keys_are_unique_by_name_within_an_identity,
+    key_updates_check_revisions,
+    expired_records_are_gone,
+    identity_expiry_caps_its_keys_and_moves_with_it,
+    rolling_with_grace_keeps_the_old_key_until_its_deadline,
+    rolling_without_grace_removes_the_old_key_at_once,
+    a_later_write_cannot_clear_a_grace_period,
+);
+
+async fn identities_are_created_found_and_listed(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let first = key(&alpha, "default");
+    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(store.get_identity(&alpha.id).await.unwrap(), Some(alpha.clone()));
+    assert_eq!(store.find_identity_by_name("alpha").await.unwrap(), Some(alpha.clone()));
+    assert_eq!(store.find_identity_by_name("nobody").await.unwrap(), None);
+    let (found_key, found_identity) = store.key_with_identity(&first.id).await.unwrap().unwrap();
+    assert_eq!((found_key, found_identity), (first.clone(), alpha.clone()));
+
+    let duplicate = identity("alpha");
+    assert!(matches!(store.create_identity(&duplicate, &[]).await, Err(StoreError::NameTaken(_))));
+    assert_eq!(store.get_identity(&duplicate.id).await.unwrap(), None, "nothing half-written");
+
+    for index in 0..6 {
+        store.create_identity(&identity(&format!("svc{index}")), &[]).await.unwrap();
+    }
+    let mut seen: Vec<IdentityId> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_identities(after.as_ref(), 3).await.unwrap();
+        seen.extend(page.iter().map(|i| i.id.clone()));
+        if page.len() < 3 {
+            break;
+        }
+        after = page.last().map(|i| i.id.clone());
+    }
+    assert_eq!(seen.len(), 7);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "listed in id order");
+}
+
+async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let beta = identity("beta");
+    store.create_identity(&alpha, &[]).await.unwrap();
+    store.create_identity(&beta, &[]).await.unwrap();
+
+    let mut renamed = alpha.clone();
+    renamed.name = "gamma".into();
+    let stored = store.update_identity(&renamed).await.unwrap();
+    assert_eq!(stored.revision, alpha.revision + 1);
+    assert_eq!(store.find_identity_by_name("gamma").await.unwrap().map(|i| i.id), Some(alpha.id.clone()));
+    assert_eq!(store.find_identity_by_name("alpha").await.unwrap(), None);
+    // The freed name can be taken again.
+    store.create_identity(&identity("alpha"), &[]).await.unwrap();
+
+    // A write based on a stale read loses.
+    assert!(matches!(store.update_identity(&renamed).await, Err(StoreError::Conflict)));
+    // A name held by another identity cannot be taken.
+    let mut clash = stored.clone();
+    clash.name = "beta".into();
+    assert!(matches!(store.update_identity(&clash).await, Err(StoreError::NameTaken(_))));
+    assert_eq!(store.get_identity(&alpha.id).await.unwrap().unwrap().name, "gamma");
+    assert_eq!(store.find_identity_by_name("beta").await.unwrap().map(|i| i.id), Some(beta.id.clone()));
+
+    let ghost = identity("ghost");
+    assert!(matches!(store.update_identity(&ghost).await, Err(StoreError::NotFound(_))));
+}
+
+async fn deleting_an_identity_removes_its_keys(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let first = key(&alpha, "default");
+    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    let second = key(&alpha, "second");
+    store.create_key(&second).await.unwrap();
+    assert!(store.delete_identity(&alpha.id).await.unwrap());
+    assert!(!store.delete_identity(&alpha.id).await.unwrap());
+    assert_eq!(store.get_identity(&alpha.id).await.unwrap(), None);
+    assert_eq!(store.get_key(&first.id).await.unwrap(), None);
+    assert_eq!(store.get_key(&second.id).await.unwrap(), None);
+    assert_eq!(store.key_with_identity(&first.id).await.unwrap(), None);
+    assert!(store.list_identities(None, 10).await.unwrap().is_empty());
+    // Its name is free again.
+    store.create_identity(&identity("alpha"), &[]).await.unwrap();
+}
+
+async fn keys_are_unique_by_name_within_an_identity(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let beta = identity("beta");
+    store.create_identity(&alpha, &[]).await.unwrap();
+    store.create_identity(&beta, &[]).await.unwrap();
+    let one = key(&alpha, "web");
+    store.create_key(&one).await.unwrap();
+    assert!(matches!(store.create_key(&key(&alpha, "web")).await, Err(StoreError::NameTaken(_))));
+    store.create_key(&key(&beta, "web")).await.unwrap();
+
+    let orphan = key(&identity("ghost"), "web");
+    assert!(matches!(store.create_key(&orphan).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.get_key(&orphan.id).await.unwrap(), None);
+
+    for index in 0..4 {
+        store.create_key(&key(&alpha, &format!("k{index}"))).await.unwrap();
+    }
+    let first_page = store.list_keys(&alpha.id, None, 3).await.unwrap();
+    let second_page = store.list_keys(&alpha.id, first_page.last().map(|k| &k.id), 3).await.unwrap();
+    assert_eq!((first_page.len(), second_page.len()), (3, 2));
+    assert!(first_page.iter().all(|k| k.identity_id == alpha.id));
+
+    assert!(store.delete_key(&one.id).await.unwrap());
+    assert!(!store.delete_key(&one.id).await.unwrap());
+    store.create_key(&key(&alpha, "web")).await.unwrap();
+}
+
+async fn key_updates_check_revisions(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let one = key(&alpha, "one");
+    let two = key(&alpha, "two");
+    store.create_identity(&alpha, &[one.clone(), two.clone()]).await.unwrap();
+    let mut changed = one.clone();
+    changed.state = State::Disabled;
+    let stored = store.update_key(&changed).await.unwrap();
+    assert_eq!(stored.revision, 1);
+    assert_eq!(store.get_key(&one.id).await.unwrap().unwrap().state, State::Disabled);
+    assert!(matches!(store.update_key(&changed).await, Err(StoreError::Conflict)));
+    let mut clash = stored.clone();
+    clash.name = "two".into();
+    assert!(matches!(store.update_key(&clash).await, Err(StoreError::NameTaken(_))));
+    let mut renamed = stored.clone();
+    renamed.name = "three".into();
+    store.update_key(&renamed).await.unwrap();
+    store.create_key(&key(&alpha, "one")).await.unwrap();
+}
+
+async fn expired_records_are_gone(store: &dyn Store) {
+    let mut short = identity("short");
+    short.expire_time = soon(800);
+    let short_key = key(&short, "default");
+    store.create_identity(&short, std::slice::from_ref(&short_key)).await.unwrap();
+    let long = identity("long");
+    let mut expiring = key(&long, "expiring");
+    expiring.expire_time = soon(800);
+    store.create_identity(&long, std::slice::from_ref(&expiring)).await.unwrap();
+    assert!(store.key_with_identity(&short_key.id).await.unwrap().is_some());
+    assert!(store.key_with_identity(&expiring.id).await.unwrap().is_some());
+    eventually("records expire", Duration::from_secs(5), || async {
+        store.get_identity(&short.id).await.unwrap().is_none()
+            && store.get_key(&short_key.id).await.unwrap().is_none()
+            && store.get_key(&expiring.id).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(store.key_with_identity(&expiring.id).await.unwrap(), None);
+    assert!(store.get_identity(&long.id).await.unwrap().is_some());
+    let listed: Vec<_> = store.list_identities(None, 10).await.unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(listed, ["long"], "the listing drops expired identities");
+    assert!(store.list_keys(&long.id, None, 10).await.unwrap().is_empty());
+    // An expired identity's name is free.
+    store.create_identity(&identity("short"), &[]).await.unwrap();
+}
+
+async fn identity_expiry_caps_its_keys_and_moves_with_it(store: &dyn Store) {
+    let mut alpha = identity("alpha");
+    alpha.expire_time = soon(1_000);
+    let first = key(&alpha, "default");
+    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    // Extending the identity extends what capped its keys.
+    let mut extended = alpha.clone();
+    extended.expire_time = soon(60_000);
+    store.update_identity(&extended).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(store.key_with_identity(&first.id).await.unwrap().is_some(), "key outlives the old identity deadline");
+}
+
+async fn rolling_with_grace_keeps_the_old_key_until_its_deadline(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let old = key(&alpha, "web");
+    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    let mut replacement = key(&alpha, "web");
+    replacement.rolled_from = Some(old.id.clone());
+    let mut retiring = old.clone();
+    retiring.rolled_to = Some(replacement.id.clone());
+    retiring.grace_expire_time = soon(1_000);
+    store.roll_key(&retiring, &replacement).await.unwrap();
+
+    let (stored_old, _) = store.key_with_identity(&old.id).await.unwrap().unwrap();
+    assert_eq!(stored_old.rolled_to.as_ref(), Some(&replacement.id));
+    assert!(stored_old.in_grace());
+    assert!(store.key_with_identity(&replacement.id).await.unwrap().is_some());
+    // The name passed to the replacement; rolling the old key again loses.
+    assert!(matches!(store.create_key(&key(&alpha, "web")).await, Err(StoreError::NameTaken(_))));
+    assert!(matches!(store.roll_key(&stored_old, &key(&alpha, "web")).await, Err(StoreError::Conflict)));
+
+    eventually("grace ends", Duration::from_secs(5), || async {
+        store.get_key(&old.id).await.unwrap().is_none()
+    })
+    .await;
+    assert!(store.get_key(&replacement.id).await.unwrap().is_some());
+}
+
+async fn rolling_without_grace_removes_the_old_key_at_once(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let old = key(&alpha, "web");
+    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    let replacement = key(&alpha, "web");
+    let mut retiring = old.clone();
+    retiring.rolled_to = Some(replacement.id.clone());
+    store.roll_key(&retiring, &replacement).await.unwrap();
+    assert_eq!(store.get_key(&old.id).await.unwrap(), None);
+    let listed: Vec<_> = store.list_keys(&alpha.id, None, 10).await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(listed, [replacement.id.clone()]);
+    // A roll based on a stale read of the old key loses.
+    assert!(matches!(store.roll_key(&retiring, &key(&alpha, "x")).await, Err(StoreError::NotFound(_))));
+}
+
+async fn a_later_write_cannot_clear_a_grace_period(store: &dyn Store) {
+    let alpha = identity("alpha");
+    let old = key(&alpha, "web");
+    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    let replacement = key(&alpha, "web");
+    let mut retiring = old.clone();
+    retiring.rolled_to = Some(replacement.id.clone());
+    retiring.grace_expire_time = soon(1_000);
+    store.roll_key(&retiring, &replacement).await.unwrap();
+    // An edit of the old key, and an edit of its identity, both rewrite records.
+    let mut edited = store.get_key(&old.id).await.unwrap().unwrap();
+    edited.description = "edited during grace".into();
+    store.update_key(&edited).await.unwrap();
+    let mut identity_edit = store.get_identity(&alpha.id).await.unwrap().unwrap();
+    identity_edit.description = "edited".into();
+    store.update_identity(&identity_edit).await.unwrap();
+    eventually("grace still ends", Duration::from_secs(5), || async {
+        store.get_key(&old.id).await.unwrap().is_none()
+    })
+    .await;
+}
+
+/// Under Redis, the records of one identity share a hash tag and a listing
+/// entry whose record expired is repaired on read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_layout_shares_hash_tags_and_repairs_the_listing() {
+    let server = RedisServer::start();
+    let backend = Backend::Redis(server);
+    let store = open_store(&backend).await;
+    let mut alpha = identity("alpha");
+    alpha.expire_time = soon(500);
+    let first = key(&alpha, "default");
+    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    let tag = format!("{{{}}}", alpha.id);
+    let dump = backend.redis().dump();
+    let tagged: Vec<_> = dump.iter().filter(|(k, _)| k.contains(&tag)).map(|(k, _)| k.clone()).collect();
+    assert_eq!(tagged.len(), 4, "identity, key, key index and key names: {tagged:?}");
+    let mut connection = backend.redis().connection();
+    let ttl: i64 = ::redis::cmd("PTTL").arg(crate::support::keyspace().key(&first.id)).query(&mut connection).unwrap();
+    assert!(ttl > 0 && ttl <= 500, "native TTL on the key record: {ttl}");
+    eventually("identity expires natively", Duration::from_secs(5), || async {
+        store.get_identity(&alpha.id).await.unwrap().is_none()
+    })
+    .await;
+    assert!(store.list_identities(None, 10).await.unwrap().is_empty());
+    let listed: Vec<String> = ::redis::cmd("ZRANGE").arg("keyrack:identities").arg(0).arg(-1).query(&mut connection).unwrap();
+    assert!(listed.is_empty(), "stale listing entry repaired: {listed:?}");
+}

@@ -1,0 +1,309 @@
+//! What the integration tests share: a redis-server of their own, an
+//! in-process keyrack on 127.0.0.1:0, clients, and polling helpers.
+
+use keyrack::proto::admin_service_client::AdminServiceClient;
+use keyrack::proto::verify_service_client::VerifyServiceClient;
+use keyrack::server::{self, ServerOptions};
+use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+use keyrack::service::{Authority, AuthorityOptions};
+use keyrack::store::Store;
+use keyrack::store::memory::MemoryStore;
+use keyrack::store::redis::{Keyspace, RedisOptions, RedisStore};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Finds a program on PATH; a test that needs one fails without it.
+pub fn require_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH; run the README's test command, which installs it"))
+}
+
+/// A redis-server owned by one test: its own directory and unix socket, gone
+/// when dropped.
+pub struct RedisServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir.path(), &extra_args);
+        let server = Self { child, dir, extra_args };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(dir: &Path, extra_args: &[String]) -> Child {
+        Command::new(require_program("redis-server"))
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+            .arg("--unixsocket")
+            .arg(dir.join("redis.sock"))
+            .arg("--dir")
+            .arg(dir)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = redis::Client::open(self.url())
+                .and_then(|client| client.get_connection())
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+                .is_ok();
+            if ready {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The URL keyrack connects with.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Self::spawn(self.dir.path(), &self.extra_args);
+        self.wait_ready();
+    }
+
+    /// A plain connection for inspecting what keyrack wrote.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+
+    /// Every key and its value (strings, hashes, sorted sets), for leak checks.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
+        keys.into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+                let value = match kind.as_str() {
+                    "string" => redis::cmd("GET").arg(&key).query::<String>(&mut connection).unwrap(),
+                    "hash" => format!("{:?}", redis::cmd("HGETALL").arg(&key).query::<Vec<String>>(&mut connection).unwrap()),
+                    "zset" => format!("{:?}", redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query::<Vec<String>>(&mut connection).unwrap()),
+                    other => format!("<{other}>"),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fixed 32-byte server secret for tests.
+pub fn test_hasher() -> SecretHasher {
+    SecretHasher::new(
+        ServerSecret { version: 1, bytes: zeroize::Zeroizing::new(b"test-server-secret-of-32-bytes!!".to_vec()) },
+        Vec::new(),
+        HashPolicy::default(),
+    )
+    .unwrap()
+}
+
+/// Which backend a test runs on.
+pub enum Backend {
+    /// The embedded store.
+    Memory,
+    /// A redis-server of the test's own.
+    Redis(RedisServer),
+}
+
+impl Backend {
+    /// A Redis store over this backend's server (panics on Memory).
+    pub fn redis(&self) -> &RedisServer {
+        match self {
+            Backend::Redis(server) => server,
+            Backend::Memory => panic!("not a Redis backend"),
+        }
+    }
+}
+
+/// Opens a store for `backend`.
+pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
+    match backend {
+        Backend::Memory => Arc::new(MemoryStore::new()),
+        Backend::Redis(server) => {
+            let options = RedisOptions {
+                url: server.url(),
+                key_prefix: "keyrack:".into(),
+                connect_timeout: Duration::from_millis(500),
+                response_timeout: Duration::from_millis(500),
+            };
+            Arc::new(RedisStore::connect(&options, Duration::from_secs(5)).await.expect("connect to test redis"))
+        }
+    }
+}
+
+/// The keyspace tests see in Redis.
+pub fn keyspace() -> Keyspace {
+    Keyspace::new("keyrack:")
+}
+
+/// A keyrack serving on 127.0.0.1:0 in this process, with an admin.
+pub struct TestServer {
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+    /// The first admin's token.
+    pub admin_token: String,
+    /// The authority behind it.
+    pub authority: Arc<Authority>,
+    /// The backend it runs on.
+    pub backend: Backend,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        let store = open_store(&backend).await;
+        let authority = Arc::new(Authority::new(store, test_hasher(), AuthorityOptions::default()));
+        let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let options = ServerOptions {
+            health_interval: Duration::from_millis(200),
+            shutdown_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        };
+        let served = Arc::clone(&authority);
+        let task = tokio::spawn(async move {
+            server::serve(listener, served, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            address,
+            admin_token: minted.token.expose().to_owned(),
+            authority,
+            backend,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts on the memory store.
+    pub async fn memory() -> Self {
+        Self::start(Backend::Memory).await
+    }
+
+    /// Starts on a fresh redis-server.
+    pub async fn redis() -> Self {
+        Self::start(Backend::Redis(RedisServer::start())).await
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await.unwrap()
+    }
+
+    /// An Admin client.
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    /// A Verify client.
+    pub async fn verifier(&self) -> VerifyServiceClient<Channel> {
+        VerifyServiceClient::new(self.channel().await)
+    }
+
+    /// A health client.
+    pub async fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Polls `check` until it returns true or `within` passes; fails the test then.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a test body on both backends, each in its own test.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                $body($crate::support::TestServer::memory().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                $body($crate::support::TestServer::redis().await).await;
+            }
+        }
+    };
+}
