@@ -2,4 +2,5 @@
 //! redis-servers the tests start themselves.
 
 mod support;
+mod api;
 mod store_contract;

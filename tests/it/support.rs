@@ -294,15 +294,15 @@ where
 /// Runs a test body on both backends, each in its own test.
 #[macro_export]
 macro_rules! on_both_stores {
-    ($name:ident, $body:path) => {
+    ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
-                $body($crate::support::TestServer::memory().await).await;
+                super::$body($crate::support::TestServer::memory().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
-                $body($crate::support::TestServer::redis().await).await;
+                super::$body($crate::support::TestServer::redis().await).await;
             }
         }
     };
