@@ -90,6 +90,10 @@ async fn open_authority(args: &StoreArgs) -> Result<(Arc<Authority>, bool), RunE
 }
 
 async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    // Signal handlers go in before anything else, so a SIGTERM that arrives
+    // while starting still means a graceful stop rather than the default kill.
+    let shutdown = shutdown_signal()
+        .map_err(|e| ConfigError(format!("cannot watch shutdown signals: {e}")))?;
     let (authority, dev_mode) = open_authority(&args.store).await?;
     if !dev_mode && args.admin_token_file.is_some() {
         return Err(ConfigError(
@@ -125,7 +129,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         shutdown_timeout: args.shutdown_timeout,
         ..ServerOptions::default()
     };
-    server::serve(listener, authority, options, shutdown_signal()).await?;
+    server::serve(listener, authority, options, shutdown).await?;
     tracing::info!("keyrack stopped");
     Ok(())
 }
@@ -179,25 +183,15 @@ fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
     writeln!(file, "{content}")
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops keyrack");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+/// Registers for Ctrl-C and SIGTERM now; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// keyrack: a credential authority for internal microservices.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "keyrack",
     version,
@@ -28,7 +28,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (the default).
     Serve(ServeArgs),
@@ -39,7 +39,7 @@ pub enum Command {
 }
 
 /// Where state lives and how secrets are keyed.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct StoreArgs {
     /// Redis URL (redis://, rediss:// or unix://). Without it keyrack runs in
     /// dev mode on an embedded in-memory store whose state is lost on exit.
@@ -72,7 +72,7 @@ pub struct StoreArgs {
 }
 
 /// Flags of `keyrack serve`.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYRACK_LISTEN", default_value = "127.0.0.1:50051")]
@@ -93,7 +93,7 @@ pub struct ServeArgs {
 }
 
 /// Flags of `keyrack bootstrap-admin`.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct BootstrapArgs {
     /// Name of the admin identity to create.
     #[arg(long, env = "KEYRACK_BOOTSTRAP_NAME")]
@@ -120,7 +120,6 @@ pub struct ProtosetArgs {
 pub struct ConfigError(pub String);
 
 /// The store a process will use.
-#[derive(Debug)]
 pub enum StoreChoice {
     /// Dev mode.
     Memory,
@@ -129,7 +128,6 @@ pub enum StoreChoice {
 }
 
 /// Store and secret settings, checked.
-#[derive(Debug)]
 pub struct StoreConfig {
     /// Which store.
     pub store: StoreChoice,

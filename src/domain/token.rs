@@ -84,11 +84,20 @@ pub enum MalformedToken {
 }
 
 /// A token whose shape and checksum are right.
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 pub struct ParsedToken<'a> {
     /// The key the token claims to belong to.
     pub key_id: KeyId,
     secret: &'a str,
+}
+
+impl std::fmt::Debug for ParsedToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedToken")
+            .field("key_id", &self.key_id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
 }
 
 impl ParsedToken<'_> {

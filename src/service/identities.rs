@@ -1,7 +1,7 @@
 //! Operations on identities.
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis};
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use ipnet::IpNet;
 
 /// The first key of a new identity is called this.
@@ -145,11 +145,13 @@ impl Authority {
         with_retries("identity", || async {
             let mut identity = self.get_identity(id).await?;
             if let Some(name) = &changes.name {
-                if identity.kind == IdentityKind::Service {
-                    crate::domain::names::parse_name(name)
-                        .map_err(|e| Error::invalid("identity.name", e.to_string()))?;
-                }
-                identity.name = name.clone();
+                // The rule depends on the kind: a person keeps its SCIM userName.
+                let checked = match identity.kind {
+                    IdentityKind::Service => names::parse_name(name),
+                    IdentityKind::Person => names::parse_person_name(name),
+                };
+                identity.name =
+                    checked.map_err(|e| Error::invalid("identity.name", e.to_string()))?;
             }
             if let Some(description) = &changes.description {
                 identity.description = description.clone();

@@ -7,16 +7,24 @@ use crate::domain::token;
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use std::net::IpAddr;
 
-/// What Verify is asked.
-#[derive(Debug)]
+/// What Verify is asked. Its `Debug` leaves the token out.
 pub struct VerifyQuery<'a> {
-    /// The presented token (never logged: `Debug` of this struct is not used
-    /// on a path that logs, and tracing spans skip it).
+    /// The presented token.
     pub token: &'a str,
     /// The dataset the caller wants, if any.
     pub dataset: Option<&'a str>,
     /// The address the token came from, if known.
     pub client_ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for VerifyQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyQuery")
+            .field("token", &"[redacted]")
+            .field("dataset", &self.dataset)
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
 }
 
 /// An authenticated admin.

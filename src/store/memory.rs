@@ -285,7 +285,12 @@ impl Store for MemoryStore {
                 .ok_or(StoreError::NotFound("key"))?
                 .expire_time;
             let current = state.key(&key.id).ok_or(StoreError::NotFound("key"))?;
-            if current.revision != key.revision {
+            // Only a roll may set these; an edit that differs would move a
+            // grace deadline.
+            if current.revision != key.revision
+                || current.grace_expire_time != key.grace_expire_time
+                || current.rolled_to != key.rolled_to
+            {
                 return Err(StoreError::Conflict);
             }
             if state.key_name_taken(key) {

@@ -73,19 +73,38 @@ contract!(
 async fn identities_are_created_found_and_listed(store: &dyn Store) {
     let alpha = identity("alpha");
     let first = key(&alpha, "default");
-    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
-    assert_eq!(store.get_identity(&alpha.id).await.unwrap(), Some(alpha.clone()));
-    assert_eq!(store.find_identity_by_name("alpha").await.unwrap(), Some(alpha.clone()));
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_identity(&alpha.id).await.unwrap(),
+        Some(alpha.clone())
+    );
+    assert_eq!(
+        store.find_identity_by_name("alpha").await.unwrap(),
+        Some(alpha.clone())
+    );
     assert_eq!(store.find_identity_by_name("nobody").await.unwrap(), None);
     let (found_key, found_identity) = store.key_with_identity(&first.id).await.unwrap().unwrap();
     assert_eq!((found_key, found_identity), (first.clone(), alpha.clone()));
 
     let duplicate = identity("alpha");
-    assert!(matches!(store.create_identity(&duplicate, &[]).await, Err(StoreError::NameTaken(_))));
-    assert_eq!(store.get_identity(&duplicate.id).await.unwrap(), None, "nothing half-written");
+    assert!(matches!(
+        store.create_identity(&duplicate, &[]).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert_eq!(
+        store.get_identity(&duplicate.id).await.unwrap(),
+        None,
+        "nothing half-written"
+    );
 
     for index in 0..6 {
-        store.create_identity(&identity(&format!("svc{index}")), &[]).await.unwrap();
+        store
+            .create_identity(&identity(&format!("svc{index}")), &[])
+            .await
+            .unwrap();
     }
     let mut seen: Vec<IdentityId> = Vec::new();
     let mut after = None;
@@ -113,28 +132,60 @@ async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
     renamed.name = "gamma".into();
     let stored = store.update_identity(&renamed).await.unwrap();
     assert_eq!(stored.revision, alpha.revision + 1);
-    assert_eq!(store.find_identity_by_name("gamma").await.unwrap().map(|i| i.id), Some(alpha.id.clone()));
+    assert_eq!(
+        store
+            .find_identity_by_name("gamma")
+            .await
+            .unwrap()
+            .map(|i| i.id),
+        Some(alpha.id.clone())
+    );
     assert_eq!(store.find_identity_by_name("alpha").await.unwrap(), None);
     // The freed name can be taken again.
-    store.create_identity(&identity("alpha"), &[]).await.unwrap();
+    store
+        .create_identity(&identity("alpha"), &[])
+        .await
+        .unwrap();
 
     // A write based on a stale read loses.
-    assert!(matches!(store.update_identity(&renamed).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.update_identity(&renamed).await,
+        Err(StoreError::Conflict)
+    ));
     // A name held by another identity cannot be taken.
     let mut clash = stored.clone();
     clash.name = "beta".into();
-    assert!(matches!(store.update_identity(&clash).await, Err(StoreError::NameTaken(_))));
-    assert_eq!(store.get_identity(&alpha.id).await.unwrap().unwrap().name, "gamma");
-    assert_eq!(store.find_identity_by_name("beta").await.unwrap().map(|i| i.id), Some(beta.id.clone()));
+    assert!(matches!(
+        store.update_identity(&clash).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert_eq!(
+        store.get_identity(&alpha.id).await.unwrap().unwrap().name,
+        "gamma"
+    );
+    assert_eq!(
+        store
+            .find_identity_by_name("beta")
+            .await
+            .unwrap()
+            .map(|i| i.id),
+        Some(beta.id.clone())
+    );
 
     let ghost = identity("ghost");
-    assert!(matches!(store.update_identity(&ghost).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.update_identity(&ghost).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn deleting_an_identity_removes_its_keys(store: &dyn Store) {
     let alpha = identity("alpha");
     let first = key(&alpha, "default");
-    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let second = key(&alpha, "second");
     store.create_key(&second).await.unwrap();
     assert!(store.delete_identity(&alpha.id).await.unwrap());
@@ -145,7 +196,10 @@ async fn deleting_an_identity_removes_its_keys(store: &dyn Store) {
     assert_eq!(store.key_with_identity(&first.id).await.unwrap(), None);
     assert!(store.list_identities(None, 10).await.unwrap().is_empty());
     // Its name is free again.
-    store.create_identity(&identity("alpha"), &[]).await.unwrap();
+    store
+        .create_identity(&identity("alpha"), &[])
+        .await
+        .unwrap();
 }
 
 async fn keys_are_unique_by_name_within_an_identity(store: &dyn Store) {
@@ -155,18 +209,30 @@ async fn keys_are_unique_by_name_within_an_identity(store: &dyn Store) {
     store.create_identity(&beta, &[]).await.unwrap();
     let one = key(&alpha, "web");
     store.create_key(&one).await.unwrap();
-    assert!(matches!(store.create_key(&key(&alpha, "web")).await, Err(StoreError::NameTaken(_))));
+    assert!(matches!(
+        store.create_key(&key(&alpha, "web")).await,
+        Err(StoreError::NameTaken(_))
+    ));
     store.create_key(&key(&beta, "web")).await.unwrap();
 
     let orphan = key(&identity("ghost"), "web");
-    assert!(matches!(store.create_key(&orphan).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.create_key(&orphan).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.get_key(&orphan.id).await.unwrap(), None);
 
     for index in 0..4 {
-        store.create_key(&key(&alpha, &format!("k{index}"))).await.unwrap();
+        store
+            .create_key(&key(&alpha, &format!("k{index}")))
+            .await
+            .unwrap();
     }
     let first_page = store.list_keys(&alpha.id, None, 3).await.unwrap();
-    let second_page = store.list_keys(&alpha.id, first_page.last().map(|k| &k.id), 3).await.unwrap();
+    let second_page = store
+        .list_keys(&alpha.id, first_page.last().map(|k| &k.id), 3)
+        .await
+        .unwrap();
     assert_eq!((first_page.len(), second_page.len()), (3, 2));
     assert!(first_page.iter().all(|k| k.identity_id == alpha.id));
 
@@ -179,16 +245,28 @@ async fn key_updates_check_revisions(store: &dyn Store) {
     let alpha = identity("alpha");
     let one = key(&alpha, "one");
     let two = key(&alpha, "two");
-    store.create_identity(&alpha, &[one.clone(), two.clone()]).await.unwrap();
+    store
+        .create_identity(&alpha, &[one.clone(), two.clone()])
+        .await
+        .unwrap();
     let mut changed = one.clone();
     changed.state = State::Disabled;
     let stored = store.update_key(&changed).await.unwrap();
     assert_eq!(stored.revision, 1);
-    assert_eq!(store.get_key(&one.id).await.unwrap().unwrap().state, State::Disabled);
-    assert!(matches!(store.update_key(&changed).await, Err(StoreError::Conflict)));
+    assert_eq!(
+        store.get_key(&one.id).await.unwrap().unwrap().state,
+        State::Disabled
+    );
+    assert!(matches!(
+        store.update_key(&changed).await,
+        Err(StoreError::Conflict)
+    ));
     let mut clash = stored.clone();
     clash.name = "two".into();
-    assert!(matches!(store.update_key(&clash).await, Err(StoreError::NameTaken(_))));
+    assert!(matches!(
+        store.update_key(&clash).await,
+        Err(StoreError::NameTaken(_))
+    ));
     let mut renamed = stored.clone();
     renamed.name = "three".into();
     store.update_key(&renamed).await.unwrap();
@@ -199,13 +277,31 @@ async fn expired_records_are_gone(store: &dyn Store) {
     let mut short = identity("short");
     short.expire_time = soon(800);
     let short_key = key(&short, "default");
-    store.create_identity(&short, std::slice::from_ref(&short_key)).await.unwrap();
+    store
+        .create_identity(&short, std::slice::from_ref(&short_key))
+        .await
+        .unwrap();
     let long = identity("long");
     let mut expiring = key(&long, "expiring");
     expiring.expire_time = soon(800);
-    store.create_identity(&long, std::slice::from_ref(&expiring)).await.unwrap();
-    assert!(store.key_with_identity(&short_key.id).await.unwrap().is_some());
-    assert!(store.key_with_identity(&expiring.id).await.unwrap().is_some());
+    store
+        .create_identity(&long, std::slice::from_ref(&expiring))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .key_with_identity(&short_key.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .key_with_identity(&expiring.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     eventually("records expire", Duration::from_secs(5), || async {
         store.get_identity(&short.id).await.unwrap().is_none()
             && store.get_key(&short_key.id).await.unwrap().is_none()
@@ -214,30 +310,54 @@ async fn expired_records_are_gone(store: &dyn Store) {
     .await;
     assert_eq!(store.key_with_identity(&expiring.id).await.unwrap(), None);
     assert!(store.get_identity(&long.id).await.unwrap().is_some());
-    let listed: Vec<_> = store.list_identities(None, 10).await.unwrap().into_iter().map(|i| i.name).collect();
+    let listed: Vec<_> = store
+        .list_identities(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(listed, ["long"], "the listing drops expired identities");
-    assert!(store.list_keys(&long.id, None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_keys(&long.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // An expired identity's name is free.
-    store.create_identity(&identity("short"), &[]).await.unwrap();
+    store
+        .create_identity(&identity("short"), &[])
+        .await
+        .unwrap();
 }
 
 async fn identity_expiry_caps_its_keys_and_moves_with_it(store: &dyn Store) {
     let mut alpha = identity("alpha");
     alpha.expire_time = soon(1_000);
     let first = key(&alpha, "default");
-    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
     // Extending the identity extends what capped its keys.
     let mut extended = alpha.clone();
     extended.expire_time = soon(60_000);
     store.update_identity(&extended).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_300)).await;
-    assert!(store.key_with_identity(&first.id).await.unwrap().is_some(), "key outlives the old identity deadline");
+    assert!(
+        store.key_with_identity(&first.id).await.unwrap().is_some(),
+        "key outlives the old identity deadline"
+    );
 }
 
 async fn rolling_with_grace_keeps_the_old_key_until_its_deadline(store: &dyn Store) {
     let alpha = identity("alpha");
     let old = key(&alpha, "web");
-    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&old))
+        .await
+        .unwrap();
     let mut replacement = key(&alpha, "web");
     replacement.rolled_from = Some(old.id.clone());
     let mut retiring = old.clone();
@@ -248,10 +368,22 @@ async fn rolling_with_grace_keeps_the_old_key_until_its_deadline(store: &dyn Sto
     let (stored_old, _) = store.key_with_identity(&old.id).await.unwrap().unwrap();
     assert_eq!(stored_old.rolled_to.as_ref(), Some(&replacement.id));
     assert!(stored_old.in_grace());
-    assert!(store.key_with_identity(&replacement.id).await.unwrap().is_some());
+    assert!(
+        store
+            .key_with_identity(&replacement.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The name passed to the replacement; rolling the old key again loses.
-    assert!(matches!(store.create_key(&key(&alpha, "web")).await, Err(StoreError::NameTaken(_))));
-    assert!(matches!(store.roll_key(&stored_old, &key(&alpha, "web")).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.create_key(&key(&alpha, "web")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert!(matches!(
+        store.roll_key(&stored_old, &key(&alpha, "web")).await,
+        Err(StoreError::Conflict)
+    ));
 
     eventually("grace ends", Duration::from_secs(5), || async {
         store.get_key(&old.id).await.unwrap().is_none()
@@ -263,22 +395,37 @@ async fn rolling_with_grace_keeps_the_old_key_until_its_deadline(store: &dyn Sto
 async fn rolling_without_grace_removes_the_old_key_at_once(store: &dyn Store) {
     let alpha = identity("alpha");
     let old = key(&alpha, "web");
-    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&old))
+        .await
+        .unwrap();
     let replacement = key(&alpha, "web");
     let mut retiring = old.clone();
     retiring.rolled_to = Some(replacement.id.clone());
     store.roll_key(&retiring, &replacement).await.unwrap();
     assert_eq!(store.get_key(&old.id).await.unwrap(), None);
-    let listed: Vec<_> = store.list_keys(&alpha.id, None, 10).await.unwrap().into_iter().map(|k| k.id).collect();
-    assert_eq!(listed, [replacement.id.clone()]);
+    let listed: Vec<_> = store
+        .list_keys(&alpha.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&replacement.id));
     // A roll based on a stale read of the old key loses.
-    assert!(matches!(store.roll_key(&retiring, &key(&alpha, "x")).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.roll_key(&retiring, &key(&alpha, "x")).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn a_later_write_cannot_clear_a_grace_period(store: &dyn Store) {
     let alpha = identity("alpha");
     let old = key(&alpha, "web");
-    store.create_identity(&alpha, std::slice::from_ref(&old)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&old))
+        .await
+        .unwrap();
     let replacement = key(&alpha, "web");
     let mut retiring = old.clone();
     retiring.rolled_to = Some(replacement.id.clone());
@@ -307,19 +454,43 @@ async fn redis_layout_shares_hash_tags_and_repairs_the_listing() {
     let mut alpha = identity("alpha");
     alpha.expire_time = soon(500);
     let first = key(&alpha, "default");
-    store.create_identity(&alpha, std::slice::from_ref(&first)).await.unwrap();
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let tag = format!("{{{}}}", alpha.id);
     let dump = backend.redis().dump();
-    let tagged: Vec<_> = dump.iter().filter(|(k, _)| k.contains(&tag)).map(|(k, _)| k.clone()).collect();
-    assert_eq!(tagged.len(), 4, "identity, key, key index and key names: {tagged:?}");
+    let tagged: Vec<_> = dump
+        .iter()
+        .filter(|(k, _)| k.contains(&tag))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        tagged.len(),
+        4,
+        "identity, key, key index and key names: {tagged:?}"
+    );
     let mut connection = backend.redis().connection();
-    let ttl: i64 = ::redis::cmd("PTTL").arg(crate::support::keyspace().key(&first.id)).query(&mut connection).unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(crate::support::keyspace().key(&first.id))
+        .query(&mut connection)
+        .unwrap();
     assert!(ttl > 0 && ttl <= 500, "native TTL on the key record: {ttl}");
-    eventually("identity expires natively", Duration::from_secs(5), || async {
-        store.get_identity(&alpha.id).await.unwrap().is_none()
-    })
+    eventually(
+        "identity expires natively",
+        Duration::from_secs(5),
+        || async { store.get_identity(&alpha.id).await.unwrap().is_none() },
+    )
     .await;
     assert!(store.list_identities(None, 10).await.unwrap().is_empty());
-    let listed: Vec<String> = ::redis::cmd("ZRANGE").arg("keyrack:identities").arg(0).arg(-1).query(&mut connection).unwrap();
-    assert!(listed.is_empty(), "stale listing entry repaired: {listed:?}");
+    let listed: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg("keyrack:identities")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert!(
+        listed.is_empty(),
+        "stale listing entry repaired: {listed:?}"
+    );
 }

@@ -22,7 +22,9 @@ pub fn require_program(name: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not on PATH; run the README's test command, which installs it"))
+        .unwrap_or_else(|| {
+            panic!("{name} is not on PATH; run the README's test command, which installs it")
+        })
 }
 
 /// A redis-server owned by one test: its own directory and unix socket, gone
@@ -44,14 +46,27 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let child = Self::spawn(dir.path(), &extra_args);
-        let server = Self { child, dir, extra_args };
+        let server = Self {
+            child,
+            dir,
+            extra_args,
+        };
         server.wait_ready();
         server
     }
 
     fn spawn(dir: &Path, extra_args: &[String]) -> Child {
         Command::new(require_program("redis-server"))
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocketperm",
+                "700",
+            ])
             .arg("--unixsocket")
             .arg(dir.join("redis.sock"))
             .arg("--dir")
@@ -77,7 +92,10 @@ impl RedisServer {
             if ready {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -103,7 +121,10 @@ impl RedisServer {
 
     /// A plain connection for inspecting what keyrack wrote.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// Every key and its value (strings, hashes, sorted sets), for leak checks.
@@ -114,9 +135,26 @@ impl RedisServer {
             .map(|key| {
                 let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
                 let value = match kind.as_str() {
-                    "string" => redis::cmd("GET").arg(&key).query::<String>(&mut connection).unwrap(),
-                    "hash" => format!("{:?}", redis::cmd("HGETALL").arg(&key).query::<Vec<String>>(&mut connection).unwrap()),
-                    "zset" => format!("{:?}", redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query::<Vec<String>>(&mut connection).unwrap()),
+                    "string" => redis::cmd("GET")
+                        .arg(&key)
+                        .query::<String>(&mut connection)
+                        .unwrap(),
+                    "hash" => format!(
+                        "{:?}",
+                        redis::cmd("HGETALL")
+                            .arg(&key)
+                            .query::<Vec<String>>(&mut connection)
+                            .unwrap()
+                    ),
+                    "zset" => format!(
+                        "{:?}",
+                        redis::cmd("ZRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .query::<Vec<String>>(&mut connection)
+                            .unwrap()
+                    ),
                     other => format!("<{other}>"),
                 };
                 (key, value)
@@ -134,7 +172,10 @@ impl Drop for RedisServer {
 /// A fixed 32-byte server secret for tests.
 pub fn test_hasher() -> SecretHasher {
     SecretHasher::new(
-        ServerSecret { version: 1, bytes: zeroize::Zeroizing::new(b"test-server-secret-of-32-bytes!!".to_vec()) },
+        ServerSecret {
+            version: 1,
+            bytes: zeroize::Zeroizing::new(b"test-server-secret-of-32-bytes!!".to_vec()),
+        },
         Vec::new(),
         HashPolicy::default(),
     )
@@ -170,7 +211,11 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_millis(500),
             };
-            Arc::new(RedisStore::connect(&options, Duration::from_secs(5)).await.expect("connect to test redis"))
+            Arc::new(
+                RedisStore::connect(&options, Duration::from_secs(5))
+                    .await
+                    .expect("connect to test redis"),
+            )
         }
     }
 }
@@ -186,8 +231,6 @@ pub struct TestServer {
     pub address: std::net::SocketAddr,
     /// The first admin's token.
     pub admin_token: String,
-    /// The authority behind it.
-    pub authority: Arc<Authority>,
     /// The backend it runs on.
     pub backend: Backend,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -198,7 +241,11 @@ impl TestServer {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Self {
         let store = open_store(&backend).await;
-        let authority = Arc::new(Authority::new(store, test_hasher(), AuthorityOptions::default()));
+        let authority = Arc::new(Authority::new(
+            store,
+            test_hasher(),
+            AuthorityOptions::default(),
+        ));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -219,7 +266,6 @@ impl TestServer {
         Self {
             address,
             admin_token: minted.token.expose().to_owned(),
-            authority,
             backend,
             stop: Some(stop),
             task: Some(task),
@@ -237,7 +283,11 @@ impl TestServer {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// An Admin client.
@@ -286,7 +336,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -13,8 +13,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 use std::time::Duration;
 
-/// How a standalone Redis is reached.
-#[derive(Debug, Clone)]
+/// How a standalone Redis is reached. No `Debug`: the URL may hold a password.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://`, `rediss://` or `unix://` URL.
     pub url: String,
@@ -43,6 +43,16 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// How long a fresh name claim is respected even though its identity record
+/// does not carry the name yet: far longer than a create or rename takes.
+pub const NAME_CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// Splits a name claim `<identity id>:<unix ms>`.
+fn parse_claim(claim: &str) -> Option<(IdentityId, i64)> {
+    let (id, millis) = claim.split_once(':')?;
+    Some((IdentityId::parse(id).ok()?, millis.parse().ok()?))
 }
 
 /// Maps a script's status reply to the store's outcome.
@@ -115,18 +125,24 @@ where
         reply.get(1).cloned()
     }
 
-    /// Claims `name` for `id` in the global name index. A holder whose record is
-    /// gone or carries another name is stale (an interrupted write or a native
-    /// expiry) and is replaced.
+    /// Claims `name` for `id` in the global name index, as `<id>:<unix ms>`;
+    /// once the record carrying the name is written the claim is confirmed as
+    /// `<id>:0`. A claim whose identity record is gone or carries another name
+    /// is stale (a native expiry, an interrupted write) and is replaced, except
+    /// an unconfirmed one younger than [`NAME_CLAIM_LEASE`]: that belongs to a
+    /// create or rename in flight.
     async fn claim_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<()> {
         let mut stale = String::new();
         // Each round either succeeds or proves one holder stale; three rounds
         // cover a holder that was itself replaced meanwhile.
         for _ in 0..3 {
+            let now = crate::domain::UnixMillis::now();
+            let claim = format!("{id}:{}", now.0);
             let holder: String = scripts::CLAIM_NAME
                 .key(self.keyspace.identity_names())
                 .arg(name)
                 .arg(id.as_str())
+                .arg(&claim)
                 .arg(&stale)
                 .invoke_async(&mut self.connection())
                 .await
@@ -134,14 +150,18 @@ where
             if holder.is_empty() {
                 return Ok(());
             }
-            let holder_id = IdentityId::parse(&holder)
-                .map_err(|_| StoreError::Corrupt(format!("name index holds {holder:?}")))?;
-            match self.get_identity(&holder_id).await? {
-                Some(other) if other.name == name => {
-                    return Err(StoreError::NameTaken(name.to_owned()));
-                }
-                _ => stale = holder,
+            let (holder_id, claimed_at) = parse_claim(&holder)
+                .ok_or_else(|| StoreError::Corrupt(format!("name index holds {holder:?}")))?;
+            let holder_named_so = self
+                .get_identity(&holder_id)
+                .await?
+                .is_some_and(|other| other.name == name);
+            let in_flight = claimed_at != 0
+                && now.0.saturating_sub(claimed_at) < NAME_CLAIM_LEASE.as_millis() as i64;
+            if holder_named_so || in_flight {
+                return Err(StoreError::NameTaken(name.to_owned()));
             }
+            stale = holder;
         }
         Err(StoreError::Conflict)
     }
@@ -159,13 +179,19 @@ where
         }
     }
 
-    async fn holds_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<bool> {
-        let holder: Option<String> = self
-            .connection()
-            .hget(self.keyspace.identity_names(), name)
+    /// Confirms our claim on `name` now that the record carrying it is
+    /// written; false when a concurrent claim replaced ours meanwhile.
+    async fn confirm_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<bool> {
+        let holder: String = scripts::CLAIM_NAME
+            .key(self.keyspace.identity_names())
+            .arg(name)
+            .arg(id.as_str())
+            .arg(format!("{id}:0"))
+            .arg("")
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        Ok(holder.as_deref() == Some(id.as_str()))
+        Ok(holder.is_empty())
     }
 
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
@@ -250,20 +276,34 @@ where
             invocation.arg(encode(key)?);
         }
         let created: Result<String, _> = invocation.invoke_async(&mut self.connection()).await;
-        let outcome = match created {
-            Ok(reply) => script_outcome(&reply, &identity.name),
-            Err(error) => Err(unavailable(error)),
-        };
-        if let Err(error) = outcome {
-            self.release_identity_name(&identity.name, &identity.id)
-                .await;
-            self.forget_listed_identity(&identity.id).await;
-            return Err(error);
+        match created {
+            Ok(reply) if reply == "OK" => {}
+            // An id collision (about 2^-71): the other identity keeps its entries.
+            Ok(reply) if reply == "EXISTS" => return Err(StoreError::Conflict),
+            Ok(reply) => {
+                self.release_identity_name(&identity.name, &identity.id)
+                    .await;
+                self.forget_listed_identity(&identity.id).await;
+                return Err(script_outcome(&reply, &identity.name)
+                    .err()
+                    .unwrap_or(StoreError::Conflict));
+            }
+            Err(error) => {
+                // The script may have run before its reply was lost: undo only
+                // what certainly did not happen.
+                let written = matches!(self.get_identity(&identity.id).await, Ok(Some(_)));
+                if !written {
+                    self.release_identity_name(&identity.name, &identity.id)
+                        .await;
+                    self.forget_listed_identity(&identity.id).await;
+                    return Err(unavailable(error));
+                }
+            }
         }
         // A concurrent creator may have judged our fresh claim stale between
         // the claim and the write; exactly one of us still holds it.
         if !self
-            .holds_identity_name(&identity.name, &identity.id)
+            .confirm_identity_name(&identity.name, &identity.id)
             .await?
         {
             self.run_delete_identity(&identity.id).await?;
@@ -288,7 +328,7 @@ where
             .hget(self.keyspace.identity_names(), name)
             .await
             .map_err(unavailable)?;
-        let Some(id) = holder.and_then(|h| IdentityId::parse(&h).ok()) else {
+        let Some((id, _)) = holder.as_deref().and_then(parse_claim) else {
             return Ok(None);
         };
         Ok(self
@@ -359,7 +399,7 @@ where
             }
         };
         if !self
-            .holds_identity_name(&identity.name, &identity.id)
+            .confirm_identity_name(&identity.name, &identity.id)
             .await?
         {
             // Lost the new name to a concurrent claim: put the old name back.

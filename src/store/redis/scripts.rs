@@ -133,6 +133,10 @@ if not raw or not raw_identity then return 'NOTFOUND' end
 local current = cjson.decode(raw)
 if current.revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
 local key = cjson.decode(ARGV[2])
+-- Only a roll may set these; an edit that differs would move a grace deadline.
+if key.grace_expire_time ~= current.grace_expire_time or key.rolled_to ~= current.rolled_to then
+  return 'CONFLICT'
+end
 if holds_name(key) and key_name_taken(KEYS[3], ARGV[1], key.name, key.id) then return 'NAMETAKEN' end
 if current.name ~= key.name and redis.call('HGET', KEYS[3], current.name) == key.id then
   redis.call('HDEL', KEYS[3], current.name)
@@ -193,14 +197,16 @@ return 'OK'
     )
 });
 
-/// KEYS: identity names. ARGV: name, claiming id, stale holder id (or '').
-/// Returns '' when the claim is ours, else the current holder's id.
+/// KEYS: identity names. ARGV: name, claiming id, the claim to write
+/// (`<id>:<unix ms>`), and a claim judged stale (or ''). A claim is ours when
+/// the name is free, already ours, or still holds exactly the stale claim.
+/// Returns '' when the claim is ours, else the current claim.
 pub static CLAIM_NAME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if not holder or holder == ARGV[2] or holder == ARGV[3] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not holder or holder == ARGV[4] or string.sub(holder, 1, #ARGV[2] + 1) == ARGV[2] .. ':' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   return ''
 end
 return holder
@@ -212,7 +218,8 @@ return holder
 pub static RELEASE_NAME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and string.sub(holder, 1, #ARGV[2] + 1) == ARGV[2] .. ':' then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0

@@ -1,0 +1,595 @@
+//! The `keyrack` binary as an operator runs it, driven by real clients
+//! (grpcurl, buf) the way the README shows.
+
+use crate::support::{RedisServer, eventually, require_program};
+use keyrack::proto;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const SERVER_SECRET: &str = "cli-test-server-secret-0123456789abcdef";
+
+fn keyrack() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keyrack"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("server-secret");
+    std::fs::write(&path, format!("{SERVER_SECRET}\n")).unwrap();
+    path
+}
+
+/// A `keyrack serve` process with its stderr captured to a file.
+struct Served {
+    child: Child,
+    port: u16,
+    stderr: PathBuf,
+    stdout_lines: Vec<String>,
+}
+
+impl Served {
+    /// Starts `keyrack serve` with `args` and waits until it accepts calls.
+    /// In dev mode, reads stdout until the admin token line.
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)], dev_mode: bool) -> Self {
+        let port = free_port();
+        let stderr = dir.join(format!("keyrack-{port}.stderr"));
+        let mut child = keyrack()
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("KEYRACK_REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start keyrack");
+        let mut stdout_lines = Vec::new();
+        if dev_mode {
+            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 {
+                let done = line.starts_with("dev admin token: ");
+                stdout_lines.push(line.trim_end().to_owned());
+                line.clear();
+                if done {
+                    break;
+                }
+            }
+            // Keep draining so the process never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keyrack did not start: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            stderr,
+            stdout_lines,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn dev_admin_token(&self) -> String {
+        self.stdout_lines
+            .iter()
+            .find_map(|line| line.strip_prefix("dev admin token: "))
+            .expect("dev admin token line")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and returns the exit status and everything logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keyrack did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (exit, std::fs::read_to_string(&self.stderr).unwrap())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn grpcurl(args: &[&str]) -> Output {
+    Command::new(require_program("grpcurl"))
+        .args(args)
+        .output()
+        .expect("run grpcurl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn dev_mode_prints_and_writes_the_admin_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    let served = Served::start(
+        dir.path(),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+        &[],
+        true,
+    );
+    let token = served.dev_admin_token();
+    assert!(token.starts_with("kr_"));
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim_end(),
+        token
+    );
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (exit, logs) = served.terminate();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    assert!(
+        logs.contains("state is lost on exit"),
+        "dev mode warns: {logs}"
+    );
+    assert!(
+        !logs.contains(&token),
+        "the admin token never reaches the log"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_with_one_line_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short-secret");
+    std::fs::write(&short, "too short\n").unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-url",
+                "redis://127.0.0.1:1",
+            ],
+            "--server-secret-file",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--server-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "at least 32 bytes",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--server-secret-file",
+                "/nonexistent/secret",
+            ],
+            "cannot read server secret file",
+        ),
+        (
+            vec!["serve", "--listen", &listen, "--token-prefix", "Bad_Prefix"],
+            "token prefix",
+        ),
+        (
+            vec!["serve", "--listen", "not-an-address"],
+            "invalid socket address",
+        ),
+        (
+            vec!["bootstrap-admin", "--name", "ops"],
+            "needs --redis-url",
+        ),
+    ];
+    for (args, reason) in cases {
+        let output = keyrack()
+            .args(&args)
+            .env_remove("KEYRACK_REDIS_URL")
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?} printed on stdout");
+        // Nothing stayed bound on the port the bad configuration named.
+        std::net::TcpListener::bind(&listen).expect("port still free");
+    }
+    // The variables are read like the flags.
+    let output = keyrack()
+        .env("KEYRACK_REDIS_URL", "redis://127.0.0.1:1")
+        .args(["serve", "--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(text(&output.stderr).contains("--server-secret-file"));
+}
+
+#[test]
+fn bootstrap_admin_then_serve_on_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let store_args = [
+        "--redis-url",
+        &redis.url(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let bootstrap = |extra: &[&str]| {
+        keyrack()
+            .arg("bootstrap-admin")
+            .args(["--name", "ops"])
+            .args(store_args)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = bootstrap(&[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "only the token on stdout: {stdout:?}");
+    let token = lines[0].to_owned();
+    assert!(token.starts_with("kr_"));
+
+    let again = bootstrap(&[]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already exists"));
+    let forced = keyrack()
+        .arg("bootstrap-admin")
+        .args(["--name", "ops2", "--force"])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+
+    let served = Served::start(dir.path(), &store_args, &[], false);
+    let listed = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &served.address(),
+        "list",
+    ]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(text(&listed.stdout).contains("keyrack.v1.AdminService"));
+    // The same secret file is needed to check the stored hashes: with another
+    // secret the bootstrap token is unknown.
+    drop(served);
+    let other = dir.path().join("other-secret");
+    std::fs::write(&other, "another-server-secret-0123456789abcdefgh").unwrap();
+    let served = Served::start(
+        dir.path(),
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--server-secret-file",
+            other.to_str().unwrap(),
+        ],
+        &[],
+        false,
+    );
+    let refused = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        &served.address(),
+        "list",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+#[test]
+fn grpcurl_lists_services_only_for_admins_and_verifies_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[], &[], true);
+    let admin = format!("authorization: Bearer {}", served.dev_admin_token());
+    let address = served.address();
+
+    let anonymous = grpcurl(&["-plaintext", &address, "list"]);
+    assert!(!anonymous.status.success());
+    assert!(
+        text(&anonymous.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&anonymous.stderr)
+    );
+
+    let listed = grpcurl(&["-plaintext", "-H", &admin, &address, "list"]);
+    let services = text(&listed.stdout);
+    for service in [
+        "keyrack.v1.AdminService",
+        "keyrack.v1.VerifyService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            services.contains(service),
+            "{service} missing from {services}"
+        );
+    }
+
+    let created = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        r#"{"name": "payments"}"#,
+        &address,
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    let verified = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        &format!(r#"{{"token": "{token}"}}"#),
+        &address,
+        "keyrack.v1.VerifyService/Verify",
+    ]);
+    let verified: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(verified["valid"], true);
+    assert_eq!(verified["code"], "VERIFY_CODE_VALID");
+    assert_eq!(verified["identity"]["name"], "payments");
+
+    // Field violations reach grpcurl users as google.rpc.BadRequest.
+    let bad = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        r#"{"name": "no spaces"}"#,
+        &address,
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    assert!(!bad.status.success());
+    let stderr = text(&bad.stderr);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("fieldViolations"),
+        "{stderr}"
+    );
+}
+
+/// The README's walkthrough, run as written (with this test's address and
+/// binary in place of `localhost:50051` and `cargo run --release --`).
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    require_program("grpcurl");
+    require_program("jq");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("<!-- walkthrough:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- walkthrough:end -->").next())
+        .expect("walkthrough markers in README.md");
+    let script = block
+        .trim()
+        .trim_start_matches("```sh")
+        .trim_end_matches("```");
+    assert!(readme.contains("cargo run --release -- --admin-token-file /tmp/keyrack-admin-token"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    let served = Served::start(
+        dir.path(),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+        &[],
+        true,
+    );
+    let script = script
+        .replace("/tmp/keyrack-admin-token", token_file.to_str().unwrap())
+        .replace("localhost:50051", &served.address())
+        .replace("cargo run --release --", env!("CARGO_BIN_EXE_keyrack"));
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{}",
+        text(&output.stderr)
+    );
+    let codes: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"code\": "))
+        .map(|code| code.trim_end_matches(',').trim_matches('"'))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_IP_NOT_ALLOWED",
+            "VERIFY_CODE_DISABLED",
+            "VERIFY_CODE_UNKNOWN",
+            "VERIFY_CODE_VALID"
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"status\": \"SERVING\""), "{stdout}");
+}
+
+/// At RUST_LOG=trace the server logs a great deal; none of it may be a token,
+/// a secret or a key hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_contain_secrets() {
+    use crate::support::authed;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[], &[("RUST_LOG", "trace")], true);
+    let admin_token = served.dev_admin_token();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", served.address()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = proto::admin_service_client::AdminServiceClient::new(channel.clone());
+    let mut verifier = proto::verify_service_client::VerifyServiceClient::new(channel);
+    let mut tokens = vec![admin_token.clone()];
+    for index in 0..3 {
+        let created = admin
+            .create_identity(authed(
+                &admin_token,
+                proto::CreateIdentityRequest {
+                    name: format!("svc{index}"),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let key = admin
+            .create_key(authed(
+                &admin_token,
+                proto::CreateKeyRequest {
+                    identity_id: created.identity.unwrap().id,
+                    name: "more".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for token in [&created.token, &key.token] {
+            verifier
+                .verify(proto::VerifyRequest {
+                    token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            verifier
+                .verify(authed(token, proto::VerifyRequest::default()))
+                .await
+                .unwrap();
+            let mut tampered = token.clone();
+            tampered.insert(token.len() - 10, 'x');
+            verifier
+                .verify(proto::VerifyRequest {
+                    token: tampered,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        tokens.push(created.token);
+        tokens.push(key.token);
+    }
+    let _ = admin
+        .list_identities(authed(&tokens[1], proto::ListIdentitiesRequest::default()))
+        .await;
+    let (_, logs) = served.terminate();
+    assert!(
+        logs.lines().count() > 50,
+        "trace logging was on: {} lines",
+        logs.lines().count()
+    );
+    for token in &tokens {
+        let secret = &token[token.len() - 49..token.len() - 6];
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+    assert!(!logs.contains("$argon2id$"), "a key hash reached the log");
+}
+
+#[test]
+fn buf_lint_passes_with_the_standard_rules() {
+    let output = Command::new(require_program("buf"))
+        .arg("lint")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "buf lint:\n{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/buf.yaml")).unwrap();
+    assert!(config.contains("STANDARD"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_served_and_sigterm_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &["--shutdown-timeout", "3s"], &[], true);
+    let address = served.address();
+    // Reflection is gated, so an anonymous grpcurl describes the API with the protoset.
+    let protoset = dir.path().join("keyrack.pb");
+    let written = keyrack()
+        .args(["protoset", "--output", protoset.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(written.success());
+    for service in ["", "keyrack.v1.AdminService", "keyrack.v1.VerifyService"] {
+        let request = format!(r#"{{"service": "{service}"}}"#);
+        eventually("serving", Duration::from_secs(5), || async {
+            let output = grpcurl(&[
+                "-plaintext",
+                "-protoset",
+                protoset.to_str().unwrap(),
+                "-d",
+                &request,
+                &address,
+                "grpc.health.v1.Health/Check",
+            ]);
+            text(&output.stdout).contains("\"SERVING\"")
+        })
+        .await;
+    }
+    let (exit, logs) = served.terminate();
+    assert!(exit.success());
+    assert!(logs.contains("shutting down"), "{logs}");
+}
