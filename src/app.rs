@@ -52,10 +52,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 }
 
 /// Builds the authority over the configured store.
-async fn open_authority(args: &StoreArgs) -> Result<(Arc<Authority>, bool), RunError> {
+async fn open_authority(
+    args: &StoreArgs,
+    totp_for_roll: bool,
+) -> Result<(Arc<Authority>, bool), RunError> {
     let config = args.load()?;
     let options = AuthorityOptions {
         token_prefix: config.token_prefix,
+        totp_for_roll,
     };
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
         StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
@@ -84,7 +88,7 @@ async fn open_authority(args: &StoreArgs) -> Result<(Arc<Authority>, bool), RunE
         }
     };
     Ok((
-        Arc::new(Authority::new(store, config.hasher, options)),
+        Arc::new(Authority::new(store, config.hasher, config.sealer, options)),
         dev_mode,
     ))
 }
@@ -94,7 +98,12 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     // while starting still means a graceful stop rather than the default kill.
     let shutdown = shutdown_signal()
         .map_err(|e| ConfigError(format!("cannot watch shutdown signals: {e}")))?;
-    let (authority, dev_mode) = open_authority(&args.store).await?;
+    let (authority, dev_mode) = open_authority(&args.store, !args.no_totp_for_roll).await?;
+    if args.no_totp_for_roll {
+        tracing::warn!(
+            "--no-totp-for-roll: RollKey will NOT ask for a TOTP code; any admin token can roll any key. Use only in development."
+        );
+    }
     if !dev_mode && args.admin_token_file.is_some() {
         return Err(ConfigError(
             "--admin-token-file is for dev mode; use `keyrack bootstrap-admin` with Redis".into(),
@@ -142,7 +151,7 @@ async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
         .into());
     }
     crate::domain::names::parse_name(&args.name).map_err(|e| ConfigError(format!("--name {e}")))?;
-    let (authority, _) = open_authority(&args.store).await?;
+    let (authority, _) = open_authority(&args.store, true).await?;
     let refused = |e: crate::domain::Error| RunError::Refused(e.to_string());
     if !args.force && authority.admin_exists().await.map_err(refused)? {
         return Err(RunError::Refused(

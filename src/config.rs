@@ -4,6 +4,7 @@
 use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+use crate::service::sealing::SeedSealer;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     /// (gated), anyone (open), or nobody (off).
     #[arg(long, env = "KEYRACK_REFLECTION", value_enum, default_value = "gated")]
     pub reflection: ReflectionAccess,
+    /// Let RollKey proceed without the caller's TOTP code. For dev setups
+    /// only: a stolen admin token then suffices to roll any key.
+    #[arg(long, env = "KEYRACK_NO_TOTP_FOR_ROLL")]
+    pub no_totp_for_roll: bool,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -133,6 +138,8 @@ pub struct StoreConfig {
     pub store: StoreChoice,
     /// The hasher keyed with the server secret(s).
     pub hasher: SecretHasher,
+    /// The TOTP seed sealer keyed with the same secret(s).
+    pub sealer: SeedSealer,
     /// The token prefix.
     pub token_prefix: TokenPrefix,
 }
@@ -170,9 +177,14 @@ impl StoreArgs {
                     "--server-secret-file is ignored in dev mode: a random secret is used"
                 );
             }
+            let secret = ServerSecret::random();
+            let sealer = SeedSealer::new(&secret, &[]);
+            let hasher = SecretHasher::new(secret, Vec::new(), HashPolicy::default())
+                .map_err(ConfigError)?;
             return Ok(StoreConfig {
                 store: StoreChoice::Memory,
-                hasher: SecretHasher::ephemeral(),
+                hasher,
+                sealer,
                 token_prefix,
             });
         };
@@ -196,16 +208,17 @@ impl StoreArgs {
             }
             None => Vec::new(),
         };
+        let sealer = SeedSealer::new(&current, &previous);
         let hasher = SecretHasher::new(current, previous, HashPolicy::default())
             .map_err(|e| ConfigError(format!("--server-secret-file: {e}")))?;
+        // The URL may hold a password: the message does not repeat it.
         redis::parse_redis_url(url).ok_or_else(|| {
-            ConfigError(format!(
-                "--redis-url {url:?} is not a redis://, rediss:// or unix:// URL"
-            ))
+            ConfigError("--redis-url is not a redis://, rediss:// or redis+unix:// URL".into())
         })?;
         Ok(StoreConfig {
             store: StoreChoice::Redis(url.clone()),
             hasher,
+            sealer,
             token_prefix,
         })
     }

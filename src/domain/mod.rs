@@ -10,6 +10,7 @@ pub mod names;
 pub mod secret;
 pub mod time;
 pub mod token;
+pub mod totp;
 pub mod verdict;
 
 pub use error::{Error, FieldViolation, Violations};

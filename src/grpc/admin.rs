@@ -1,7 +1,7 @@
 //! AdminService. Every method authenticates the caller as an admin first.
 
 use super::{bearer_token, convert};
-use crate::domain::{Error, State};
+use crate::domain::{Error, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::service::{Authority, Caller};
 use std::sync::Arc;
@@ -210,8 +210,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RollKeyRequest>,
     ) -> Reply<proto::RollKeyResponse> {
-        self.authorize(&request).await?;
-        Err(unimplemented("RollKey"))
+        let caller = self.authorize(&request).await?;
+        let roll = convert::roll_in(request.into_inner())?;
+        let rolled = self.authority.roll_key(&caller, roll).await?;
+        Ok(Response::new(proto::RollKeyResponse {
+            key: Some(convert::key_out(rolled.minted.key)),
+            token: rolled.minted.token.expose().to_owned(),
+            previous_key: rolled.previous.map(convert::key_out),
+        }))
     }
 
     #[tracing::instrument(name = "RevokeKey", skip_all, fields(actor))]
@@ -266,8 +272,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::EnrollTotpRequest>,
     ) -> Reply<proto::EnrollTotpResponse> {
-        self.authorize(&request).await?;
-        Err(unimplemented("EnrollTotp"))
+        let caller = self.authorize(&request).await?;
+        let enrollment = self.authority.enroll_totp(&caller).await?;
+        Ok(Response::new(proto::EnrollTotpResponse {
+            secret: enrollment.secret.expose().to_owned(),
+            otpauth_url: enrollment.otpauth_url.expose().to_owned(),
+        }))
     }
 
     #[tracing::instrument(name = "ConfirmTotp", skip_all, fields(actor))]
@@ -275,7 +285,9 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ConfirmTotpRequest>,
     ) -> Reply<proto::ConfirmTotpResponse> {
-        self.authorize(&request).await?;
-        Err(unimplemented("ConfirmTotp"))
+        let caller = self.authorize(&request).await?;
+        let code = SecretString::new(request.into_inner().code);
+        self.authority.confirm_totp(&caller, code.expose()).await?;
+        Ok(Response::new(proto::ConfirmTotpResponse {}))
     }
 }

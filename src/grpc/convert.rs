@@ -1,13 +1,16 @@
 //! Proto ↔ domain: every request field is checked here, all at once, so a
 //! caller sees every problem in one INVALID_ARGUMENT with field violations.
 
+use crate::domain::SecretString;
 use crate::domain::cidr;
 use crate::domain::names::{parse_description, parse_name};
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
 };
 use crate::proto;
-use crate::service::{IdentityChanges, KeyChanges, NewIdentity, NewKey, PageRequest};
+use crate::service::{
+    IdentityChanges, KeyChanges, NewIdentity, NewKey, OldKeyEnd, PageRequest, RollRequest,
+};
 use ipnet::IpNet;
 
 /// Latest instant a timestamp may name: the end of year 9999, as
@@ -348,6 +351,55 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
     }
     violations.finish()?;
     Ok((id.expect("checked above"), changes))
+}
+
+/// Longest TOTP code field worth reading; real codes have 6 digits.
+const MAX_TOTP_CODE_CHARS: usize = 16;
+
+/// Checks a RollKeyRequest.
+pub fn roll_in(request: proto::RollKeyRequest) -> Result<RollRequest, Error> {
+    use proto::roll_key_request::OldKeyEnd as End;
+    let mut violations = Violations::new();
+    let key_id = violations.check("key_id", KeyId::parse(&request.key_id));
+    let old_key_end = match &request.old_key_end {
+        None => Some(OldKeyEnd::Now),
+        Some(End::GracePeriod(period)) => violations
+            .check(
+                "grace_period",
+                duration_in(period, crate::service::MAX_GRACE_PERIOD),
+            )
+            .map(OldKeyEnd::After),
+        Some(End::OldKeyExpireTime(time)) => violations
+            .check("old_key_expire_time", timestamp_in(time))
+            .map(OldKeyEnd::At),
+    };
+    if request.totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
+        violations.add("totp_code", "is not a TOTP code");
+    }
+    violations.finish()?;
+    Ok(RollRequest {
+        key_id: key_id.expect("checked above"),
+        old_key_end: old_key_end.expect("checked above"),
+        totp_code: SecretString::new(request.totp_code),
+    })
+}
+
+/// A request's duration, refusing negative, malformed or too long ones.
+pub fn duration_in(
+    duration: &prost_types::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    if duration.seconds < 0 || duration.nanos < 0 {
+        return Err("must not be negative".into());
+    }
+    if duration.nanos >= 1_000_000_000 {
+        return Err("nanos must be below 1,000,000,000".into());
+    }
+    let value = std::time::Duration::new(duration.seconds as u64, duration.nanos as u32);
+    if value > max {
+        return Err(format!("must be at most {} days", max.as_secs() / 86_400));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -55,11 +55,22 @@ impl Default for HashPolicy {
 }
 
 /// A server secret with its version.
+#[derive(Clone)]
 pub struct ServerSecret {
     /// Written into each PHC string as argon2's `keyid`.
     pub version: u32,
     /// The secret bytes.
     pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl ServerSecret {
+    /// A random secret, for dev mode: what it keys dies with the process,
+    /// like the embedded store.
+    pub fn random() -> Self {
+        let mut bytes = Zeroizing::new(vec![0u8; MIN_SERVER_SECRET_BYTES]);
+        argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, bytes.as_mut_slice());
+        Self { version: 1, bytes }
+    }
 }
 
 impl std::fmt::Debug for ServerSecret {
@@ -109,19 +120,6 @@ impl SecretHasher {
             secrets,
             policy,
         })
-    }
-
-    /// A hasher with a random server secret, for dev mode: its hashes die with
-    /// the process, like the embedded store.
-    pub fn ephemeral() -> Self {
-        let mut bytes = Zeroizing::new(vec![0u8; 32]);
-        argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, bytes.as_mut_slice());
-        Self::new(
-            ServerSecret { version: 1, bytes },
-            Vec::new(),
-            HashPolicy::default(),
-        )
-        .expect("the default policy and a 32-byte secret are valid")
     }
 
     fn argon2(&self, version: u32, params: Params) -> Result<Argon2<'_>, Error> {

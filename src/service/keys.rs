@@ -1,8 +1,46 @@
 //! Operations on API keys.
 
-use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
-use crate::domain::{ApiKey, Error, IdentityId, IdentityKind, KeyId, State, UnixMillis};
+use super::{Authority, Caller, MintedKey, Page, PageRequest, require_future, with_retries};
+use crate::domain::{
+    ApiKey, Error, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
+};
+use crate::store::StoreError;
 use ipnet::IpNet;
+use std::time::Duration;
+
+/// Longest grace period a roll may give the old key.
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When the old key of a roll stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldKeyEnd {
+    /// At once: it is removed in the same atomic change.
+    Now,
+    /// After this long.
+    After(Duration),
+    /// At this time.
+    At(UnixMillis),
+}
+
+/// A roll to perform.
+#[derive(Debug)]
+pub struct RollRequest {
+    /// The key to replace.
+    pub key_id: KeyId,
+    /// When the old key stops.
+    pub old_key_end: OldKeyEnd,
+    /// The caller's current TOTP code.
+    pub totp_code: SecretString,
+}
+
+/// The outcome of a roll.
+#[derive(Debug)]
+pub struct Rolled {
+    /// The replacement and its token.
+    pub minted: MintedKey,
+    /// The old key as it stands in grace; `None` when it stopped at once.
+    pub previous: Option<ApiKey>,
+}
 
 /// A key to mint, already validated at the edge.
 #[derive(Debug, Clone)]
@@ -140,6 +178,78 @@ impl Authority {
         } else {
             Err(Error::NotFound(format!("key {id}")))
         }
+    }
+
+    /// Replaces a key: a new key on the same identity (so with its datasets,
+    /// CIDRs and admin flag), the old one removed now or kept until a grace
+    /// deadline that is its record's native TTL. Needs the caller's TOTP code.
+    pub async fn roll_key(&self, caller: &Caller, request: RollRequest) -> Result<Rolled, Error> {
+        let now = UnixMillis::now();
+        let old = self.get_key(&request.key_id).await?;
+        self.require_service_owner(&old.identity_id).await?;
+        if let Some(successor) = &old.rolled_to {
+            return Err(Error::FailedPrecondition(format!(
+                "key {} was already rolled to {successor}; roll the replacement instead",
+                old.id
+            )));
+        }
+        if old.state == State::Disabled {
+            return Err(Error::FailedPrecondition(format!(
+                "key {} is disabled; enable it before rolling",
+                old.id
+            )));
+        }
+        let requested_deadline = match request.old_key_end {
+            OldKeyEnd::Now => None,
+            OldKeyEnd::After(period) if period.is_zero() => None,
+            OldKeyEnd::After(period) => Some(now.plus(period)),
+            OldKeyEnd::At(time) => {
+                require_future("old_key_expire_time", Some(time), now)?;
+                Some(time)
+            }
+        };
+        // The grace can never outlive the old key's own expiry.
+        let grace_deadline = requested_deadline.map(|deadline| {
+            UnixMillis::earliest([Some(deadline), old.expire_time]).unwrap_or(deadline)
+        });
+        if self.options.totp_for_roll {
+            self.require_totp(caller, request.totp_code.expose())
+                .await?;
+        }
+        let mut minted = self.mint(&old.identity_id, old.name.clone(), now).await?;
+        minted.key.description = old.description.clone();
+        minted.key.allowed_cidrs = old.allowed_cidrs.clone();
+        minted.key.rolled_from = Some(old.id.clone());
+        let mut retiring = old.clone();
+        retiring.rolled_to = Some(minted.key.id.clone());
+        retiring.grace_expire_time = grace_deadline;
+        match self.store.roll_key(&retiring, &minted.key).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                let current = self.get_key(&old.id).await?;
+                return Err(match current.rolled_to {
+                    Some(successor) => Error::FailedPrecondition(format!(
+                        "key {} was already rolled to {successor}",
+                        old.id
+                    )),
+                    None => Error::Aborted(format!("key {}", old.id)),
+                });
+            }
+            Err(StoreError::NotFound(_)) => return Err(Error::NotFound(format!("key {}", old.id))),
+            Err(other) => return Err(other.into()),
+        }
+        tracing::info!(
+            old_key_id = %old.id,
+            new_key_id = %minted.key.id,
+            grace_until = ?grace_deadline,
+            actor = %caller.identity.id,
+            "key rolled"
+        );
+        let previous = grace_deadline.map(|_| {
+            retiring.revision += 1;
+            retiring
+        });
+        Ok(Rolled { minted, previous })
     }
 
     /// Refuses lifecycle changes that belong to the identity provider.

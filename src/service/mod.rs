@@ -5,16 +5,20 @@
 pub mod hashing;
 mod identities;
 mod keys;
+pub mod sealing;
+mod totp;
 mod verify;
 
 pub use identities::{IdentityChanges, NewIdentity};
-pub use keys::{KeyChanges, NewKey};
+pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
+pub use totp::TotpEnrollment;
 pub use verify::{Caller, VerifyQuery};
 
 use crate::domain::token::{self, TokenPrefix};
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
 use hashing::SecretHasher;
+use sealing::SeedSealer;
 use std::sync::Arc;
 
 /// Most items one List call returns.
@@ -74,25 +78,44 @@ pub struct MintedKey {
 }
 
 /// Configuration of the authority's behaviour.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthorityOptions {
     /// The prefix of minted tokens.
     pub token_prefix: TokenPrefix,
+    /// Whether RollKey needs the caller's TOTP code (dev setups may turn it off).
+    pub totp_for_roll: bool,
+}
+
+impl Default for AuthorityOptions {
+    fn default() -> Self {
+        Self {
+            token_prefix: TokenPrefix::default(),
+            totp_for_roll: true,
+        }
+    }
 }
 
 /// The credential authority: every operation the API offers.
 pub struct Authority {
     store: Arc<dyn Store>,
     hasher: Arc<SecretHasher>,
+    sealer: SeedSealer,
     options: AuthorityOptions,
 }
 
 impl Authority {
-    /// An authority over `store`, hashing with `hasher`.
-    pub fn new(store: Arc<dyn Store>, hasher: SecretHasher, options: AuthorityOptions) -> Self {
+    /// An authority over `store`, hashing key secrets with `hasher` and
+    /// sealing TOTP seeds with `sealer`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        hasher: SecretHasher,
+        sealer: SeedSealer,
+        options: AuthorityOptions,
+    ) -> Self {
         Self {
             store,
             hasher: Arc::new(hasher),
+            sealer,
             options,
         }
     }

@@ -2,6 +2,7 @@
 //! honoured on every read. Dev mode and tests run on it.
 
 use super::{Store, StoreError, StoreResult};
+use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,8 @@ struct State {
     // Key ids start with their identity's id, so one identity's keys are a
     // contiguous range of this map.
     keys: BTreeMap<KeyId, Expiring<ApiKey>>,
+    /// Authenticators; they live and die with their identity.
+    totp: HashMap<IdentityId, TotpRecord>,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -72,6 +75,7 @@ impl State {
             return false;
         };
         let was_live = entry.live(self.now);
+        self.totp.remove(id);
         if self.names.get(&entry.value.name) == Some(id) {
             self.names.remove(&entry.value.name);
         }
@@ -337,6 +341,84 @@ impl Store for MemoryStore {
             let key = state.key(id).cloned();
             let identity = state.identity(&id.identity_id()).cloned();
             Ok(key.zip(identity))
+        })
+    }
+
+    async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
+        self.with_state(|state| {
+            state
+                .identity(identity)
+                .ok_or(StoreError::NotFound("identity"))?;
+            if state
+                .totp
+                .get(identity)
+                .is_some_and(|current| current.confirmed)
+            {
+                return Err(StoreError::Conflict);
+            }
+            state.totp.insert(identity.clone(), record.clone());
+            Ok(())
+        })
+    }
+
+    async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>> {
+        self.with_state(|state| {
+            Ok(state
+                .identity(identity)
+                .and_then(|_| state.totp.get(identity))
+                .cloned())
+        })
+    }
+
+    async fn accept_totp_step(
+        &self,
+        identity: &IdentityId,
+        step: u64,
+        confirm: bool,
+        now: UnixMillis,
+    ) -> StoreResult<StepOutcome> {
+        self.with_state(|state| {
+            if state.identity(identity).is_none() {
+                return Ok(StepOutcome::NotEnrolled);
+            }
+            let Some(record) = state.totp.get_mut(identity) else {
+                return Ok(StepOutcome::NotEnrolled);
+            };
+            if !confirm && !record.confirmed {
+                return Ok(StepOutcome::NotEnrolled);
+            }
+            if let Some(until) = record.locked_until.filter(|until| *until > now) {
+                return Ok(StepOutcome::Locked(until));
+            }
+            if step <= record.last_step {
+                return Ok(StepOutcome::Replayed);
+            }
+            record.last_step = step;
+            record.failures = 0;
+            record.locked_until = None;
+            record.confirmed |= confirm;
+            Ok(StepOutcome::Accepted)
+        })
+    }
+
+    async fn record_totp_failure(
+        &self,
+        identity: &IdentityId,
+        now: UnixMillis,
+        max_failures: u32,
+        lockout: std::time::Duration,
+    ) -> StoreResult<Option<UnixMillis>> {
+        self.with_state(|state| {
+            let Some(record) = state.totp.get_mut(identity) else {
+                return Ok(None);
+            };
+            record.failures += 1;
+            if record.failures >= max_failures {
+                record.failures = 0;
+                record.locked_until = Some(now.plus(lockout));
+                return Ok(record.locked_until);
+            }
+            Ok(None)
         })
     }
 }

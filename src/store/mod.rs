@@ -18,7 +18,8 @@
 pub mod memory;
 pub mod redis;
 
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId};
+use crate::domain::totp::{StepOutcome, TotpRecord};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 
 /// What a store can fail with.
@@ -105,4 +106,34 @@ pub trait Store: Send + Sync + 'static {
     /// A key and its identity, read together (one round trip on Redis): the
     /// lookup behind Verify.
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>>;
+
+    /// Stores a new, unconfirmed authenticator for an identity, replacing an
+    /// unconfirmed one. `Conflict` when a confirmed one exists; `NotFound`
+    /// without the identity. It lives and dies with the identity.
+    async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()>;
+
+    /// The identity's authenticator, if any.
+    async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>>;
+
+    /// Atomically accepts a code of time step `step` unless the admin is
+    /// locked out at `now` or a code of that step or a later one was accepted
+    /// already; `confirm` also marks the authenticator confirmed (otherwise an
+    /// unconfirmed one counts as not enrolled). Resets the failure count.
+    async fn accept_totp_step(
+        &self,
+        identity: &IdentityId,
+        step: u64,
+        confirm: bool,
+        now: UnixMillis,
+    ) -> StoreResult<StepOutcome>;
+
+    /// Atomically counts a wrong code; at `max_failures` in a row the admin is
+    /// locked out until `now + lockout`, which is returned.
+    async fn record_totp_failure(
+        &self,
+        identity: &IdentityId,
+        now: UnixMillis,
+        max_failures: u32,
+        lockout: std::time::Duration,
+    ) -> StoreResult<Option<UnixMillis>>;
 }

@@ -407,6 +407,7 @@ fn grpcurl_lists_services_only_for_admins_and_verifies_a_key() {
 fn readme_walkthrough_runs_as_written() {
     require_program("grpcurl");
     require_program("jq");
+    require_program("oathtool");
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme
@@ -456,11 +457,18 @@ fn readme_walkthrough_runs_as_written() {
             "VERIFY_CODE_IP_NOT_ALLOWED",
             "VERIFY_CODE_DISABLED",
             "VERIFY_CODE_UNKNOWN",
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_VALID",
             "VERIFY_CODE_VALID"
         ],
         "{stdout}"
     );
     assert!(stdout.contains("\"status\": \"SERVING\""), "{stdout}");
+    assert!(
+        stdout.contains("\"inGrace\": true"),
+        "the rolled key verifies in grace: {stdout}"
+    );
+    assert!(stdout.contains("\"oldKeyInGraceUntil\": \""), "{stdout}");
 }
 
 /// At RUST_LOG=trace the server logs a great deal; none of it may be a token,
@@ -592,4 +600,137 @@ async fn health_is_served_and_sigterm_stops_gracefully() {
     let (exit, logs) = served.terminate();
     assert!(exit.success());
     assert!(logs.contains("shutting down"), "{logs}");
+}
+
+#[test]
+fn no_totp_for_roll_is_loud_and_lets_rolls_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &["--no-totp-for-roll"], &[], true);
+    let admin = format!("authorization: Bearer {}", served.dev_admin_token());
+    let address = served.address();
+    let created = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        r#"{"name": "svc"}"#,
+        &address,
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key_id = created["key"]["id"].as_str().unwrap();
+    let rolled = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        &format!(r#"{{"keyId": "{key_id}"}}"#),
+        &address,
+        "keyrack.v1.AdminService/RollKey",
+    ]);
+    assert!(rolled.status.success(), "{}", text(&rolled.stderr));
+    let (_, logs) = served.terminate();
+    assert!(
+        logs.contains("--no-totp-for-roll") && logs.contains("WARN"),
+        "{logs}"
+    );
+}
+
+/// TOTP seeds and codes stay out of the logs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_contain_totp_seeds_or_codes() {
+    use crate::support::authed;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[], &[("RUST_LOG", "trace")], true);
+    let admin_token = served.dev_admin_token();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", served.address()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = proto::admin_service_client::AdminServiceClient::new(channel);
+    let enrollment = admin
+        .enroll_totp(authed(&admin_token, proto::EnrollTotpRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let seed = totp_rs::Secret::Encoded(enrollment.secret.clone())
+        .to_bytes()
+        .unwrap();
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let code_at = |step: u64| {
+        totp_rs::TOTP::new(
+            totp_rs::Algorithm::SHA1,
+            6,
+            1,
+            30,
+            seed.clone(),
+            Some("keyrack".into()),
+            "x".into(),
+        )
+        .unwrap()
+        .generate(step * 30)
+    };
+    admin
+        .confirm_totp(authed(
+            &admin_token,
+            proto::ConfirmTotpRequest {
+                code: code_at(step),
+            },
+        ))
+        .await
+        .unwrap();
+    let created = admin
+        .create_identity(authed(
+            &admin_token,
+            proto::CreateIdentityRequest {
+                name: "svc".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let roll_code = code_at(step + 1);
+    let rolled = admin
+        .roll_key(authed(
+            &admin_token,
+            proto::RollKeyRequest {
+                key_id: created.key.unwrap().id,
+                old_key_end: None,
+                totp_code: roll_code.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = admin
+        .roll_key(authed(
+            &admin_token,
+            proto::RollKeyRequest {
+                key_id: rolled.key.unwrap().id,
+                old_key_end: None,
+                totp_code: roll_code.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    let (_, logs) = served.terminate();
+    assert!(
+        !logs.contains(&enrollment.secret),
+        "the TOTP seed reached the log"
+    );
+    assert!(
+        !logs.contains(&format!("\"{roll_code}\"")) && !logs.contains(&format!("={roll_code}")),
+        "a TOTP code reached the log"
+    );
+    let secret = &rolled.token[rolled.token.len() - 49..rolled.token.len() - 6];
+    assert!(
+        !logs.contains(secret),
+        "a rolled key's secret reached the log"
+    );
 }

@@ -3,5 +3,6 @@
 
 mod api;
 mod cli;
+mod roll;
 mod store_contract;
 mod support;

@@ -68,6 +68,8 @@ contract!(
     rolling_with_grace_keeps_the_old_key_until_its_deadline,
     rolling_without_grace_removes_the_old_key_at_once,
     a_later_write_cannot_clear_a_grace_period,
+    totp_codes_are_accepted_once_and_failures_lock_out,
+    totp_state_lives_and_dies_with_its_identity,
 );
 
 async fn identities_are_created_found_and_listed(store: &dyn Store) {
@@ -493,4 +495,152 @@ async fn redis_layout_shares_hash_tags_and_repairs_the_listing() {
         listed.is_empty(),
         "stale listing entry repaired: {listed:?}"
     );
+}
+
+async fn totp_codes_are_accepted_once_and_failures_lock_out(store: &dyn Store) {
+    use keyrack::domain::totp::{StepOutcome, TotpRecord};
+    let admin = identity("admin");
+    store.create_identity(&admin, &[]).await.unwrap();
+    let now = UnixMillis::now();
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 10, true, now)
+            .await
+            .unwrap(),
+        StepOutcome::NotEnrolled
+    );
+    store
+        .enroll_totp(&admin.id, &TotpRecord::enrolled("1.sealed".into()))
+        .await
+        .unwrap();
+    // Unconfirmed: only a confirming call may use it.
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 10, false, now)
+            .await
+            .unwrap(),
+        StepOutcome::NotEnrolled
+    );
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 10, true, now)
+            .await
+            .unwrap(),
+        StepOutcome::Accepted
+    );
+    let record = store.get_totp(&admin.id).await.unwrap().unwrap();
+    assert!(record.confirmed && record.last_step == 10);
+    // A code of the same or an earlier step is a replay; a later one is fine.
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 10, false, now)
+            .await
+            .unwrap(),
+        StepOutcome::Replayed
+    );
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 9, false, now)
+            .await
+            .unwrap(),
+        StepOutcome::Replayed
+    );
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 11, false, now)
+            .await
+            .unwrap(),
+        StepOutcome::Accepted
+    );
+    // A confirmed authenticator cannot be replaced.
+    assert!(matches!(
+        store
+            .enroll_totp(&admin.id, &TotpRecord::enrolled("1.other".into()))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+
+    let lockout = Duration::from_secs(60);
+    for _ in 0..4 {
+        assert_eq!(
+            store
+                .record_totp_failure(&admin.id, now, 5, lockout)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    let until = store
+        .record_totp_failure(&admin.id, now, 5, lockout)
+        .await
+        .unwrap()
+        .expect("fifth failure locks");
+    assert_eq!(until, now.plus(lockout));
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 12, false, now)
+            .await
+            .unwrap(),
+        StepOutcome::Locked(until)
+    );
+    // After the lockout the right code works again, and resets the count.
+    let later = UnixMillis(until.0 + 1);
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 12, false, later)
+            .await
+            .unwrap(),
+        StepOutcome::Accepted
+    );
+    assert_eq!(
+        store.get_totp(&admin.id).await.unwrap().unwrap().failures,
+        0
+    );
+}
+
+async fn totp_state_lives_and_dies_with_its_identity(store: &dyn Store) {
+    use keyrack::domain::totp::TotpRecord;
+    let ghost = identity("ghost");
+    assert!(matches!(
+        store
+            .enroll_totp(&ghost.id, &TotpRecord::enrolled("1.x".into()))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let admin = identity("admin");
+    store.create_identity(&admin, &[]).await.unwrap();
+    store
+        .enroll_totp(&admin.id, &TotpRecord::enrolled("1.x".into()))
+        .await
+        .unwrap();
+    // An unconfirmed enrollment may be restarted.
+    store
+        .enroll_totp(&admin.id, &TotpRecord::enrolled("1.y".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_totp(&admin.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_seed,
+        "1.y"
+    );
+    assert!(store.delete_identity(&admin.id).await.unwrap());
+    assert_eq!(store.get_totp(&admin.id).await.unwrap(), None);
+
+    let mut brief = identity("brief");
+    brief.expire_time = soon(600);
+    store.create_identity(&brief, &[]).await.unwrap();
+    store
+        .enroll_totp(&brief.id, &TotpRecord::enrolled("1.z".into()))
+        .await
+        .unwrap();
+    eventually(
+        "authenticator expires with its identity",
+        Duration::from_secs(5),
+        || async { store.get_totp(&brief.id).await.unwrap().is_none() },
+    )
+    .await;
 }

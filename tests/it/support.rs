@@ -5,6 +5,7 @@ use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::server::{self, ServerOptions};
 use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+use keyrack::service::sealing::SeedSealer;
 use keyrack::service::{Authority, AuthorityOptions};
 use keyrack::store::Store;
 use keyrack::store::memory::MemoryStore;
@@ -170,16 +171,17 @@ impl Drop for RedisServer {
 }
 
 /// A fixed 32-byte server secret for tests.
-pub fn test_hasher() -> SecretHasher {
-    SecretHasher::new(
-        ServerSecret {
-            version: 1,
-            bytes: zeroize::Zeroizing::new(b"test-server-secret-of-32-bytes!!".to_vec()),
-        },
-        Vec::new(),
-        HashPolicy::default(),
-    )
-    .unwrap()
+pub fn test_secret() -> ServerSecret {
+    ServerSecret {
+        version: 1,
+        bytes: zeroize::Zeroizing::new(b"test-server-secret-of-32-bytes!!".to_vec()),
+    }
+}
+
+/// An authority over `store` keyed with the test secret.
+pub fn test_authority(store: Arc<dyn Store>, options: AuthorityOptions) -> Authority {
+    let hasher = SecretHasher::new(test_secret(), Vec::new(), HashPolicy::default()).unwrap();
+    Authority::new(store, hasher, SeedSealer::new(&test_secret(), &[]), options)
 }
 
 /// Which backend a test runs on.
@@ -241,11 +243,7 @@ impl TestServer {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Self {
         let store = open_store(&backend).await;
-        let authority = Arc::new(Authority::new(
-            store,
-            test_hasher(),
-            AuthorityOptions::default(),
-        ));
+        let authority = Arc::new(test_authority(store, AuthorityOptions::default()));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

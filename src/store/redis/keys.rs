@@ -10,6 +10,7 @@
 //! <prefix>{<identity id>}:key:<key id>      JSON ApiKey, PEXPIREAT its deadline
 //! <prefix>{<identity id>}:keys              ZSET of key ids (score 0, ordered by id)
 //! <prefix>{<identity id>}:key-names         HASH key name -> key id
+//! <prefix>{<identity id>}:totp              JSON TotpRecord (sealed seed)
 //! <prefix>identity-names                    HASH identity name -> identity id
 //! <prefix>identities                        ZSET of identity ids (score 0)
 //! ```
@@ -59,6 +60,11 @@ impl Keyspace {
         self.tagged(identity) + "key-names"
     }
 
+    /// The identity's authenticator.
+    pub fn totp(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "totp"
+    }
+
     /// Identity names across the authority.
     pub fn identity_names(&self) -> String {
         format!("{}identity-names", self.prefix)
@@ -85,6 +91,7 @@ mod tests {
             keyspace.key(&key),
             keyspace.key_index(&identity),
             keyspace.key_names(&identity),
+            keyspace.totp(&identity),
         ] {
             assert!(name.starts_with("keyrack:") && name.contains(tag), "{name}");
         }

@@ -7,7 +7,8 @@ mod scripts;
 pub use keys::Keyspace;
 
 use super::{Store, StoreError, StoreResult};
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId};
+use crate::domain::totp::{StepOutcome, TotpRecord};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
@@ -136,7 +137,7 @@ where
         // Each round either succeeds or proves one holder stale; three rounds
         // cover a holder that was itself replaced meanwhile.
         for _ in 0..3 {
-            let now = crate::domain::UnixMillis::now();
+            let now = UnixMillis::now();
             let claim = format!("{id}:{}", now.0);
             let holder: String = scripts::CLAIM_NAME
                 .key(self.keyspace.identity_names())
@@ -201,6 +202,7 @@ where
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
             .key(self.keyspace.key_names(&identity.id))
+            .key(self.keyspace.totp(&identity.id))
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
@@ -219,6 +221,7 @@ where
             .key(self.keyspace.identity(id))
             .key(self.keyspace.key_index(id))
             .key(self.keyspace.key_names(id))
+            .key(self.keyspace.totp(id))
             .arg(self.keyspace.key_prefix(id))
             .invoke_async(&mut self.connection())
             .await
@@ -566,5 +569,79 @@ where
             (Some(key), Some(identity)) => Ok(Some((decode(&key)?, decode(&identity)?))),
             _ => Ok(None),
         }
+    }
+
+    async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
+        let reply: String = scripts::ENROLL_TOTP
+            .key(self.keyspace.identity(identity))
+            .key(self.keyspace.totp(identity))
+            .arg(encode(record)?)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        script_outcome(&reply, "").map_err(|error| match error {
+            StoreError::NotFound(_) => StoreError::NotFound("identity"),
+            other => other,
+        })
+    }
+
+    async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>> {
+        let (raw_identity, raw_totp): (Option<String>, Option<String>) = self
+            .connection()
+            .mget(&[
+                self.keyspace.identity(identity),
+                self.keyspace.totp(identity),
+            ])
+            .await
+            .map_err(unavailable)?;
+        match (raw_identity, raw_totp) {
+            (Some(_), Some(raw)) => Ok(Some(decode(&raw)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn accept_totp_step(
+        &self,
+        identity: &IdentityId,
+        step: u64,
+        confirm: bool,
+        now: UnixMillis,
+    ) -> StoreResult<StepOutcome> {
+        let reply: String = scripts::ACCEPT_TOTP_STEP
+            .key(self.keyspace.totp(identity))
+            .arg(step)
+            .arg(if confirm { "1" } else { "0" })
+            .arg(now.0)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_str() {
+            "OK" => Ok(StepOutcome::Accepted),
+            "REPLAYED" => Ok(StepOutcome::Replayed),
+            "NOTENROLLED" => Ok(StepOutcome::NotEnrolled),
+            other => other
+                .strip_prefix("LOCKED:")
+                .and_then(|until| until.parse().ok())
+                .map(|until| StepOutcome::Locked(UnixMillis(until)))
+                .ok_or_else(|| StoreError::Corrupt(format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    async fn record_totp_failure(
+        &self,
+        identity: &IdentityId,
+        now: UnixMillis,
+        max_failures: u32,
+        lockout: Duration,
+    ) -> StoreResult<Option<UnixMillis>> {
+        let locked_until: i64 = scripts::RECORD_TOTP_FAILURE
+            .key(self.keyspace.totp(identity))
+            .arg(now.0)
+            .arg(max_failures)
+            .arg(lockout.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok((locked_until > 0).then_some(UnixMillis(locked_until)))
     }
 }

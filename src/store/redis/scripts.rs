@@ -30,10 +30,11 @@ local function key_name_taken(names_key, key_prefix, name, id)
   local other = cjson.decode(raw)
   return other.name == name and holds_name(other)
 end
-local function expire_identity_indexes(index_key, names_key, identity_expire)
+local function expire_identity_indexes(index_key, names_key, identity_expire, totp_key)
   local d = earliest(nil, identity_expire)
   expire_at(index_key, d)
   expire_at(names_key, d)
+  if totp_key then expire_at(totp_key, d) end
 end
 "#;
 
@@ -63,7 +64,7 @@ return 'OK'
     )
 });
 
-/// KEYS: identity, key index, key names. ARGV: key prefix, new JSON, expected revision.
+/// KEYS: identity, key index, key names, totp. ARGV: key prefix, new JSON, expected revision.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -82,13 +83,13 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     redis.call('ZREM', KEYS[2], id)
   end
 end
-expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time)
+expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time, KEYS[4])
 return 'OK'
 "#,
     )
 });
 
-/// KEYS: identity, key index, key names. ARGV: key prefix. Returns 1 if it existed.
+/// KEYS: identity, key index, key names, totp. ARGV: key prefix. Returns 1 if it existed.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -96,7 +97,7 @@ local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[1] .. id)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return existed
 "#,
     )
@@ -223,6 +224,65 @@ if holder and string.sub(holder, 1, #ARGV[2] + 1) == ARGV[2] .. ':' then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
+"#,
+    )
+});
+
+/// KEYS: identity, totp. ARGV: record JSON. Refuses to replace a confirmed one.
+pub static ENROLL_TOTP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local raw_identity = redis.call('GET', KEYS[1])
+if not raw_identity then return 'NOTFOUND' end
+local current = redis.call('GET', KEYS[2])
+if current and cjson.decode(current).confirmed then return 'CONFLICT' end
+redis.call('SET', KEYS[2], ARGV[1])
+expire_at(KEYS[2], earliest(nil, cjson.decode(raw_identity).expire_time))
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: totp. ARGV: step, confirm ('1' or '0'), now (ms). Replies OK,
+/// REPLAYED, NOTENROLLED or LOCKED:<until ms>.
+pub static ACCEPT_TOTP_STEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'NOTENROLLED' end
+local totp = cjson.decode(raw)
+if ARGV[2] ~= '1' and not totp.confirmed then return 'NOTENROLLED' end
+if type(totp.locked_until) == 'number' and totp.locked_until > tonumber(ARGV[3]) then
+  return 'LOCKED:' .. string.format('%d', totp.locked_until)
+end
+if tonumber(ARGV[1]) <= totp.last_step then return 'REPLAYED' end
+totp.last_step = tonumber(ARGV[1])
+totp.failures = 0
+totp.locked_until = cjson.null
+if ARGV[2] == '1' then totp.confirmed = true end
+redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: totp. ARGV: now (ms), max failures, lockout (ms). Returns the
+/// lockout's end when this failure starts one, else 0.
+pub static RECORD_TOTP_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local totp = cjson.decode(raw)
+totp.failures = totp.failures + 1
+local locked = 0
+if totp.failures >= tonumber(ARGV[2]) then
+  totp.failures = 0
+  locked = tonumber(ARGV[1]) + tonumber(ARGV[3])
+  totp.locked_until = locked
+end
+redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
+return locked
 "#,
     )
 });

@@ -1,0 +1,78 @@
+//! TOTP step-up for admins (RFC 6238): the policy and the stored state.
+
+use super::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Seconds per time step.
+pub const STEP_SECONDS: u64 = 30;
+/// Digits in a code.
+pub const DIGITS: usize = 6;
+/// Steps of clock skew accepted on either side of the current one.
+pub const SKEW_STEPS: u64 = 1;
+/// Bytes in a seed: 160 bits, RFC 4226's recommendation.
+pub const SEED_BYTES: usize = 20;
+/// Wrong codes in a row that lock an admin out.
+pub const MAX_FAILURES: u32 = 5;
+/// How long a lockout lasts.
+pub const LOCKOUT: Duration = Duration::from_secs(5 * 60);
+
+/// An admin's authenticator as stored. The seed is sealed (encrypted with a
+/// key derived from the server secret), never in clear.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TotpRecord {
+    /// The sealed seed.
+    pub sealed_seed: String,
+    /// Whether ConfirmTotp has proven the authenticator works.
+    pub confirmed: bool,
+    /// The last time step whose code was accepted: a code is accepted at
+    /// most once (RFC 6238 §5.2), so later codes must be of a later step.
+    pub last_step: u64,
+    /// Wrong codes since the last accepted one.
+    pub failures: u32,
+    /// Until when TOTP-guarded calls are refused.
+    pub locked_until: Option<UnixMillis>,
+}
+
+impl TotpRecord {
+    /// A fresh, unconfirmed enrollment.
+    pub fn enrolled(sealed_seed: String) -> Self {
+        Self {
+            sealed_seed,
+            confirmed: false,
+            last_step: 0,
+            failures: 0,
+            locked_until: None,
+        }
+    }
+
+    /// Whether the admin is locked out at `now`.
+    pub fn locked_at(&self, now: UnixMillis) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+}
+
+impl std::fmt::Debug for TotpRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpRecord")
+            .field("sealed_seed", &"[redacted]")
+            .field("confirmed", &self.confirmed)
+            .field("last_step", &self.last_step)
+            .field("failures", &self.failures)
+            .field("locked_until", &self.locked_until)
+            .finish()
+    }
+}
+
+/// What the store says about a code of a given time step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Accepted: recorded as the last step used.
+    Accepted,
+    /// A code of this step or an earlier one was already accepted.
+    Replayed,
+    /// Locked out until then.
+    Locked(UnixMillis),
+    /// No (confirmed, where required) authenticator.
+    NotEnrolled,
+}
