@@ -42,9 +42,6 @@ pub enum Error {
     /// The store cannot answer; nothing is assumed valid.
     #[error("the store is unavailable")]
     Unavailable(String),
-    /// The operation exists in the API but not in this build.
-    #[error("{0} is not implemented")]
-    Unimplemented(String),
     /// A bug or corrupt data; details are logged, not returned.
     #[error("internal error")]
     Internal(String),

@@ -89,3 +89,29 @@ impl Identity {
         cidr::permits(&[&self.allowed_cidrs, key_cidrs], address)
     }
 }
+
+/// Which identities a listing returns: every condition set must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IdentityFilter {
+    /// Only this kind.
+    pub kind: Option<IdentityKind>,
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only identities granted this dataset.
+    pub dataset: Option<String>,
+    /// Only admins, or only non-admins.
+    pub admin: Option<bool>,
+}
+
+impl IdentityFilter {
+    /// Whether `identity` passes.
+    pub fn matches(&self, identity: &Identity) -> bool {
+        self.kind.is_none_or(|kind| identity.kind == kind)
+            && self.state.is_none_or(|state| identity.state == state)
+            && self.admin.is_none_or(|admin| identity.admin == admin)
+            && self
+                .dataset
+                .as_ref()
+                .is_none_or(|dataset| identity.datasets.iter().any(|d| d == dataset))
+    }
+}

@@ -2,6 +2,7 @@
 //! protobuf or Redis; every value that exists past a `parse` is valid.
 
 pub mod cidr;
+pub mod dataset;
 pub mod error;
 pub mod identity;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod token;
 pub mod totp;
 pub mod verdict;
 
+pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};

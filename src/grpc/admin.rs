@@ -1,6 +1,6 @@
 //! AdminService. Every method authenticates the caller as an admin first.
 
-use super::{bearer_token, convert};
+use super::{bearer_token, convert, filter};
 use crate::domain::{Error, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::service::{Authority, Caller};
@@ -28,10 +28,6 @@ impl AdminApi {
         tracing::Span::current().record("actor", tracing::field::display(&caller.identity.id));
         Ok(caller)
     }
-}
-
-fn unimplemented(what: &str) -> Status {
-    Status::from(Error::Unimplemented(what.to_owned()))
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -72,13 +68,13 @@ impl AdminService for AdminApi {
     ) -> Reply<proto::ListIdentitiesResponse> {
         self.authorize(&request).await?;
         let request = request.into_inner();
-        if !request.filter.is_empty() {
-            return Err(
-                Error::invalid("filter", "filters are not supported by this server").into(),
-            );
-        }
+        let filter = filter::parse_identity_filter(&request.filter)
+            .map_err(|why| Error::invalid("filter", why))?;
         let page = convert::page_in(request.page_size, request.page_token)?;
-        let page = self.authority.list_identities(&page, |_| true).await?;
+        let page = self
+            .authority
+            .list_identities(&page, |identity| filter.matches(identity))
+            .await?;
         Ok(Response::new(proto::ListIdentitiesResponse {
             identities: page.items.into_iter().map(convert::identity_out).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -237,7 +233,18 @@ impl AdminService for AdminApi {
         request: Request<proto::CreateDatasetRequest>,
     ) -> Reply<proto::CreateDatasetResponse> {
         self.authorize(&request).await?;
-        Err(unimplemented("CreateDataset"))
+        let input = convert::new_dataset_in(request.into_inner())?;
+        let created = self.authority.create_dataset(input).await?;
+        let mut response = proto::CreateDatasetResponse {
+            dataset: Some(convert::dataset_out(created.dataset)),
+            ..Default::default()
+        };
+        if let Some((identity, minted)) = created.access {
+            response.identity = Some(convert::identity_out(identity));
+            response.key = Some(convert::key_out(minted.key));
+            response.token = minted.token.expose().to_owned();
+        }
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(name = "GetDataset", skip_all, fields(actor))]
@@ -246,7 +253,10 @@ impl AdminService for AdminApi {
         request: Request<proto::GetDatasetRequest>,
     ) -> Reply<proto::Dataset> {
         self.authorize(&request).await?;
-        Err(unimplemented("GetDataset"))
+        let name = convert::dataset_name_in("dataset", &request.into_inner().dataset)?;
+        Ok(Response::new(convert::dataset_out(
+            self.authority.get_dataset(&name).await?,
+        )))
     }
 
     #[tracing::instrument(name = "ListDatasets", skip_all, fields(actor))]
@@ -255,7 +265,13 @@ impl AdminService for AdminApi {
         request: Request<proto::ListDatasetsRequest>,
     ) -> Reply<proto::ListDatasetsResponse> {
         self.authorize(&request).await?;
-        Err(unimplemented("ListDatasets"))
+        let request = request.into_inner();
+        let page = convert::page_in(request.page_size, request.page_token)?;
+        let page = self.authority.list_datasets(&page).await?;
+        Ok(Response::new(proto::ListDatasetsResponse {
+            datasets: page.items.into_iter().map(convert::dataset_out).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(name = "DeleteDataset", skip_all, fields(actor))]
@@ -264,7 +280,10 @@ impl AdminService for AdminApi {
         request: Request<proto::DeleteDatasetRequest>,
     ) -> Reply<proto::DeleteDatasetResponse> {
         self.authorize(&request).await?;
-        Err(unimplemented("DeleteDataset"))
+        let request = request.into_inner();
+        let name = convert::dataset_name_in("dataset", &request.dataset)?;
+        self.authority.delete_dataset(&name, request.force).await?;
+        Ok(Response::new(proto::DeleteDatasetResponse {}))
     }
 
     #[tracing::instrument(name = "EnrollTotp", skip_all, fields(actor))]

@@ -353,6 +353,35 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
     Ok((id.expect("checked above"), changes))
 }
 
+/// A dataset as the API shows it.
+pub fn dataset_out(dataset: crate::domain::Dataset) -> proto::Dataset {
+    proto::Dataset {
+        name: dataset.name,
+        description: dataset.description,
+        create_time: Some(timestamp_out(dataset.create_time)),
+    }
+}
+
+/// Checks a CreateDatasetRequest.
+pub fn new_dataset_in(
+    request: proto::CreateDatasetRequest,
+) -> Result<crate::service::NewDataset, Error> {
+    let mut violations = Violations::new();
+    let name = violations.check("name", parse_name(&request.name));
+    let description = violations.check("description", parse_description(&request.description));
+    violations.finish()?;
+    Ok(crate::service::NewDataset {
+        name: name.unwrap_or_default(),
+        description: description.unwrap_or_default(),
+        skip_key: request.skip_key,
+    })
+}
+
+/// Checks a field that names a dataset.
+pub fn dataset_name_in(field: &str, text: &str) -> Result<String, Error> {
+    parse_name(text).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
 /// Longest TOTP code field worth reading; real codes have 6 digits.
 const MAX_TOTP_CODE_CHARS: usize = 16;
 

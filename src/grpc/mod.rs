@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod convert;
+mod filter;
 mod redact;
 pub mod reflection;
 mod status;

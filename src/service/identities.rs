@@ -42,18 +42,6 @@ pub struct IdentityChanges {
 }
 
 impl Authority {
-    async fn require_datasets_exist(&self, field: &str, datasets: &[String]) -> Result<(), Error> {
-        // Datasets arrive with the dataset API; until then none exists, so any
-        // reference is to an unknown dataset.
-        match datasets.first() {
-            Some(unknown) => Err(Error::invalid(
-                field,
-                format!("dataset {unknown:?} does not exist"),
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// Creates a service identity with its first key.
     pub async fn create_identity(
         &self,

@@ -2,6 +2,7 @@
 //! identities and keys, and how a token is verified. Transport-free: the gRPC
 //! layer converts requests into the inputs here and errors into statuses.
 
+mod datasets;
 pub mod hashing;
 mod identities;
 mod keys;
@@ -9,6 +10,7 @@ pub mod sealing;
 mod totp;
 mod verify;
 
+pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};
 pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
 pub use totp::TotpEnrollment;

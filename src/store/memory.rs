@@ -3,7 +3,7 @@
 
 use super::{Store, StoreError, StoreResult};
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -29,6 +29,7 @@ struct State {
     keys: BTreeMap<KeyId, Expiring<ApiKey>>,
     /// Authenticators; they live and die with their identity.
     totp: HashMap<IdentityId, TotpRecord>,
+    datasets: BTreeMap<String, Dataset>,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -420,5 +421,35 @@ impl Store for MemoryStore {
             }
             Ok(None)
         })
+    }
+
+    async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
+        self.with_state(|state| {
+            if state.datasets.contains_key(&dataset.name) {
+                return Err(StoreError::NameTaken(dataset.name.clone()));
+            }
+            state.datasets.insert(dataset.name.clone(), dataset.clone());
+            Ok(())
+        })
+    }
+
+    async fn get_dataset(&self, name: &str) -> StoreResult<Option<Dataset>> {
+        self.with_state(|state| Ok(state.datasets.get(name).cloned()))
+    }
+
+    async fn list_datasets(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Dataset>> {
+        self.with_state(|state| {
+            Ok(state
+                .datasets
+                .values()
+                .filter(|dataset| after.is_none_or(|after| dataset.name.as_str() > after))
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
+        self.with_state(|state| Ok(state.datasets.remove(name).is_some()))
     }
 }

@@ -19,7 +19,7 @@ pub mod memory;
 pub mod redis;
 
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 
 /// What a store can fail with.
@@ -136,4 +136,17 @@ pub trait Store: Send + Sync + 'static {
         max_failures: u32,
         lockout: std::time::Duration,
     ) -> StoreResult<Option<UnixMillis>>;
+
+    /// Stores a new dataset; `NameTaken` when one has the name.
+    async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()>;
+
+    /// One dataset, if it exists.
+    async fn get_dataset(&self, name: &str) -> StoreResult<Option<Dataset>>;
+
+    /// Up to `limit` datasets with names after `after`, ordered by name.
+    async fn list_datasets(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Dataset>>;
+
+    /// Deletes a dataset record; false when it did not exist. Detaching it
+    /// from identities is the caller's business (the records are elsewhere).
+    async fn delete_dataset(&self, name: &str) -> StoreResult<bool>;
 }

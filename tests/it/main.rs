@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod datasets;
 mod roll;
 mod store_contract;
 mod support;

@@ -70,6 +70,7 @@ contract!(
     a_later_write_cannot_clear_a_grace_period,
     totp_codes_are_accepted_once_and_failures_lock_out,
     totp_state_lives_and_dies_with_its_identity,
+    datasets_are_unique_and_listed_by_name,
 );
 
 async fn identities_are_created_found_and_listed(store: &dyn Store) {
@@ -643,4 +644,52 @@ async fn totp_state_lives_and_dies_with_its_identity(store: &dyn Store) {
         || async { store.get_totp(&brief.id).await.unwrap().is_none() },
     )
     .await;
+}
+
+async fn datasets_are_unique_and_listed_by_name(store: &dyn Store) {
+    use keyrack::domain::Dataset;
+    let dataset = |name: &str| Dataset {
+        name: name.into(),
+        description: String::new(),
+        create_time: UnixMillis::now(),
+    };
+    for name in ["sales", "audit", "metrics", "billing"] {
+        store.create_dataset(&dataset(name)).await.unwrap();
+    }
+    assert!(matches!(
+        store.create_dataset(&dataset("sales")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    assert_eq!(
+        store.get_dataset("sales").await.unwrap().unwrap().name,
+        "sales"
+    );
+    assert_eq!(store.get_dataset("nothing").await.unwrap(), None);
+    let first: Vec<_> = store
+        .list_datasets(None, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(first, ["audit", "billing", "metrics"]);
+    let rest: Vec<_> = store
+        .list_datasets(Some("metrics"), 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(rest, ["sales"]);
+    assert!(store.delete_dataset("audit").await.unwrap());
+    assert!(!store.delete_dataset("audit").await.unwrap());
+    let names: Vec<_> = store
+        .list_datasets(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["billing", "metrics", "sales"]);
+    store.create_dataset(&dataset("audit")).await.unwrap();
 }

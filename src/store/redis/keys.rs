@@ -13,6 +13,8 @@
 //! <prefix>{<identity id>}:totp              JSON TotpRecord (sealed seed)
 //! <prefix>identity-names                    HASH identity name -> identity id
 //! <prefix>identities                        ZSET of identity ids (score 0)
+//! <prefix>dataset:{<name>}                  JSON Dataset
+//! <prefix>datasets                          ZSET of dataset names (score 0)
 //! ```
 
 use crate::domain::{IdentityId, KeyId};
@@ -68,6 +70,16 @@ impl Keyspace {
     /// Identity names across the authority.
     pub fn identity_names(&self) -> String {
         format!("{}identity-names", self.prefix)
+    }
+
+    /// A dataset's record.
+    pub fn dataset(&self, name: &str) -> String {
+        format!("{}dataset:{{{}}}", self.prefix, name)
+    }
+
+    /// Dataset names across the authority.
+    pub fn datasets(&self) -> String {
+        format!("{}datasets", self.prefix)
     }
 
     /// Identity ids across the authority.

@@ -8,7 +8,7 @@ pub use keys::Keyspace;
 
 use super::{Store, StoreError, StoreResult};
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
@@ -643,5 +643,84 @@ where
             .await
             .map_err(unavailable)?;
         Ok((locked_until > 0).then_some(UnixMillis(locked_until)))
+    }
+
+    async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
+        // The listing entry goes first, so an interrupted create leaves only an
+        // entry that readers drop.
+        let _: i64 = self
+            .connection()
+            .zadd(self.keyspace.datasets(), &dataset.name, 0)
+            .await
+            .map_err(unavailable)?;
+        let created: bool = redis::cmd("SET")
+            .arg(self.keyspace.dataset(&dataset.name))
+            .arg(encode(dataset)?)
+            .arg("NX")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        if created {
+            Ok(())
+        } else {
+            Err(StoreError::NameTaken(dataset.name.clone()))
+        }
+    }
+
+    async fn get_dataset(&self, name: &str) -> StoreResult<Option<Dataset>> {
+        let raw: Option<String> = self
+            .connection()
+            .get(self.keyspace.dataset(name))
+            .await
+            .map_err(unavailable)?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    async fn list_datasets(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Dataset>> {
+        let mut found = Vec::with_capacity(limit);
+        let mut cursor = after
+            .map(|name| format!("({name}"))
+            .unwrap_or_else(|| "-".to_owned());
+        while found.len() < limit {
+            let wanted = limit - found.len();
+            let names: Vec<String> = self
+                .connection()
+                .zrangebylex_limit(self.keyspace.datasets(), &cursor, "+", 0, wanted as isize)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = names.last() else { break };
+            cursor = format!("({last}");
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.get(self.keyspace.dataset(name));
+            }
+            let records: Vec<Option<String>> = pipe
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            for (name, raw) in names.iter().zip(records) {
+                match raw {
+                    Some(raw) => found.push(decode(&raw)?),
+                    None => {
+                        let _: Result<i64, _> =
+                            self.connection().zrem(self.keyspace.datasets(), name).await;
+                    }
+                }
+            }
+            if names.len() < wanted {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
+        let deleted: i64 = self
+            .connection()
+            .del(self.keyspace.dataset(name))
+            .await
+            .map_err(unavailable)?;
+        let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
+        Ok(deleted == 1)
     }
 }
