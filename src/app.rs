@@ -51,16 +51,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
 }
 
-/// Builds the authority over the configured store.
+/// Builds the authority over the configured store; `options` says all but
+/// the token prefix, which comes from the store flags.
 async fn open_authority(
     args: &StoreArgs,
-    totp_for_roll: bool,
+    mut options: AuthorityOptions,
 ) -> Result<(Arc<Authority>, bool), RunError> {
     let config = args.load()?;
-    let options = AuthorityOptions {
-        token_prefix: config.token_prefix,
-        totp_for_roll,
-    };
+    options.token_prefix = config.token_prefix;
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
         StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
         StoreChoice::Redis(url) => {
@@ -98,7 +96,12 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     // while starting still means a graceful stop rather than the default kill.
     let shutdown = shutdown_signal()
         .map_err(|e| ConfigError(format!("cannot watch shutdown signals: {e}")))?;
-    let (authority, dev_mode) = open_authority(&args.store, !args.no_totp_for_roll).await?;
+    let mut options = AuthorityOptions {
+        totp_for_roll: !args.no_totp_for_roll,
+        ..AuthorityOptions::default()
+    };
+    options.guard.verified_entries = args.verify_cache_entries;
+    let (authority, dev_mode) = open_authority(&args.store, options).await?;
     if args.no_totp_for_roll {
         tracing::warn!(
             "--no-totp-for-roll: RollKey will NOT ask for a TOTP code; any admin token can roll any key. Use only in development."
@@ -136,6 +139,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let options = ServerOptions {
         reflection: args.reflection,
         shutdown_timeout: args.shutdown_timeout,
+        last_use_flush_interval: args.last_use_flush_interval,
         ..ServerOptions::default()
     };
     server::serve(listener, authority, options, shutdown).await?;
@@ -151,7 +155,7 @@ async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
         .into());
     }
     crate::domain::names::parse_name(&args.name).map_err(|e| ConfigError(format!("--name {e}")))?;
-    let (authority, _) = open_authority(&args.store, true).await?;
+    let (authority, _) = open_authority(&args.store, AuthorityOptions::default()).await?;
     let refused = |e: crate::domain::Error| RunError::Refused(e.to_string());
     if !args.force && authority.admin_exists().await.map_err(refused)? {
         return Err(RunError::Refused(

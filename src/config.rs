@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// only: a stolen admin token then suffices to roll any key.
     #[arg(long, env = "KEYRACK_NO_TOTP_FOR_ROLL")]
     pub no_totp_for_roll: bool,
+    /// Most verified tokens remembered, so steady-state Verify runs no argon2.
+    #[arg(long, env = "KEYRACK_VERIFY_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub verify_cache_entries: u64,
+    /// How often key last-use times are written to the store.
+    #[arg(long, env = "KEYRACK_LAST_USE_FLUSH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub last_use_flush_interval: Duration,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

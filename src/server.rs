@@ -31,6 +31,8 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     /// How often the store is pinged for health.
     pub health_interval: Duration,
+    /// How often key last-use times are written to the store.
+    pub last_use_flush_interval: Duration,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +41,7 @@ impl Default for ServerOptions {
             reflection: ReflectionAccess::Gated,
             shutdown_timeout: Duration::from_secs(10),
             health_interval: Duration::from_secs(1),
+            last_use_flush_interval: Duration::from_secs(60),
         }
     }
 }
@@ -114,6 +117,11 @@ pub async fn serve(
         options.health_interval,
     ));
 
+    let flusher = tokio::spawn(flush_last_use_periodically(
+        Arc::clone(&authority),
+        options.last_use_flush_interval,
+    ));
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
@@ -176,5 +184,19 @@ pub async fn serve(
         }
     };
     health_task.abort();
+    flusher.abort();
+    // What was noted since the last flush is not lost to a restart.
+    authority.flush_last_use().await;
     result
+}
+
+/// Writes noted key uses every `interval`.
+async fn flush_last_use_periodically(authority: Arc<Authority>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        authority.flush_last_use().await;
+    }
 }

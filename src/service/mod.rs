@@ -3,9 +3,11 @@
 //! layer converts requests into the inputs here and errors into statuses.
 
 mod datasets;
+pub mod guard;
 pub mod hashing;
 mod identities;
 mod keys;
+mod last_use;
 pub mod sealing;
 mod totp;
 mod verify;
@@ -19,7 +21,9 @@ pub use verify::{Caller, VerifyQuery};
 use crate::domain::token::{self, TokenPrefix};
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
+use guard::{GuardOptions, VerifyGuard};
 use hashing::SecretHasher;
+use last_use::LastUseTracker;
 use sealing::SeedSealer;
 use std::sync::Arc;
 
@@ -86,6 +90,10 @@ pub struct AuthorityOptions {
     pub token_prefix: TokenPrefix,
     /// Whether RollKey needs the caller's TOTP code (dev setups may turn it off).
     pub totp_for_roll: bool,
+    /// Caches, throttle and argon2 slots of the Verify path.
+    pub guard: GuardOptions,
+    /// Most keys whose last use is held between flushes.
+    pub last_use_capacity: usize,
 }
 
 impl Default for AuthorityOptions {
@@ -93,6 +101,8 @@ impl Default for AuthorityOptions {
         Self {
             token_prefix: TokenPrefix::default(),
             totp_for_roll: true,
+            guard: GuardOptions::default(),
+            last_use_capacity: 200_000,
         }
     }
 }
@@ -102,6 +112,8 @@ pub struct Authority {
     store: Arc<dyn Store>,
     hasher: Arc<SecretHasher>,
     sealer: SeedSealer,
+    guard: VerifyGuard,
+    last_use: LastUseTracker,
     options: AuthorityOptions,
 }
 
@@ -118,8 +130,28 @@ impl Authority {
             store,
             hasher: Arc::new(hasher),
             sealer,
+            guard: VerifyGuard::new(options.guard.clone()),
+            last_use: LastUseTracker::new(options.last_use_capacity),
             options,
         }
+    }
+
+    /// Writes the key uses noted since the last flush to the store. On
+    /// failure they are dropped: last-use times are approximate, and a store
+    /// that cannot take them will not take them later either.
+    pub async fn flush_last_use(&self) {
+        let uses = self.last_use.take();
+        if uses.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.record_key_use(&uses).await {
+            tracing::warn!(%error, keys = uses.len(), "could not record key last-use times");
+        }
+    }
+
+    /// Entries in the verified-token cache, for the benchmark's memory figures.
+    pub fn cached_tokens(&self) -> u64 {
+        self.guard.verified_entries()
     }
 
     /// The store, for health checks.

@@ -3,7 +3,8 @@
 //! the reasons that depend on the key's settings.
 
 use super::Authority;
-use crate::domain::token;
+use super::guard::Known;
+use crate::domain::token::{self, ParsedToken};
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use std::net::IpAddr;
 
@@ -48,9 +49,7 @@ impl Authority {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         };
         if !self.is_current(&key, &identity)
-            || !self
-                .secret_matches(parsed.secret(), &key.secret_hash)
-                .await?
+            || !self.secret_checks_out(query.token, &parsed, &key).await?
         {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
@@ -66,10 +65,39 @@ impl Authority {
         } else {
             VerifyCode::Valid
         };
+        if code == VerifyCode::Valid {
+            self.last_use.note(&key.id, UnixMillis::now());
+        }
         Ok(Verdict {
             code,
             subject: Some((key, identity)),
         })
+    }
+
+    /// Whether the token's secret matches the key's hash: from the guard's
+    /// caches when they know the answer, else from argon2 (throttled per key
+    /// and bounded in concurrency), whose answer the guard then remembers.
+    async fn secret_checks_out(
+        &self,
+        token: &str,
+        parsed: &ParsedToken<'_>,
+        key: &ApiKey,
+    ) -> Result<bool, Error> {
+        let digest = self.guard.digest(token);
+        match self.guard.lookup(&digest, &key.secret_hash) {
+            Known::Verified => Ok(true),
+            Known::Rejected => Ok(false),
+            Known::Unknown => {
+                self.guard.check_throttle(&key.id)?;
+                let _slot = self.guard.hash_slot().await?;
+                let matched = self
+                    .secret_matches(parsed.secret(), &key.secret_hash)
+                    .await?;
+                self.guard
+                    .remember(&key.id, digest, &key.secret_hash, matched);
+                Ok(matched)
+            }
+        }
     }
 
     /// The store drops records at their deadline; this also refuses one read

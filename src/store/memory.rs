@@ -30,6 +30,8 @@ struct State {
     /// Authenticators; they live and die with their identity.
     totp: HashMap<IdentityId, TotpRecord>,
     datasets: BTreeMap<String, Dataset>,
+    /// When keys were last used; kept apart from the key records.
+    last_use: HashMap<KeyId, UnixMillis>,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -53,6 +55,13 @@ impl State {
             .map(|e| &e.value)
     }
 
+    /// A key as reported, with its last use.
+    fn key_with_use(&self, key: &ApiKey) -> ApiKey {
+        let mut key = key.clone();
+        key.last_use_time = self.last_use.get(&key.id).copied();
+        key
+    }
+
     fn identity_named(&self, name: &str) -> Option<&Identity> {
         self.names.get(name).and_then(|id| self.identity(id))
     }
@@ -69,6 +78,8 @@ impl State {
             self.remove_identity(&id);
         }
         self.keys.retain(|_, entry| entry.live(now));
+        let keys = &self.keys;
+        self.last_use.retain(|id, _| keys.contains_key(id));
     }
 
     fn remove_identity(&mut self, id: &IdentityId) -> bool {
@@ -264,7 +275,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
-        self.with_state(|state| Ok(state.key(id).cloned()))
+        self.with_state(|state| Ok(state.key(id).map(|key| state.key_with_use(key))))
     }
 
     async fn list_keys(
@@ -278,7 +289,7 @@ impl Store for MemoryStore {
                 .keys_of(identity)
                 .filter(|key| after.is_none_or(|after| key.id > *after))
                 .take(limit)
-                .cloned()
+                .map(|key| state.key_with_use(key))
                 .collect())
         })
     }
@@ -451,5 +462,17 @@ impl Store for MemoryStore {
 
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
         self.with_state(|state| Ok(state.datasets.remove(name).is_some()))
+    }
+
+    async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {
+        self.with_state(|state| {
+            for (id, when) in uses {
+                if state.key(id).is_some() {
+                    let last = state.last_use.entry(id.clone()).or_insert(*when);
+                    *last = (*last).max(*when);
+                }
+            }
+            Ok(())
+        })
     }
 }

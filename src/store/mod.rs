@@ -149,4 +149,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a dataset record; false when it did not exist. Detaching it
     /// from identities is the caller's business (the records are elsewhere).
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool>;
+
+    /// Records when keys were last used (approximate, batched by the caller).
+    /// Never touches a key's record, so no TTL is disturbed; a key that no
+    /// longer exists is skipped. `get_key` and `list_keys` report it.
+    async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()>;
 }

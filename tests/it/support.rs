@@ -235,6 +235,8 @@ pub struct TestServer {
     pub admin_token: String,
     /// The backend it runs on.
     pub backend: Backend,
+    /// The store behind it, for tests that change records underneath.
+    pub store: Arc<dyn Store>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -242,8 +244,23 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on `backend`.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(
+            backend,
+            AuthorityOptions::default(),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// Starts a server with these authority options, flushing last-use times
+    /// every `flush_interval`.
+    pub async fn start_with(
+        backend: Backend,
+        authority_options: AuthorityOptions,
+        flush_interval: Duration,
+    ) -> Self {
         let store = open_store(&backend).await;
-        let authority = Arc::new(test_authority(store, AuthorityOptions::default()));
+        let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -251,6 +268,7 @@ impl TestServer {
         let options = ServerOptions {
             health_interval: Duration::from_millis(200),
             shutdown_timeout: Duration::from_secs(2),
+            last_use_flush_interval: flush_interval,
             ..ServerOptions::default()
         };
         let served = Arc::clone(&authority);
@@ -264,6 +282,7 @@ impl TestServer {
         Self {
             address,
             admin_token: minted.token.expose().to_owned(),
+            store,
             backend,
             stop: Some(stop),
             task: Some(task),

@@ -11,6 +11,7 @@
 //! <prefix>{<identity id>}:keys              ZSET of key ids (score 0, ordered by id)
 //! <prefix>{<identity id>}:key-names         HASH key name -> key id
 //! <prefix>{<identity id>}:totp              JSON TotpRecord (sealed seed)
+//! <prefix>{<identity id>}:last-use          HASH key id -> last use (unix ms)
 //! <prefix>identity-names                    HASH identity name -> identity id
 //! <prefix>identities                        ZSET of identity ids (score 0)
 //! <prefix>dataset:{<name>}                  JSON Dataset
@@ -67,6 +68,11 @@ impl Keyspace {
         self.tagged(identity) + "totp"
     }
 
+    /// When the identity's keys were last used.
+    pub fn last_use(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "last-use"
+    }
+
     /// Identity names across the authority.
     pub fn identity_names(&self) -> String {
         format!("{}identity-names", self.prefix)
@@ -104,6 +110,7 @@ mod tests {
             keyspace.key_index(&identity),
             keyspace.key_names(&identity),
             keyspace.totp(&identity),
+            keyspace.last_use(&identity),
         ] {
             assert!(name.starts_with("keyrack:") && name.contains(tag), "{name}");
         }

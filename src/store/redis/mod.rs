@@ -203,6 +203,7 @@ where
             .key(self.keyspace.key_index(&identity.id))
             .key(self.keyspace.key_names(&identity.id))
             .key(self.keyspace.totp(&identity.id))
+            .key(self.keyspace.last_use(&identity.id))
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
@@ -222,6 +223,7 @@ where
             .key(self.keyspace.key_index(id))
             .key(self.keyspace.key_names(id))
             .key(self.keyspace.totp(id))
+            .key(self.keyspace.last_use(id))
             .arg(self.keyspace.key_prefix(id))
             .invoke_async(&mut self.connection())
             .await
@@ -445,12 +447,17 @@ where
     }
 
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
-        let raw: Option<String> = self
-            .connection()
+        let (raw, last_use): (Option<String>, Option<i64>) = redis::pipe()
             .get(self.keyspace.key(id))
+            .hget(self.keyspace.last_use(&id.identity_id()), id.as_str())
+            .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        raw.as_deref().map(decode).transpose()
+        let key: Option<ApiKey> = raw.as_deref().map(decode).transpose()?;
+        Ok(key.map(|mut key| {
+            key.last_use_time = last_use.map(UnixMillis);
+            key
+        }))
     }
 
     async fn list_keys(
@@ -474,16 +481,26 @@ where
             let Some(last) = ids.last() else { break };
             cursor = format!("({last}");
             let ids: Vec<KeyId> = ids.iter().filter_map(|id| KeyId::parse(id).ok()).collect();
-            let records: Vec<Option<String>> = if ids.is_empty() {
-                Vec::new()
+            let (records, last_uses): (Vec<Option<String>>, Vec<Option<i64>>) = if ids.is_empty() {
+                (Vec::new(), Vec::new())
             } else {
-                // One identity's records share a slot, so MGET is one call.
+                // One identity's records share a slot: one pipelined call.
                 let names: Vec<String> = ids.iter().map(|id| self.keyspace.key(id)).collect();
-                self.connection().mget(names).await.map_err(unavailable)?
+                let fields: Vec<&str> = ids.iter().map(KeyId::as_str).collect();
+                redis::pipe()
+                    .mget(names)
+                    .hmget(self.keyspace.last_use(identity), fields)
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(unavailable)?
             };
-            for (id, raw) in ids.iter().zip(records) {
+            for ((id, raw), last_use) in ids.iter().zip(records).zip(last_uses) {
                 match raw {
-                    Some(raw) => found.push(decode(&raw)?),
+                    Some(raw) => {
+                        let mut key: ApiKey = decode(&raw)?;
+                        key.last_use_time = last_use.map(UnixMillis);
+                        found.push(key);
+                    }
                     None => {
                         let _: Result<i64, _> = self.connection().zrem(&index, id.as_str()).await;
                     }
@@ -524,6 +541,7 @@ where
             .key(self.keyspace.key_index(&identity))
             .key(self.keyspace.key_names(&identity))
             .key(self.keyspace.key(id))
+            .key(self.keyspace.last_use(&identity))
             .arg(id.as_str())
             .invoke_async(&mut self.connection())
             .await
@@ -722,5 +740,21 @@ where
             .map_err(unavailable)?;
         let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
         Ok(deleted == 1)
+    }
+
+    async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {
+        for (id, when) in uses {
+            let identity = id.identity_id();
+            let _: i64 = scripts::RECORD_KEY_USE
+                .key(self.keyspace.identity(&identity))
+                .key(self.keyspace.last_use(&identity))
+                .key(self.keyspace.key(id))
+                .arg(id.as_str())
+                .arg(when.0)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 }

@@ -30,11 +30,12 @@ local function key_name_taken(names_key, key_prefix, name, id)
   local other = cjson.decode(raw)
   return other.name == name and holds_name(other)
 end
-local function expire_identity_indexes(index_key, names_key, identity_expire, totp_key)
+local function expire_identity_indexes(index_key, names_key, identity_expire, totp_key, last_use_key)
   local d = earliest(nil, identity_expire)
   expire_at(index_key, d)
   expire_at(names_key, d)
   if totp_key then expire_at(totp_key, d) end
+  if last_use_key then expire_at(last_use_key, d) end
 end
 "#;
 
@@ -64,7 +65,8 @@ return 'OK'
     )
 });
 
-/// KEYS: identity, key index, key names, totp. ARGV: key prefix, new JSON, expected revision.
+/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix,
+/// new JSON, expected revision.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -83,13 +85,14 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     redis.call('ZREM', KEYS[2], id)
   end
 end
-expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time, KEYS[4])
+expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time, KEYS[4], KEYS[5])
 return 'OK'
 "#,
     )
 });
 
-/// KEYS: identity, key index, key names, totp. ARGV: key prefix. Returns 1 if it existed.
+/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix.
+/// Returns 1 if it existed.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -97,7 +100,7 @@ local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[1] .. id)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return existed
 "#,
     )
@@ -152,12 +155,14 @@ return 'OK'
     )
 });
 
-/// KEYS: key index, key names, key record. ARGV: key id. Returns 1 if it existed.
+/// KEYS: key index, key names, key record, last use. ARGV: key id. Returns 1
+/// if it existed.
 pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local raw = redis.call('GET', KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 if not raw then return 0 end
 local key = cjson.decode(raw)
 if redis.call('HGET', KEYS[2], key.name) == ARGV[1] then redis.call('HDEL', KEYS[2], key.name) end
@@ -283,6 +288,21 @@ if totp.failures >= tonumber(ARGV[2]) then
 end
 redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
 return locked
+"#,
+    )
+});
+
+/// KEYS: identity, last use, key record. ARGV: key id, when (ms). Records a
+/// later use of an existing key; the hash lives as long as the identity.
+pub static RECORD_KEY_USE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+local deadline = redis.call('PEXPIRETIME', KEYS[1])
+if deadline > 0 then redis.call('PEXPIREAT', KEYS[2], deadline) end
+return 1
 "#,
     )
 });
