@@ -48,6 +48,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::BootstrapAdmin(args)) => bootstrap_admin(args).await,
         Some(Command::Protoset(args)) => protoset(args),
+        Some(Command::Bench(args)) => crate::bench::run(args).await.map_err(RunError::Refused),
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Command {
     BootstrapAdmin(BootstrapArgs),
     /// Write the protobuf descriptor set, for `grpcurl -protoset`.
     Protoset(ProtosetArgs),
+    /// Measure Verify against health checks on the same server.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where state lives and how secrets are keyed.

@@ -12,9 +12,11 @@
 //! - [`grpc`]: thin tonic adapters: proto ↔ domain, admin auth, error → `Status`.
 //! - [`server`]: assembles the tonic server: services, health, reflection, shutdown.
 //! - [`config`]: the command line and `KEYRACK_*` variables, validated up front.
+//! - [`app`]: wiring for the binary's subcommands; [`bench`]: `keyrack bench`.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod grpc;

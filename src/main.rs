@@ -3,6 +3,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+// Verify allocates small buffers on every call from several threads;
+// mimalloc measured faster than the system allocator there (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = keyrack::config::Cli::parse();
     keyrack::app::init_logging();

@@ -128,7 +128,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
 
     let mut routes = Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
         .add_service(health)
         .add_service(verify)
         .add_service(admin);

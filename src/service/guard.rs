@@ -36,7 +36,7 @@ pub struct GuardOptions {
     pub failures_per_window: u32,
     /// The throttle's window.
     pub failure_window: Duration,
-    /// Concurrent argon2 checks (defaults to the number of cores).
+    /// Concurrent argon2 checks (defaults to half the cores, at least one).
     pub hash_slots: usize,
     /// How long a Verify may wait for an argon2 slot before it is refused.
     pub hash_slot_wait: Duration,
@@ -49,7 +49,9 @@ impl Default for GuardOptions {
             rejected_entries: 100_000,
             failures_per_window: 20,
             failure_window: Duration::from_secs(60),
-            hash_slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // Half the cores: a storm of fresh tokens then leaves the other
+            // half to cached Verify traffic (see BENCHMARKS.md).
+            hash_slots: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             hash_slot_wait: Duration::from_millis(100),
         }
     }
@@ -57,17 +59,6 @@ impl Default for GuardOptions {
 
 /// A keyed digest of a token: what the caches hold instead of the token.
 pub type TokenDigest = [u8; 32];
-
-/// What the guard knows of a token before any hashing.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Known {
-    /// argon2 accepted this token against exactly this PHC string before.
-    Verified,
-    /// argon2 refused this token before.
-    Rejected,
-    /// Not known: argon2 must decide.
-    Unknown,
-}
 
 /// The caches, throttle and argon2 slots of one process.
 pub struct VerifyGuard {
@@ -122,13 +113,14 @@ impl VerifyGuard {
         mac.finalize().into_bytes().into()
     }
 
-    /// What is known of `digest` against the stored PHC string.
-    pub fn lookup(&self, digest: &TokenDigest, phc: &str) -> Known {
-        match self.verified.get(digest) {
-            Some(matched) if &*matched == phc => Known::Verified,
-            _ if self.rejected.contains_key(digest) => Known::Rejected,
-            _ => Known::Unknown,
-        }
+    /// The PHC string argon2 accepted this token against, if remembered.
+    pub fn verified_hash(&self, digest: &TokenDigest) -> Option<Arc<str>> {
+        self.verified.get(digest)
+    }
+
+    /// Whether argon2 refused this token before.
+    pub fn was_rejected(&self, digest: &TokenDigest) -> bool {
+        self.rejected.contains_key(digest)
     }
 
     /// Refuses another argon2 check for `key` while its failures in the

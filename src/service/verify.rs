@@ -3,7 +3,7 @@
 //! the reasons that depend on the key's settings.
 
 use super::Authority;
-use super::guard::Known;
+use super::guard::TokenDigest;
 use crate::domain::token::{self, ParsedToken};
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use std::net::IpAddr;
@@ -45,12 +45,31 @@ impl Authority {
             Ok(parsed) => parsed,
             Err(_) => return Ok(Verdict::refused(VerifyCode::Malformed)),
         };
+        // What the guard already knows decides whether the store is worth a
+        // round trip: a token argon2 refused stays wrong (a key id never gets
+        // another secret), and a key under a failure throttle takes no new
+        // guesses, so floods cost neither Redis nor argon2.
+        let digest = self.guard.digest(query.token);
+        let previously_matched = self.guard.verified_hash(&digest);
+        if previously_matched.is_none() {
+            if self.guard.was_rejected(&digest) {
+                return Ok(Verdict::refused(VerifyCode::Unknown));
+            }
+            self.guard.check_throttle(&parsed.key_id)?;
+        }
         let Some((key, identity)) = self.store.key_with_identity(&parsed.key_id).await? else {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         };
-        if !self.is_current(&key, &identity)
-            || !self.secret_checks_out(query.token, &parsed, &key).await?
-        {
+        if !self.is_current(&key, &identity) {
+            return Ok(Verdict::refused(VerifyCode::Unknown));
+        }
+        // The record is read on every call; a cached acceptance counts only
+        // for the very hash it was made against.
+        let matched = match previously_matched {
+            Some(hash) if *hash == *key.secret_hash => true,
+            _ => self.check_with_argon2(digest, &parsed, &key).await?,
+        };
+        if !matched {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
         let code = if key.state == State::Disabled || identity.state == State::Disabled {
@@ -74,30 +93,22 @@ impl Authority {
         })
     }
 
-    /// Whether the token's secret matches the key's hash: from the guard's
-    /// caches when they know the answer, else from argon2 (throttled per key
-    /// and bounded in concurrency), whose answer the guard then remembers.
-    async fn secret_checks_out(
+    /// Runs argon2 (throttled per key, bounded in concurrency) and lets the
+    /// guard remember the answer.
+    async fn check_with_argon2(
         &self,
-        token: &str,
+        digest: TokenDigest,
         parsed: &ParsedToken<'_>,
         key: &ApiKey,
     ) -> Result<bool, Error> {
-        let digest = self.guard.digest(token);
-        match self.guard.lookup(&digest, &key.secret_hash) {
-            Known::Verified => Ok(true),
-            Known::Rejected => Ok(false),
-            Known::Unknown => {
-                self.guard.check_throttle(&key.id)?;
-                let _slot = self.guard.hash_slot().await?;
-                let matched = self
-                    .secret_matches(parsed.secret(), &key.secret_hash)
-                    .await?;
-                self.guard
-                    .remember(&key.id, digest, &key.secret_hash, matched);
-                Ok(matched)
-            }
-        }
+        self.guard.check_throttle(&key.id)?;
+        let _slot = self.guard.hash_slot().await?;
+        let matched = self
+            .secret_matches(parsed.secret(), &key.secret_hash)
+            .await?;
+        self.guard
+            .remember(&key.id, digest, &key.secret_hash, matched);
+        Ok(matched)
     }
 
     /// The store drops records at their deadline; this also refuses one read

@@ -734,3 +734,39 @@ async fn trace_logs_never_contain_totp_seeds_or_codes() {
         "a rolled key's secret reached the log"
     );
 }
+
+/// The benchmark is not a test, but it must run and report its figures.
+#[test]
+fn bench_runs_briefly_and_reports_ratios() {
+    let output = keyrack()
+        .args([
+            "bench",
+            "--duration",
+            "300ms",
+            "--hot-keys",
+            "4",
+            "--cold-keys",
+            "40",
+            "--concurrency",
+            "4",
+            "--connections",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    for line in [
+        "hot Verify rps / health Check rps",
+        "c=1 mean latency: hot Verify / health Check",
+        "Verify cold",
+        "hot rps during a cold storm / hot alone",
+        "hot rps during a wrong-secret flood / hot alone",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("errors=0      rps=0 "),
+        "every phase made requests:\n{stdout}"
+    );
+}

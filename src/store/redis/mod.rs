@@ -72,7 +72,12 @@ fn script_outcome(reply: &str, name: &str) -> StoreResult<()> {
 impl RedisStore<ConnectionManager> {
     /// Connects to a standalone Redis, retrying until `wait` has passed.
     pub async fn connect(options: &RedisOptions, wait: Duration) -> StoreResult<Self> {
-        let client = redis::Client::open(options.url.as_str())
+        // Verify sends one small command and waits for it: Nagle's algorithm
+        // would hold it back behind any unacknowledged pipelined write.
+        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
             .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

@@ -1,0 +1,550 @@
+//! `keyrack bench`: a load generator for Verify, measured against
+//! `grpc.health.v1.Health/Check` on the same server in the same run, so the
+//! figures are ratios that survive a noisy shared machine.
+//!
+//! Modes:
+//! - `hot`: cached tokens (the steady state).
+//! - `cold`: fresh tokens, each verified once (argon2 on every call).
+//! - `mixed`: hot load while a cold storm runs.
+//! - `flood`: hot load while wrong secrets flood one key id.
+//! - `fill`: verifies N fresh tokens once each, to measure the server's memory
+//!   with a full verified-token cache.
+
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::verify_service_client::VerifyServiceClient;
+use crate::proto::{self, VerifyCode};
+use crate::server::{self, ServerOptions};
+use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+use crate::service::sealing::SeedSealer;
+use crate::service::{Authority, AuthorityOptions};
+use crate::store::memory::MemoryStore;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Which load to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Every mode but fill, in turn.
+    All,
+    /// Cached tokens.
+    Hot,
+    /// Fresh tokens, each verified once.
+    Cold,
+    /// Hot load during a cold storm.
+    Mixed,
+    /// Hot load during a wrong-secret flood.
+    Flood,
+    /// Fill the verified-token cache with --fill-tokens tokens.
+    Fill,
+}
+
+/// Flags of `keyrack bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Address of a running keyrack; without it an embedded dev-mode server
+    /// is started in this process.
+    #[arg(long, env = "KEYRACK_BENCH_TARGET")]
+    pub target: Option<String>,
+    /// Admin token for setting up keys on --target.
+    #[arg(long, env = "KEYRACK_BENCH_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Which load to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub mode: BenchMode,
+    /// Concurrent request streams.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long each measured phase runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Distinct cached tokens the hot load cycles through.
+    #[arg(long, default_value_t = 64)]
+    pub hot_keys: usize,
+    /// Fresh tokens minted for the cold phases.
+    #[arg(long, default_value_t = 2000)]
+    pub cold_keys: usize,
+    /// Tokens verified by `fill`.
+    #[arg(long, default_value_t = 100_000)]
+    pub fill_tokens: usize,
+    /// With `fill`: a server process whose resident memory to report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// Latency and throughput of one measured phase.
+#[derive(Debug, Clone)]
+pub struct PhaseResult {
+    /// What was measured.
+    pub name: String,
+    /// Concurrent streams.
+    pub concurrency: usize,
+    /// Completed requests.
+    pub requests: u64,
+    /// Requests that failed (gRPC errors, or a wrong verdict).
+    pub errors: u64,
+    /// Completed requests per second.
+    pub rps: f64,
+    /// Latency percentiles and extremes, in microseconds.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl PhaseResult {
+    fn print(&self) {
+        println!(
+            "{:<24} c={:<4} requests={:<8} errors={:<6} rps={:<10.0} p50={:>6}us p90={:>6}us p99={:>6}us max={:>7}us mean={:>8.1}us",
+            self.name,
+            self.concurrency,
+            self.requests,
+            self.errors,
+            self.rps,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.max_us,
+            self.mean_us
+        );
+    }
+}
+
+/// One request kind a worker can repeat.
+#[derive(Clone)]
+enum Load {
+    Health,
+    Verify {
+        tokens: Arc<Vec<String>>,
+        expect_valid: bool,
+    },
+    /// Each token once, shared by all workers.
+    VerifyOnce {
+        tokens: Arc<Vec<String>>,
+        next: Arc<AtomicUsize>,
+    },
+}
+
+struct Target {
+    channels: Vec<Channel>,
+    admin_token: String,
+}
+
+async fn connect(address: &str, connections: usize) -> Result<Vec<Channel>, String> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Mints `count` keys on one new identity; returns their tokens.
+async fn mint_tokens(target: &Target, label: &str, count: usize) -> Result<Vec<String>, String> {
+    let mut admin = AdminServiceClient::new(target.channels[0].clone());
+    let name = format!("bench_{label}_{}", std::process::id() % 100_000);
+    let created = admin
+        .create_identity(authed(
+            &target.admin_token,
+            proto::CreateIdentityRequest {
+                name,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map_err(|e| format!("cannot create the bench identity: {}", e.message()))?
+        .into_inner();
+    let identity = created.identity.map(|i| i.id).unwrap_or_default();
+    let mut tokens = vec![created.token];
+    // A few creators at once: minting is argon2-bound on the server.
+    let next = Arc::new(AtomicUsize::new(1));
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let mut admin =
+            AdminServiceClient::new(target.channels[worker % target.channels.len()].clone());
+        let admin_token = target.admin_token.clone();
+        let identity = identity.clone();
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let mut minted = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, String>(minted);
+                }
+                let request = proto::CreateKeyRequest {
+                    identity_id: identity.clone(),
+                    name: format!("k{index}"),
+                    ..Default::default()
+                };
+                let key = admin
+                    .create_key(authed(&admin_token, request))
+                    .await
+                    .map_err(|e| format!("cannot create a bench key: {}", e.message()))?;
+                minted.push(key.into_inner().token);
+            }
+        }));
+    }
+    for task in tasks {
+        tokens.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    Ok(tokens)
+}
+
+/// Runs `load` on `concurrency` streams for `duration` (or until a
+/// VerifyOnce load runs out) and measures it.
+async fn run_phase(
+    target: &Target,
+    name: &str,
+    load: Load,
+    concurrency: usize,
+    duration: Duration,
+) -> PhaseResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency.max(1) {
+        let channel = target.channels[worker % target.channels.len()].clone();
+        let load = load.clone();
+        let stop = Arc::clone(&stop);
+        workers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut errors = 0u64;
+            let mut health = HealthClient::new(channel.clone());
+            let mut verifier = VerifyServiceClient::new(channel);
+            let mut index = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let ok = match &load {
+                    Load::Health => health.check(HealthCheckRequest { service: String::new() }).await.is_ok(),
+                    Load::Verify { tokens, expect_valid } => {
+                        index = (index + 1) % tokens.len();
+                        let request = proto::VerifyRequest { token: tokens[index].clone(), ..Default::default() };
+                        match verifier.verify(request).await {
+                            Ok(answer) => (answer.into_inner().code() == VerifyCode::Valid) == *expect_valid,
+                            // A throttled flood request is the server doing its job.
+                            Err(status) => !*expect_valid && status.code() == tonic::Code::ResourceExhausted,
+                        }
+                    }
+                    Load::VerifyOnce { tokens, next } => {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(token) = tokens.get(index) else { break };
+                        let request = proto::VerifyRequest { token: token.clone(), ..Default::default() };
+                        matches!(verifier.verify(request).await, Ok(answer) if answer.get_ref().code() == VerifyCode::Valid)
+                    }
+                };
+                let _ = histogram.record(began.elapsed().as_micros().max(1) as u64);
+                errors += u64::from(!ok);
+            }
+            (histogram, errors)
+        }));
+    }
+    // A VerifyOnce load may run out before the deadline.
+    let deadline = started + duration;
+    while Instant::now() < deadline && !workers.iter().all(|worker| worker.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((histogram, worker_errors)) = worker.await {
+            let _ = all.add(&histogram);
+            errors += worker_errors;
+        }
+    }
+    PhaseResult {
+        name: name.to_owned(),
+        concurrency,
+        requests: all.len(),
+        errors,
+        rps: all.len() as f64 / elapsed,
+        p50_us: all.value_at_quantile(0.5),
+        p90_us: all.value_at_quantile(0.9),
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+        mean_us: all.mean(),
+    }
+}
+
+fn ratio(label: &str, numerator: f64, denominator: f64) {
+    if denominator > 0.0 {
+        println!("{label:<48} {:.2}", numerator / denominator);
+    }
+}
+
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let (address, admin_token, embedded) = match &args.target {
+        Some(address) => {
+            let token = args
+                .admin_token
+                .clone()
+                .ok_or("--admin-token is required with --target")?;
+            (address.clone(), token, None)
+        }
+        None => {
+            let secret = ServerSecret::random();
+            let sealer = SeedSealer::new(&secret, &[]);
+            let hasher = SecretHasher::new(secret, Vec::new(), HashPolicy::default())?;
+            let authority = Arc::new(Authority::new(
+                Arc::new(MemoryStore::new()),
+                hasher,
+                sealer,
+                AuthorityOptions::default(),
+            ));
+            let (_, minted) = authority
+                .create_admin("bench_admin", "keyrack bench")
+                .await
+                .map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| e.to_string())?
+                .to_string();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(server::serve(
+                listener,
+                authority,
+                ServerOptions::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            (
+                address,
+                minted.token.expose().to_owned(),
+                Some((stop, task)),
+            )
+        }
+    };
+    let target = Target {
+        channels: connect(&address, args.connections).await?,
+        admin_token,
+    };
+    println!(
+        "keyrack bench: target {address}{} mode {:?}, {} streams over {} connections, {:?} per phase",
+        if embedded.is_some() {
+            " (embedded, memory store)"
+        } else {
+            ""
+        },
+        args.mode,
+        args.concurrency,
+        args.connections,
+        args.duration
+    );
+
+    let want = |mode: BenchMode| {
+        args.mode == mode || (args.mode == BenchMode::All && mode != BenchMode::Fill)
+    };
+    if args.mode == BenchMode::Fill {
+        let tokens = Arc::new(mint_tokens(&target, "fill", args.fill_tokens).await?);
+        let load = Load::VerifyOnce {
+            tokens: Arc::clone(&tokens),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        run_phase(
+            &target,
+            "fill (each token once)",
+            load,
+            args.concurrency,
+            Duration::from_secs(24 * 3600),
+        )
+        .await
+        .print();
+        if let Some(pid) = args.server_pid {
+            match resident_kib(pid) {
+                Some(kib) => println!(
+                    "server resident memory with {} verified tokens: {:.1} MiB",
+                    tokens.len(),
+                    kib as f64 / 1024.0
+                ),
+                None => println!("cannot read the resident memory of process {pid}"),
+            }
+        }
+    } else {
+        let hot_tokens = Arc::new(mint_tokens(&target, "hot", args.hot_keys.max(1)).await?);
+        let hot = Load::Verify {
+            tokens: Arc::clone(&hot_tokens),
+            expect_valid: true,
+        };
+        // Warm the cache: every hot token once.
+        run_phase(
+            &target,
+            "warm-up",
+            hot.clone(),
+            1,
+            Duration::from_millis(500),
+        )
+        .await;
+        let health = run_phase(
+            &target,
+            "health Check",
+            Load::Health,
+            args.concurrency,
+            args.duration,
+        )
+        .await;
+        health.print();
+        let hot_alone = run_phase(
+            &target,
+            "Verify hot",
+            hot.clone(),
+            args.concurrency,
+            args.duration,
+        )
+        .await;
+        if want(BenchMode::Hot) {
+            hot_alone.print();
+            ratio(
+                "hot Verify rps / health Check rps",
+                hot_alone.rps,
+                health.rps,
+            );
+            let health_one =
+                run_phase(&target, "health Check", Load::Health, 1, args.duration).await;
+            health_one.print();
+            let hot_one = run_phase(&target, "Verify hot", hot.clone(), 1, args.duration).await;
+            hot_one.print();
+            ratio(
+                "c=1 mean latency: hot Verify / health Check",
+                hot_one.mean_us,
+                health_one.mean_us,
+            );
+        }
+        if want(BenchMode::Cold) || want(BenchMode::Mixed) {
+            let cold_tokens = Arc::new(mint_tokens(&target, "cold", args.cold_keys.max(1)).await?);
+            let split = cold_tokens.len() / 2;
+            if want(BenchMode::Cold) {
+                let first = Arc::new(cold_tokens[..split.max(1)].to_vec());
+                let load = Load::VerifyOnce {
+                    tokens: first,
+                    next: Arc::new(AtomicUsize::new(0)),
+                };
+                run_phase(
+                    &target,
+                    "Verify cold",
+                    load,
+                    args.concurrency,
+                    args.duration,
+                )
+                .await
+                .print();
+            }
+            if want(BenchMode::Mixed) {
+                let rest = Arc::new(cold_tokens[split..].to_vec());
+                let storm = Load::VerifyOnce {
+                    tokens: rest,
+                    next: Arc::new(AtomicUsize::new(0)),
+                };
+                let storm_streams = (args.concurrency / 4).max(1);
+                let (hot_during, cold_during) = tokio::join!(
+                    run_phase(
+                        &target,
+                        "Verify hot (cold storm)",
+                        hot.clone(),
+                        args.concurrency,
+                        args.duration
+                    ),
+                    run_phase(&target, "  cold storm", storm, storm_streams, args.duration),
+                );
+                hot_during.print();
+                cold_during.print();
+                ratio(
+                    "hot rps during a cold storm / hot alone",
+                    hot_during.rps,
+                    hot_alone.rps,
+                );
+            }
+        }
+        if want(BenchMode::Flood) {
+            let wrong: Vec<String> = hot_tokens
+                .iter()
+                .take(1)
+                .flat_map(|token| {
+                    let key_id = token.split('_').nth(1).unwrap_or_default().to_owned();
+                    (0..10_000).filter_map(move |_| {
+                        let key = crate::domain::KeyId::parse(&key_id).ok()?;
+                        Some(
+                            crate::domain::token::mint(&Default::default(), &key)
+                                .token
+                                .expose()
+                                .to_owned(),
+                        )
+                    })
+                })
+                .collect();
+            let flood = Load::Verify {
+                tokens: Arc::new(wrong),
+                expect_valid: false,
+            };
+            let flood_streams = (args.concurrency / 4).max(1);
+            let (hot_during, flood_during) = tokio::join!(
+                run_phase(
+                    &target,
+                    "Verify hot (flood)",
+                    hot.clone(),
+                    args.concurrency,
+                    args.duration
+                ),
+                run_phase(
+                    &target,
+                    "  wrong-secret flood",
+                    flood,
+                    flood_streams,
+                    args.duration
+                ),
+            );
+            hot_during.print();
+            flood_during.print();
+            ratio(
+                "hot rps during a wrong-secret flood / hot alone",
+                hot_during.rps,
+                hot_alone.rps,
+            );
+        }
+    }
+    if let Some((stop, task)) = embedded {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    Ok(())
+}
