@@ -9,17 +9,20 @@
 //! - A rejected-token cache: digests argon2 refused. A key id is never
 //!   reused with another secret, so a wrong token stays wrong.
 //! - A per-key-id throttle on argon2 failures, so a flood of wrong secrets
-//!   for one key costs a bounded amount of CPU.
+//!   for one key costs a bounded amount of CPU. Answers to known-wrong and
+//!   throttled tokens are held back briefly (a tarpit), so a flood with
+//!   bounded concurrency also sends few requests.
 //! - A semaphore sized to the cores around argon2, so a cold storm queues
 //!   briefly and is then refused rather than piling up without bound.
 
+use crate::domain::UnixMillis;
 use crate::domain::{Error, KeyId};
 use hmac::{Hmac, Mac};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use zeroize::Zeroizing;
@@ -40,6 +43,10 @@ pub struct GuardOptions {
     pub hash_slots: usize,
     /// How long a Verify may wait for an argon2 slot before it is refused.
     pub hash_slot_wait: Duration,
+    /// How long an answer to a known-wrong or throttled token is held back:
+    /// a flooding client with bounded concurrency then sends few requests,
+    /// and a waiting future costs no CPU.
+    pub refusal_delay: Duration,
 }
 
 impl Default for GuardOptions {
@@ -53,19 +60,28 @@ impl Default for GuardOptions {
             // half to cached Verify traffic (see BENCHMARKS.md).
             hash_slots: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             hash_slot_wait: Duration::from_millis(100),
+            refusal_delay: Duration::from_millis(50),
         }
     }
 }
 
 /// A keyed digest of a token: what the caches hold instead of the token.
-pub type TokenDigest = [u8; 32];
+/// 128 bits of HMAC-SHA-256: a collision would need a forgery under a key
+/// that never leaves the process.
+pub type TokenDigest = [u8; 16];
+
+/// A fingerprint of a stored PHC string (128 bits of its SHA-256): what a
+/// verified token is remembered against, in 16 bytes instead of the string.
+pub type HashFingerprint = [u8; 16];
 
 /// The caches, throttle and argon2 slots of one process.
 pub struct VerifyGuard {
     mac_key: Zeroizing<[u8; 32]>,
-    verified: Cache<TokenDigest, Arc<str>>,
+    // quick_cache: tens of bytes of overhead an entry, where the first
+    // choice (moka) cost hundreds and broke the memory budget at 100k tokens.
+    verified: Cache<TokenDigest, HashFingerprint>,
     rejected: Cache<TokenDigest, ()>,
-    failures: Cache<KeyId, Arc<AtomicU32>>,
+    failures: Cache<KeyId, Arc<FailureWindow>>,
     hash_slots: Semaphore,
     options: GuardOptions,
 }
@@ -73,8 +89,8 @@ pub struct VerifyGuard {
 impl std::fmt::Debug for VerifyGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyGuard")
-            .field("verified", &self.verified.entry_count())
-            .field("rejected", &self.rejected.entry_count())
+            .field("verified", &self.verified.len())
+            .field("rejected", &self.rejected.len())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -89,17 +105,9 @@ impl VerifyGuard {
             .expect("the operating system's random number generator failed");
         Self {
             mac_key,
-            verified: Cache::builder()
-                .max_capacity(options.verified_entries)
-                .build(),
-            rejected: Cache::builder()
-                .max_capacity(options.rejected_entries)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
-            failures: Cache::builder()
-                .max_capacity(options.rejected_entries)
-                .time_to_live(options.failure_window)
-                .build(),
+            verified: Cache::new(options.verified_entries.max(1) as usize),
+            rejected: Cache::new(options.rejected_entries.max(1) as usize),
+            failures: Cache::new(options.rejected_entries.max(1) as usize),
             hash_slots: Semaphore::new(options.hash_slots.max(1)),
             options,
         }
@@ -110,11 +118,23 @@ impl VerifyGuard {
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.mac_key.as_ref())
             .expect("HMAC takes keys of any length");
         mac.update(token.as_bytes());
-        mac.finalize().into_bytes().into()
+        let full = mac.finalize().into_bytes();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&full[..16]);
+        digest
     }
 
-    /// The PHC string argon2 accepted this token against, if remembered.
-    pub fn verified_hash(&self, digest: &TokenDigest) -> Option<Arc<str>> {
+    /// The fingerprint of a stored PHC string.
+    pub fn fingerprint(phc: &str) -> HashFingerprint {
+        let full = <sha2::Sha256 as sha2::Digest>::digest(phc.as_bytes());
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&full[..16]);
+        fingerprint
+    }
+
+    /// The fingerprint of the PHC string argon2 accepted this token against,
+    /// if remembered.
+    pub fn verified_fingerprint(&self, digest: &TokenDigest) -> Option<HashFingerprint> {
         self.verified.get(digest)
     }
 
@@ -126,10 +146,10 @@ impl VerifyGuard {
     /// Refuses another argon2 check for `key` while its failures in the
     /// current window are at the limit.
     pub fn check_throttle(&self, key: &KeyId) -> Result<(), Error> {
-        let failures = self
-            .failures
-            .get(key)
-            .map_or(0, |count| count.load(Ordering::Relaxed));
+        let now = UnixMillis::now();
+        let failures = self.failures.get(key).map_or(0, |window| {
+            window.failures_at(now, self.options.failure_window)
+        });
         if failures >= self.options.failures_per_window {
             return Err(Error::ResourceExhausted(format!(
                 "too many failed attempts for key {key}; retry later"
@@ -148,21 +168,61 @@ impl VerifyGuard {
         }
     }
 
+    /// Holds back an answer to a known-wrong or throttled token.
+    pub async fn slow_down(&self) {
+        tokio::time::sleep(self.options.refusal_delay).await;
+    }
+
     /// Remembers argon2's decision.
     pub fn remember(&self, key: &KeyId, digest: TokenDigest, phc: &str, matched: bool) {
         if matched {
-            self.verified.insert(digest, Arc::from(phc));
+            self.verified.insert(digest, Self::fingerprint(phc));
         } else {
             self.rejected.insert(digest, ());
-            self.failures
-                .get_with(key.clone(), || Arc::new(AtomicU32::new(0)))
-                .fetch_add(1, Ordering::Relaxed);
+            let window = match self.failures.get(key) {
+                Some(window) => window,
+                None => {
+                    let window = Arc::new(FailureWindow::default());
+                    self.failures.insert(key.clone(), Arc::clone(&window));
+                    window
+                }
+            };
+            window.record(UnixMillis::now(), self.options.failure_window);
         }
     }
 
-    /// Entries in the verified-token cache (approximate).
+    /// Entries in the verified-token cache.
     pub fn verified_entries(&self) -> u64 {
-        self.verified.run_pending_tasks();
-        self.verified.entry_count()
+        self.verified.len() as u64
+    }
+}
+
+/// argon2 failures of one key id in a fixed window.
+#[derive(Debug, Default)]
+struct FailureWindow {
+    started: AtomicI64,
+    failures: AtomicU32,
+}
+
+impl FailureWindow {
+    /// Failures in the window that contains `now` (0 once it has ended).
+    fn failures_at(&self, now: UnixMillis, window: Duration) -> u32 {
+        if now.0 - self.started.load(Ordering::Relaxed) >= window.as_millis() as i64 {
+            0
+        } else {
+            self.failures.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Counts a failure, opening a new window when the last one ended.
+    fn record(&self, now: UnixMillis, window: Duration) {
+        let started = self.started.load(Ordering::Relaxed);
+        if now.0 - started >= window.as_millis() as i64 {
+            // Races between two failures here only lose a count or two.
+            self.started.store(now.0, Ordering::Relaxed);
+            self.failures.store(1, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

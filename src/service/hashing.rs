@@ -14,9 +14,10 @@
 
 use crate::domain::{Error, SecretString};
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, KeyId, Params, ParamsBuilder, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, KeyId, Params, ParamsBuilder, Version};
 use std::collections::HashMap;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// Least length of a server secret, in bytes.
@@ -143,11 +144,32 @@ impl SecretHasher {
             .keyid(keyid)
             .build()
             .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
+        let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("argon2 hash: {e}"));
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2(self.current_version, params)?
-            .hash_password(secret.expose().as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|e| Error::Internal(format!("argon2 hash: {e}")))
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt
+            .as_salt()
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| fail(&e))?;
+        let mut output = [0u8; OUTPUT_BYTES];
+        let argon2 = self.argon2(self.current_version, params.clone())?;
+        with_blocks(params.block_count(), |blocks| {
+            argon2.hash_password_into_with_memory(
+                secret.expose().as_bytes(),
+                salt_bytes,
+                &mut output,
+                blocks,
+            )
+        })
+        .map_err(|e| fail(&e))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(|e| fail(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&output).map_err(|e| fail(&e))?),
+        };
+        Ok(phc.to_string())
     }
 
     /// Whether `secret` matches the PHC string. A hash that is not argon2id,
@@ -184,10 +206,53 @@ impl SecretHasher {
         let version = <[u8; 4]>::try_from(params.keyid())
             .map(u32::from_be_bytes)
             .map_err(|_| "missing or malformed server secret version (keyid)".to_owned())?;
+        let salt = hash.salt.ok_or("no salt")?;
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| format!("bad salt: {e}"))?;
+        let expected = hash.hash.ok_or("no hash output")?;
+        let mut output = Zeroizing::new(vec![0u8; expected.len()]);
+        let blocks = params.block_count();
         let argon2 = self.argon2(version, params).map_err(|e| e.to_string())?;
-        // verify_password compares the derived output in constant time.
-        Ok(argon2.verify_password(secret.as_bytes(), &hash).is_ok())
+        with_blocks(blocks, |memory| {
+            argon2.hash_password_into_with_memory(
+                secret.as_bytes(),
+                salt_bytes,
+                &mut output,
+                memory,
+            )
+        })
+        .map_err(|e| format!("argon2: {e}"))?;
+        Ok(bool::from(expected.as_bytes().ct_eq(&output)))
     }
+}
+
+/// Bytes of argon2 output in new hashes.
+const OUTPUT_BYTES: usize = 32;
+
+thread_local! {
+    /// argon2's working memory, reused by each thread that hashes. Allocating
+    /// it afresh per hash (2 MiB) left the allocator holding tens of MiB
+    /// across threads; reusing it keeps memory at one buffer per hashing
+    /// thread (see BENCHMARKS.md).
+    static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` over `count` argon2 blocks of this thread's buffer, zeroing them
+/// afterwards: they hold state derived from a secret.
+fn with_blocks<T>(count: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < count {
+            blocks.resize(count, Block::default());
+        }
+        let result = f(&mut blocks[..count]);
+        blocks[..count]
+            .iter_mut()
+            .for_each(zeroize::Zeroize::zeroize);
+        result
+    })
 }
 
 #[cfg(test)]

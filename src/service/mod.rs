@@ -4,6 +4,7 @@
 
 mod datasets;
 pub mod guard;
+mod hash_pool;
 pub mod hashing;
 mod identities;
 mod keys;
@@ -22,6 +23,7 @@ use crate::domain::token::{self, TokenPrefix};
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
+use hash_pool::HashPool;
 use hashing::SecretHasher;
 use last_use::LastUseTracker;
 use sealing::SeedSealer;
@@ -113,6 +115,7 @@ pub struct Authority {
     hasher: Arc<SecretHasher>,
     sealer: SeedSealer,
     guard: VerifyGuard,
+    hash_pool: HashPool,
     last_use: LastUseTracker,
     options: AuthorityOptions,
 }
@@ -131,6 +134,7 @@ impl Authority {
             hasher: Arc::new(hasher),
             sealer,
             guard: VerifyGuard::new(options.guard.clone()),
+            hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
             options,
         }
@@ -171,9 +175,7 @@ impl Authority {
         let minted = token::mint(&self.options.token_prefix, &id);
         let hasher = Arc::clone(&self.hasher);
         let secret = minted.secret;
-        let secret_hash = tokio::task::spawn_blocking(move || hasher.hash(&secret))
-            .await
-            .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))??;
+        let secret_hash = self.hash_pool.run(move || hasher.hash(&secret)).await??;
         let key = ApiKey {
             id,
             identity_id: identity.clone(),
@@ -202,9 +204,9 @@ impl Authority {
         let hasher = Arc::clone(&self.hasher);
         let secret = SecretString::new(secret.to_owned());
         let phc = phc.to_owned();
-        tokio::task::spawn_blocking(move || hasher.verify(secret.expose(), &phc))
+        self.hash_pool
+            .run(move || hasher.verify(secret.expose(), &phc))
             .await
-            .map_err(|e| Error::Internal(format!("hash check task failed: {e}")))
     }
 }
 

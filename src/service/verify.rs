@@ -3,7 +3,7 @@
 //! the reasons that depend on the key's settings.
 
 use super::Authority;
-use super::guard::TokenDigest;
+use super::guard::{TokenDigest, VerifyGuard};
 use crate::domain::token::{self, ParsedToken};
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use std::net::IpAddr;
@@ -50,12 +50,16 @@ impl Authority {
         // another secret), and a key under a failure throttle takes no new
         // guesses, so floods cost neither Redis nor argon2.
         let digest = self.guard.digest(query.token);
-        let previously_matched = self.guard.verified_hash(&digest);
+        let previously_matched = self.guard.verified_fingerprint(&digest);
         if previously_matched.is_none() {
             if self.guard.was_rejected(&digest) {
+                self.guard.slow_down().await;
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
-            self.guard.check_throttle(&parsed.key_id)?;
+            if let Err(throttled) = self.guard.check_throttle(&parsed.key_id) {
+                self.guard.slow_down().await;
+                return Err(throttled);
+            }
         }
         let Some((key, identity)) = self.store.key_with_identity(&parsed.key_id).await? else {
             return Ok(Verdict::refused(VerifyCode::Unknown));
@@ -66,7 +70,7 @@ impl Authority {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
         let matched = match previously_matched {
-            Some(hash) if *hash == *key.secret_hash => true,
+            Some(fingerprint) if fingerprint == VerifyGuard::fingerprint(&key.secret_hash) => true,
             _ => self.check_with_argon2(digest, &parsed, &key).await?,
         };
         if !matched {
