@@ -102,6 +102,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         ..AuthorityOptions::default()
     };
     options.guard.verified_entries = args.verify_cache_entries;
+    let tls = args.tls()?;
     let (authority, dev_mode) = open_authority(&args.store, options).await?;
     if args.no_totp_for_roll {
         tracing::warn!(
@@ -141,6 +142,11 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         reflection: args.reflection,
         shutdown_timeout: args.shutdown_timeout,
         last_use_flush_interval: args.last_use_flush_interval,
+        max_concurrent_requests: args.max_concurrent_requests,
+        request_timeout: args.request_timeout,
+        max_concurrent_streams: args.max_concurrent_streams,
+        http2_keepalive_interval: args.http2_keepalive_interval,
+        tls,
         ..ServerOptions::default()
     };
     server::serve(listener, authority, options, shutdown).await?;

@@ -97,6 +97,28 @@ pub struct ServeArgs {
     /// How often key last-use times are written to the store.
     #[arg(long, env = "KEYRACK_LAST_USE_FLUSH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub last_use_flush_interval: Duration,
+    /// Calls in progress at once across all connections; more are refused
+    /// at once with RESOURCE_EXHAUSTED (load shedding).
+    #[arg(long, env = "KEYRACK_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+    /// Longest any one call may take.
+    #[arg(long, env = "KEYRACK_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "KEYRACK_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings; a peer silent for 10 s more is dropped.
+    #[arg(long, env = "KEYRACK_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// PEM certificate chain: serve TLS (with --tls-key-file).
+    #[arg(long, env = "KEYRACK_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "KEYRACK_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: require client certificates signed by them (mutual TLS).
+    #[arg(long, env = "KEYRACK_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -229,5 +251,40 @@ impl StoreArgs {
             sealer,
             token_prefix,
         })
+    }
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError(format!("{flag} {}: {e}", path.display())))
+}
+
+impl ServeArgs {
+    /// The TLS configuration the flags ask for, with its files read now.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                return Err(ConfigError(
+                    "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
+                ));
+            }
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                return Err(ConfigError(
+                    "--tls-cert-file and --tls-key-file go together".into(),
+                ));
+            }
+        };
+        let identity = Identity::from_pem(
+            read_pem("--tls-cert-file", cert)?,
+            read_pem("--tls-key-file", key)?,
+        );
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca_file {
+            config =
+                config.client_ca_root(Certificate::from_pem(read_pem("--tls-client-ca-file", ca)?));
+        }
+        Ok(Some(config))
     }
 }

@@ -33,6 +33,20 @@ pub struct ServerOptions {
     pub health_interval: Duration,
     /// How often key last-use times are written to the store.
     pub last_use_flush_interval: Duration,
+    /// Calls in progress across all connections; beyond it calls are shed
+    /// at once with RESOURCE_EXHAUSTED rather than queued.
+    pub max_concurrent_requests: usize,
+    /// Longest a call may take.
+    pub request_timeout: Duration,
+    /// HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval; a peer that does not answer within
+    /// `http2_keepalive_timeout` is disconnected.
+    pub http2_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub http2_keepalive_timeout: Duration,
+    /// TLS (and, with a client CA, mutual TLS); plaintext without it.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServerOptions {
@@ -40,8 +54,14 @@ impl Default for ServerOptions {
         Self {
             reflection: ReflectionAccess::Gated,
             shutdown_timeout: Duration::from_secs(10),
-            health_interval: Duration::from_secs(1),
+            health_interval: Duration::from_millis(500),
             last_use_flush_interval: Duration::from_secs(60),
+            max_concurrent_requests: 4096,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -127,7 +147,22 @@ pub async fn serve(
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
 
-    let mut routes = Server::builder()
+    let limits = tower::ServiceBuilder::new()
+        .map_response(crate::grpc::limits::oversized_is_resource_exhausted)
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            options.max_concurrent_requests.max(1),
+        ));
+    let mut builder = Server::builder()
+        .timeout(options.request_timeout)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .http2_keepalive_interval(Some(options.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(options.http2_keepalive_timeout));
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let mut routes = builder
+        .layer(limits)
         .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
         .add_service(health)
         .add_service(verify)

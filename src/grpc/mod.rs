@@ -4,6 +4,7 @@
 mod admin;
 pub mod convert;
 mod filter;
+pub mod limits;
 mod redact;
 pub mod reflection;
 mod status;

@@ -8,3 +8,4 @@ mod hot_path;
 mod roll;
 mod store_contract;
 mod support;
+mod transport;

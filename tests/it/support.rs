@@ -112,6 +112,12 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the server, as a stalled host would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Starts it again on the same socket.
     pub fn restart(&mut self) {
         self.kill();
@@ -259,18 +265,25 @@ impl TestServer {
         authority_options: AuthorityOptions,
         flush_interval: Duration,
     ) -> Self {
+        let options = ServerOptions {
+            last_use_flush_interval: flush_interval,
+            ..test_server_options()
+        };
+        Self::start_serving(backend, authority_options, options).await
+    }
+
+    /// Starts a server with these authority and server options.
+    pub async fn start_serving(
+        backend: Backend,
+        authority_options: AuthorityOptions,
+        options: ServerOptions,
+    ) -> Self {
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let options = ServerOptions {
-            health_interval: Duration::from_millis(200),
-            shutdown_timeout: Duration::from_secs(2),
-            last_use_flush_interval: flush_interval,
-            ..ServerOptions::default()
-        };
         let served = Arc::clone(&authority);
         let task = tokio::spawn(async move {
             server::serve(listener, served, options, async {
@@ -330,6 +343,15 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+    }
+}
+
+/// Server options for tests: quick health checks and shutdown.
+pub fn test_server_options() -> ServerOptions {
+    ServerOptions {
+        health_interval: Duration::from_millis(200),
+        shutdown_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
     }
 }
 
