@@ -59,6 +59,7 @@ async fn open_authority(
     mut options: AuthorityOptions,
 ) -> Result<(Arc<Authority>, bool), RunError> {
     let config = args.load()?;
+    let durability = args.durability()?;
     options.token_prefix = config.token_prefix;
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
         StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
@@ -68,6 +69,7 @@ async fn open_authority(
                 key_prefix: args.redis_prefix.clone(),
                 connect_timeout: args.redis_timeout,
                 response_timeout: args.redis_timeout,
+                durability,
             };
             let store = RedisStore::connect(&options, args.redis_connect_wait)
                 .await

@@ -5,6 +5,7 @@ use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
+use crate::store::redis::Durability;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,9 +70,33 @@ pub struct StoreArgs {
     /// version `--server-secret-version` minus one (for rotation).
     #[arg(long, env = "KEYRACK_PREVIOUS_SERVER_SECRET_FILE")]
     pub previous_server_secret_file: Option<PathBuf>,
+    /// When a revoke, disable, roll or delete counts as done: `none` (the
+    /// primary applied it), `replica` (WAIT: replicas acknowledged it) or
+    /// `aof` (WAITAOF: fsynced to the AOF, Redis 7.2+). Unconfirmed changes
+    /// fail with UNAVAILABLE.
+    #[arg(long, env = "KEYRACK_DURABILITY", value_enum, default_value = "none")]
+    pub durability: DurabilityMode,
+    /// Replicas that must acknowledge a change (replica mode), or whose AOF
+    /// must have it too (aof mode).
+    #[arg(long, env = "KEYRACK_DURABILITY_REPLICAS", default_value_t = 1)]
+    pub durability_replicas: u32,
+    /// How long to wait for the acknowledgement; below --redis-timeout.
+    #[arg(long, env = "KEYRACK_DURABILITY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub durability_timeout: Duration,
     /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
     pub token_prefix: String,
+}
+
+/// When a change counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityMode {
+    /// When the primary applied it.
+    None,
+    /// When replicas acknowledged it (WAIT).
+    Replica,
+    /// When it was fsynced to the AOF (WAITAOF).
+    Aof,
 }
 
 /// Flags of `keyrack serve`.
@@ -286,5 +311,34 @@ impl ServeArgs {
                 config.client_ca_root(Certificate::from_pem(read_pem("--tls-client-ca-file", ca)?));
         }
         Ok(Some(config))
+    }
+}
+
+impl StoreArgs {
+    /// The durability the flags ask for, checked against the other flags.
+    pub fn durability(&self) -> Result<Durability, ConfigError> {
+        if self.durability == DurabilityMode::None {
+            return Ok(Durability::None);
+        }
+        if self.redis_url.is_none() {
+            return Err(ConfigError(
+                "--durability needs --redis-url (the embedded store keeps nothing)".into(),
+            ));
+        }
+        if self.durability_timeout >= self.redis_timeout {
+            return Err(ConfigError(
+                "--durability-timeout must be shorter than --redis-timeout".into(),
+            ));
+        }
+        let (replicas, timeout) = (self.durability_replicas, self.durability_timeout);
+        Ok(match self.durability {
+            DurabilityMode::Replica if replicas == 0 => {
+                return Err(ConfigError(
+                    "--durability replica needs --durability-replicas of 1 or more".into(),
+                ));
+            }
+            DurabilityMode::Replica => Durability::Replica { replicas, timeout },
+            _ => Durability::Aof { replicas, timeout },
+        })
     }
 }

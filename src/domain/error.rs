@@ -39,6 +39,9 @@ pub enum Error {
     /// A limit was reached (request size, lockout, load).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The change was applied but its durability was not confirmed.
+    #[error("the change was applied but may not be durable ({0}); check it and retry")]
+    NotDurable(String),
     /// The store cannot answer; nothing is assumed valid.
     #[error("the store is unavailable")]
     Unavailable(String),

@@ -44,6 +44,7 @@ impl From<StoreError> for Error {
             StoreError::NameTaken(name) => Error::AlreadyExists(format!("name {name:?}")),
             StoreError::Conflict => Error::Aborted("the record".to_owned()),
             StoreError::Corrupt(cause) => Error::Internal(cause),
+            StoreError::NotDurable(why) => Error::NotDurable(why),
         }
     }
 }

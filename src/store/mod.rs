@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The record changed since it was read.
     #[error("the record changed concurrently")]
     Conflict,
+    /// The change was applied but not confirmed as durable as configured
+    /// (replicas or AOF fsync did not acknowledge it in time).
+    #[error("the change may not be durable: {0}")]
+    NotDurable(String),
     /// A stored record could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),

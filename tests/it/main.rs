@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod datasets;
+mod durability;
 mod hot_path;
 mod roll;
 mod store_contract;

@@ -114,7 +114,11 @@ impl RedisServer {
 
     /// Freezes (`STOP`) or thaws (`CONT`) the server, as a stalled host would.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -218,6 +222,7 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 key_prefix: "keyrack:".into(),
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_millis(500),
+                durability: keyrack::store::redis::Durability::None,
             };
             Arc::new(
                 RedisStore::connect(&options, Duration::from_secs(5))

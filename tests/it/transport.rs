@@ -250,19 +250,34 @@ async fn calls_beyond_the_global_limit_are_shed() {
 /// and Verify says nothing is valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_store_cannot_hang_a_call() {
-    let options = keyrack::server::ServerOptions { request_timeout: Duration::from_millis(300), ..test_server_options() };
+    let options = keyrack::server::ServerOptions {
+        request_timeout: Duration::from_millis(300),
+        ..test_server_options()
+    };
     let backend = Backend::Redis(crate::support::RedisServer::start());
     let server = TestServer::start_serving(backend, AuthorityOptions::default(), options).await;
     let mut verifier = server.verifier().await;
-    let ask = || proto::VerifyRequest { token: server.admin_token.clone(), ..Default::default() };
-    assert_eq!(verifier.verify(ask()).await.unwrap().into_inner().code(), VerifyCode::Valid);
+    let ask = || proto::VerifyRequest {
+        token: server.admin_token.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        verifier.verify(ask()).await.unwrap().into_inner().code(),
+        VerifyCode::Valid
+    );
     server.backend.redis().signal("STOP");
     let started = std::time::Instant::now();
     let outcome = verifier.verify(ask()).await;
     let elapsed = started.elapsed();
     server.backend.redis().signal("CONT");
     let status = outcome.unwrap_err();
-    assert!(matches!(status.code(), Code::Cancelled | Code::Unavailable), "{status:?}");
-    assert!(elapsed < Duration::from_secs(2), "the call took {elapsed:?}");
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::Unavailable),
+        "{status:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the call took {elapsed:?}"
+    );
     server.stop().await;
 }

@@ -25,13 +25,42 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Bound on any one command's reply.
     pub response_timeout: Duration,
+    /// When a change counts as done.
+    pub durability: Durability,
 }
 
 /// Keyrack's records in Redis, over any connection redis-rs offers (one
 /// shared multiplexed connection for a standalone server).
 pub struct RedisStore<C = ConnectionManager> {
     connection: C,
+    // Changes go through their own connection: WAIT and WAITAOF block the
+    // connection they run on, and Verify's reads must not queue behind them.
+    writer: C,
     keyspace: Keyspace,
+    durability: Durability,
+}
+
+/// When a change counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// When the primary applied it (lost if the primary dies before a replica
+    /// or its AOF has it).
+    None,
+    /// When `replicas` replicas acknowledged it (WAIT).
+    Replica {
+        /// Replicas that must acknowledge.
+        replicas: u32,
+        /// How long to wait for them.
+        timeout: Duration,
+    },
+    /// When the primary's AOF fsynced it, and `replicas` replicas' AOFs too
+    /// (WAITAOF, Redis 7.2+).
+    Aof {
+        /// Replicas whose AOF must have it too.
+        replicas: u32,
+        /// How long to wait.
+        timeout: Duration,
+    },
 }
 
 fn unavailable(error: RedisError) -> StoreError {
@@ -85,21 +114,26 @@ impl RedisStore<ConnectionManager> {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let started = tokio::time::Instant::now();
-        loop {
+        let connection = loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                Ok(connection) => {
-                    return Ok(Self::with_connection(
-                        connection,
-                        Keyspace::new(&options.key_prefix),
-                    ));
-                }
+                Ok(connection) => break connection,
                 Err(error) if started.elapsed() < wait => {
                     tracing::warn!(%error, "Redis is not reachable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(error) => return Err(unavailable(error)),
             }
+        };
+        let mut store =
+            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
+        if options.durability != Durability::None {
+            store.writer = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(unavailable)?;
+            store.durability = options.durability;
+            store.check_durability_support().await?;
         }
+        Ok(store)
     }
 }
 
@@ -110,8 +144,73 @@ where
     /// A store over an established connection.
     pub fn with_connection(connection: C, keyspace: Keyspace) -> Self {
         Self {
+            writer: connection.clone(),
             connection,
+            durability: Durability::None,
             keyspace,
+        }
+    }
+
+    fn writer(&self) -> C {
+        self.writer.clone()
+    }
+
+    /// Refuses a durability mode this Redis cannot provide, before serving.
+    async fn check_durability_support(&self) -> StoreResult<()> {
+        if let Durability::Aof { .. } = self.durability {
+            let info: Vec<redis::Value> = redis::cmd("COMMAND")
+                .arg("INFO")
+                .arg("WAITAOF")
+                .query_async(&mut self.writer())
+                .await
+                .map_err(unavailable)?;
+            if info
+                .first()
+                .is_none_or(|entry| matches!(entry, redis::Value::Nil))
+            {
+                return Err(StoreError::Unavailable(
+                    "--durability aof needs WAITAOF, which Redis 7.2 and later provide".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the changes made on the writer connection are as durable
+    /// as configured; `NotDurable` when that is not confirmed in time (the
+    /// change itself has been applied).
+    async fn confirm_durable(&self) -> StoreResult<()> {
+        match self.durability {
+            Durability::None => Ok(()),
+            Durability::Replica { replicas, timeout } => {
+                let acknowledged: i64 = redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout.as_millis() as u64)
+                    .query_async(&mut self.writer())
+                    .await
+                    .map_err(unavailable)?;
+                if acknowledged < i64::from(replicas) {
+                    return Err(StoreError::NotDurable(format!(
+                        "{acknowledged} of {replicas} replicas acknowledged the change in time"
+                    )));
+                }
+                Ok(())
+            }
+            Durability::Aof { replicas, timeout } => {
+                let (local, remote): (i64, i64) = redis::cmd("WAITAOF")
+                    .arg(1)
+                    .arg(replicas)
+                    .arg(timeout.as_millis() as u64)
+                    .query_async(&mut self.writer())
+                    .await
+                    .map_err(|e| StoreError::NotDurable(format!("WAITAOF failed: {e}")))?;
+                if local < 1 || remote < i64::from(replicas) {
+                    return Err(StoreError::NotDurable(format!(
+                        "the AOF fsync was confirmed locally {local} time(s) and by {remote} of {replicas} replicas"
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -212,13 +311,14 @@ where
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &identity.name).map_err(|error| match error {
             StoreError::NotFound(_) => StoreError::NotFound("identity"),
             other => other,
         })?;
+        self.confirm_durable().await?;
         Ok(stored)
     }
 
@@ -230,9 +330,10 @@ where
             .key(self.keyspace.totp(id))
             .key(self.keyspace.last_use(id))
             .arg(self.keyspace.key_prefix(id))
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
+        self.confirm_durable().await?;
         Ok(existed == 1)
     }
 
@@ -285,7 +386,7 @@ where
         for key in keys {
             invocation.arg(encode(key)?);
         }
-        let created: Result<String, _> = invocation.invoke_async(&mut self.connection()).await;
+        let created: Result<String, _> = invocation.invoke_async(&mut self.writer()).await;
         match created {
             Ok(reply) if reply == "OK" => {}
             // An id collision (about 2^-71): the other identity keeps its entries.
@@ -442,7 +543,7 @@ where
             .key(self.keyspace.key(&key.id))
             .arg(self.keyspace.key_prefix(identity))
             .arg(encode(key)?)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &key.name).map_err(|error| match error {
@@ -530,13 +631,14 @@ where
             .arg(self.keyspace.key_prefix(identity))
             .arg(encode(&stored)?)
             .arg(key.revision)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &key.name).map_err(|error| match error {
             StoreError::NotFound(_) => StoreError::NotFound("key"),
             other => other,
         })?;
+        self.confirm_durable().await?;
         Ok(stored)
     }
 
@@ -548,9 +650,10 @@ where
             .key(self.keyspace.key(id))
             .key(self.keyspace.last_use(&identity))
             .arg(id.as_str())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
+        self.confirm_durable().await?;
         Ok(existed == 1)
     }
 
@@ -568,13 +671,14 @@ where
             .arg(encode(&stored_old)?)
             .arg(old.revision)
             .arg(encode(replacement)?)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &replacement.name).map_err(|error| match error {
             StoreError::NotFound(_) => StoreError::NotFound("key"),
             other => other,
-        })
+        })?;
+        self.confirm_durable().await
     }
 
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
