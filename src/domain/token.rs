@@ -248,3 +248,61 @@ mod tests {
         assert_eq!(base62_fixed(&[0xff; 32], SECRET_CHARS).len(), SECRET_CHARS);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::domain::ids::IdentityId;
+    use proptest::prelude::*;
+
+    fn base62_value(digits: &str) -> Vec<u8> {
+        // Big-endian base-256 digits of a base-62 number, for checking the encoder.
+        let mut bytes = vec![0u8; 40];
+        for digit in digits.bytes() {
+            let mut carry = BASE62.iter().position(|&d| d == digit).unwrap() as u32;
+            for byte in bytes.iter_mut().rev() {
+                let value = u32::from(*byte) * 62 + carry;
+                *byte = (value & 0xff) as u8;
+                carry = value >> 8;
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn minted_tokens_always_parse_back(_seed in any::<u64>(), prefix in "[a-z][a-z0-9]{0,15}") {
+            let prefix = TokenPrefix::parse(&prefix).unwrap();
+            let key_id = KeyId::generate(&IdentityId::generate());
+            let minted = mint(&prefix, &key_id);
+            let parsed = parse(&prefix, minted.token.expose()).unwrap();
+            prop_assert_eq!(&parsed.key_id, &key_id);
+            prop_assert_eq!(parsed.secret(), minted.secret.expose());
+        }
+
+        #[test]
+        fn parsing_never_panics_and_accepts_only_well_formed_tokens(text in "\\PC{0,200}") {
+            if let Ok(parsed) = parse(&TokenPrefix::default(), &text) {
+                prop_assert!(text.starts_with("kr_"));
+                prop_assert!(KeyId::parse(parsed.key_id.as_str()).is_ok());
+            }
+        }
+
+        #[test]
+        fn base62_encodes_exactly(bytes in proptest::collection::vec(any::<u8>(), 32)) {
+            let encoded = base62_fixed(&bytes, SECRET_CHARS);
+            prop_assert_eq!(encoded.len(), SECRET_CHARS);
+            let decoded = base62_value(&encoded);
+            prop_assert_eq!(&decoded[decoded.len() - 32..], bytes.as_slice());
+            prop_assert!(decoded[..decoded.len() - 32].iter().all(|b| *b == 0));
+        }
+
+        #[test]
+        fn cidr_and_name_parsers_never_panic(text in "\\PC{0,80}") {
+            let _ = crate::domain::cidr::parse_cidr(&text);
+            let _ = crate::domain::names::parse_name(&text);
+            let _ = crate::domain::names::parse_person_name(&text);
+            let _ = crate::domain::names::parse_description(&text);
+        }
+    }
+}

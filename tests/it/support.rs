@@ -214,6 +214,7 @@ impl Backend {
 
 /// Opens a store for `backend`.
 pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
+    capture_logs();
     match backend {
         Backend::Memory => Arc::new(MemoryStore::new()),
         Backend::Redis(server) => {
@@ -283,6 +284,7 @@ impl TestServer {
         authority_options: AuthorityOptions,
         options: ServerOptions,
     ) -> Self {
+        capture_logs();
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
@@ -348,7 +350,76 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        assert_no_secret_logged();
     }
+}
+
+/// Everything the in-process servers log, at TRACE: the whole suite runs with
+/// tracing on, and every stopped server checks that nothing logged so far
+/// looks like a token, a key hash or a TOTP seed.
+static CAPTURED_LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+struct CapturedWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing TRACE subscriber (once per test binary).
+pub fn capture_logs() {
+    CAPTURED_LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_ansi(false)
+            .with_writer(move || CapturedWriter(Arc::clone(&writer)))
+            .try_init();
+        buffer
+    });
+}
+
+/// Where `text` holds `kr_` + 18 base62 + `_` + 49 base62: a whole token.
+fn find_token(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let alnum = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|run| run.iter().all(u8::is_ascii_alphanumeric))
+    };
+    text.match_indices("kr_").map(|(at, _)| at).find(|&at| {
+        let id = at + 3;
+        alnum(id..id + 18) && bytes.get(id + 18) == Some(&b'_') && alnum(id + 19..id + 19 + 49)
+    })
+}
+
+/// Fails when anything logged so far contains a token or a key hash.
+pub fn assert_no_secret_logged() {
+    let Some(buffer) = CAPTURED_LOGS.get() else {
+        return;
+    };
+    let logged = std::mem::take(&mut *buffer.lock().unwrap());
+    let text = String::from_utf8_lossy(&logged);
+    if let Some(at) = find_token(&text) {
+        panic!("a token reached the TRACE log near byte {at}");
+    }
+    assert!(
+        !text.contains("$argon2"),
+        "a key hash reached the TRACE log"
+    );
+    assert!(
+        !text.contains("otpauth://"),
+        "a TOTP seed URL reached the TRACE log"
+    );
 }
 
 /// Server options for tests: quick health checks and shutdown.
