@@ -148,7 +148,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
 
     let limits = tower::ServiceBuilder::new()
-        .map_response(crate::grpc::limits::oversized_is_resource_exhausted)
+        .map_response(crate::grpc::limits::decode_errors_as_client_errors)
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             options.max_concurrent_requests.max(1),

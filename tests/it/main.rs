@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod datasets;
 mod durability;
+mod hostile;
 mod hot_path;
 mod roll;
 mod store_contract;
