@@ -803,7 +803,13 @@ async fn health_of(server: &TestServer) -> tonic_health::pb::health_check_respon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_fails_closed_while_redis_is_down() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let mut server = TestServer::redis().await;
+    // The production health interval, to hold it to "NOT_SERVING within a second".
+    let options = keyrack::server::ServerOptions {
+        health_interval: keyrack::server::ServerOptions::default().health_interval,
+        ..crate::support::test_server_options()
+    };
+    let backend = crate::support::Backend::Redis(crate::support::RedisServer::start());
+    let mut server = TestServer::start_serving(backend, Default::default(), options).await;
     let token = service(&server, "svc").await.token;
     eventually("serving", Duration::from_secs(5), || async {
         health_of(&server).await == ServingStatus::Serving
@@ -824,7 +830,7 @@ async fn verify_fails_closed_while_redis_is_down() {
         .await
         .unwrap_err();
     assert_eq!(outage.code(), Code::Unavailable);
-    eventually("not serving", Duration::from_secs(5), || async {
+    eventually("not serving within a second", Duration::from_secs(1), || async {
         health_of(&server).await == ServingStatus::NotServing
     })
     .await;
@@ -833,7 +839,7 @@ async fn verify_fails_closed_while_redis_is_down() {
         crate::support::Backend::Redis(redis) => redis.restart(),
         crate::support::Backend::Memory => unreachable!(),
     }
-    eventually("serving again", Duration::from_secs(15), || async {
+    eventually("serving again within a few seconds", Duration::from_secs(5), || async {
         health_of(&server).await == ServingStatus::Serving
     })
     .await;
