@@ -830,18 +830,22 @@ async fn verify_fails_closed_while_redis_is_down() {
         .await
         .unwrap_err();
     assert_eq!(outage.code(), Code::Unavailable);
-    eventually("not serving within a second", Duration::from_secs(1), || async {
-        health_of(&server).await == ServingStatus::NotServing
-    })
+    eventually(
+        "not serving within a second",
+        Duration::from_secs(1),
+        || async { health_of(&server).await == ServingStatus::NotServing },
+    )
     .await;
 
     match &mut server.backend {
         crate::support::Backend::Redis(redis) => redis.restart(),
         crate::support::Backend::Memory => unreachable!(),
     }
-    eventually("serving again within a few seconds", Duration::from_secs(5), || async {
-        health_of(&server).await == ServingStatus::Serving
-    })
+    eventually(
+        "serving again within a few seconds",
+        Duration::from_secs(5),
+        || async { health_of(&server).await == ServingStatus::Serving },
+    )
     .await;
     // The restarted Redis is empty (no persistence in this test): the token
     // is now unknown, and Verify answers rather than failing.

@@ -86,10 +86,10 @@ fn parse_claim(claim: &str) -> Option<(IdentityId, i64)> {
 }
 
 /// Maps a script's status reply to the store's outcome.
-fn script_outcome(reply: &str, name: &str) -> StoreResult<()> {
+fn script_outcome(reply: &str, name: &str, missing: &'static str) -> StoreResult<()> {
     match reply {
         "OK" => Ok(()),
-        "NOTFOUND" => Err(StoreError::NotFound("record")),
+        "NOTFOUND" => Err(StoreError::NotFound(missing)),
         "CONFLICT" | "EXISTS" => Err(StoreError::Conflict),
         "NAMETAKEN" => Err(StoreError::NameTaken(name.to_owned())),
         other => Err(StoreError::Corrupt(format!(
@@ -314,10 +314,7 @@ where
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, &identity.name).map_err(|error| match error {
-            StoreError::NotFound(_) => StoreError::NotFound("identity"),
-            other => other,
-        })?;
+        script_outcome(&reply, &identity.name, "identity")?;
         self.confirm_durable().await?;
         Ok(stored)
     }
@@ -395,7 +392,7 @@ where
                 self.release_identity_name(&identity.name, &identity.id)
                     .await;
                 self.forget_listed_identity(&identity.id).await;
-                return Err(script_outcome(&reply, &identity.name)
+                return Err(script_outcome(&reply, &identity.name, "identity")
                     .err()
                     .unwrap_or(StoreError::Conflict));
             }
@@ -546,10 +543,7 @@ where
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, &key.name).map_err(|error| match error {
-            StoreError::NotFound(_) => StoreError::NotFound("identity"),
-            other => other,
-        })
+        script_outcome(&reply, &key.name, "identity")
     }
 
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
@@ -634,10 +628,7 @@ where
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, &key.name).map_err(|error| match error {
-            StoreError::NotFound(_) => StoreError::NotFound("key"),
-            other => other,
-        })?;
+        script_outcome(&reply, &key.name, "key")?;
         self.confirm_durable().await?;
         Ok(stored)
     }
@@ -674,10 +665,7 @@ where
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, &replacement.name).map_err(|error| match error {
-            StoreError::NotFound(_) => StoreError::NotFound("key"),
-            other => other,
-        })?;
+        script_outcome(&reply, &replacement.name, "key")?;
         self.confirm_durable().await
     }
 
@@ -706,10 +694,7 @@ where
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, "").map_err(|error| match error {
-            StoreError::NotFound(_) => StoreError::NotFound("identity"),
-            other => other,
-        })
+        script_outcome(&reply, "", "identity")
     }
 
     async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>> {
