@@ -7,28 +7,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn create_identity(
-    server: &TestServer,
-    request: proto::CreateIdentityRequest,
-) -> proto::CreateIdentityResponse {
-    server
-        .admin()
-        .await
-        .create_identity(authed(&server.admin_token, request))
-        .await
-        .expect("create identity")
-        .into_inner()
-}
-
 async fn service(server: &TestServer, name: &str) -> proto::CreateIdentityResponse {
-    create_identity(
-        server,
-        proto::CreateIdentityRequest {
-            name: name.into(),
-            ..Default::default()
-        },
-    )
-    .await
+    server.create_service(name).await
 }
 
 async fn verify(server: &TestServer, request: proto::VerifyRequest) -> proto::VerifyResponse {
@@ -290,15 +270,13 @@ async fn admin_calls_need_an_admin_token_body(server: TestServer) {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    let second_admin = create_identity(
-        &server,
-        proto::CreateIdentityRequest {
+    let second_admin = server
+        .create_identity(proto::CreateIdentityRequest {
             name: "ops".into(),
             admin: true,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     admin
         .list_identities(authed(&second_admin.token, list()))
         .await
@@ -722,15 +700,13 @@ on_both_stores!(
     verify_checks_addresses_and_requests_body
 );
 async fn verify_checks_addresses_and_requests_body(server: TestServer) {
-    let created = create_identity(
-        &server,
-        proto::CreateIdentityRequest {
+    let created = server
+        .create_identity(proto::CreateIdentityRequest {
             name: "edge".into(),
             allowed_cidrs: vec!["10.0.0.0/24".into(), "2001:db8::/32".into()],
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let ask = |ip: &str, dataset: &str| proto::VerifyRequest {
         token: created.token.clone(),
         client_ip: ip.into(),

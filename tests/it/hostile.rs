@@ -169,19 +169,6 @@ fn admin_methods() -> Vec<String> {
         .collect()
 }
 
-async fn create_identity(
-    server: &TestServer,
-    request: proto::CreateIdentityRequest,
-) -> proto::CreateIdentityResponse {
-    server
-        .admin()
-        .await
-        .create_identity(authed(&server.admin_token, request))
-        .await
-        .expect("create identity")
-        .into_inner()
-}
-
 async fn verify_code(server: &TestServer, token: &str) -> VerifyCode {
     server
         .verifier()
@@ -208,23 +195,19 @@ async fn every_admin_method_refuses_non_admins_body(server: TestServer) {
     // The spec names 21 methods; the walk covers whatever the descriptor lists.
     assert!(methods.len() >= 21, "AdminService methods: {methods:?}");
 
-    let plain = create_identity(
-        &server,
-        proto::CreateIdentityRequest {
+    let plain = server
+        .create_identity(proto::CreateIdentityRequest {
             name: "plain".into(),
             ..Default::default()
-        },
-    )
-    .await;
-    let revoked_admin = create_identity(
-        &server,
-        proto::CreateIdentityRequest {
+        })
+        .await;
+    let revoked_admin = server
+        .create_identity(proto::CreateIdentityRequest {
             name: "former_ops".into(),
             admin: true,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     server
         .admin()
         .await
@@ -415,16 +398,14 @@ async fn fixture(server: &TestServer) -> Fixture {
         ))
         .await
         .expect("create dataset");
-    let created = create_identity(
-        server,
-        proto::CreateIdentityRequest {
+    let created = server
+        .create_identity(proto::CreateIdentityRequest {
             name: "svc".into(),
             datasets: vec!["sales".into()],
             allowed_cidrs: vec!["10.0.0.0/8".into()],
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let identity_id = created.identity.unwrap().id;
     let spare = admin
         .create_key(authed(

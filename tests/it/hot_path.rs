@@ -9,22 +9,6 @@ use keyrack::service::AuthorityOptions;
 use std::time::Duration;
 use tonic::Code;
 
-async fn create(server: &TestServer, name: &str) -> proto::CreateIdentityResponse {
-    server
-        .admin()
-        .await
-        .create_identity(authed(
-            &server.admin_token,
-            proto::CreateIdentityRequest {
-                name: name.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn verify(server: &TestServer, token: &str) -> Result<VerifyCode, Code> {
     server
         .verifier()
@@ -49,7 +33,7 @@ fn wrong_secret_for(key_id: &str) -> String {
 
 on_both_stores!(the_cache_never_outlives_the_record, cache_body);
 async fn cache_body(server: TestServer) {
-    let created = create(&server, "svc").await;
+    let created = server.create_service("svc").await;
     let key_id = created.key.as_ref().unwrap().id.clone();
     assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
     assert_eq!(
@@ -60,7 +44,7 @@ async fn cache_body(server: TestServer) {
 
     // The record's hash changes underneath (as a restore or tampering would):
     // the cached acceptance no longer applies and argon2 decides again.
-    let other = create(&server, "other").await;
+    let other = server.create_service("other").await;
     let other_hash = server
         .store
         .get_key(&keyrack::domain::KeyId::parse(&other.key.unwrap().id).unwrap())
@@ -129,7 +113,7 @@ on_both_stores!(
     flood_body
 );
 async fn flood_body(server: TestServer) {
-    let created = create(&server, "svc").await;
+    let created = server.create_service("svc").await;
     let key_id = created.key.unwrap().id;
     assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
     let mut throttled = 0;
@@ -169,7 +153,7 @@ async fn last_use_is_recorded_without_touching_ttls() {
         Duration::from_millis(200),
     )
     .await;
-    let created = create(&server, "svc").await;
+    let created = server.create_service("svc").await;
     let key_id = created.key.unwrap().id;
     let get = || async {
         server

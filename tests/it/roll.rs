@@ -97,19 +97,7 @@ async fn enrolled_admin(server: &TestServer, name: &str) -> Admin {
 }
 
 async fn service_key(server: &TestServer, name: &str) -> (proto::ApiKey, String) {
-    let created = server
-        .admin()
-        .await
-        .create_identity(authed(
-            &server.admin_token,
-            proto::CreateIdentityRequest {
-                name: name.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = server.create_service(name).await;
     (created.key.unwrap(), created.token)
 }
 

@@ -342,6 +342,28 @@ impl TestServer {
         tonic_health::pb::health_client::HealthClient::new(self.channel().await)
     }
 
+    /// Creates an identity as the root admin.
+    pub async fn create_identity(
+        &self,
+        request: keyrack::proto::CreateIdentityRequest,
+    ) -> keyrack::proto::CreateIdentityResponse {
+        self.admin()
+            .await
+            .create_identity(authed(&self.admin_token, request))
+            .await
+            .expect("create identity")
+            .into_inner()
+    }
+
+    /// Creates a plain service identity named `name`, with its first key.
+    pub async fn create_service(&self, name: &str) -> keyrack::proto::CreateIdentityResponse {
+        self.create_identity(keyrack::proto::CreateIdentityRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
