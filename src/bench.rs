@@ -308,6 +308,43 @@ fn resident_kib(pid: u32) -> Option<u64> {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Runs the hot load beside `side` (on a quarter of the streams) and prints
+/// hot throughput against a hot-alone baseline measured right before, so that
+/// the drift of a shared machine over a run does not pass for an effect.
+async fn hot_beside(target: &Target, args: &BenchArgs, hot: &Load, side_name: &str, side: Load) {
+    let baseline = run_phase(
+        target,
+        "Verify hot (baseline)",
+        hot.clone(),
+        args.concurrency,
+        args.duration,
+    )
+    .await;
+    baseline.print();
+    let side_streams = (args.concurrency / 4).max(1);
+    let (hot_name, side_label) = (
+        format!("Verify hot ({side_name})"),
+        format!("  {side_name}"),
+    );
+    let (hot_during, side_during) = tokio::join!(
+        run_phase(
+            target,
+            &hot_name,
+            hot.clone(),
+            args.concurrency,
+            args.duration
+        ),
+        run_phase(target, &side_label, side, side_streams, args.duration),
+    );
+    hot_during.print();
+    side_during.print();
+    ratio(
+        &format!("hot rps during a {side_name} / hot alone"),
+        hot_during.rps,
+        baseline.rps,
+    );
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let (address, admin_token, embedded) = match &args.target {
@@ -475,35 +512,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     tokens: rest,
                     next: Arc::new(AtomicUsize::new(0)),
                 };
-                let storm_streams = (args.concurrency / 4).max(1);
-                // The baseline is measured right before, so that the drift of
-                // a shared machine over a run does not pass for an effect.
-                let baseline = run_phase(
-                    &target,
-                    "Verify hot (baseline)",
-                    hot.clone(),
-                    args.concurrency,
-                    args.duration,
-                )
-                .await;
-                baseline.print();
-                let (hot_during, cold_during) = tokio::join!(
-                    run_phase(
-                        &target,
-                        "Verify hot (cold storm)",
-                        hot.clone(),
-                        args.concurrency,
-                        args.duration
-                    ),
-                    run_phase(&target, "  cold storm", storm, storm_streams, args.duration),
-                );
-                hot_during.print();
-                cold_during.print();
-                ratio(
-                    "hot rps during a cold storm / hot alone",
-                    hot_during.rps,
-                    baseline.rps,
-                );
+                hot_beside(&target, &args, &hot, "cold storm", storm).await;
             }
         }
         if want(BenchMode::Flood) {
@@ -527,39 +536,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 tokens: Arc::new(wrong),
                 expect_valid: false,
             };
-            let flood_streams = (args.concurrency / 4).max(1);
-            let baseline = run_phase(
-                &target,
-                "Verify hot (baseline)",
-                hot.clone(),
-                args.concurrency,
-                args.duration,
-            )
-            .await;
-            baseline.print();
-            let (hot_during, flood_during) = tokio::join!(
-                run_phase(
-                    &target,
-                    "Verify hot (flood)",
-                    hot.clone(),
-                    args.concurrency,
-                    args.duration
-                ),
-                run_phase(
-                    &target,
-                    "  wrong-secret flood",
-                    flood,
-                    flood_streams,
-                    args.duration
-                ),
-            );
-            hot_during.print();
-            flood_during.print();
-            ratio(
-                "hot rps during a wrong-secret flood / hot alone",
-                hot_during.rps,
-                baseline.rps,
-            );
+            hot_beside(&target, &args, &hot, "wrong-secret flood", flood).await;
         }
     }
     if let Some((stop, task)) = embedded {

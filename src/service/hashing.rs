@@ -255,16 +255,18 @@ fn with_blocks<T>(count: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     })
 }
 
+/// A 32-byte server secret of one repeated byte, for unit tests.
+#[cfg(test)]
+pub(crate) fn secret(version: u32, fill: u8) -> ServerSecret {
+    ServerSecret {
+        version,
+        bytes: Zeroizing::new(vec![fill; 32]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn secret(version: u32, fill: u8) -> ServerSecret {
-        ServerSecret {
-            version,
-            bytes: Zeroizing::new(vec![fill; 32]),
-        }
-    }
 
     #[test]
     fn hashes_verify_only_with_the_same_secret_and_pepper() {

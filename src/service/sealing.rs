@@ -104,14 +104,8 @@ impl SeedSealer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hashing::secret;
     use super::*;
-
-    fn secret(version: u32, fill: u8) -> ServerSecret {
-        ServerSecret {
-            version,
-            bytes: Zeroizing::new(vec![fill; 32]),
-        }
-    }
 
     #[test]
     fn seeds_open_only_for_their_identity_and_secret() {
