@@ -120,6 +120,13 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let scim_listener =
+        match args.scim_listen {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                ConfigError(format!("cannot listen on --scim-listen {address}: {e}"))
+            })?),
+            None => None,
+        };
     if dev_mode {
         tracing::warn!(
             "dev mode: embedded in-memory store; all state is lost on exit (use --redis-url in production)"
@@ -151,9 +158,48 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         tls,
         ..ServerOptions::default()
     };
-    server::serve(listener, authority, options, shutdown).await?;
+    // One signal stops both servers: gRPC drains its calls while SCIM
+    // finishes its requests.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let scim = match scim_listener {
+        Some(scim_listener) => {
+            let address = scim_listener
+                .local_addr()
+                .map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(%address, path = crate::scim::SCIM_ROOT, "SCIM listening");
+            let scim_options = crate::scim::ScimOptions {
+                request_timeout: args.request_timeout,
+                https: false,
+            };
+            Some(tokio::spawn(crate::scim::serve(
+                scim_listener,
+                Arc::clone(&authority),
+                scim_options,
+                stopped(stopping.clone()),
+            )))
+        }
+        None => None,
+    };
+    server::serve(listener, authority, options, stopped(stopping)).await?;
+    if let Some(scim) = scim {
+        match tokio::time::timeout(args.shutdown_timeout, scim).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "SCIM server failed"),
+            Ok(Err(error)) => tracing::error!(%error, "SCIM server task failed"),
+            Err(_) => tracing::warn!("SCIM requests still running at the shutdown timeout"),
+        }
+    }
     tracing::info!("keyrack stopped");
     Ok(())
+}
+
+/// Completes once `stopping` turns true.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {

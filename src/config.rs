@@ -30,6 +30,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (the default).
@@ -144,6 +146,9 @@ pub struct ServeArgs {
     /// PEM CA certificates: require client certificates signed by them (mutual TLS).
     #[arg(long, env = "KEYRACK_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Also serve SCIM 2.0 provisioning (HTTP, under /scim/v2) on this address.
+    #[arg(long, env = "KEYRACK_SCIM_LISTEN")]
+    pub scim_listen: Option<SocketAddr>,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -20,6 +20,7 @@ pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod scim;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -26,6 +26,19 @@ pub enum State {
     Disabled,
 }
 
+impl State {
+    /// The state of a person whose identity provider says `active`: only an
+    /// explicit `false` disables, as a provider that omits `active` has not
+    /// deprovisioned anyone (RFC 7643 §4.1.1 leaves the meaning to keyrack).
+    pub fn following_provider(active: Option<bool>) -> Self {
+        if active == Some(false) {
+            State::Disabled
+        } else {
+            State::Active
+        }
+    }
+}
+
 /// A principal as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
@@ -53,6 +66,11 @@ pub struct Identity {
     pub update_time: UnixMillis,
     /// The identity provider's id, for SCIM-provisioned people.
     pub external_id: Option<String>,
+    /// What the identity provider last said of a person's SCIM `active`
+    /// (`None`: it said nothing). A person's `state` follows it: only an
+    /// explicit `false` disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_active: Option<bool>,
     /// Incremented by every write; a write names the revision it read, so a
     /// concurrent change is detected instead of overwritten.
     pub revision: u64,
@@ -74,7 +92,25 @@ impl Identity {
             create_time: now,
             update_time: now,
             external_id: None,
+            provider_active: None,
             revision: 0,
+        }
+    }
+
+    /// A new person identity, as the identity provider describes it.
+    pub fn new_person(
+        name: String,
+        description: String,
+        external_id: Option<String>,
+        active: Option<bool>,
+        now: UnixMillis,
+    ) -> Self {
+        Self {
+            kind: IdentityKind::Person,
+            external_id,
+            provider_active: active,
+            state: State::following_provider(active),
+            ..Self::new_service(name, description, now)
         }
     }
 

@@ -185,6 +185,13 @@ fn base62_fixed(bytes: &[u8], width: usize) -> String {
     String::from_utf8(digits).expect("base62 digits are ASCII")
 }
 
+/// The credential of an `Authorization: Bearer <token>` header value, whatever
+/// the case of the scheme (RFC 7235 §2.1).
+pub fn bearer_credential(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,9 +18,7 @@ use tonic::metadata::MetadataMap;
 /// The token of an `authorization: Bearer <token>` header, if any. The scheme
 /// is case-insensitive (RFC 9110 §11.1).
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    crate::domain::token::bearer_credential(metadata.get("authorization")?.to_str().ok()?)
 }
 
 #[cfg(test)]

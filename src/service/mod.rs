@@ -9,6 +9,7 @@ pub mod hashing;
 mod identities;
 mod keys;
 mod last_use;
+mod people;
 pub mod sealing;
 mod totp;
 mod verify;
@@ -16,6 +17,7 @@ mod verify;
 pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};
 pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
+pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
 pub use verify::{Caller, VerifyQuery};
 

@@ -770,3 +770,58 @@ fn bench_runs_briefly_and_reports_ratios() {
         "every phase made requests:\n{stdout}"
     );
 }
+
+#[test]
+fn scim2_tester_finds_no_error_against_a_live_keyrack() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let store_args = [
+        "--redis-url",
+        &redis.url(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let bootstrap = keyrack()
+        .arg("bootstrap-admin")
+        .args(["--name", "idp"])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
+    let token = text(&bootstrap.stdout).trim().to_owned();
+    let scim_port = free_port();
+    let scim_listen = format!("127.0.0.1:{scim_port}");
+    let mut args = store_args.to_vec();
+    args.extend(["--scim-listen", &scim_listen]);
+    let served = Served::start(dir.path(), &args, &[], false);
+    // As the checker's own help advises, the token travels in the
+    // environment, not on the command line.
+    let checked = Command::new(require_program("scim2"))
+        .args(["--url", &format!("http://{scim_listen}/scim/v2"), "test"])
+        .env("SCIM_CLI_HEADERS", format!("Authorization: Bearer {token}"))
+        .output()
+        .expect("run scim2");
+    let report = text(&checked.stdout);
+    let failures: Vec<&str> = report
+        .lines()
+        .filter(|line| line.starts_with("ERROR") || line.starts_with("CRITICAL"))
+        .collect();
+    assert!(
+        checked.status.success() && failures.is_empty(),
+        "scim2-tester reported failures:\n{report}\n{}",
+        text(&checked.stderr)
+    );
+    assert!(
+        report
+            .lines()
+            .filter(|line| line.starts_with("SUCCESS"))
+            .count()
+            >= 40,
+        "the checker ran its whole battery:\n{report}"
+    );
+    let (exit, logged) = served.terminate();
+    assert!(exit.success(), "{logged}");
+    assert!(logged.contains("SCIM listening"), "{logged}");
+    assert!(!logged.contains(&token), "the admin token reached the log");
+}

@@ -8,6 +8,7 @@ mod durability;
 mod hostile;
 mod hot_path;
 mod roll;
+mod scim;
 mod store_contract;
 mod support;
 mod transport;

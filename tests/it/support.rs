@@ -249,6 +249,8 @@ pub struct TestServer {
     pub backend: Backend,
     /// The store behind it, for tests that change records underneath.
     pub store: Arc<dyn Store>,
+    /// The authority it serves, for servers beside it (SCIM).
+    pub authority: Arc<Authority>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -303,6 +305,7 @@ impl TestServer {
             address,
             admin_token: minted.token.expose().to_owned(),
             store,
+            authority,
             backend,
             stop: Some(stop),
             task: Some(task),
