@@ -105,6 +105,10 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     };
     options.guard.verified_entries = args.verify_cache_entries;
     let tls = args.tls()?;
+    let scim_tls = match (&tls, args.scim_listen) {
+        (Some(material), Some(_)) => Some(material.scim()?),
+        _ => None,
+    };
     let (authority, dev_mode) = open_authority(&args.store, options).await?;
     if args.no_totp_for_roll {
         tracing::warn!(
@@ -155,7 +159,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         request_timeout: args.request_timeout,
         max_concurrent_streams: args.max_concurrent_streams,
         http2_keepalive_interval: args.http2_keepalive_interval,
-        tls,
+        tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM
@@ -173,7 +177,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             tracing::info!(%address, path = crate::scim::SCIM_ROOT, "SCIM listening");
             let scim_options = crate::scim::ScimOptions {
                 request_timeout: args.request_timeout,
-                https: false,
+                tls: scim_tls,
             };
             Some(tokio::spawn(crate::scim::serve(
                 scim_listener,

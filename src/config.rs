@@ -288,10 +288,48 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError(format!("{flag} {}: {e}", path.display())))
 }
 
-impl ServeArgs {
-    /// The TLS configuration the flags ask for, with its files read now.
-    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+/// The TLS files `serve` was given, read at start.
+pub struct TlsMaterial {
+    cert_chain: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl TlsMaterial {
+    /// The gRPC listener's TLS: mutual when a client CA was given.
+    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_chain, &self.key));
+        match &self.client_ca {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+
+    /// The SCIM listener's TLS: the same certificate, no client certificate
+    /// (identity providers authenticate with their bearer token), HTTP/1.1.
+    pub fn scim(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&self.cert_chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("--tls-cert-file is not PEM certificates: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key)
+            .map_err(|e| ConfigError(format!("--tls-key-file is not a PEM private key: {e}")))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| ConfigError(format!("--tls-cert-file and --tls-key-file: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+}
+
+impl ServeArgs {
+    /// The TLS files the flags name, read now; `None` serves plaintext.
+    pub fn tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
         let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
             (None, None) if self.tls_client_ca_file.is_some() => {
                 return Err(ConfigError(
@@ -306,16 +344,15 @@ impl ServeArgs {
                 ));
             }
         };
-        let identity = Identity::from_pem(
-            read_pem("--tls-cert-file", cert)?,
-            read_pem("--tls-key-file", key)?,
-        );
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.tls_client_ca_file {
-            config =
-                config.client_ca_root(Certificate::from_pem(read_pem("--tls-client-ca-file", ca)?));
-        }
-        Ok(Some(config))
+        Ok(Some(TlsMaterial {
+            cert_chain: read_pem("--tls-cert-file", cert)?,
+            key: read_pem("--tls-key-file", key)?,
+            client_ca: self
+                .tls_client_ca_file
+                .as_deref()
+                .map(|ca| read_pem("--tls-client-ca-file", ca))
+                .transpose()?,
+        }))
     }
 }
 

@@ -6,6 +6,7 @@
 mod discovery;
 mod error;
 mod filter;
+mod listener;
 mod user;
 
 pub use error::ScimError;
@@ -21,10 +22,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use filter::Filter;
+use listener::{Peer, TlsListener};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -47,8 +48,8 @@ const SEARCH_REQUEST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Searc
 pub struct ScimOptions {
     /// Longest a request may take.
     pub request_timeout: Duration,
-    /// Whether the listener is behind TLS (sets the scheme of `meta.location`).
-    pub https: bool,
+    /// Serve TLS with this configuration; plaintext without it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct ScimState {
@@ -118,10 +119,20 @@ pub async fn serve(
     options: ScimOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(authority, options).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let tls = options.tls.clone();
+    let app = router(authority, options).into_make_service_with_connect_info::<Peer>();
+    match tls {
+        Some(config) => {
+            axum::serve(TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Admits admin callers only, and bounds every request's duration.
@@ -134,8 +145,8 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .map(str::to_owned);
     let peer = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
+        .get::<ConnectInfo<Peer>>()
+        .map(|info| info.0.0.ip());
     let work = async {
         let caller = state
             .authority
@@ -160,7 +171,11 @@ fn base_url(state: &ScimState, headers: &HeaderMap) -> String {
         .and_then(|host| host.to_str().ok())
         .filter(|host| !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic()))
         .unwrap_or("localhost");
-    let scheme = if state.options.https { "https" } else { "http" };
+    let scheme = if state.options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{host}{SCIM_ROOT}")
 }
 

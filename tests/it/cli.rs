@@ -825,3 +825,65 @@ fn scim2_tester_finds_no_error_against_a_live_keyrack() {
     assert!(logged.contains("SCIM listening"), "{logged}");
     assert!(!logged.contains(&token), "the admin token reached the log");
 }
+
+#[test]
+fn scim_and_grpc_share_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = crate::transport::certificate_authority("keyrack test CA");
+    let (certificate, key) = crate::transport::leaf(&authority, "127.0.0.1");
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_file = write("ca.pem", &authority.pem());
+    let cert_file = write("server.pem", &certificate);
+    let key_file = write("server.key", &key);
+    let scim_listen = format!("127.0.0.1:{}", free_port());
+    let served = Served::start(
+        dir.path(),
+        &[
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--scim-listen",
+            &scim_listen,
+        ],
+        &[],
+        true,
+    );
+    let token = served.dev_admin_token();
+    let authorization = format!("authorization: Bearer {token}");
+    let health = grpcurl(&[
+        "-cacert",
+        &ca_file,
+        "-H",
+        &authorization,
+        &served.address(),
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(health.status.success(), "{}", text(&health.stderr));
+    assert!(text(&health.stdout).contains("SERVING"));
+
+    let scim = |url: &str| {
+        Command::new(require_program("scim2"))
+            .args(["--url", url, "query", "user"])
+            .env("SCIM_CLI_HEADERS", format!("Authorization: Bearer {token}"))
+            .env("SSL_CERT_FILE", &ca_file)
+            .output()
+            .expect("run scim2")
+    };
+    let listed = scim(&format!("https://{scim_listen}/scim/v2"));
+    assert!(
+        listed.status.success(),
+        "{}\n{}",
+        text(&listed.stdout),
+        text(&listed.stderr)
+    );
+    assert!(text(&listed.stdout).contains("totalResults"), "{}", text(&listed.stdout));
+    let plaintext = scim(&format!("http://{scim_listen}/scim/v2"));
+    assert!(!plaintext.status.success(), "plaintext is refused on a TLS listener");
+    let (exit, _) = served.terminate();
+    assert!(exit.success());
+}

@@ -35,7 +35,7 @@ async fn call_as(
         server.authority.clone(),
         keyrack::scim::ScimOptions {
             request_timeout: std::time::Duration::from_secs(10),
-            https: false,
+            tls: None,
         },
     );
     let mut request = Request::builder()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 
-fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub(crate) fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -17,7 +17,7 @@ fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// A certificate for `name` signed by `issuer`: (certificate PEM, key PEM).
-fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (String, String) {
+pub(crate) fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let certificate = CertificateParams::new(vec![name.to_owned()])
         .unwrap()
