@@ -2,7 +2,8 @@
 //! configuration and runs the chosen command.
 
 use crate::config::{
-    BootstrapArgs, Cli, Command, ConfigError, ProtosetArgs, ServeArgs, StoreArgs, StoreChoice,
+    BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ProtosetArgs, ServeArgs, StoreArgs,
+    StoreChoice,
 };
 use crate::server::{self, ServerOptions};
 use crate::service::{Authority, AuthorityOptions};
@@ -15,17 +16,6 @@ use std::sync::Arc;
 
 /// Name of the admin identity dev mode creates.
 pub const DEV_ADMIN_NAME: &str = "dev_admin";
-
-/// Logs go to stderr (stdout carries tokens a script may capture), filtered
-/// by `RUST_LOG`, `info` by default.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// Why the binary stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Some(Command::BootstrapAdmin(args)) => bootstrap_admin(args).await,
         Some(Command::Protoset(args)) => protoset(args),
         Some(Command::Bench(args)) => crate::bench::run(args).await.map_err(RunError::Refused),
+        Some(Command::Health(args)) => health(args).await,
     }
 }
 
@@ -124,13 +115,8 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
-    let scim_listener =
-        match args.scim_listen {
-            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
-                ConfigError(format!("cannot listen on --scim-listen {address}: {e}"))
-            })?),
-            None => None,
-        };
+    let scim_listener = bind_optional("--scim-listen", args.scim_listen).await?;
+    let metrics_listener = bind_optional("--metrics-listen", args.metrics_listen).await?;
     if dev_mode {
         tracing::warn!(
             "dev mode: embedded in-memory store; all state is lost on exit (use --redis-url in production)"
@@ -188,6 +174,18 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         }
         None => None,
     };
+    if let Some(metrics_listener) = metrics_listener {
+        let address = metrics_listener
+            .local_addr()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        tracing::info!(%address, "metrics at /metrics");
+        let shutdown = stopped(stopping.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(metrics_listener, shutdown).await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+    }
     server::serve(listener, authority, options, stopped(stopping)).await?;
     if let Some(scim) = scim {
         match tokio::time::timeout(args.shutdown_timeout, scim).await {
@@ -199,6 +197,20 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     }
     tracing::info!("keyrack stopped");
     Ok(())
+}
+
+/// Binds `address` when the flag `flag` gave one.
+async fn bind_optional(
+    flag: &str,
+    address: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, ConfigError> {
+    match address {
+        Some(address) => tokio::net::TcpListener::bind(address)
+            .await
+            .map(Some)
+            .map_err(|e| ConfigError(format!("cannot listen on {flag} {address}: {e}"))),
+        None => Ok(None),
+    }
 }
 
 /// Completes once `stopping` turns true.
@@ -228,6 +240,42 @@ async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
     tracing::info!(identity_id = %identity.id, name = %identity.name, "admin created");
     println!("{}", minted.token.expose());
     Ok(())
+}
+
+/// Asks a running keyrack whether it serves; prints its answer.
+async fn health(args: HealthArgs) -> Result<(), RunError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let ask = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.target))
+            .map_err(|e| format!("--target {}: {e}", args.target))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", args.target))?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+        Ok::<_, String>(answer.into_inner().status())
+    };
+    let status = tokio::time::timeout(args.timeout, ask)
+        .await
+        .map_err(|_| {
+            RunError::Refused(format!(
+                "no answer from {} within {:?}",
+                args.target, args.timeout
+            ))
+        })?
+        .map_err(RunError::Refused)?;
+    println!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(RunError::Refused(format!("{} is not serving", args.target)))
+    }
 }
 
 fn protoset(args: ProtosetArgs) -> Result<(), RunError> {

@@ -27,6 +27,25 @@ pub struct Cli {
     /// Flags of `serve`, accepted without the subcommand too.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Log lines as text for people or JSON for log pipelines (`RUST_LOG`
+    /// filters both).
+    #[arg(
+        long,
+        env = "KEYRACK_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// The subcommands.
@@ -42,6 +61,24 @@ pub enum Command {
     Protoset(ProtosetArgs),
     /// Measure Verify against health checks on the same server.
     Bench(crate::bench::BenchArgs),
+    /// Ask a running keyrack's grpc.health.v1 whether it serves; exit 0 only
+    /// when it does (for container health checks).
+    Health(HealthArgs),
+}
+
+/// Flags of `keyrack health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The keyrack to ask (plaintext gRPC).
+    #[arg(long, env = "KEYRACK_HEALTH_TARGET", default_value = "127.0.0.1:50051")]
+    pub target: String,
+    /// The service to ask about: "" (the server), keyrack.v1.VerifyService or
+    /// keyrack.v1.AdminService.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Where state lives and how secrets are keyed.
@@ -149,6 +186,9 @@ pub struct ServeArgs {
     /// Also serve SCIM 2.0 provisioning (HTTP, under /scim/v2) on this address.
     #[arg(long, env = "KEYRACK_SCIM_LISTEN")]
     pub scim_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (HTTP, at /metrics) on this address.
+    #[arg(long, env = "KEYRACK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

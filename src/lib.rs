@@ -20,10 +20,12 @@ pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod scim;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 /// The generated protobuf types and tonic services of `keyrack.v1`.
 pub mod proto {

@@ -10,7 +10,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = keyrack::config::Cli::parse();
-    keyrack::app::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,7 +20,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(keyrack::app::run(cli)) {
+    // The OTLP exporter binds to the runtime it starts in.
+    let telemetry = {
+        let _entered = runtime.enter();
+        keyrack::telemetry::init(cli.log_format)
+    };
+    let telemetry = match telemetry {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("keyrack: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(keyrack::app::run(cli));
+    // Flushes buffered spans while the runtime still drives the exporter.
+    drop(telemetry);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("keyrack: {error}");

@@ -112,6 +112,13 @@ async fn watch_store_health(
                 ServingStatus::NotServing
             }
         };
+        let metrics = crate::metrics::metrics();
+        metrics
+            .health_serving
+            .set(i64::from(status == ServingStatus::Serving));
+        metrics
+            .verify_cache_entries
+            .set(i64::try_from(authority.cached_tokens()).unwrap_or(i64::MAX));
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             report(&reporter, status).await;
@@ -148,6 +155,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
 
     let limits = tower::ServiceBuilder::new()
+        .layer(crate::grpc::telemetry::RpcTelemetryLayer)
         .map_response(crate::grpc::limits::decode_errors_as_client_errors)
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -163,7 +171,6 @@ pub async fn serve(
     }
     let mut routes = builder
         .layer(limits)
-        .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
         .add_service(health)
         .add_service(verify)
         .add_service(admin);
@@ -207,6 +214,7 @@ pub async fn serve(
         None => {
             tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: draining in-flight calls");
             health_task.abort();
+            crate::metrics::metrics().health_serving.set(0);
             report(&reporter, ServingStatus::NotServing).await;
             let _ = stop.send(());
             match tokio::time::timeout(options.shutdown_timeout, &mut server).await {

@@ -20,6 +20,21 @@ pub enum VerifyCode {
     DatasetNotAllowed,
 }
 
+impl VerifyCode {
+    /// The code's name as the spec writes it (`VALID`, `UNKNOWN`, ...), for
+    /// metrics and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Malformed => "MALFORMED",
+            VerifyCode::Unknown => "UNKNOWN",
+            VerifyCode::Disabled => "DISABLED",
+            VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            VerifyCode::DatasetNotAllowed => "DATASET_NOT_ALLOWED",
+        }
+    }
+}
+
 /// The outcome of Verify: the code and, once the secret matched, the owner.
 #[derive(Debug, Clone)]
 pub struct Verdict {

@@ -1,5 +1,6 @@
 //! AdminService. Every method authenticates the caller as an admin first.
 
+use super::telemetry::field;
 use super::{bearer_token, convert, filter};
 use crate::domain::{Error, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
@@ -25,7 +26,9 @@ impl AdminApi {
             .authority
             .authenticate_admin(bearer_token(request.metadata()), peer)
             .await?;
-        tracing::Span::current().record("actor", tracing::field::display(&caller.identity.id));
+        let span = tracing::Span::current();
+        span.record(field::IDENTITY_ID, caller.identity.id.as_str());
+        span.record(field::KEY_ID, caller.key_id.as_str());
         Ok(caller)
     }
 }
@@ -34,7 +37,6 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    #[tracing::instrument(name = "CreateIdentity", skip_all, fields(actor))]
     async fn create_identity(
         &self,
         request: Request<proto::CreateIdentityRequest>,
@@ -49,7 +51,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "GetIdentity", skip_all, fields(actor))]
     async fn get_identity(
         &self,
         request: Request<proto::GetIdentityRequest>,
@@ -61,7 +62,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "ListIdentities", skip_all, fields(actor))]
     async fn list_identities(
         &self,
         request: Request<proto::ListIdentitiesRequest>,
@@ -81,7 +81,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "UpdateIdentity", skip_all, fields(actor))]
     async fn update_identity(
         &self,
         request: Request<proto::UpdateIdentityRequest>,
@@ -93,7 +92,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "DisableIdentity", skip_all, fields(actor))]
     async fn disable_identity(
         &self,
         request: Request<proto::DisableIdentityRequest>,
@@ -107,7 +105,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "EnableIdentity", skip_all, fields(actor))]
     async fn enable_identity(
         &self,
         request: Request<proto::EnableIdentityRequest>,
@@ -121,7 +118,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "DeleteIdentity", skip_all, fields(actor))]
     async fn delete_identity(
         &self,
         request: Request<proto::DeleteIdentityRequest>,
@@ -132,7 +128,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::DeleteIdentityResponse {}))
     }
 
-    #[tracing::instrument(name = "CreateKey", skip_all, fields(actor))]
     async fn create_key(
         &self,
         request: Request<proto::CreateKeyRequest>,
@@ -146,7 +141,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "GetKey", skip_all, fields(actor))]
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Reply<proto::ApiKey> {
         self.authorize(&request).await?;
         let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
@@ -155,7 +149,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "ListKeys", skip_all, fields(actor))]
     async fn list_keys(
         &self,
         request: Request<proto::ListKeysRequest>,
@@ -171,7 +164,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "UpdateKey", skip_all, fields(actor))]
     async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Reply<proto::ApiKey> {
         self.authorize(&request).await?;
         let (id, changes) = convert::key_changes_in(request.into_inner())?;
@@ -180,7 +172,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "DisableKey", skip_all, fields(actor))]
     async fn disable_key(
         &self,
         request: Request<proto::DisableKeyRequest>,
@@ -192,7 +183,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "EnableKey", skip_all, fields(actor))]
     async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Reply<proto::ApiKey> {
         self.authorize(&request).await?;
         let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
@@ -201,7 +191,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "RollKey", skip_all, fields(actor))]
     async fn roll_key(
         &self,
         request: Request<proto::RollKeyRequest>,
@@ -216,7 +205,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "RevokeKey", skip_all, fields(actor))]
     async fn revoke_key(
         &self,
         request: Request<proto::RevokeKeyRequest>,
@@ -227,7 +215,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::RevokeKeyResponse {}))
     }
 
-    #[tracing::instrument(name = "CreateDataset", skip_all, fields(actor))]
     async fn create_dataset(
         &self,
         request: Request<proto::CreateDatasetRequest>,
@@ -247,7 +234,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(name = "GetDataset", skip_all, fields(actor))]
     async fn get_dataset(
         &self,
         request: Request<proto::GetDatasetRequest>,
@@ -259,7 +245,6 @@ impl AdminService for AdminApi {
         )))
     }
 
-    #[tracing::instrument(name = "ListDatasets", skip_all, fields(actor))]
     async fn list_datasets(
         &self,
         request: Request<proto::ListDatasetsRequest>,
@@ -274,7 +259,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "DeleteDataset", skip_all, fields(actor))]
     async fn delete_dataset(
         &self,
         request: Request<proto::DeleteDatasetRequest>,
@@ -286,7 +270,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::DeleteDatasetResponse {}))
     }
 
-    #[tracing::instrument(name = "EnrollTotp", skip_all, fields(actor))]
     async fn enroll_totp(
         &self,
         request: Request<proto::EnrollTotpRequest>,
@@ -299,7 +282,6 @@ impl AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(name = "ConfirmTotp", skip_all, fields(actor))]
     async fn confirm_totp(
         &self,
         request: Request<proto::ConfirmTotpRequest>,

@@ -8,6 +8,7 @@ pub mod limits;
 mod redact;
 pub mod reflection;
 mod status;
+pub mod telemetry;
 mod verify;
 
 pub use admin::AdminApi;

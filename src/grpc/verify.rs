@@ -1,8 +1,10 @@
 //! VerifyService.
 
+use super::telemetry::{code_name, field};
 use super::{bearer_token, convert};
 use crate::domain::names::parse_name;
 use crate::domain::{Verdict, VerifyCode, Violations};
+use crate::metrics::{OutcomeLabels, metrics};
 use crate::proto::{self, verify_service_server::VerifyService};
 use crate::service::{Authority, VerifyQuery};
 use std::net::IpAddr;
@@ -56,8 +58,6 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
 
 #[tonic::async_trait]
 impl VerifyService for VerifyApi {
-    // Debug level: at the default `info` the span is never built on the hot path.
-    #[tracing::instrument(name = "Verify", level = "debug", skip_all)]
     async fn verify(
         &self,
         request: Request<proto::VerifyRequest>,
@@ -94,8 +94,31 @@ impl VerifyService for VerifyApi {
             client_ip,
         };
         // A store outage is an error status, never a verdict: fail closed.
-        let verdict = self.authority.verify(query).await?;
-        tracing::debug!(code = ?verdict.code, key_id = verdict.subject.as_ref().map(|(k, _)| k.id.to_string()), "verified");
+        let verdict = match self.authority.verify(query).await {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                let status = Status::from(error);
+                metrics()
+                    .verify_outcomes
+                    .get_or_create(&OutcomeLabels {
+                        code: code_name(status.code()),
+                    })
+                    .inc();
+                return Err(status);
+            }
+        };
+        metrics()
+            .verify_outcomes
+            .get_or_create(&OutcomeLabels {
+                code: verdict.code.name(),
+            })
+            .inc();
+        let span = tracing::Span::current();
+        span.record(field::VERIFY_CODE, verdict.code.name());
+        if let Some((key, identity)) = &verdict.subject {
+            span.record(field::KEY_ID, key.id.as_str());
+            span.record(field::IDENTITY_ID, identity.id.as_str());
+        }
         Ok(Response::new(verdict_out(verdict)))
     }
 }

@@ -63,7 +63,9 @@ impl TlsListener {
                         Ok(Ok(stream)) => {
                             let _ = sender.send((stream, peer)).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "SCIM TLS handshake failed"),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "SCIM TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%peer, "SCIM TLS handshake timed out"),
                     }
                 });

@@ -137,6 +137,7 @@ pub async fn serve(
 
 /// Admits admin callers only, and bounds every request's duration.
 async fn authenticate(State(state): Shared, request: Request, next: Next) -> Response {
+    let request_method = request.method().clone();
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -155,13 +156,22 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         tracing::debug!(actor = %caller.identity.id, method = %request.method(), path = %request.uri().path(), "SCIM request");
         Ok::<_, ScimError>(next.run(request).await)
     };
-    match tokio::time::timeout(state.options.request_timeout, work).await {
+    let method = request_method.to_string();
+    let response = match tokio::time::timeout(state.options.request_timeout, work).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error.into_response(),
         Err(_) => {
             ScimError::new(StatusCode::SERVICE_UNAVAILABLE, "the request timed out").into_response()
         }
-    }
+    };
+    crate::metrics::metrics()
+        .scim_requests
+        .get_or_create(&crate::metrics::ScimLabels {
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 /// `https://host/scim/v2`, from the request's Host header.

@@ -159,12 +159,23 @@ impl VerifyGuard {
     }
 
     /// Waits briefly for an argon2 slot; refuses when all stay busy.
-    pub async fn hash_slot(&self) -> Result<SemaphorePermit<'_>, Error> {
-        match tokio::time::timeout(self.options.hash_slot_wait, self.hash_slots.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Error::ResourceExhausted(
+    pub async fn hash_slot(&self) -> Result<HashSlot<'_>, Error> {
+        let metrics = crate::metrics::metrics();
+        metrics.argon2_waiting.inc();
+        let acquired =
+            tokio::time::timeout(self.options.hash_slot_wait, self.hash_slots.acquire()).await;
+        metrics.argon2_waiting.dec();
+        match acquired {
+            Ok(Ok(permit)) => {
+                metrics.argon2_running.inc();
+                Ok(HashSlot { _permit: permit })
+            }
+            _ => {
+                metrics.argon2_rejected.inc();
+                Err(Error::ResourceExhausted(
                 "verification capacity is exhausted (too many uncached tokens at once); retry shortly".into(),
-            )),
+                ))
+            }
         }
     }
 
@@ -194,6 +205,17 @@ impl VerifyGuard {
     /// Entries in the verified-token cache.
     pub fn verified_entries(&self) -> u64 {
         self.verified.len() as u64
+    }
+}
+
+/// An argon2 slot, counted in `keyrack_argon2_running` while held.
+pub struct HashSlot<'a> {
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for HashSlot<'_> {
+    fn drop(&mut self) {
+        crate::metrics::metrics().argon2_running.dec();
     }
 }
 

@@ -30,6 +30,7 @@ use hashing::SecretHasher;
 use last_use::LastUseTracker;
 use sealing::SeedSealer;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Most items one List call returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -178,7 +179,11 @@ impl Authority {
         let minted = token::mint(&self.options.token_prefix, &id);
         let hasher = Arc::clone(&self.hasher);
         let secret = minted.secret;
-        let secret_hash = self.hash_pool.run(move || hasher.hash(&secret)).await??;
+        let secret_hash = self
+            .hash_pool
+            .run(move || hasher.hash(&secret))
+            .instrument(tracing::debug_span!("argon2.hash"))
+            .await??;
         let key = ApiKey {
             id,
             identity_id: identity.clone(),
@@ -209,6 +214,7 @@ impl Authority {
         let phc = phc.to_owned();
         self.hash_pool
             .run(move || hasher.verify(secret.expose(), &phc))
+            .instrument(tracing::debug_span!("argon2.verify"))
             .await
     }
 }

@@ -6,6 +6,7 @@ use super::Authority;
 use super::guard::{TokenDigest, VerifyGuard};
 use crate::domain::token::{self, ParsedToken};
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
+use crate::metrics::metrics;
 use std::net::IpAddr;
 
 /// What Verify is asked. Its `Debug` leaves the token out.
@@ -53,10 +54,12 @@ impl Authority {
         let previously_matched = self.guard.verified_fingerprint(&digest);
         if previously_matched.is_none() {
             if self.guard.was_rejected(&digest) {
+                metrics().verify_throttled.inc();
                 self.guard.slow_down().await;
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             if let Err(throttled) = self.guard.check_throttle(&parsed.key_id) {
+                metrics().verify_throttled.inc();
                 self.guard.slow_down().await;
                 return Err(throttled);
             }
@@ -70,8 +73,14 @@ impl Authority {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
         let matched = match previously_matched {
-            Some(fingerprint) if fingerprint == VerifyGuard::fingerprint(&key.secret_hash) => true,
-            _ => self.check_with_argon2(digest, &parsed, &key).await?,
+            Some(fingerprint) if fingerprint == VerifyGuard::fingerprint(&key.secret_hash) => {
+                metrics().verify_cache_hits.inc();
+                true
+            }
+            _ => {
+                metrics().verify_cache_misses.inc();
+                self.check_with_argon2(digest, &parsed, &key).await?
+            }
         };
         if !matched {
             return Ok(Verdict::refused(VerifyCode::Unknown));
@@ -105,7 +114,10 @@ impl Authority {
         parsed: &ParsedToken<'_>,
         key: &ApiKey,
     ) -> Result<bool, Error> {
-        self.guard.check_throttle(&key.id)?;
+        if let Err(throttled) = self.guard.check_throttle(&key.id) {
+            metrics().verify_throttled.inc();
+            return Err(throttled);
+        }
         let _slot = self.guard.hash_slot().await?;
         let matched = self
             .secret_matches(parsed.secret(), &key.secret_hash)

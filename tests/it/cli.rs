@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const SERVER_SECRET: &str = "cli-test-server-secret-0123456789abcdef";
+pub(crate) const SERVER_SECRET: &str = "cli-test-server-secret-0123456789abcdef";
 
-fn keyrack() -> Command {
+pub(crate) fn keyrack() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keyrack"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -22,14 +22,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_secret(dir: &Path) -> PathBuf {
+pub(crate) fn write_secret(dir: &Path) -> PathBuf {
     let path = dir.join("server-secret");
     std::fs::write(&path, format!("{SERVER_SECRET}\n")).unwrap();
     path
 }
 
 /// A `keyrack serve` process with its stderr captured to a file.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     port: u16,
     stderr: PathBuf,
@@ -39,7 +39,7 @@ struct Served {
 impl Served {
     /// Starts `keyrack serve` with `args` and waits until it accepts calls.
     /// In dev mode, reads stdout until the admin token line.
-    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)], dev_mode: bool) -> Self {
+    pub(crate) fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)], dev_mode: bool) -> Self {
         let port = free_port();
         let stderr = dir.join(format!("keyrack-{port}.stderr"));
         let mut child = keyrack()
@@ -85,11 +85,11 @@ impl Served {
         }
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn dev_admin_token(&self) -> String {
+    pub(crate) fn dev_admin_token(&self) -> String {
         self.stdout_lines
             .iter()
             .find_map(|line| line.strip_prefix("dev admin token: "))
@@ -98,7 +98,7 @@ impl Served {
     }
 
     /// Sends SIGTERM and returns the exit status and everything logged.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -126,14 +126,14 @@ impl Drop for Served {
     }
 }
 
-fn grpcurl(args: &[&str]) -> Output {
+pub(crate) fn grpcurl(args: &[&str]) -> Output {
     Command::new(require_program("grpcurl"))
         .args(args)
         .output()
         .expect("run grpcurl")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -881,9 +881,16 @@ fn scim_and_grpc_share_the_tls_certificate() {
         text(&listed.stdout),
         text(&listed.stderr)
     );
-    assert!(text(&listed.stdout).contains("totalResults"), "{}", text(&listed.stdout));
+    assert!(
+        text(&listed.stdout).contains("totalResults"),
+        "{}",
+        text(&listed.stdout)
+    );
     let plaintext = scim(&format!("http://{scim_listen}/scim/v2"));
-    assert!(!plaintext.status.success(), "plaintext is refused on a TLS listener");
+    assert!(
+        !plaintext.status.success(),
+        "plaintext is refused on a TLS listener"
+    );
     let (exit, _) = served.terminate();
     assert!(exit.success());
 }

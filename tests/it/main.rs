@@ -7,6 +7,7 @@ mod datasets;
 mod durability;
 mod hostile;
 mod hot_path;
+mod observability;
 mod roll;
 mod scim;
 mod store_contract;

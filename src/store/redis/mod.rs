@@ -64,6 +64,7 @@ pub enum Durability {
 }
 
 fn unavailable(error: RedisError) -> StoreError {
+    crate::metrics::metrics().redis_errors.inc();
     StoreError::Unavailable(error.to_string())
 }
 
@@ -112,7 +113,15 @@ impl RedisStore<ConnectionManager> {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // redis-rs announces each lost connection this way before it
+            // reconnects on the next command.
+            .set_push_sender(|push: redis::PushInfo| {
+                if push.kind == redis::PushKind::Disconnection {
+                    crate::metrics::metrics().redis_reconnects.inc();
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
         let started = tokio::time::Instant::now();
         let connection = loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
@@ -358,6 +367,7 @@ where
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.create_identity", skip_all)]
     async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()> {
         // Order matters for repair on read: the name claim and the listing entry
         // come first, so an interrupted create leaves only index entries that
@@ -421,6 +431,7 @@ where
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.get_identity", skip_all)]
     async fn get_identity(&self, id: &IdentityId) -> StoreResult<Option<Identity>> {
         let raw: Option<String> = self
             .connection()
@@ -430,6 +441,7 @@ where
         raw.as_deref().map(decode).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.find_identity_by_name", skip_all)]
     async fn find_identity_by_name(&self, name: &str) -> StoreResult<Option<Identity>> {
         let holder: Option<String> = self
             .connection()
@@ -445,6 +457,7 @@ where
             .filter(|identity| identity.name == name))
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.list_identities", skip_all)]
     async fn list_identities(
         &self,
         after: Option<&IdentityId>,
@@ -489,6 +502,7 @@ where
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.update_identity", skip_all)]
     async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         let Some(current) = self.get_identity(&identity.id).await? else {
             return Err(StoreError::NotFound("identity"));
@@ -521,6 +535,7 @@ where
         Ok(stored)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.delete_identity", skip_all)]
     async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
         let name = self.get_identity(id).await?.map(|identity| identity.name);
         let existed = self.run_delete_identity(id).await?;
@@ -531,6 +546,7 @@ where
         Ok(existed)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.create_key", skip_all)]
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         let identity = &key.identity_id;
         let reply: String = scripts::CREATE_KEY
@@ -546,6 +562,7 @@ where
         script_outcome(&reply, &key.name, "identity")
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.get_key", skip_all)]
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
         let (raw, last_use): (Option<String>, Option<i64>) = redis::pipe()
             .get(self.keyspace.key(id))
@@ -560,6 +577,7 @@ where
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.list_keys", skip_all)]
     async fn list_keys(
         &self,
         identity: &IdentityId,
@@ -613,6 +631,7 @@ where
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.update_key", skip_all)]
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
         let identity = &key.identity_id;
         let mut stored = key.clone();
@@ -633,6 +652,7 @@ where
         Ok(stored)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.delete_key", skip_all)]
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
         let existed: i64 = scripts::DELETE_KEY
@@ -648,6 +668,7 @@ where
         Ok(existed == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.roll_key", skip_all)]
     async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
         let identity = &old.identity_id;
         let mut stored_old = old.clone();
@@ -669,6 +690,7 @@ where
         self.confirm_durable().await
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
         // Both records carry the identity's hash tag: one MGET, one round
         // trip, one Cluster slot.
@@ -686,6 +708,7 @@ where
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.enroll_totp", skip_all)]
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
         let reply: String = scripts::ENROLL_TOTP
             .key(self.keyspace.identity(identity))
@@ -697,6 +720,7 @@ where
         script_outcome(&reply, "", "identity")
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.get_totp", skip_all)]
     async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>> {
         let (raw_identity, raw_totp): (Option<String>, Option<String>) = self
             .connection()
@@ -712,6 +736,7 @@ where
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.accept_totp_step", skip_all)]
     async fn accept_totp_step(
         &self,
         identity: &IdentityId,
@@ -739,6 +764,7 @@ where
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.record_totp_failure", skip_all)]
     async fn record_totp_failure(
         &self,
         identity: &IdentityId,
@@ -757,6 +783,7 @@ where
         Ok((locked_until > 0).then_some(UnixMillis(locked_until)))
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.create_dataset", skip_all)]
     async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
         // The listing entry goes first, so an interrupted create leaves only an
         // entry that readers drop.
@@ -779,6 +806,7 @@ where
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.get_dataset", skip_all)]
     async fn get_dataset(&self, name: &str) -> StoreResult<Option<Dataset>> {
         let raw: Option<String> = self
             .connection()
@@ -788,6 +816,7 @@ where
         raw.as_deref().map(decode).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.list_datasets", skip_all)]
     async fn list_datasets(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Dataset>> {
         let mut found = Vec::with_capacity(limit);
         let mut cursor = after
@@ -826,6 +855,7 @@ where
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.delete_dataset", skip_all)]
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
         let deleted: i64 = self
             .connection()
