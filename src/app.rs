@@ -53,7 +53,10 @@ async fn open_authority(
     let durability = args.durability()?;
     options.token_prefix = config.token_prefix;
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
-        StoreChoice::Memory => (Arc::new(MemoryStore::new()), true),
+        StoreChoice::Memory => (
+            Arc::new(MemoryStore::with_audit_limit(args.audit_max_events)),
+            true,
+        ),
         StoreChoice::Redis(url) => {
             let options = RedisOptions {
                 url,
@@ -61,6 +64,7 @@ async fn open_authority(
                 connect_timeout: args.redis_timeout,
                 response_timeout: args.redis_timeout,
                 durability,
+                audit_max_events: args.audit_max_events,
             };
             let store = RedisStore::connect(&options, args.redis_connect_wait)
                 .await
@@ -146,6 +150,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         max_concurrent_streams: args.max_concurrent_streams,
         http2_keepalive_interval: args.http2_keepalive_interval,
         tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
+        audit_max_age: args.audit_max_age,
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM

@@ -91,6 +91,9 @@ pub struct StoreArgs {
     /// Prefix of every Redis key keyrack writes.
     #[arg(long, env = "KEYRACK_REDIS_PREFIX", default_value = "keyrack:")]
     pub redis_prefix: String,
+    /// Audit events kept (the oldest are dropped beyond it).
+    #[arg(long, env = "KEYRACK_AUDIT_MAX_EVENTS", default_value_t = crate::store::DEFAULT_AUDIT_MAX_EVENTS)]
+    pub audit_max_events: usize,
     /// Bound on each Redis connection attempt and each reply.
     #[arg(long, env = "KEYRACK_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
@@ -186,6 +189,10 @@ pub struct ServeArgs {
     /// Also serve SCIM 2.0 provisioning (HTTP, under /scim/v2) on this address.
     #[arg(long, env = "KEYRACK_SCIM_LISTEN")]
     pub scim_listen: Option<SocketAddr>,
+    /// Drop audit events older than this (checked with each last-use flush);
+    /// without it only --audit-max-events bounds the log.
+    #[arg(long, env = "KEYRACK_AUDIT_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub audit_max_age: Option<Duration>,
     /// Serve Prometheus metrics (HTTP, at /metrics) on this address.
     #[arg(long, env = "KEYRACK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -78,7 +78,9 @@ pub struct Metrics {
     pub verify_throttled: Counter,
     /// Redis commands that failed (connection lost, timeout, refused).
     pub redis_errors: Counter,
-    /// Redis connections lost (each is re-established on the next command).
+    /// Times the store answered again after health pings had failed: the
+    /// connection was re-established. (redis-rs reports lost connections
+    /// only to RESP3 clients, so recoveries are counted where they show.)
     pub redis_reconnects: Counter,
     /// 1 while the store answers health pings, else 0.
     pub health_serving: Gauge,
@@ -182,7 +184,7 @@ impl Metrics {
         );
         registry.register(
             "redis_reconnects",
-            "Redis connections lost and re-established",
+            "Times the store answered health pings again after failing them (connection re-established)",
             metrics.redis_reconnects.clone(),
         );
         registry.register(

@@ -47,6 +47,9 @@ pub struct ServerOptions {
     pub http2_keepalive_timeout: Duration,
     /// TLS (and, with a client CA, mutual TLS); plaintext without it.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Audit events older than this are dropped (checked with each
+    /// last-use flush); `None` keeps them until the count bound drops them.
+    pub audit_max_age: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -62,6 +65,7 @@ impl Default for ServerOptions {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tls: None,
+            audit_max_age: None,
         }
     }
 }
@@ -119,6 +123,9 @@ async fn watch_store_health(
         metrics
             .verify_cache_entries
             .set(i64::try_from(authority.cached_tokens()).unwrap_or(i64::MAX));
+        if last == Some(ServingStatus::NotServing) && status == ServingStatus::Serving {
+            metrics.redis_reconnects.inc();
+        }
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             report(&reporter, status).await;
@@ -147,6 +154,7 @@ pub async fn serve(
     let flusher = tokio::spawn(flush_last_use_periodically(
         Arc::clone(&authority),
         options.last_use_flush_interval,
+        options.audit_max_age,
     ));
 
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
@@ -233,13 +241,23 @@ pub async fn serve(
     result
 }
 
-/// Writes noted key uses every `interval`.
-async fn flush_last_use_periodically(authority: Arc<Authority>, interval: Duration) {
+/// Writes noted key uses every `interval`, and drops audit events past
+/// `audit_max_age`.
+async fn flush_last_use_periodically(
+    authority: Arc<Authority>,
+    interval: Duration,
+    audit_max_age: Option<Duration>,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         authority.flush_last_use().await;
+        if let Some(max_age) = audit_max_age
+            && let Err(error) = authority.trim_audit(max_age).await
+        {
+            tracing::warn!(%error, "could not trim the audit log");
+        }
     }
 }

@@ -59,6 +59,23 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    /// The gRPC code name this error is answered with (`NOT_FOUND`, ...), for
+    /// audit outcomes written outside a gRPC call.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::Aborted(_) => "ABORTED",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::NotDurable(_) | Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
     /// A single field violation.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument(vec![FieldViolation {

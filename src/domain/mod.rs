@@ -1,6 +1,7 @@
 //! Pure types and rules of the authority. Nothing here knows about gRPC,
 //! protobuf or Redis; every value that exists past a `parse` is valid.
 
+pub mod audit;
 pub mod cidr;
 pub mod dataset;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod token;
 pub mod totp;
 pub mod verdict;
 
+pub use audit::{AuditEvent, AuditFilter};
 pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};

@@ -1,10 +1,11 @@
 //! AdminService. Every method authenticates the caller as an admin first.
 
-use super::telemetry::field;
+use super::telemetry::{code_name, field};
 use super::{bearer_token, convert, filter};
 use crate::domain::{Error, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
-use crate::service::{Authority, Caller};
+use crate::service::{Authority, Caller, audit};
+use std::future::Future;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -31,6 +32,32 @@ impl AdminApi {
         span.record(field::KEY_ID, caller.key_id.as_str());
         Ok(caller)
     }
+
+    /// Authorizes the caller, then runs `work` as one audited operation named
+    /// `action`: its change carries the event, or the event is appended with
+    /// the call's outcome. Calls refused before authentication have no actor
+    /// and change nothing; they are counted in the metrics, not audited.
+    async fn mutate<M, T, F, Fut>(&self, request: Request<M>, action: &str, work: F) -> Reply<T>
+    where
+        F: FnOnce(Caller, M) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let caller = self.authorize(&request).await?;
+        let request_id = audit::request_id(
+            request
+                .metadata()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok()),
+        );
+        let event = audit::event(action, Some(&caller), request.remote_addr(), request_id);
+        let message = request.into_inner();
+        self.authority
+            .audited(event, work(caller, message), |status: &Status| {
+                code_name(status.code()).to_owned()
+            })
+            .await
+            .map(Response::new)
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -41,14 +68,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateIdentityRequest>,
     ) -> Reply<proto::CreateIdentityResponse> {
-        self.authorize(&request).await?;
-        let input = convert::new_identity_in(request.into_inner())?;
-        let (identity, minted) = self.authority.create_identity(input).await?;
-        Ok(Response::new(proto::CreateIdentityResponse {
-            identity: Some(convert::identity_out(identity)),
-            key: Some(convert::key_out(minted.key)),
-            token: minted.token.expose().to_owned(),
-        }))
+        self.mutate(request, "CreateIdentity", |_, message| async move {
+            let input = convert::new_identity_in(message)?;
+            let (identity, minted) = self.authority.create_identity(input).await?;
+            Ok(proto::CreateIdentityResponse {
+                identity: Some(convert::identity_out(identity)),
+                key: Some(convert::key_out(minted.key)),
+                token: minted.token.expose().to_owned(),
+            })
+        })
+        .await
     }
 
     async fn get_identity(
@@ -85,60 +114,75 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::UpdateIdentityRequest>,
     ) -> Reply<proto::Identity> {
-        self.authorize(&request).await?;
-        let (id, changes) = convert::identity_changes_in(request.into_inner())?;
-        Ok(Response::new(convert::identity_out(
-            self.authority.update_identity(&id, changes).await?,
-        )))
+        self.mutate(request, "UpdateIdentity", |_, message| async move {
+            let (id, changes) = convert::identity_changes_in(message)?;
+            audit::target(id.as_str());
+            Ok(convert::identity_out(
+                self.authority.update_identity(&id, changes).await?,
+            ))
+        })
+        .await
     }
 
     async fn disable_identity(
         &self,
         request: Request<proto::DisableIdentityRequest>,
     ) -> Reply<proto::Identity> {
-        self.authorize(&request).await?;
-        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
-        Ok(Response::new(convert::identity_out(
-            self.authority
-                .set_identity_state(&id, State::Disabled)
-                .await?,
-        )))
+        self.mutate(request, "DisableIdentity", |_, message| async move {
+            let id = convert::identity_id_in("identity_id", &message.identity_id)?;
+            audit::target(id.as_str());
+            Ok(convert::identity_out(
+                self.authority
+                    .set_identity_state(&id, State::Disabled)
+                    .await?,
+            ))
+        })
+        .await
     }
 
     async fn enable_identity(
         &self,
         request: Request<proto::EnableIdentityRequest>,
     ) -> Reply<proto::Identity> {
-        self.authorize(&request).await?;
-        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
-        Ok(Response::new(convert::identity_out(
-            self.authority
-                .set_identity_state(&id, State::Active)
-                .await?,
-        )))
+        self.mutate(request, "EnableIdentity", |_, message| async move {
+            let id = convert::identity_id_in("identity_id", &message.identity_id)?;
+            audit::target(id.as_str());
+            Ok(convert::identity_out(
+                self.authority
+                    .set_identity_state(&id, State::Active)
+                    .await?,
+            ))
+        })
+        .await
     }
 
     async fn delete_identity(
         &self,
         request: Request<proto::DeleteIdentityRequest>,
     ) -> Reply<proto::DeleteIdentityResponse> {
-        self.authorize(&request).await?;
-        let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
-        self.authority.delete_identity(&id).await?;
-        Ok(Response::new(proto::DeleteIdentityResponse {}))
+        self.mutate(request, "DeleteIdentity", |_, message| async move {
+            let id = convert::identity_id_in("identity_id", &message.identity_id)?;
+            audit::target(id.as_str());
+            self.authority.delete_identity(&id).await?;
+            Ok(proto::DeleteIdentityResponse {})
+        })
+        .await
     }
 
     async fn create_key(
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Reply<proto::CreateKeyResponse> {
-        self.authorize(&request).await?;
-        let input = convert::new_key_in(request.into_inner())?;
-        let minted = self.authority.create_key(input).await?;
-        Ok(Response::new(proto::CreateKeyResponse {
-            key: Some(convert::key_out(minted.key)),
-            token: minted.token.expose().to_owned(),
-        }))
+        self.mutate(request, "CreateKey", |_, message| async move {
+            let input = convert::new_key_in(message)?;
+            audit::target(input.identity_id.as_str());
+            let minted = self.authority.create_key(input).await?;
+            Ok(proto::CreateKeyResponse {
+                key: Some(convert::key_out(minted.key)),
+                token: minted.token.expose().to_owned(),
+            })
+        })
+        .await
     }
 
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Reply<proto::ApiKey> {
@@ -165,73 +209,88 @@ impl AdminService for AdminApi {
     }
 
     async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Reply<proto::ApiKey> {
-        self.authorize(&request).await?;
-        let (id, changes) = convert::key_changes_in(request.into_inner())?;
-        Ok(Response::new(convert::key_out(
-            self.authority.update_key(&id, changes).await?,
-        )))
+        self.mutate(request, "UpdateKey", |_, message| async move {
+            let (id, changes) = convert::key_changes_in(message)?;
+            audit::target(id.as_str());
+            Ok(convert::key_out(self.authority.update_key(&id, changes).await?))
+        })
+        .await
     }
 
     async fn disable_key(
         &self,
         request: Request<proto::DisableKeyRequest>,
     ) -> Reply<proto::ApiKey> {
-        self.authorize(&request).await?;
-        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
-        Ok(Response::new(convert::key_out(
-            self.authority.set_key_state(&id, State::Disabled).await?,
-        )))
+        self.mutate(request, "DisableKey", |_, message| async move {
+            let id = convert::key_id_in("key_id", &message.key_id)?;
+            audit::target(id.as_str());
+            Ok(convert::key_out(
+                self.authority.set_key_state(&id, State::Disabled).await?,
+            ))
+        })
+        .await
     }
 
     async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Reply<proto::ApiKey> {
-        self.authorize(&request).await?;
-        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
-        Ok(Response::new(convert::key_out(
-            self.authority.set_key_state(&id, State::Active).await?,
-        )))
+        self.mutate(request, "EnableKey", |_, message| async move {
+            let id = convert::key_id_in("key_id", &message.key_id)?;
+            audit::target(id.as_str());
+            Ok(convert::key_out(
+                self.authority.set_key_state(&id, State::Active).await?,
+            ))
+        })
+        .await
     }
 
     async fn roll_key(
         &self,
         request: Request<proto::RollKeyRequest>,
     ) -> Reply<proto::RollKeyResponse> {
-        let caller = self.authorize(&request).await?;
-        let roll = convert::roll_in(request.into_inner())?;
-        let rolled = self.authority.roll_key(&caller, roll).await?;
-        Ok(Response::new(proto::RollKeyResponse {
-            key: Some(convert::key_out(rolled.minted.key)),
-            token: rolled.minted.token.expose().to_owned(),
-            previous_key: rolled.previous.map(convert::key_out),
-        }))
+        self.mutate(request, "RollKey", |caller, message| async move {
+            let roll = convert::roll_in(message)?;
+            audit::target(roll.key_id.as_str());
+            let rolled = self.authority.roll_key(&caller, roll).await?;
+            Ok(proto::RollKeyResponse {
+                key: Some(convert::key_out(rolled.minted.key)),
+                token: rolled.minted.token.expose().to_owned(),
+                previous_key: rolled.previous.map(convert::key_out),
+            })
+        })
+        .await
     }
 
     async fn revoke_key(
         &self,
         request: Request<proto::RevokeKeyRequest>,
     ) -> Reply<proto::RevokeKeyResponse> {
-        self.authorize(&request).await?;
-        let id = convert::key_id_in("key_id", &request.into_inner().key_id)?;
-        self.authority.revoke_key(&id).await?;
-        Ok(Response::new(proto::RevokeKeyResponse {}))
+        self.mutate(request, "RevokeKey", |_, message| async move {
+            let id = convert::key_id_in("key_id", &message.key_id)?;
+            audit::target(id.as_str());
+            self.authority.revoke_key(&id).await?;
+            Ok(proto::RevokeKeyResponse {})
+        })
+        .await
     }
 
     async fn create_dataset(
         &self,
         request: Request<proto::CreateDatasetRequest>,
     ) -> Reply<proto::CreateDatasetResponse> {
-        self.authorize(&request).await?;
-        let input = convert::new_dataset_in(request.into_inner())?;
-        let created = self.authority.create_dataset(input).await?;
-        let mut response = proto::CreateDatasetResponse {
-            dataset: Some(convert::dataset_out(created.dataset)),
-            ..Default::default()
-        };
-        if let Some((identity, minted)) = created.access {
-            response.identity = Some(convert::identity_out(identity));
-            response.key = Some(convert::key_out(minted.key));
-            response.token = minted.token.expose().to_owned();
-        }
-        Ok(Response::new(response))
+        self.mutate(request, "CreateDataset", |_, message| async move {
+            let input = convert::new_dataset_in(message)?;
+            let created = self.authority.create_dataset(input).await?;
+            let mut response = proto::CreateDatasetResponse {
+                dataset: Some(convert::dataset_out(created.dataset)),
+                ..Default::default()
+            };
+            if let Some((identity, minted)) = created.access {
+                response.identity = Some(convert::identity_out(identity));
+                response.key = Some(convert::key_out(minted.key));
+                response.token = minted.token.expose().to_owned();
+            }
+            Ok(response)
+        })
+        .await
     }
 
     async fn get_dataset(
@@ -263,32 +322,55 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::DeleteDatasetRequest>,
     ) -> Reply<proto::DeleteDatasetResponse> {
-        self.authorize(&request).await?;
-        let request = request.into_inner();
-        let name = convert::dataset_name_in("dataset", &request.dataset)?;
-        self.authority.delete_dataset(&name, request.force).await?;
-        Ok(Response::new(proto::DeleteDatasetResponse {}))
+        self.mutate(request, "DeleteDataset", |_, message| async move {
+            let name = convert::dataset_name_in("dataset", &message.dataset)?;
+            audit::target(name.as_str());
+            self.authority.delete_dataset(&name, message.force).await?;
+            Ok(proto::DeleteDatasetResponse {})
+        })
+        .await
     }
 
     async fn enroll_totp(
         &self,
         request: Request<proto::EnrollTotpRequest>,
     ) -> Reply<proto::EnrollTotpResponse> {
-        let caller = self.authorize(&request).await?;
-        let enrollment = self.authority.enroll_totp(&caller).await?;
-        Ok(Response::new(proto::EnrollTotpResponse {
-            secret: enrollment.secret.expose().to_owned(),
-            otpauth_url: enrollment.otpauth_url.expose().to_owned(),
-        }))
+        self.mutate(request, "EnrollTotp", |caller, _| async move {
+            audit::target(caller.identity.id.as_str());
+            let enrollment = self.authority.enroll_totp(&caller).await?;
+            Ok(proto::EnrollTotpResponse {
+                secret: enrollment.secret.expose().to_owned(),
+                otpauth_url: enrollment.otpauth_url.expose().to_owned(),
+            })
+        })
+        .await
     }
 
     async fn confirm_totp(
         &self,
         request: Request<proto::ConfirmTotpRequest>,
     ) -> Reply<proto::ConfirmTotpResponse> {
-        let caller = self.authorize(&request).await?;
-        let code = SecretString::new(request.into_inner().code);
-        self.authority.confirm_totp(&caller, code.expose()).await?;
-        Ok(Response::new(proto::ConfirmTotpResponse {}))
+        self.mutate(request, "ConfirmTotp", |caller, message| async move {
+            audit::target(caller.identity.id.as_str());
+            let code = SecretString::new(message.code);
+            self.authority.confirm_totp(&caller, code.expose()).await?;
+            Ok(proto::ConfirmTotpResponse {})
+        })
+        .await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Reply<proto::ListAuditEventsResponse> {
+        self.authorize(&request).await?;
+        let request = request.into_inner();
+        let page = convert::page_in(request.page_size, request.page_token.clone())?;
+        let filter = convert::audit_filter_in(&request)?;
+        let page = self.authority.list_audit_events(&filter, &page).await?;
+        Ok(Response::new(proto::ListAuditEventsResponse {
+            events: page.items.into_iter().map(convert::audit_event_out).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 }

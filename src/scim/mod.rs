@@ -12,11 +12,11 @@ mod user;
 pub use error::ScimError;
 
 use crate::domain::{Error, IdentityId};
-use crate::service::{Authority, PersonProfile};
+use crate::service::{Authority, Caller, PersonProfile, audit};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use filter::Filter;
 use listener::{Peer, TlsListener};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,12 +149,28 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|info| info.0.0.ip());
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|info| info.0.0);
+    let request_id = audit::request_id(
+        request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok()),
+    );
+    let mut request = request;
     let work = async {
         let caller = state
             .authority
             .authenticate_admin(token.as_deref(), peer)
             .await?;
         tracing::debug!(actor = %caller.identity.id, method = %request.method(), path = %request.uri().path(), "SCIM request");
+        request.extensions_mut().insert(CallContext {
+            caller,
+            address,
+            request_id,
+        });
         Ok::<_, ScimError>(next.run(request).await)
     };
     let method = request_method.to_string();
@@ -172,6 +189,42 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         })
         .inc();
     response
+}
+
+/// Who made a SCIM request, for its audit event.
+#[derive(Clone)]
+struct CallContext {
+    caller: Caller,
+    address: Option<SocketAddr>,
+    request_id: String,
+}
+
+impl CallContext {
+    /// Runs `work` as one audited operation named `scim.<action>`, about
+    /// `target` when it is known up front.
+    async fn audited<T>(
+        &self,
+        state: &ScimState,
+        action: &str,
+        target: Option<&IdentityId>,
+        work: impl Future<Output = Result<T, ScimError>>,
+    ) -> Result<T, ScimError> {
+        let mut event = audit::event(
+            &format!("scim.{action}"),
+            Some(&self.caller),
+            self.address,
+            self.request_id.clone(),
+        );
+        if let Some(target) = target {
+            event.target_ids.push(target.to_string());
+        }
+        state
+            .authority
+            .audited(event, work, |error: &ScimError| {
+                format!("HTTP {}", error.status().as_u16())
+            })
+            .await
+    }
 }
 
 /// `https://host/scim/v2`, from the request's Host header.
@@ -303,12 +356,17 @@ fn projection_of(query: &HashMap<String, String>) -> Projection {
 
 async fn create_user(
     State(state): Shared,
+    Extension(context): Extension<CallContext>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let profile = user::profile_from_body(&json_body(body)?)?;
-    let person = state.authority.provision_person(profile).await?;
+    let person = context
+        .audited(&state, "CreateUser", None, async {
+            let profile = user::profile_from_body(&json_body(body)?)?;
+            Ok(state.authority.provision_person(profile).await?)
+        })
+        .await?;
     Ok(user_response(
         StatusCode::CREATED,
         &person,
@@ -334,16 +392,21 @@ async fn get_user(
 
 async fn replace_user(
     State(state): Shared,
+    Extension(context): Extension<CallContext>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let id = person_id(&id)?;
-    let profile = user::profile_from_body(&json_body(body)?)?;
-    let person = state
-        .authority
-        .update_person(&id, if_match(&headers), |_| Ok(profile.clone()))
+    let person = context
+        .audited(&state, "ReplaceUser", Some(&id), async {
+            let profile = user::profile_from_body(&json_body(body)?)?;
+            Ok(state
+                .authority
+                .update_person(&id, if_match(&headers), |_| Ok(profile.clone()))
+                .await?)
+        })
         .await?;
     Ok(user_response(
         StatusCode::OK,
@@ -477,17 +540,22 @@ fn apply_patch(
 
 async fn patch_user(
     State(state): Shared,
+    Extension(context): Extension<CallContext>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let id = person_id(&id)?;
-    let operations = patch_operations(&json_body(body)?)?;
-    let person = state
-        .authority
-        .update_person(&id, if_match(&headers), |profile| {
-            apply_patch(&operations, profile)
+    let person = context
+        .audited(&state, "PatchUser", Some(&id), async {
+            let operations = patch_operations(&json_body(body)?)?;
+            Ok(state
+                .authority
+                .update_person(&id, if_match(&headers), |profile| {
+                    apply_patch(&operations, profile)
+                })
+                .await?)
         })
         .await?;
     Ok(user_response(
@@ -498,11 +566,20 @@ async fn patch_user(
     ))
 }
 
-async fn delete_user(State(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> Reply {
+async fn delete_user(
+    State(state): Shared,
+    Extension(context): Extension<CallContext>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply {
     let id = person_id(&id)?;
-    state
-        .authority
-        .delete_person(&id, if_match(&headers))
+    context
+        .audited(&state, "DeleteUser", Some(&id), async {
+            Ok(state
+                .authority
+                .delete_person(&id, if_match(&headers))
+                .await?)
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

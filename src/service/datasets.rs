@@ -1,6 +1,7 @@
 //! Operations on datasets, including the wizard that creates a dataset
 //! together with a service identity that may access it.
 
+use crate::store::journal;
 use super::identities::NewIdentity;
 use super::{Authority, MintedKey, Page, PageRequest, with_retries};
 use crate::domain::identity::IdentityFilter;
@@ -57,6 +58,12 @@ impl Authority {
             description: request.description.clone(),
             create_time: UnixMillis::now(),
         };
+        journal::add_target(dataset.name.as_str());
+        // With the wizard, the event goes with the identity it creates last,
+        // so it names the identity and key too.
+        if request.skip_key {
+            journal::arm();
+        }
         self.store.create_dataset(&dataset).await?;
         tracing::info!(dataset = %dataset.name, "dataset created");
         if request.skip_key {
@@ -165,6 +172,7 @@ impl Authority {
         for identity in &referencing {
             self.detach_dataset(identity, name).await?;
         }
+        journal::arm();
         self.store.delete_dataset(name).await?;
         tracing::info!(dataset = %name, detached = referencing.len(), "dataset deleted");
         Ok(())

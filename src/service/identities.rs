@@ -2,6 +2,7 @@
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::store::journal;
 use ipnet::IpNet;
 
 /// The first key of a new identity is called this.
@@ -59,6 +60,9 @@ impl Authority {
         let first = self
             .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now)
             .await?;
+        journal::add_target(identity.id.as_str());
+        journal::add_target(first.key.id.as_str());
+        journal::arm();
         self.store
             .create_identity(&identity, std::slice::from_ref(&first.key))
             .await?;
@@ -157,6 +161,7 @@ impl Authority {
                 identity.expire_time = expire_time;
             }
             identity.update_time = now;
+            journal::arm();
             Ok(self.store.update_identity(&identity).await?)
         })
         .await
@@ -180,6 +185,7 @@ impl Authority {
             }
             identity.state = state;
             identity.update_time = UnixMillis::now();
+            journal::arm();
             let stored = self.store.update_identity(&identity).await?;
             tracing::info!(identity_id = %id, ?state, "identity state changed");
             Ok(stored)
@@ -189,6 +195,7 @@ impl Authority {
 
     /// Deletes an identity and all its keys.
     pub async fn delete_identity(&self, id: &IdentityId) -> Result<(), Error> {
+        journal::arm();
         if self.store.delete_identity(id).await? {
             tracing::info!(identity_id = %id, "identity deleted");
             Ok(())
@@ -227,12 +234,20 @@ impl Authority {
         name: &str,
         description: &str,
     ) -> Result<(Identity, MintedKey), Error> {
-        self.create_identity(NewIdentity {
+        // No caller: the operator of the host ran it. Audited as BootstrapAdmin.
+        let event = super::audit::event(
+            "BootstrapAdmin",
+            None,
+            None,
+            super::audit::request_id(None),
+        );
+        let create = self.create_identity(NewIdentity {
             name: name.to_owned(),
             description: description.to_owned(),
             admin: true,
             ..NewIdentity::default()
-        })
-        .await
+        });
+        self.audited(event, create, |error| error.code_name().to_owned())
+            .await
     }
 }

@@ -1,5 +1,6 @@
 //! Operations on API keys.
 
+use crate::store::journal;
 use super::{Authority, Caller, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::{
     ApiKey, Error, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
@@ -82,6 +83,8 @@ impl Authority {
         minted.key.description = request.description;
         minted.key.expire_time = request.expire_time;
         minted.key.allowed_cidrs = request.allowed_cidrs;
+        journal::add_target(minted.key.id.as_str());
+        journal::arm();
         self.store
             .create_key(&minted.key)
             .await
@@ -149,6 +152,7 @@ impl Authority {
             if let Some(cidrs) = &changes.allowed_cidrs {
                 key.allowed_cidrs = cidrs.clone();
             }
+            journal::arm();
             Ok(self.store.update_key(&key).await?)
         })
         .await
@@ -163,6 +167,7 @@ impl Authority {
                 return Ok(key);
             }
             key.state = state;
+            journal::arm();
             let stored = self.store.update_key(&key).await?;
             tracing::info!(key_id = %id, ?state, "key state changed");
             Ok(stored)
@@ -172,6 +177,7 @@ impl Authority {
 
     /// Removes a key for good.
     pub async fn revoke_key(&self, id: &KeyId) -> Result<(), Error> {
+        journal::arm();
         if self.store.delete_key(id).await? {
             tracing::info!(key_id = %id, "key revoked");
             Ok(())
@@ -223,6 +229,8 @@ impl Authority {
         let mut retiring = old.clone();
         retiring.rolled_to = Some(minted.key.id.clone());
         retiring.grace_expire_time = grace_deadline;
+        journal::add_target(minted.key.id.as_str());
+        journal::arm();
         match self.store.roll_key(&retiring, &minted.key).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {

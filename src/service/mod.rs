@@ -2,6 +2,7 @@
 //! identities and keys, and how a token is verified. Transport-free: the gRPC
 //! layer converts requests into the inputs here and errors into statuses.
 
+pub mod audit;
 mod datasets;
 pub mod guard;
 mod hash_pool;

@@ -3,6 +3,7 @@
 //! rule 7). Operators may still rename them, describe them, grant datasets and
 //! manage their keys through the Admin API.
 
+use crate::store::journal;
 use super::{Authority, MAX_PAGE_SIZE, PageRequest, with_retries};
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 
@@ -76,6 +77,8 @@ impl Authority {
             profile.active,
             UnixMillis::now(),
         );
+        journal::add_target(identity.id.as_str());
+        journal::arm();
         self.store.create_identity(&identity, &[]).await?;
         tracing::info!(identity_id = %identity.id, state = ?identity.state, "person provisioned");
         Ok(identity)
@@ -125,6 +128,7 @@ impl Authority {
             identity.provider_active = profile.active;
             identity.state = state;
             identity.update_time = UnixMillis::now();
+            journal::arm();
             match self.store.update_identity(&identity).await {
                 Err(crate::store::StoreError::Conflict) if if_revision.is_some() => {
                     Err(stale_version(id))

@@ -2,6 +2,7 @@
 //! guards sensitive calls such as RollKey. Codes are accepted at most once per
 //! admin, atomically in the store, so two replicas cannot both accept one.
 
+use crate::store::journal;
 use super::{Authority, Caller};
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{Error, IdentityId, SecretString, UnixMillis};
@@ -46,6 +47,7 @@ impl Authority {
             .map_err(|e| Error::Internal(format!("the OS random number generator failed: {e}")))?;
         let authenticator = authenticator(seed.as_ref(), &caller.identity.name)?;
         let sealed = self.sealer.seal(&caller.identity.id, seed.as_ref())?;
+        journal::arm();
         self.store
             .enroll_totp(&caller.identity.id, &TotpRecord::enrolled(sealed))
             .await
@@ -137,6 +139,11 @@ impl Authority {
             });
         let outcome = match matched {
             Some(step) => {
+                // Confirming is the operation's change; a roll's step-up is
+                // not (the roll's own write is).
+                if confirm {
+                    journal::arm();
+                }
                 self.store
                     .accept_totp_step(identity, step, confirm, now)
                     .await?

@@ -1,11 +1,11 @@
 //! The embedded store: all state in one mutex-guarded structure, deadlines
 //! honoured on every read. Dev mode and tests run on it.
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// A record with the instant it disappears, like a Redis key with a TTL.
@@ -35,6 +35,36 @@ struct State {
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
+    /// Audit events, oldest first, at most `audit_max_events`.
+    audit: VecDeque<AuditEvent>,
+    audit_max_events: usize,
+    /// The last event id given out, as (milliseconds, sequence).
+    last_audit_id: (i64, u64),
+}
+
+impl State {
+    /// Appends an event with the next `<ms>-<seq>` id, dropping the oldest
+    /// beyond the bound.
+    fn append_audit(&mut self, mut event: AuditEvent) {
+        let now = UnixMillis::now().0.max(self.last_audit_id.0);
+        let seq = if now == self.last_audit_id.0 {
+            self.last_audit_id.1 + 1
+        } else {
+            0
+        };
+        self.last_audit_id = (now, seq);
+        event.id = format!("{now}-{seq}");
+        self.audit.push_back(event);
+        while self.audit.len() > self.audit_max_events.max(1) {
+            self.audit.pop_front();
+        }
+    }
+}
+
+/// An event id's (milliseconds, sequence), for ordering.
+fn audit_position(id: &str) -> Option<(i64, u64)> {
+    let (millis, seq) = id.split_once('-')?;
+    Some((millis.parse().ok()?, seq.parse().ok()?))
 }
 
 /// How often expired records are swept out; reads never see them regardless.
@@ -135,15 +165,50 @@ impl std::borrow::Borrow<str> for KeyId {
 }
 
 /// The embedded in-memory store.
-#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_audit_limit(super::DEFAULT_AUDIT_MAX_EVENTS)
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store keeping at most `audit_max_events` audit events.
+    pub fn with_audit_limit(audit_max_events: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                audit_max_events,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// Runs a change; when it `changed` something and the audit scope armed
+    /// an event for it, the event is appended in the same critical section.
+    fn audited<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> StoreResult<T>,
+        changed: impl FnOnce(&T) -> bool,
+    ) -> StoreResult<T> {
+        let armed = journal::armed_event();
+        self.with_state(|state| {
+            let outcome = change(state)?;
+            if changed(&outcome)
+                && let Some(event) = armed
+            {
+                state.append_audit(event);
+                journal::committed();
+            }
+            Ok(outcome)
+        })
     }
 
     // Every operation is short and never awaits while holding the lock, so a
@@ -170,7 +235,8 @@ impl Store for MemoryStore {
     }
 
     async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             if state.identity_named(&identity.name).is_some() {
                 return Err(StoreError::NameTaken(identity.name.clone()));
             }
@@ -191,7 +257,9 @@ impl Store for MemoryStore {
                 state.put_key(key.clone(), identity.expire_time);
             }
             Ok(())
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn get_identity(&self, id: &IdentityId) -> StoreResult<Option<Identity>> {
@@ -219,7 +287,8 @@ impl Store for MemoryStore {
     }
 
     async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             let current = state
                 .identity(&identity.id)
                 .ok_or(StoreError::NotFound("identity"))?;
@@ -250,15 +319,21 @@ impl Store for MemoryStore {
                 state.put_key(key, stored.expire_time);
             }
             Ok(stored)
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
-        self.with_state(|state| Ok(state.remove_identity(id)))
+        self.audited(
+            |state| Ok(state.remove_identity(id)),
+            |deleted| *deleted,
+        )
     }
 
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             let identity_expire = state
                 .identity(&key.identity_id)
                 .ok_or(StoreError::NotFound("identity"))?
@@ -271,7 +346,9 @@ impl Store for MemoryStore {
             }
             state.put_key(key.clone(), identity_expire);
             Ok(())
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<ApiKey>> {
@@ -295,7 +372,8 @@ impl Store for MemoryStore {
     }
 
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             let identity_expire = state
                 .identity(&key.identity_id)
                 .ok_or(StoreError::NotFound("key"))?
@@ -316,15 +394,21 @@ impl Store for MemoryStore {
             stored.revision += 1;
             state.put_key(stored.clone(), identity_expire);
             Ok(stored)
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
-        self.with_state(|state| Ok(state.keys.remove(id).is_some_and(|e| e.live(state.now))))
+        self.audited(
+            |state| Ok(state.keys.remove(id).is_some_and(|e| e.live(state.now))),
+            |deleted| *deleted,
+        )
     }
 
     async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             let identity_expire = state
                 .identity(&old.identity_id)
                 .ok_or(StoreError::NotFound("identity"))?
@@ -345,7 +429,9 @@ impl Store for MemoryStore {
             }
             state.put_key(replacement.clone(), identity_expire);
             Ok(())
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
@@ -357,7 +443,8 @@ impl Store for MemoryStore {
     }
 
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             state
                 .identity(identity)
                 .ok_or(StoreError::NotFound("identity"))?;
@@ -370,7 +457,9 @@ impl Store for MemoryStore {
             }
             state.totp.insert(identity.clone(), record.clone());
             Ok(())
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn get_totp(&self, identity: &IdentityId) -> StoreResult<Option<TotpRecord>> {
@@ -389,7 +478,8 @@ impl Store for MemoryStore {
         confirm: bool,
         now: UnixMillis,
     ) -> StoreResult<StepOutcome> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             if state.identity(identity).is_none() {
                 return Ok(StepOutcome::NotEnrolled);
             }
@@ -410,7 +500,9 @@ impl Store for MemoryStore {
             record.locked_until = None;
             record.confirmed |= confirm;
             Ok(StepOutcome::Accepted)
-        })
+        },
+            |outcome| *outcome == StepOutcome::Accepted,
+        )
     }
 
     async fn record_totp_failure(
@@ -435,13 +527,16 @@ impl Store for MemoryStore {
     }
 
     async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
-        self.with_state(|state| {
+        self.audited(
+            |state| {
             if state.datasets.contains_key(&dataset.name) {
                 return Err(StoreError::NameTaken(dataset.name.clone()));
             }
             state.datasets.insert(dataset.name.clone(), dataset.clone());
             Ok(())
-        })
+        },
+            |_| true,
+        )
     }
 
     async fn get_dataset(&self, name: &str) -> StoreResult<Option<Dataset>> {
@@ -461,7 +556,55 @@ impl Store for MemoryStore {
     }
 
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
-        self.with_state(|state| Ok(state.datasets.remove(name).is_some()))
+        self.audited(
+            |state| Ok(state.datasets.remove(name).is_some()),
+            |deleted| *deleted,
+        )
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        self.with_state(|state| {
+            state.append_audit(event.clone());
+            Ok(())
+        })?;
+        crate::metrics::metrics().audit_events.inc();
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let before = before.map(|id| audit_position(id).unwrap_or((i64::MIN, 0)));
+        self.with_state(|state| {
+            Ok(state
+                .audit
+                .iter()
+                .rev()
+                .filter(|event| {
+                    before.is_none_or(|before| {
+                        audit_position(&event.id).is_some_and(|position| position < before)
+                    })
+                })
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()> {
+        self.with_state(|state| {
+            while state
+                .audit
+                .front()
+                .and_then(|event| audit_position(&event.id))
+                .is_some_and(|(millis, _)| millis < cutoff.0)
+            {
+                state.audit.pop_front();
+            }
+            Ok(())
+        })
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {

@@ -14,12 +14,15 @@
 //! - Identity names are unique; key names are unique among an identity's keys
 //!   that have not been rolled.
 //! - Every change to one identity's records is atomic.
+//! - A change made inside an armed audit scope ([`journal`]) appends its
+//!   audit event in the same atomic step.
 
+pub mod journal;
 pub mod memory;
 pub mod redis;
 
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 
 /// What a store can fail with.
@@ -45,6 +48,9 @@ pub enum StoreError {
     #[error("corrupt record: {0}")]
     Corrupt(String),
 }
+
+/// Audit events kept when no other bound is configured.
+pub const DEFAULT_AUDIT_MAX_EVENTS: usize = 1_000_000;
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -158,4 +164,17 @@ pub trait Store: Send + Sync + 'static {
     /// Never touches a key's record, so no TTL is disturbed; a key that no
     /// longer exists is skipped. `get_key` and `list_keys` report it.
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()>;
+
+    /// Appends an audit event that no change carried (a refusal, a failure,
+    /// a no-op), and assigns its id.
+    async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
+
+    /// Up to `limit` audit events, newest first, strictly older than the
+    /// event id `before` when given.
+    async fn list_audit(&self, before: Option<&str>, limit: usize)
+    -> StoreResult<Vec<AuditEvent>>;
+
+    /// Drops audit events older than `cutoff` (retention by age; retention by
+    /// count is applied on every append).
+    async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()>;
 }

@@ -138,7 +138,8 @@ impl RedisServer {
             .unwrap()
     }
 
-    /// Every key and its value (strings, hashes, sorted sets), for leak checks.
+    /// Every key and its value (strings, hashes, sorted sets, streams), for
+    /// leak checks.
     pub fn dump(&self) -> Vec<(String, String)> {
         let mut connection = self.connection();
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
@@ -164,6 +165,15 @@ impl RedisServer {
                             .arg(0)
                             .arg(-1)
                             .query::<Vec<String>>(&mut connection)
+                            .unwrap()
+                    ),
+                    "stream" => format!(
+                        "{:?}",
+                        redis::cmd("XRANGE")
+                            .arg(&key)
+                            .arg("-")
+                            .arg("+")
+                            .query::<redis::Value>(&mut connection)
                             .unwrap()
                     ),
                     other => format!("<{other}>"),
@@ -224,7 +234,8 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_millis(500),
                 durability: keyrack::store::redis::Durability::None,
-            };
+        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+    };
             Arc::new(
                 RedisStore::connect(&options, Duration::from_secs(5))
                     .await

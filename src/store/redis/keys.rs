@@ -83,6 +83,11 @@ impl Keyspace {
         format!("{}dataset:{{{}}}", self.prefix, name)
     }
 
+    /// The audit stream: every audited change, newest last.
+    pub fn audit(&self) -> String {
+        format!("{}audit", self.prefix)
+    }
+
     /// Dataset names across the authority.
     pub fn datasets(&self) -> String {
         format!("{}datasets", self.prefix)

@@ -6,9 +6,9 @@ mod scripts;
 
 pub use keys::Keyspace;
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
@@ -27,6 +27,9 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     /// When a change counts as done.
     pub durability: Durability,
+    /// Audit events the stream keeps (approximately: Redis trims whole
+    /// nodes of the stream).
+    pub audit_max_events: usize,
 }
 
 /// Keyrack's records in Redis, over any connection redis-rs offers (one
@@ -38,6 +41,37 @@ pub struct RedisStore<C = ConnectionManager> {
     writer: C,
     keyspace: Keyspace,
     durability: Durability,
+    audit_max_events: usize,
+}
+
+/// The audit arguments every audited script takes last: the stream, the
+/// armed event (empty when none) and the stream's length bound.
+struct AuditArgs {
+    stream: String,
+    event: String,
+    max_events: usize,
+}
+
+impl AuditArgs {
+    /// The change succeeded: its script appended the event.
+    fn committed(&self) {
+        if !self.event.is_empty() {
+            journal::committed();
+        }
+    }
+}
+
+/// Passes [`AuditArgs`] to a script invocation.
+trait WithAudit {
+    fn with_audit(&mut self, audit: &AuditArgs) -> &mut Self;
+}
+
+impl WithAudit for redis::ScriptInvocation<'_> {
+    fn with_audit(&mut self, audit: &AuditArgs) -> &mut Self {
+        self.key(&audit.stream)
+            .arg(&audit.event)
+            .arg(audit.max_events)
+    }
 }
 
 /// When a change counts as done.
@@ -113,15 +147,7 @@ impl RedisStore<ConnectionManager> {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1))
-            // redis-rs announces each lost connection this way before it
-            // reconnects on the next command.
-            .set_push_sender(|push: redis::PushInfo| {
-                if push.kind == redis::PushKind::Disconnection {
-                    crate::metrics::metrics().redis_reconnects.inc();
-                }
-                Ok::<(), std::convert::Infallible>(())
-            });
+            .set_max_delay(Duration::from_secs(1));
         let started = tokio::time::Instant::now();
         let connection = loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
@@ -135,6 +161,7 @@ impl RedisStore<ConnectionManager> {
         };
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
+        store.audit_max_events = options.audit_max_events;
         if options.durability != Durability::None {
             store.writer = ConnectionManager::new_with_config(client, config)
                 .await
@@ -157,7 +184,22 @@ where
             connection,
             durability: Durability::None,
             keyspace,
+            audit_max_events: super::DEFAULT_AUDIT_MAX_EVENTS,
         }
+    }
+
+    /// The audit arguments for the change about to run: the event the audit
+    /// scope armed for it, if any.
+    fn armed_audit(&self) -> StoreResult<AuditArgs> {
+        let event = match journal::armed_event() {
+            Some(event) => encode(&event)?,
+            None => String::new(),
+        };
+        Ok(AuditArgs {
+            stream: self.keyspace.audit(),
+            event,
+            max_events: self.audit_max_events,
+        })
     }
 
     fn writer(&self) -> C {
@@ -311,6 +353,7 @@ where
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         let mut stored = identity.clone();
         stored.revision += 1;
+        let audit = self.armed_audit()?;
         let reply: String = scripts::UPDATE_IDENTITY
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
@@ -320,15 +363,18 @@ where
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &identity.name, "identity")?;
+        audit.committed();
         self.confirm_durable().await?;
         Ok(stored)
     }
 
     async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+        let audit = self.armed_audit()?;
         let existed: i64 = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
             .key(self.keyspace.key_index(id))
@@ -336,9 +382,13 @@ where
             .key(self.keyspace.totp(id))
             .key(self.keyspace.last_use(id))
             .arg(self.keyspace.key_prefix(id))
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
+        if existed == 1 {
+            audit.committed();
+        }
         self.confirm_durable().await?;
         Ok(existed == 1)
     }
@@ -393,9 +443,11 @@ where
         for key in keys {
             invocation.arg(encode(key)?);
         }
+        let audit = self.armed_audit()?;
+        invocation.with_audit(&audit);
         let created: Result<String, _> = invocation.invoke_async(&mut self.writer()).await;
         match created {
-            Ok(reply) if reply == "OK" => {}
+            Ok(reply) if reply == "OK" => audit.committed(),
             // An id collision (about 2^-71): the other identity keeps its entries.
             Ok(reply) if reply == "EXISTS" => return Err(StoreError::Conflict),
             Ok(reply) => {
@@ -549,6 +601,7 @@ where
     #[tracing::instrument(level = "debug", name = "redis.create_key", skip_all)]
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         let identity = &key.identity_id;
+        let audit = self.armed_audit()?;
         let reply: String = scripts::CREATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -556,6 +609,7 @@ where
             .key(self.keyspace.key(&key.id))
             .arg(self.keyspace.key_prefix(identity))
             .arg(encode(key)?)
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
@@ -636,6 +690,7 @@ where
         let identity = &key.identity_id;
         let mut stored = key.clone();
         stored.revision += 1;
+        let audit = self.armed_audit()?;
         let reply: String = scripts::UPDATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -644,10 +699,12 @@ where
             .arg(self.keyspace.key_prefix(identity))
             .arg(encode(&stored)?)
             .arg(key.revision)
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &key.name, "key")?;
+        audit.committed();
         self.confirm_durable().await?;
         Ok(stored)
     }
@@ -655,15 +712,20 @@ where
     #[tracing::instrument(level = "debug", name = "redis.delete_key", skip_all)]
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
+        let audit = self.armed_audit()?;
         let existed: i64 = scripts::DELETE_KEY
             .key(self.keyspace.key_index(&identity))
             .key(self.keyspace.key_names(&identity))
             .key(self.keyspace.key(id))
             .key(self.keyspace.last_use(&identity))
             .arg(id.as_str())
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
+        if existed == 1 {
+            audit.committed();
+        }
         self.confirm_durable().await?;
         Ok(existed == 1)
     }
@@ -673,6 +735,7 @@ where
         let identity = &old.identity_id;
         let mut stored_old = old.clone();
         stored_old.revision += 1;
+        let audit = self.armed_audit()?;
         let reply: String = scripts::ROLL_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -683,10 +746,12 @@ where
             .arg(encode(&stored_old)?)
             .arg(old.revision)
             .arg(encode(replacement)?)
+            .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &replacement.name, "key")?;
+        audit.committed();
         self.confirm_durable().await
     }
 
@@ -710,14 +775,18 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.enroll_totp", skip_all)]
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
+        let audit = self.armed_audit()?;
         let reply: String = scripts::ENROLL_TOTP
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.totp(identity))
             .arg(encode(record)?)
+            .with_audit(&audit)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, "", "identity")
+        script_outcome(&reply, "", "identity")?;
+        audit.committed();
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_totp", skip_all)]
@@ -744,16 +813,21 @@ where
         confirm: bool,
         now: UnixMillis,
     ) -> StoreResult<StepOutcome> {
+        let audit = self.armed_audit()?;
         let reply: String = scripts::ACCEPT_TOTP_STEP
             .key(self.keyspace.totp(identity))
             .arg(step)
             .arg(if confirm { "1" } else { "0" })
             .arg(now.0)
+            .with_audit(&audit)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         match reply.as_str() {
-            "OK" => Ok(StepOutcome::Accepted),
+            "OK" => {
+                audit.committed();
+                Ok(StepOutcome::Accepted)
+            }
             "REPLAYED" => Ok(StepOutcome::Replayed),
             "NOTENROLLED" => Ok(StepOutcome::NotEnrolled),
             other => other
@@ -792,18 +866,17 @@ where
             .zadd(self.keyspace.datasets(), &dataset.name, 0)
             .await
             .map_err(unavailable)?;
-        let created: bool = redis::cmd("SET")
-            .arg(self.keyspace.dataset(&dataset.name))
+        let audit = self.armed_audit()?;
+        let reply: String = scripts::CREATE_DATASET
+            .key(self.keyspace.dataset(&dataset.name))
             .arg(encode(dataset)?)
-            .arg("NX")
-            .query_async(&mut self.connection())
+            .with_audit(&audit)
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        if created {
-            Ok(())
-        } else {
-            Err(StoreError::NameTaken(dataset.name.clone()))
-        }
+        script_outcome(&reply, &dataset.name, "dataset")?;
+        audit.committed();
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_dataset", skip_all)]
@@ -857,13 +930,79 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.delete_dataset", skip_all)]
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
-        let deleted: i64 = self
-            .connection()
-            .del(self.keyspace.dataset(name))
+        let audit = self.armed_audit()?;
+        let deleted: i64 = scripts::DELETE_DATASET
+            .key(self.keyspace.dataset(name))
+            .with_audit(&audit)
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
+        if deleted == 1 {
+            audit.committed();
+        }
         let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
         Ok(deleted == 1)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.append_audit", skip_all)]
+    async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.keyspace.audit())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.audit_max_events)
+            .arg("*")
+            .arg("event")
+            .arg(encode(event)?)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        crate::metrics::metrics().audit_events.inc();
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.list_audit", skip_all)]
+    async fn list_audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        // Entries strictly older than `before` (exclusive ranges: Redis 6.2+).
+        let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keyspace.audit())
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        entries
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let raw: String = entry
+                    .get("event")
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit entry {} has no event", entry.id)))?;
+                let mut event: AuditEvent = decode(&raw)?;
+                event.id = entry.id;
+                Ok(event)
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
+    async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()> {
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(self.keyspace.audit())
+            .arg("MINID")
+            .arg("~")
+            .arg(cutoff.0)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {

@@ -39,13 +39,35 @@ local function expire_identity_indexes(index_key, names_key, identity_expire, to
 end
 "#;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+/// The audit tail of a change script. Callers pass the audit stream as the
+/// last KEYS entry and the event (empty: none) and the stream's length bound
+/// as the last two ARGV entries; they are taken off before the body runs, so
+/// the body sees exactly its own arguments. A change that succeeded ('OK', or
+/// 1 for deletions) appends the event in the same script: the record and its
+/// audit event are written together or not at all.
+const AUDIT: &str = r#"
+local audit_stream = table.remove(KEYS)
+local audit_max = table.remove(ARGV)
+local audit_event = table.remove(ARGV)
+local function change()
+%BODY%
+end
+local result = change()
+if audit_event ~= '' and (result == 'OK' or result == 1) then
+  redis.call('XADD', audit_stream, 'MAXLEN', '~', audit_max, '*', 'event', audit_event)
+end
+return result
+"#;
+
+/// A change script with the audit tail (see [`AUDIT`]).
+fn audited(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{}", AUDIT.replace("%BODY%", body)))
 }
 
 /// KEYS: identity, key index, key names. ARGV: key prefix, identity JSON, key JSON...
+/// (then the audit arguments, as for every `audited` script)
 pub static CREATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'EXISTS' end
 local identity = cjson.decode(ARGV[2])
@@ -68,7 +90,7 @@ return 'OK'
 /// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix,
 /// new JSON, expected revision.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'NOTFOUND' end
@@ -94,7 +116,7 @@ return 'OK'
 /// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix.
 /// Returns 1 if it existed.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -108,7 +130,7 @@ return existed
 
 /// KEYS: identity, key index, key names, key record. ARGV: key prefix, key JSON.
 pub static CREATE_KEY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'NOTFOUND' end
@@ -129,7 +151,7 @@ return 'OK'
 /// KEYS: identity, key index, key names, key record. ARGV: key prefix, new JSON,
 /// expected revision.
 pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw_identity = redis.call('GET', KEYS[1])
 local raw = redis.call('GET', KEYS[4])
@@ -158,7 +180,7 @@ return 'OK'
 /// KEYS: key index, key names, key record, last use. ARGV: key id. Returns 1
 /// if it existed.
 pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw = redis.call('GET', KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -175,7 +197,7 @@ return 1
 /// KEYS: identity, key index, key names, old record, new record. ARGV: key
 /// prefix, old key's new JSON, its expected revision, new key JSON.
 pub static ROLL_KEY: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw_identity = redis.call('GET', KEYS[1])
 local raw = redis.call('GET', KEYS[4])
@@ -235,7 +257,7 @@ return 0
 
 /// KEYS: identity, totp. ARGV: record JSON. Refuses to replace a confirmed one.
 pub static ENROLL_TOTP: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    audited(
         r#"
 local raw_identity = redis.call('GET', KEYS[1])
 if not raw_identity then return 'NOTFOUND' end
@@ -251,7 +273,7 @@ return 'OK'
 /// KEYS: totp. ARGV: step, confirm ('1' or '0'), now (ms). Replies OK,
 /// REPLAYED, NOTENROLLED or LOCKED:<until ms>.
 pub static ACCEPT_TOTP_STEP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    audited(
         r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'NOTENROLLED' end
@@ -303,6 +325,25 @@ if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]
 local deadline = redis.call('PEXPIRETIME', KEYS[1])
 if deadline > 0 then redis.call('PEXPIREAT', KEYS[2], deadline) end
 return 1
+"#,
+    )
+});
+
+/// KEYS: dataset record. ARGV: dataset JSON. Creates it unless it exists.
+pub static CREATE_DATASET: LazyLock<Script> = LazyLock::new(|| {
+    audited(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 'OK' end
+return 'NAMETAKEN'
+"#,
+    )
+});
+
+/// KEYS: dataset record. Returns 1 if it existed.
+pub static DELETE_DATASET: LazyLock<Script> = LazyLock::new(|| {
+    audited(
+        r#"
+return redis.call('DEL', KEYS[1])
 "#,
     )
 });
