@@ -2,6 +2,7 @@
 //! redis-servers the tests start themselves.
 
 mod api;
+mod audit;
 mod cli;
 mod datasets;
 mod durability;

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Code;
 
 /// An admin with a confirmed authenticator.
-struct Admin {
-    token: String,
-    seed: Vec<u8>,
+pub(crate) struct Admin {
+    pub(crate) token: String,
+    pub(crate) seed: Vec<u8>,
 }
 
-fn current_step() -> u64 {
+pub(crate) fn current_step() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -22,7 +22,7 @@ fn current_step() -> u64 {
         / 30
 }
 
-fn code_at(seed: &[u8], step: u64) -> String {
+pub(crate) fn code_at(seed: &[u8], step: u64) -> String {
     totp_rs::TOTP::new(
         totp_rs::Algorithm::SHA1,
         6,
@@ -39,7 +39,7 @@ fn code_at(seed: &[u8], step: u64) -> String {
 impl Admin {
     /// The code an authenticator shows one step from now: a fresh step that
     /// the confirmation (which used the current one) did not consume.
-    fn next_code(&self) -> String {
+    pub(crate) fn next_code(&self) -> String {
         code_at(&self.seed, current_step() + 1)
     }
 }
@@ -62,7 +62,7 @@ async fn new_admin(server: &TestServer, name: &str) -> String {
         .token
 }
 
-async fn enrolled_admin(server: &TestServer, name: &str) -> Admin {
+pub(crate) async fn enrolled_admin(server: &TestServer, name: &str) -> Admin {
     let token = new_admin(server, name).await;
     let mut admin = server.admin().await;
     let enrollment = admin

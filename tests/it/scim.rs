@@ -223,6 +223,26 @@ async fn a_user_is_a_person_identity_whose_keys_follow_active(server: TestServer
         .await
         .unwrap_err();
     assert_eq!(key_gone.code(), Code::NotFound);
+
+    // Each provisioning call left one audit event about the person.
+    let events = server.store.list_audit(None, 100).await.unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .filter(|event| event.target_ids.contains(&id))
+        .map(|event| event.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "scim.DeleteUser",
+            "scim.ReplaceUser",
+            "scim.PatchUser",
+            "scim.PatchUser",
+            "CreateKey",
+            "scim.CreateUser"
+        ]
+    );
+    assert!(events.iter().all(|event| event.outcome == "OK"));
     server.stop().await;
 }
 on_both_stores!(

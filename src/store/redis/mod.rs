@@ -613,7 +613,9 @@ where
             .invoke_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
-        script_outcome(&reply, &key.name, "identity")
+        script_outcome(&reply, &key.name, "identity")?;
+        audit.committed();
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_key", skip_all)]
@@ -994,10 +996,10 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
     async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()> {
+        // Exact trimming: it runs once per flush interval, not per event.
         let _: i64 = redis::cmd("XTRIM")
             .arg(self.keyspace.audit())
             .arg("MINID")
-            .arg("~")
             .arg(cutoff.0)
             .query_async(&mut self.connection())
             .await
