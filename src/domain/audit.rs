@@ -69,6 +69,9 @@ impl AuditFilter {
                 .actor_identity_id
                 .as_ref()
                 .is_none_or(|actor| event.actor_identity_id.as_ref() == Some(actor))
-            && self.action.as_ref().is_none_or(|action| &event.action == action)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| &event.action == action)
     }
 }

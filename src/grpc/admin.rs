@@ -212,7 +212,9 @@ impl AdminService for AdminApi {
         self.mutate(request, "UpdateKey", |_, message| async move {
             let (id, changes) = convert::key_changes_in(message)?;
             audit::target(id.as_str());
-            Ok(convert::key_out(self.authority.update_key(&id, changes).await?))
+            Ok(convert::key_out(
+                self.authority.update_key(&id, changes).await?,
+            ))
         })
         .await
     }
@@ -369,7 +371,11 @@ impl AdminService for AdminApi {
         let filter = convert::audit_filter_in(&request)?;
         let page = self.authority.list_audit_events(&filter, &page).await?;
         Ok(Response::new(proto::ListAuditEventsResponse {
-            events: page.items.into_iter().map(convert::audit_event_out).collect(),
+            events: page
+                .items
+                .into_iter()
+                .map(convert::audit_event_out)
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }

@@ -94,10 +94,7 @@ impl Authority {
         let mut items = Vec::with_capacity(limit.min(MAX_PAGE_SIZE));
         let mut scanned = 0;
         loop {
-            let batch = self
-                .store
-                .list_audit(before.as_deref(), SCAN_BATCH)
-                .await?;
+            let batch = self.store.list_audit(before.as_deref(), SCAN_BATCH).await?;
             let exhausted = batch.len() < SCAN_BATCH;
             for event in batch {
                 scanned += 1;

@@ -1,12 +1,12 @@
 //! Operations on datasets, including the wizard that creates a dataset
 //! together with a service identity that may access it.
 
-use crate::store::journal;
 use super::identities::NewIdentity;
 use super::{Authority, MintedKey, Page, PageRequest, with_retries};
 use crate::domain::identity::IdentityFilter;
 use crate::domain::names::parse_name;
 use crate::domain::{Dataset, Error, Identity, UnixMillis};
+use crate::store::journal;
 
 /// A dataset to create, already validated at the edge.
 #[derive(Debug, Clone)]

@@ -235,12 +235,8 @@ impl Authority {
         description: &str,
     ) -> Result<(Identity, MintedKey), Error> {
         // No caller: the operator of the host ran it. Audited as BootstrapAdmin.
-        let event = super::audit::event(
-            "BootstrapAdmin",
-            None,
-            None,
-            super::audit::request_id(None),
-        );
+        let event =
+            super::audit::event("BootstrapAdmin", None, None, super::audit::request_id(None));
         let create = self.create_identity(NewIdentity {
             name: name.to_owned(),
             description: description.to_owned(),

@@ -1,11 +1,11 @@
 //! Operations on API keys.
 
-use crate::store::journal;
 use super::{Authority, Caller, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::{
     ApiKey, Error, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
 };
 use crate::store::StoreError;
+use crate::store::journal;
 use ipnet::IpNet;
 use std::time::Duration;
 

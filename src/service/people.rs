@@ -3,9 +3,9 @@
 //! rule 7). Operators may still rename them, describe them, grant datasets and
 //! manage their keys through the Admin API.
 
-use crate::store::journal;
 use super::{Authority, MAX_PAGE_SIZE, PageRequest, with_retries};
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::store::journal;
 
 /// Longest external id accepted from the identity provider.
 pub const MAX_EXTERNAL_ID_CHARS: usize = 256;

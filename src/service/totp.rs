@@ -2,10 +2,10 @@
 //! guards sensitive calls such as RollKey. Codes are accepted at most once per
 //! admin, atomically in the store, so two replicas cannot both accept one.
 
-use crate::store::journal;
 use super::{Authority, Caller};
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{Error, IdentityId, SecretString, UnixMillis};
+use crate::store::journal;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use subtle::ConstantTimeEq;

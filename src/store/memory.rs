@@ -237,27 +237,27 @@ impl Store for MemoryStore {
     async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()> {
         self.audited(
             |state| {
-            if state.identity_named(&identity.name).is_some() {
-                return Err(StoreError::NameTaken(identity.name.clone()));
-            }
-            if state.identity(&identity.id).is_some() {
-                return Err(StoreError::Conflict);
-            }
-            state
-                .names
-                .insert(identity.name.clone(), identity.id.clone());
-            state.identities.insert(
-                identity.id.clone(),
-                Expiring {
-                    value: identity.clone(),
-                    deadline: identity.expire_time,
-                },
-            );
-            for key in keys {
-                state.put_key(key.clone(), identity.expire_time);
-            }
-            Ok(())
-        },
+                if state.identity_named(&identity.name).is_some() {
+                    return Err(StoreError::NameTaken(identity.name.clone()));
+                }
+                if state.identity(&identity.id).is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                state
+                    .names
+                    .insert(identity.name.clone(), identity.id.clone());
+                state.identities.insert(
+                    identity.id.clone(),
+                    Expiring {
+                        value: identity.clone(),
+                        deadline: identity.expire_time,
+                    },
+                );
+                for key in keys {
+                    state.put_key(key.clone(), identity.expire_time);
+                }
+                Ok(())
+            },
             |_| true,
         )
     }
@@ -289,64 +289,61 @@ impl Store for MemoryStore {
     async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         self.audited(
             |state| {
-            let current = state
-                .identity(&identity.id)
-                .ok_or(StoreError::NotFound("identity"))?;
-            if current.revision != identity.revision {
-                return Err(StoreError::Conflict);
-            }
-            let old_name = current.name.clone();
-            if old_name != identity.name {
-                if state.identity_named(&identity.name).is_some() {
-                    return Err(StoreError::NameTaken(identity.name.clone()));
+                let current = state
+                    .identity(&identity.id)
+                    .ok_or(StoreError::NotFound("identity"))?;
+                if current.revision != identity.revision {
+                    return Err(StoreError::Conflict);
                 }
-                state.names.remove(&old_name);
-                state
-                    .names
-                    .insert(identity.name.clone(), identity.id.clone());
-            }
-            let mut stored = identity.clone();
-            stored.revision += 1;
-            state.identities.insert(
-                stored.id.clone(),
-                Expiring {
-                    value: stored.clone(),
-                    deadline: stored.expire_time,
-                },
-            );
-            let keys: Vec<ApiKey> = state.keys_of(&stored.id).cloned().collect();
-            for key in keys {
-                state.put_key(key, stored.expire_time);
-            }
-            Ok(stored)
-        },
+                let old_name = current.name.clone();
+                if old_name != identity.name {
+                    if state.identity_named(&identity.name).is_some() {
+                        return Err(StoreError::NameTaken(identity.name.clone()));
+                    }
+                    state.names.remove(&old_name);
+                    state
+                        .names
+                        .insert(identity.name.clone(), identity.id.clone());
+                }
+                let mut stored = identity.clone();
+                stored.revision += 1;
+                state.identities.insert(
+                    stored.id.clone(),
+                    Expiring {
+                        value: stored.clone(),
+                        deadline: stored.expire_time,
+                    },
+                );
+                let keys: Vec<ApiKey> = state.keys_of(&stored.id).cloned().collect();
+                for key in keys {
+                    state.put_key(key, stored.expire_time);
+                }
+                Ok(stored)
+            },
             |_| true,
         )
     }
 
     async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
-        self.audited(
-            |state| Ok(state.remove_identity(id)),
-            |deleted| *deleted,
-        )
+        self.audited(|state| Ok(state.remove_identity(id)), |deleted| *deleted)
     }
 
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         self.audited(
             |state| {
-            let identity_expire = state
-                .identity(&key.identity_id)
-                .ok_or(StoreError::NotFound("identity"))?
-                .expire_time;
-            if state.key(&key.id).is_some() {
-                return Err(StoreError::Conflict);
-            }
-            if state.key_name_taken(key) {
-                return Err(StoreError::NameTaken(key.name.clone()));
-            }
-            state.put_key(key.clone(), identity_expire);
-            Ok(())
-        },
+                let identity_expire = state
+                    .identity(&key.identity_id)
+                    .ok_or(StoreError::NotFound("identity"))?
+                    .expire_time;
+                if state.key(&key.id).is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                if state.key_name_taken(key) {
+                    return Err(StoreError::NameTaken(key.name.clone()));
+                }
+                state.put_key(key.clone(), identity_expire);
+                Ok(())
+            },
             |_| true,
         )
     }
@@ -374,27 +371,27 @@ impl Store for MemoryStore {
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
         self.audited(
             |state| {
-            let identity_expire = state
-                .identity(&key.identity_id)
-                .ok_or(StoreError::NotFound("key"))?
-                .expire_time;
-            let current = state.key(&key.id).ok_or(StoreError::NotFound("key"))?;
-            // Only a roll may set these; an edit that differs would move a
-            // grace deadline.
-            if current.revision != key.revision
-                || current.grace_expire_time != key.grace_expire_time
-                || current.rolled_to != key.rolled_to
-            {
-                return Err(StoreError::Conflict);
-            }
-            if state.key_name_taken(key) {
-                return Err(StoreError::NameTaken(key.name.clone()));
-            }
-            let mut stored = key.clone();
-            stored.revision += 1;
-            state.put_key(stored.clone(), identity_expire);
-            Ok(stored)
-        },
+                let identity_expire = state
+                    .identity(&key.identity_id)
+                    .ok_or(StoreError::NotFound("key"))?
+                    .expire_time;
+                let current = state.key(&key.id).ok_or(StoreError::NotFound("key"))?;
+                // Only a roll may set these; an edit that differs would move a
+                // grace deadline.
+                if current.revision != key.revision
+                    || current.grace_expire_time != key.grace_expire_time
+                    || current.rolled_to != key.rolled_to
+                {
+                    return Err(StoreError::Conflict);
+                }
+                if state.key_name_taken(key) {
+                    return Err(StoreError::NameTaken(key.name.clone()));
+                }
+                let mut stored = key.clone();
+                stored.revision += 1;
+                state.put_key(stored.clone(), identity_expire);
+                Ok(stored)
+            },
             |_| true,
         )
     }
@@ -409,27 +406,27 @@ impl Store for MemoryStore {
     async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
         self.audited(
             |state| {
-            let identity_expire = state
-                .identity(&old.identity_id)
-                .ok_or(StoreError::NotFound("identity"))?
-                .expire_time;
-            let current = state.key(&old.id).ok_or(StoreError::NotFound("key"))?;
-            if current.revision != old.revision || current.rolled_to.is_some() {
-                return Err(StoreError::Conflict);
-            }
-            if state.key(&replacement.id).is_some() {
-                return Err(StoreError::Conflict);
-            }
-            if old.grace_expire_time.is_some() {
-                let mut stored = old.clone();
-                stored.revision += 1;
-                state.put_key(stored, identity_expire);
-            } else {
-                state.keys.remove(&old.id);
-            }
-            state.put_key(replacement.clone(), identity_expire);
-            Ok(())
-        },
+                let identity_expire = state
+                    .identity(&old.identity_id)
+                    .ok_or(StoreError::NotFound("identity"))?
+                    .expire_time;
+                let current = state.key(&old.id).ok_or(StoreError::NotFound("key"))?;
+                if current.revision != old.revision || current.rolled_to.is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                if state.key(&replacement.id).is_some() {
+                    return Err(StoreError::Conflict);
+                }
+                if old.grace_expire_time.is_some() {
+                    let mut stored = old.clone();
+                    stored.revision += 1;
+                    state.put_key(stored, identity_expire);
+                } else {
+                    state.keys.remove(&old.id);
+                }
+                state.put_key(replacement.clone(), identity_expire);
+                Ok(())
+            },
             |_| true,
         )
     }
@@ -445,19 +442,19 @@ impl Store for MemoryStore {
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
         self.audited(
             |state| {
-            state
-                .identity(identity)
-                .ok_or(StoreError::NotFound("identity"))?;
-            if state
-                .totp
-                .get(identity)
-                .is_some_and(|current| current.confirmed)
-            {
-                return Err(StoreError::Conflict);
-            }
-            state.totp.insert(identity.clone(), record.clone());
-            Ok(())
-        },
+                state
+                    .identity(identity)
+                    .ok_or(StoreError::NotFound("identity"))?;
+                if state
+                    .totp
+                    .get(identity)
+                    .is_some_and(|current| current.confirmed)
+                {
+                    return Err(StoreError::Conflict);
+                }
+                state.totp.insert(identity.clone(), record.clone());
+                Ok(())
+            },
             |_| true,
         )
     }
@@ -480,27 +477,27 @@ impl Store for MemoryStore {
     ) -> StoreResult<StepOutcome> {
         self.audited(
             |state| {
-            if state.identity(identity).is_none() {
-                return Ok(StepOutcome::NotEnrolled);
-            }
-            let Some(record) = state.totp.get_mut(identity) else {
-                return Ok(StepOutcome::NotEnrolled);
-            };
-            if !confirm && !record.confirmed {
-                return Ok(StepOutcome::NotEnrolled);
-            }
-            if let Some(until) = record.locked_until.filter(|until| *until > now) {
-                return Ok(StepOutcome::Locked(until));
-            }
-            if step <= record.last_step {
-                return Ok(StepOutcome::Replayed);
-            }
-            record.last_step = step;
-            record.failures = 0;
-            record.locked_until = None;
-            record.confirmed |= confirm;
-            Ok(StepOutcome::Accepted)
-        },
+                if state.identity(identity).is_none() {
+                    return Ok(StepOutcome::NotEnrolled);
+                }
+                let Some(record) = state.totp.get_mut(identity) else {
+                    return Ok(StepOutcome::NotEnrolled);
+                };
+                if !confirm && !record.confirmed {
+                    return Ok(StepOutcome::NotEnrolled);
+                }
+                if let Some(until) = record.locked_until.filter(|until| *until > now) {
+                    return Ok(StepOutcome::Locked(until));
+                }
+                if step <= record.last_step {
+                    return Ok(StepOutcome::Replayed);
+                }
+                record.last_step = step;
+                record.failures = 0;
+                record.locked_until = None;
+                record.confirmed |= confirm;
+                Ok(StepOutcome::Accepted)
+            },
             |outcome| *outcome == StepOutcome::Accepted,
         )
     }
@@ -529,12 +526,12 @@ impl Store for MemoryStore {
     async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
         self.audited(
             |state| {
-            if state.datasets.contains_key(&dataset.name) {
-                return Err(StoreError::NameTaken(dataset.name.clone()));
-            }
-            state.datasets.insert(dataset.name.clone(), dataset.clone());
-            Ok(())
-        },
+                if state.datasets.contains_key(&dataset.name) {
+                    return Err(StoreError::NameTaken(dataset.name.clone()));
+                }
+                state.datasets.insert(dataset.name.clone(), dataset.clone());
+                Ok(())
+            },
             |_| true,
         )
     }
@@ -571,11 +568,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list_audit(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditEvent>> {
+    async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         let before = before.map(|id| audit_position(id).unwrap_or((i64::MIN, 0)));
         self.with_state(|state| {
             Ok(state

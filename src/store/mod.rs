@@ -171,8 +171,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` audit events, newest first, strictly older than the
     /// event id `before` when given.
-    async fn list_audit(&self, before: Option<&str>, limit: usize)
-    -> StoreResult<Vec<AuditEvent>>;
+    async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>>;
 
     /// Drops audit events older than `cutoff` (retention by age; retention by
     /// count is applied on every append).

@@ -20,7 +20,10 @@ fn tagged<T>(token: &str, id: &str, message: T) -> tonic::Request<T> {
 }
 
 /// Every event, newest first, read in pages of three.
-async fn all_events(server: &TestServer, filter: proto::ListAuditEventsRequest) -> Vec<proto::AuditEvent> {
+async fn all_events(
+    server: &TestServer,
+    filter: proto::ListAuditEventsRequest,
+) -> Vec<proto::AuditEvent> {
     let mut admin = server.admin().await;
     let mut events = Vec::new();
     let mut page_token = String::new();
@@ -274,12 +277,17 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
 
     let events = all_events(&server, proto::ListAuditEventsRequest::default()).await;
     assert!(
-        events.windows(2).all(|pair| position(&pair[0].id) > position(&pair[1].id)),
+        events
+            .windows(2)
+            .all(|pair| position(&pair[0].id) > position(&pair[1].id)),
         "newest first"
     );
     let mut by_request: HashMap<&str, Vec<&proto::AuditEvent>> = HashMap::new();
     for event in &events {
-        by_request.entry(event.request_id.as_str()).or_default().push(event);
+        by_request
+            .entry(event.request_id.as_str())
+            .or_default()
+            .push(event);
     }
     let auditor_identity = events
         .iter()
@@ -295,7 +303,12 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
         wizard_identity.as_str(),
     );
     let expected: Vec<(&str, &str, &str, Vec<&str>)> = vec![
-        ("r-create", "CreateIdentity", "OK", vec![identity, first_key]),
+        (
+            "r-create",
+            "CreateIdentity",
+            "OK",
+            vec![identity, first_key],
+        ),
         ("r-update", "UpdateIdentity", "OK", vec![identity]),
         ("r-disable", "DisableIdentity", "OK", vec![identity]),
         ("r-enable", "EnableIdentity", "OK", vec![identity]),
@@ -306,7 +319,12 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
         ("r-roll", "RollKey", "OK", vec![second_key, rolled]),
         ("r-revoke", "RevokeKey", "OK", vec![first_key]),
         ("r-dataset", "CreateDataset", "OK", vec!["ledger"]),
-        ("r-wizard", "CreateDataset", "OK", vec!["invoices", wizard_identity]),
+        (
+            "r-wizard",
+            "CreateDataset",
+            "OK",
+            vec!["invoices", wizard_identity],
+        ),
         ("r-dataset-delete", "DeleteDataset", "OK", vec!["invoices"]),
         ("r-delete", "DeleteIdentity", "OK", vec![identity]),
         ("r-missing", "DeleteIdentity", "NOT_FOUND", vec![identity]),
@@ -314,14 +332,25 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
         ("r-wrong-code", "RollKey", "PERMISSION_DENIED", vec![rolled]),
     ];
     for (request_id, action, outcome, targets) in &expected {
-        let found = by_request.get(request_id).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(found.len(), 1, "{request_id}: exactly one event, got {found:?}");
+        let found = by_request
+            .get(request_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert_eq!(
+            found.len(),
+            1,
+            "{request_id}: exactly one event, got {found:?}"
+        );
         let event = found[0];
         assert_eq!(&event.action, action, "{request_id}");
         assert_eq!(&event.outcome, outcome, "{request_id}");
         assert_eq!(event.actor_identity_id, auditor_identity, "{request_id}");
         assert!(!event.actor_key_id.is_empty(), "{request_id}");
-        assert!(event.caller_address.starts_with("127.0.0.1:"), "{request_id}: {}", event.caller_address);
+        assert!(
+            event.caller_address.starts_with("127.0.0.1:"),
+            "{request_id}: {}",
+            event.caller_address
+        );
         assert!(event.time.is_some());
         for target in targets {
             assert!(
@@ -338,7 +367,11 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
         .map(|e| e.outcome.as_str())
         .collect();
     assert_eq!(confirmations, ["OK", "PERMISSION_DENIED"]);
-    assert!(events.iter().any(|e| e.action == "EnrollTotp" && e.outcome == "OK"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "EnrollTotp" && e.outcome == "OK")
+    );
     // The first admin was created without a caller.
     let bootstrap = events
         .iter()
@@ -394,13 +427,23 @@ async fn every_mutation_leaves_exactly_one_event(server: TestServer) {
         .unwrap_err();
     assert_eq!(bad_token.code(), Code::InvalidArgument);
     let not_admin = admin
-        .list_audit_events(authed(&created.token, proto::ListAuditEventsRequest::default()))
+        .list_audit_events(authed(
+            &created.token,
+            proto::ListAuditEventsRequest::default(),
+        ))
         .await
         .unwrap_err();
-    assert_eq!(not_admin.code(), Code::Unauthenticated, "the identity is gone");
+    assert_eq!(
+        not_admin.code(),
+        Code::Unauthenticated,
+        "the identity is gone"
+    );
     server.stop().await;
 }
-on_both_stores!(every_mutation_is_audited, every_mutation_leaves_exactly_one_event);
+on_both_stores!(
+    every_mutation_is_audited,
+    every_mutation_leaves_exactly_one_event
+);
 
 async fn the_log_is_bounded_by_age(server: TestServer) {
     server.create_service("old_news").await;
@@ -413,7 +456,10 @@ async fn the_log_is_bounded_by_age(server: TestServer) {
         .await
         .unwrap();
     let after = server.store.list_audit(None, 100).await.unwrap();
-    assert!(after.is_empty(), "everything was older than 10 ms: {after:?}");
+    assert!(
+        after.is_empty(),
+        "everything was older than 10 ms: {after:?}"
+    );
     server.create_service("fresh_news").await;
     let latest = server.store.list_audit(None, 1).await.unwrap();
     assert_eq!(latest[0].action, "CreateIdentity");

@@ -5,6 +5,7 @@ mod api;
 mod audit;
 mod cli;
 mod datasets;
+mod deploy;
 mod durability;
 mod hostile;
 mod hot_path;

@@ -234,8 +234,8 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_millis(500),
                 durability: keyrack::store::redis::Durability::None,
-        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
-    };
+                audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+            };
             Arc::new(
                 RedisStore::connect(&options, Duration::from_secs(5))
                     .await

@@ -964,11 +964,7 @@ where
     }
 
     #[tracing::instrument(level = "debug", name = "redis.list_audit", skip_all)]
-    async fn list_audit(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditEvent>> {
+    async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         // Entries strictly older than `before` (exclusive ranges: Redis 6.2+).
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
         let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
@@ -984,9 +980,9 @@ where
             .ids
             .into_iter()
             .map(|entry| {
-                let raw: String = entry
-                    .get("event")
-                    .ok_or_else(|| StoreError::Corrupt(format!("audit entry {} has no event", entry.id)))?;
+                let raw: String = entry.get("event").ok_or_else(|| {
+                    StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
+                })?;
                 let mut event: AuditEvent = decode(&raw)?;
                 event.id = entry.id;
                 Ok(event)
