@@ -431,6 +431,48 @@ pub fn duration_in(
     Ok(value)
 }
 
+/// Longest filter value ListAuditEvents accepts.
+const MAX_AUDIT_FILTER_CHARS: usize = 256;
+
+/// ListAuditEvents' filters; empty means "any".
+pub fn audit_filter_in(
+    request: &proto::ListAuditEventsRequest,
+) -> Result<crate::domain::AuditFilter, Error> {
+    let mut violations = Violations::new();
+    let mut field = |name: &str, value: &str| -> Option<String> {
+        if value.chars().count() > MAX_AUDIT_FILTER_CHARS || value.chars().any(char::is_control) {
+            violations.add(
+                name,
+                format!("must be at most {MAX_AUDIT_FILTER_CHARS} printable characters"),
+            );
+            return None;
+        }
+        (!value.is_empty()).then(|| value.to_owned())
+    };
+    let filter = crate::domain::AuditFilter {
+        target_id: field("target_id", &request.target_id),
+        actor_identity_id: field("actor_identity_id", &request.actor_identity_id),
+        action: field("action", &request.action),
+    };
+    violations.finish()?;
+    Ok(filter)
+}
+
+/// An audit event as the API shows it.
+pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
+    proto::AuditEvent {
+        id: event.id,
+        time: Some(timestamp_out(event.time)),
+        actor_identity_id: event.actor_identity_id.unwrap_or_default(),
+        actor_key_id: event.actor_key_id.unwrap_or_default(),
+        action: event.action,
+        target_ids: event.target_ids,
+        outcome: event.outcome,
+        caller_address: event.caller_address.unwrap_or_default(),
+        request_id: event.request_id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,47 +562,5 @@ mod tests {
         assert!(
             matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
         );
-    }
-}
-
-/// Longest filter value ListAuditEvents accepts.
-const MAX_AUDIT_FILTER_CHARS: usize = 256;
-
-/// ListAuditEvents' filters; empty means "any".
-pub fn audit_filter_in(
-    request: &proto::ListAuditEventsRequest,
-) -> Result<crate::domain::AuditFilter, Error> {
-    let mut violations = Violations::new();
-    let mut field = |name: &str, value: &str| -> Option<String> {
-        if value.chars().count() > MAX_AUDIT_FILTER_CHARS || value.chars().any(char::is_control) {
-            violations.add(
-                name,
-                format!("must be at most {MAX_AUDIT_FILTER_CHARS} printable characters"),
-            );
-            return None;
-        }
-        (!value.is_empty()).then(|| value.to_owned())
-    };
-    let filter = crate::domain::AuditFilter {
-        target_id: field("target_id", &request.target_id),
-        actor_identity_id: field("actor_identity_id", &request.actor_identity_id),
-        action: field("action", &request.action),
-    };
-    violations.finish()?;
-    Ok(filter)
-}
-
-/// An audit event as the API shows it.
-pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
-    proto::AuditEvent {
-        id: event.id,
-        time: Some(timestamp_out(event.time)),
-        actor_identity_id: event.actor_identity_id.unwrap_or_default(),
-        actor_key_id: event.actor_key_id.unwrap_or_default(),
-        action: event.action,
-        target_ids: event.target_ids,
-        outcome: event.outcome,
-        caller_address: event.caller_address.unwrap_or_default(),
-        request_id: event.request_id,
     }
 }
