@@ -69,17 +69,22 @@ async fn open_authority(
             let store = RedisStore::connect(&options, args.redis_connect_wait)
                 .await
                 .map_err(|e| ConfigError(format!("cannot reach Redis: {e}")))?;
-            match store.maxmemory_policy().await.as_deref() {
-                Some("noeviction") => {}
-                Some(policy) => tracing::warn!(
-                    policy,
-                    "Redis maxmemory-policy is not noeviction: under memory pressure Redis may evict keyrack's records, \
-                     including rolled keys in grace; set `maxmemory-policy noeviction`"
-                ),
-                None => tracing::warn!(
-                    "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
-                ),
-            }
+            warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
+            (Arc::new(store), false)
+        }
+        StoreChoice::Cluster(nodes) => {
+            let options = RedisOptions {
+                url: String::new(),
+                key_prefix: args.redis_prefix.clone(),
+                connect_timeout: args.redis_timeout,
+                response_timeout: args.redis_timeout,
+                durability,
+                audit_max_events: args.audit_max_events,
+            };
+            let store = RedisStore::connect_cluster(&nodes, &options, args.redis_connect_wait)
+                .await
+                .map_err(|e| ConfigError(format!("cannot reach Redis Cluster: {e}")))?;
+            warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
     };
@@ -87,6 +92,21 @@ async fn open_authority(
         Arc::new(Authority::new(store, config.hasher, config.sealer, options)),
         dev_mode,
     ))
+}
+
+/// Warns when Redis may evict keyrack's records.
+fn warn_unless_noeviction(policy: Option<&str>) {
+    match policy {
+        Some("noeviction") => {}
+        Some(policy) => tracing::warn!(
+            policy,
+            "Redis maxmemory-policy is not noeviction: under memory pressure Redis may evict keyrack's records, \
+             including rolled keys in grace; set `maxmemory-policy noeviction`"
+        ),
+        None => tracing::warn!(
+            "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
+        ),
+    }
 }
 
 async fn serve(args: ServeArgs) -> Result<(), RunError> {
@@ -224,7 +244,7 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
-    if args.store.redis_url.is_none() {
+    if args.store.redis_url.is_none() && args.store.redis_cluster_nodes.is_empty() {
         return Err(ConfigError(
             "bootstrap-admin needs --redis-url: the embedded store lives only inside `keyrack serve`, which prints its own dev admin token".into(),
         )

@@ -88,6 +88,15 @@ pub struct StoreArgs {
     /// dev mode on an embedded in-memory store whose state is lost on exit.
     #[arg(long, env = "KEYRACK_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated
+    /// (`redis://h1:p1,redis://h2:p2,...`), instead of --redis-url.
+    #[arg(
+        long,
+        env = "KEYRACK_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
     /// Prefix of every Redis key keyrack writes.
     #[arg(long, env = "KEYRACK_REDIS_PREFIX", default_value = "keyrack:")]
     pub redis_prefix: String,
@@ -237,6 +246,8 @@ pub enum StoreChoice {
     Memory,
     /// A standalone Redis at this URL.
     Redis(String),
+    /// A Redis Cluster reached through these seed nodes.
+    Cluster(Vec<String>),
 }
 
 /// Store and secret settings, checked.
@@ -278,7 +289,32 @@ impl StoreArgs {
                 "--redis-prefix must not contain { or } (hash tags are keyrack's)".into(),
             ));
         }
-        let Some(url) = &self.redis_url else {
+        let choice = match (&self.redis_url, self.redis_cluster_nodes.as_slice()) {
+            (Some(url), _) => {
+                // The URL may hold a password: the message does not repeat it.
+                redis::parse_redis_url(url).ok_or_else(|| {
+                    ConfigError(
+                        "--redis-url is not a redis://, rediss:// or redis+unix:// URL".into(),
+                    )
+                })?;
+                Some(StoreChoice::Redis(url.clone()))
+            }
+            (None, []) => None,
+            (None, nodes) => {
+                for (index, node) in nodes.iter().enumerate() {
+                    redis::parse_redis_url(node.trim()).ok_or_else(|| {
+                        ConfigError(format!(
+                            "--redis-cluster-nodes entry {} is not a redis:// or rediss:// URL",
+                            index + 1
+                        ))
+                    })?;
+                }
+                Some(StoreChoice::Cluster(
+                    nodes.iter().map(|node| node.trim().to_owned()).collect(),
+                ))
+            }
+        };
+        let Some(choice) = choice else {
             if self.server_secret_file.is_some() {
                 tracing::warn!(
                     "--server-secret-file is ignored in dev mode: a random secret is used"
@@ -297,7 +333,7 @@ impl StoreArgs {
         };
         let path = self.server_secret_file.as_deref().ok_or_else(|| {
             ConfigError(
-                "--server-secret-file (KEYRACK_SERVER_SECRET_FILE) is required with --redis-url: \
+                "--server-secret-file (KEYRACK_SERVER_SECRET_FILE) is required with Redis: \
                  a file of at least 32 bytes, e.g. from `openssl rand -base64 32`"
                     .into(),
             )
@@ -318,12 +354,8 @@ impl StoreArgs {
         let sealer = SeedSealer::new(&current, &previous);
         let hasher = SecretHasher::new(current, previous, HashPolicy::default())
             .map_err(|e| ConfigError(format!("--server-secret-file: {e}")))?;
-        // The URL may hold a password: the message does not repeat it.
-        redis::parse_redis_url(url).ok_or_else(|| {
-            ConfigError("--redis-url is not a redis://, rediss:// or redis+unix:// URL".into())
-        })?;
         Ok(StoreConfig {
-            store: StoreChoice::Redis(url.clone()),
+            store: choice,
             hasher,
             sealer,
             token_prefix,
@@ -408,6 +440,14 @@ impl StoreArgs {
     pub fn durability(&self) -> Result<Durability, ConfigError> {
         if self.durability == DurabilityMode::None {
             return Ok(Durability::None);
+        }
+        if !self.redis_cluster_nodes.is_empty() {
+            // WAIT must run on the primary that took the write; with Cluster
+            // that is a different node per identity, which redis-rs does not
+            // expose for an unkeyed command.
+            return Err(ConfigError(
+                "--durability is not supported with --redis-cluster-nodes; use a standalone or Sentinel-managed Redis, or AOF on every shard".into(),
+            ));
         }
         if self.redis_url.is_none() {
             return Err(ConfigError(

@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod cli;
+mod cluster;
 mod datasets;
 mod deploy;
 mod durability;

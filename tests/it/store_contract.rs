@@ -54,6 +54,17 @@ macro_rules! contract {
                 }
             )*
         }
+        mod cluster {
+            // One cluster for the whole suite (three redis-servers take a
+            // while to form one); each case runs under its own key prefix.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_whole_contract() {
+                let cluster = crate::support::RedisCluster::start();
+                $(
+                    super::$name(&*cluster.open_store(stringify!($name)).await).await;
+                )*
+            }
+        }
     };
 }
 

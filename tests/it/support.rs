@@ -210,6 +210,8 @@ pub enum Backend {
     Memory,
     /// A redis-server of the test's own.
     Redis(RedisServer),
+    /// A three-master Redis Cluster of the test's own.
+    Cluster(RedisCluster),
 }
 
 impl Backend {
@@ -217,7 +219,7 @@ impl Backend {
     pub fn redis(&self) -> &RedisServer {
         match self {
             Backend::Redis(server) => server,
-            Backend::Memory => panic!("not a Redis backend"),
+            Backend::Memory | Backend::Cluster(_) => panic!("not a standalone Redis backend"),
         }
     }
 }
@@ -227,6 +229,7 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
     capture_logs();
     match backend {
         Backend::Memory => Arc::new(MemoryStore::new()),
+        Backend::Cluster(cluster) => cluster.open_store("keyrack").await,
         Backend::Redis(server) => {
             let options = RedisOptions {
                 url: server.url(),
@@ -510,4 +513,165 @@ macro_rules! on_both_stores {
             }
         }
     };
+}
+
+/// A three-master Redis Cluster of the test's own, on loopback TCP ports, with
+/// `cluster-require-full-coverage no` so live shards keep answering when one
+/// master dies.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three masters, joins them with `redis-cli --cluster create`,
+    /// and waits until every slot is served.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new(require_program("redis-server"))
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-require-full-coverage", "no"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push((port, child));
+        }
+        let cluster = Self { nodes, _dir: dir };
+        for (port, _) in &cluster.nodes {
+            cluster.wait_for(*port, |connection| {
+                redis::cmd("PING").query::<String>(connection).is_ok()
+            });
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new(require_program("redis-cli"))
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for (port, _) in &cluster.nodes {
+            cluster.wait_for(*port, |connection| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(connection)
+                    .is_ok_and(|info| {
+                        info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                    })
+            });
+        }
+        cluster
+    }
+
+    fn wait_for(&self, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let done = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|client| client.get_connection())
+                .is_ok_and(|mut connection| ready(&mut connection));
+            if done {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster node on {port} did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The seed node URLs keyrack is given.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Which node (by index) serves `key`'s slot.
+    pub fn node_of(&self, key: &str) -> usize {
+        let mut connection = redis::Client::open(self.urls()[0].as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut connection)
+            .unwrap();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in &fields[8..] {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(low), Ok(high)) = (low.parse::<i64>(), high.parse::<i64>())
+                    && (low..=high).contains(&slot)
+                {
+                    return self.nodes.iter().position(|(p, _)| *p == port).unwrap();
+                }
+            }
+        }
+        panic!("no node serves slot {slot}");
+    }
+
+    /// Kills one master, as a crash would.
+    pub fn kill_node(&mut self, index: usize) {
+        let (_, child) = &mut self.nodes[index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A store on this cluster under its own key prefix, so tests sharing
+    /// the cluster never see each other's records.
+    pub async fn open_store(&self, prefix: &str) -> Arc<dyn Store> {
+        capture_logs();
+        let options = RedisOptions {
+            url: String::new(),
+            key_prefix: format!("{prefix}:"),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            durability: keyrack::store::redis::Durability::None,
+            audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+        };
+        Arc::new(
+            RedisStore::connect_cluster(&self.urls(), &options, Duration::from_secs(5))
+                .await
+                .expect("connect to the test cluster"),
+        )
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill_node(index);
+        }
+    }
 }

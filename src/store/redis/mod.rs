@@ -42,23 +42,21 @@ pub struct RedisStore<C = ConnectionManager> {
     keyspace: Keyspace,
     durability: Durability,
     audit_max_events: usize,
+    /// Whether `connection` is a Redis Cluster connection.
+    cluster: bool,
 }
 
 /// The audit arguments every audited script takes last: the stream, the
-/// armed event (empty when none) and the stream's length bound.
+/// armed event (empty when none) and the stream's length bound. Under Redis
+/// Cluster the stream lives in another slot than the change, so the script
+/// gets a key of its own slot that it never writes, and the event waits in
+/// `deferred` until the change has committed.
 struct AuditArgs {
     stream: String,
     event: String,
     max_events: usize,
-}
-
-impl AuditArgs {
-    /// The change succeeded: its script appended the event.
-    fn committed(&self) {
-        if !self.event.is_empty() {
-            journal::committed();
-        }
-    }
+    armed: bool,
+    deferred: Option<String>,
 }
 
 /// Passes [`AuditArgs`] to a script invocation.
@@ -173,6 +171,40 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
+impl RedisStore<redis::cluster_async::ClusterConnection> {
+    /// Connects to a Redis Cluster through its seed `nodes`, retrying until
+    /// `wait` has passed. `options.url` is not used; durability modes are
+    /// refused before this (WAIT cannot be routed to the writing primary).
+    pub async fn connect_cluster(
+        nodes: &[String],
+        options: &RedisOptions,
+        wait: Duration,
+    ) -> StoreResult<Self> {
+        let client = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+            .retries(2)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))?;
+        let started = tokio::time::Instant::now();
+        let connection = loop {
+            match client.get_async_connection().await {
+                Ok(connection) => break connection,
+                Err(error) if started.elapsed() < wait => {
+                    tracing::warn!(%error, "Redis Cluster is not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        };
+        let mut store = Self::with_connection(connection, Keyspace::new(&options.key_prefix));
+        store.audit_max_events = options.audit_max_events;
+        store.cluster = true;
+        Ok(store)
+    }
+}
+
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -185,21 +217,79 @@ where
             durability: Durability::None,
             keyspace,
             audit_max_events: super::DEFAULT_AUDIT_MAX_EVENTS,
+            cluster: false,
         }
     }
 
-    /// The audit arguments for the change about to run: the event the audit
-    /// scope armed for it, if any.
-    fn armed_audit(&self) -> StoreResult<AuditArgs> {
-        let event = match journal::armed_event() {
-            Some(event) => encode(&event)?,
-            None => String::new(),
-        };
-        Ok(AuditArgs {
-            stream: self.keyspace.audit(),
-            event,
-            max_events: self.audit_max_events,
+    /// The audit arguments for the change about to run, whose keys share
+    /// `slot_key`'s slot: the event the audit scope armed for it, if any.
+    fn armed_audit(&self, slot_key: String) -> StoreResult<AuditArgs> {
+        let event = journal::armed_event()
+            .map(|event| encode(&event))
+            .transpose()?;
+        let armed = event.is_some();
+        Ok(if self.cluster {
+            AuditArgs {
+                stream: format!("{slot_key}:audit-deferred"),
+                event: String::new(),
+                max_events: self.audit_max_events,
+                armed,
+                deferred: event,
+            }
+        } else {
+            AuditArgs {
+                stream: self.keyspace.audit(),
+                event: event.unwrap_or_default(),
+                max_events: self.audit_max_events,
+                armed,
+                deferred: None,
+            }
         })
+    }
+
+    /// The change succeeded: its script appended the event, or, under
+    /// Cluster, it is appended now, right after the change.
+    async fn commit_audit(&self, audit: AuditArgs) {
+        if !audit.armed {
+            return;
+        }
+        if let Some(event) = audit.deferred
+            && let Err(error) = self.append_encoded_audit(&event).await
+        {
+            // The change stands; the gap shows in the log and the metrics.
+            tracing::error!(%error, "a change committed but its audit event could not be written");
+        }
+        journal::committed();
+    }
+
+    async fn append_encoded_audit(&self, event: &str) -> StoreResult<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.keyspace.audit())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.audit_max_events)
+            .arg("*")
+            .arg("event")
+            .arg(event)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// GETs of keys in different slots, sent at once: the multiplexed
+    /// connection pipelines them, and under Cluster each goes to its own
+    /// shard (a pipeline object would have to stay in one slot).
+    async fn get_each(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> StoreResult<Vec<Option<String>>> {
+        futures_util::future::try_join_all(keys.map(|key| {
+            let mut connection = self.connection();
+            async move { connection.get::<_, Option<String>>(key).await }
+        }))
+        .await
+        .map_err(unavailable)
     }
 
     fn writer(&self) -> C {
@@ -353,7 +443,7 @@ where
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         let mut stored = identity.clone();
         stored.revision += 1;
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
         let reply: String = scripts::UPDATE_IDENTITY
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
@@ -368,13 +458,13 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &identity.name, "identity")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         self.confirm_durable().await?;
         Ok(stored)
     }
 
     async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(id))?;
         let existed: i64 = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
             .key(self.keyspace.key_index(id))
@@ -387,7 +477,7 @@ where
             .await
             .map_err(unavailable)?;
         if existed == 1 {
-            audit.committed();
+            self.commit_audit(audit).await;
         }
         self.confirm_durable().await?;
         Ok(existed == 1)
@@ -443,11 +533,11 @@ where
         for key in keys {
             invocation.arg(encode(key)?);
         }
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
         invocation.with_audit(&audit);
         let created: Result<String, _> = invocation.invoke_async(&mut self.writer()).await;
         match created {
-            Ok(reply) if reply == "OK" => audit.committed(),
+            Ok(reply) if reply == "OK" => self.commit_audit(audit).await,
             // An id collision (about 2^-71): the other identity keeps its entries.
             Ok(reply) if reply == "EXISTS" => return Err(StoreError::Conflict),
             Ok(reply) => {
@@ -532,14 +622,9 @@ where
                 .iter()
                 .filter_map(|id| IdentityId::parse(id).ok())
                 .collect();
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.get(self.keyspace.identity(id));
-            }
-            let records: Vec<Option<String>> = pipe
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            let records = self
+                .get_each(ids.iter().map(|id| self.keyspace.identity(id)))
+                .await?;
             for (id, raw) in ids.iter().zip(records) {
                 match raw {
                     Some(raw) => found.push(decode(&raw)?),
@@ -601,7 +686,7 @@ where
     #[tracing::instrument(level = "debug", name = "redis.create_key", skip_all)]
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         let identity = &key.identity_id;
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: String = scripts::CREATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -614,7 +699,7 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &key.name, "identity")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         Ok(())
     }
 
@@ -692,7 +777,7 @@ where
         let identity = &key.identity_id;
         let mut stored = key.clone();
         stored.revision += 1;
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: String = scripts::UPDATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -706,7 +791,7 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &key.name, "key")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         self.confirm_durable().await?;
         Ok(stored)
     }
@@ -714,7 +799,7 @@ where
     #[tracing::instrument(level = "debug", name = "redis.delete_key", skip_all)]
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.key_index(&identity))?;
         let existed: i64 = scripts::DELETE_KEY
             .key(self.keyspace.key_index(&identity))
             .key(self.keyspace.key_names(&identity))
@@ -726,7 +811,7 @@ where
             .await
             .map_err(unavailable)?;
         if existed == 1 {
-            audit.committed();
+            self.commit_audit(audit).await;
         }
         self.confirm_durable().await?;
         Ok(existed == 1)
@@ -737,7 +822,7 @@ where
         let identity = &old.identity_id;
         let mut stored_old = old.clone();
         stored_old.revision += 1;
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: String = scripts::ROLL_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
@@ -753,7 +838,7 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &replacement.name, "key")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         self.confirm_durable().await
     }
 
@@ -777,7 +862,7 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.enroll_totp", skip_all)]
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: String = scripts::ENROLL_TOTP
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.totp(identity))
@@ -787,7 +872,7 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, "", "identity")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         Ok(())
     }
 
@@ -815,7 +900,7 @@ where
         confirm: bool,
         now: UnixMillis,
     ) -> StoreResult<StepOutcome> {
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.totp(identity))?;
         let reply: String = scripts::ACCEPT_TOTP_STEP
             .key(self.keyspace.totp(identity))
             .arg(step)
@@ -827,7 +912,7 @@ where
             .map_err(unavailable)?;
         match reply.as_str() {
             "OK" => {
-                audit.committed();
+                self.commit_audit(audit).await;
                 Ok(StepOutcome::Accepted)
             }
             "REPLAYED" => Ok(StepOutcome::Replayed),
@@ -868,7 +953,7 @@ where
             .zadd(self.keyspace.datasets(), &dataset.name, 0)
             .await
             .map_err(unavailable)?;
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.dataset(&dataset.name))?;
         let reply: String = scripts::CREATE_DATASET
             .key(self.keyspace.dataset(&dataset.name))
             .arg(encode(dataset)?)
@@ -877,7 +962,7 @@ where
             .await
             .map_err(unavailable)?;
         script_outcome(&reply, &dataset.name, "dataset")?;
-        audit.committed();
+        self.commit_audit(audit).await;
         Ok(())
     }
 
@@ -906,14 +991,9 @@ where
                 .map_err(unavailable)?;
             let Some(last) = names.last() else { break };
             cursor = format!("({last}");
-            let mut pipe = redis::pipe();
-            for name in &names {
-                pipe.get(self.keyspace.dataset(name));
-            }
-            let records: Vec<Option<String>> = pipe
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            let records = self
+                .get_each(names.iter().map(|name| self.keyspace.dataset(name)))
+                .await?;
             for (name, raw) in names.iter().zip(records) {
                 match raw {
                     Some(raw) => found.push(decode(&raw)?),
@@ -932,7 +1012,7 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.delete_dataset", skip_all)]
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
-        let audit = self.armed_audit()?;
+        let audit = self.armed_audit(self.keyspace.dataset(name))?;
         let deleted: i64 = scripts::DELETE_DATASET
             .key(self.keyspace.dataset(name))
             .with_audit(&audit)
@@ -940,7 +1020,7 @@ where
             .await
             .map_err(unavailable)?;
         if deleted == 1 {
-            audit.committed();
+            self.commit_audit(audit).await;
         }
         let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
         Ok(deleted == 1)
@@ -948,17 +1028,7 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.append_audit", skip_all)]
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        let _: String = redis::cmd("XADD")
-            .arg(self.keyspace.audit())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.audit_max_events)
-            .arg("*")
-            .arg("event")
-            .arg(encode(event)?)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+        self.append_encoded_audit(&encode(event)?).await?;
         crate::metrics::metrics().audit_events.inc();
         Ok(())
     }

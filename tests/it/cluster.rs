@@ -1,0 +1,174 @@
+//! keyrack on a three-master Redis Cluster of the test's own: identities
+//! spread over every shard; Verify, roll and the audit log work end to end;
+//! with one master dead, keys on live shards still verify and keys on the
+//! dead shard fail closed (UNAVAILABLE), never valid. (The store contract
+//! suite runs on a cluster too, in store_contract.rs.)
+
+use crate::roll::enrolled_admin;
+use crate::support::{Backend, RedisCluster, TestServer, authed, keyspace};
+use keyrack::domain::IdentityId;
+use keyrack::proto::{self, VerifyCode};
+use tonic::Code;
+
+/// A server on a fresh cluster with `count` services: (token, shard) each.
+async fn services_on_a_cluster(count: usize) -> (TestServer, Vec<(String, usize)>) {
+    let server = TestServer::start(Backend::Cluster(RedisCluster::start())).await;
+    let mut services = Vec::new();
+    for n in 0..count {
+        let created = server.create_service(&format!("svc_{n}")).await;
+        let id = IdentityId::parse(&created.identity.unwrap().id).unwrap();
+        let shard = match &server.backend {
+            Backend::Cluster(cluster) => cluster.node_of(&keyspace().identity(&id)),
+            _ => unreachable!(),
+        };
+        services.push((created.token, shard));
+    }
+    (server, services)
+}
+
+async fn verify(server: &TestServer, token: &str) -> Result<VerifyCode, Code> {
+    server
+        .verifier()
+        .await
+        .verify(proto::VerifyRequest {
+            token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|answer| answer.into_inner().code())
+        .map_err(|status| status.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_roll_and_audit_work_across_shards() {
+    let (server, services) = services_on_a_cluster(24).await;
+    let mut shards: Vec<usize> = services.iter().map(|(_, shard)| *shard).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    assert_eq!(shards, [0, 1, 2], "identities spread over every shard");
+    for (token, _) in &services {
+        assert_eq!(verify(&server, token).await, Ok(VerifyCode::Valid));
+    }
+
+    let admin = enrolled_admin(&server, "cluster_admin").await;
+    let target = server.create_service("rolled_on_cluster").await;
+    let rolled = server
+        .admin()
+        .await
+        .roll_key(authed(
+            &admin.token,
+            proto::RollKeyRequest {
+                key_id: target.key.unwrap().id,
+                totp_code: admin.next_code(),
+                old_key_end: Some(proto::roll_key_request::OldKeyEnd::GracePeriod(
+                    prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    },
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verify(&server, &rolled.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(
+        verify(&server, &target.token).await,
+        Ok(VerifyCode::Valid),
+        "in grace"
+    );
+
+    // Under Cluster the event follows its change instead of sharing its script.
+    let events = server
+        .admin()
+        .await
+        .list_audit_events(authed(
+            &server.admin_token,
+            proto::ListAuditEventsRequest {
+                action: "RollKey".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, "OK");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_fails_closed_and_live_shards_serve() {
+    let (mut server, services) = services_on_a_cluster(18).await;
+    match &mut server.backend {
+        Backend::Cluster(cluster) => cluster.kill_node(0),
+        _ => unreachable!(),
+    }
+    let (mut live, mut dead) = (0, 0);
+    for (token, shard) in &services {
+        let answer = verify(&server, token).await;
+        if *shard == 0 {
+            assert_eq!(
+                answer,
+                Err(Code::Unavailable),
+                "a key on the dead shard is never valid"
+            );
+            dead += 1;
+        } else {
+            assert_eq!(
+                answer,
+                Ok(VerifyCode::Valid),
+                "a key on a live shard still verifies"
+            );
+            live += 1;
+        }
+    }
+    assert!(live > 0 && dead > 0, "live {live}, dead {dead}");
+    server.stop().await;
+}
+
+#[test]
+fn the_binary_bootstraps_and_serves_on_a_cluster() {
+    use crate::cli::{Served, grpcurl, keyrack, text, write_secret};
+    let cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let nodes = cluster.urls().join(",");
+    let store_args = [
+        "--redis-cluster-nodes",
+        nodes.as_str(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let bootstrap = keyrack()
+        .arg("bootstrap-admin")
+        .args(["--name", "ops"])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
+    let token = text(&bootstrap.stdout).trim().to_owned();
+    let served = Served::start(dir.path(), &store_args, &[], false);
+    let verified = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {token}"),
+        "-d",
+        &format!(r#"{{"token": "{token}"}}"#),
+        &served.address(),
+        "keyrack.v1.VerifyService/Verify",
+    ]);
+    assert!(verified.status.success(), "{}", text(&verified.stderr));
+    assert!(text(&verified.stdout).contains("VERIFY_CODE_VALID"));
+    let refused = keyrack()
+        .arg("serve")
+        .args(store_args)
+        .args(["--durability", "replica"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("not supported with --redis-cluster-nodes"));
+    let (exit, _) = served.terminate();
+    assert!(exit.success());
+}
