@@ -72,6 +72,26 @@ async fn open_authority(
             warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
+        StoreChoice::Sentinel { sentinels, master } => {
+            let options = RedisOptions {
+                url: String::new(),
+                key_prefix: args.redis_prefix.clone(),
+                connect_timeout: args.redis_timeout,
+                response_timeout: args.redis_timeout,
+                durability,
+                audit_max_events: args.audit_max_events,
+            };
+            let store = RedisStore::connect_sentinel(
+                &sentinels,
+                &master,
+                &options,
+                args.redis_connect_wait,
+            )
+            .await
+            .map_err(|e| ConfigError(format!("cannot reach Redis through Sentinel: {e}")))?;
+            warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
+            (Arc::new(store), false)
+        }
         StoreChoice::Cluster(nodes) => {
             let options = RedisOptions {
                 url: String::new(),
@@ -244,9 +264,12 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
-    if args.store.redis_url.is_none() && args.store.redis_cluster_nodes.is_empty() {
+    if args.store.redis_url.is_none()
+        && args.store.redis_cluster_nodes.is_empty()
+        && args.store.redis_sentinel.is_empty()
+    {
         return Err(ConfigError(
-            "bootstrap-admin needs --redis-url: the embedded store lives only inside `keyrack serve`, which prints its own dev admin token".into(),
+            "bootstrap-admin needs Redis (--redis-url, --redis-cluster-nodes or --redis-sentinel): the embedded store lives only inside `keyrack serve`, which prints its own dev admin token".into(),
         )
         .into());
     }

@@ -97,6 +97,20 @@ pub struct StoreArgs {
         conflicts_with = "redis_url"
     )]
     pub redis_cluster_nodes: Vec<String>,
+    /// Redis Sentinel nodes, comma-separated (`redis://s1:26379,...`):
+    /// keyrack asks them for the primary of --redis-sentinel-master and
+    /// follows it across failovers.
+    #[arg(
+        long,
+        env = "KEYRACK_REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with_all = ["redis_url", "redis_cluster_nodes"],
+        requires = "redis_sentinel_master"
+    )]
+    pub redis_sentinel: Vec<String>,
+    /// The Sentinel master name (`sentinel monitor <name> ...`).
+    #[arg(long, env = "KEYRACK_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
     /// Prefix of every Redis key keyrack writes.
     #[arg(long, env = "KEYRACK_REDIS_PREFIX", default_value = "keyrack:")]
     pub redis_prefix: String,
@@ -248,6 +262,13 @@ pub enum StoreChoice {
     Redis(String),
     /// A Redis Cluster reached through these seed nodes.
     Cluster(Vec<String>),
+    /// The primary these Sentinels name for `master`.
+    Sentinel {
+        /// Sentinel node URLs.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
 }
 
 /// Store and secret settings, checked.
@@ -290,6 +311,17 @@ impl StoreArgs {
             ));
         }
         let choice = match (&self.redis_url, self.redis_cluster_nodes.as_slice()) {
+            (None, []) if !self.redis_sentinel.is_empty() => {
+                let sentinels = parse_node_urls("--redis-sentinel", &self.redis_sentinel)?;
+                let master = self
+                    .redis_sentinel_master
+                    .clone()
+                    .filter(|name| !name.trim().is_empty())
+                    .ok_or_else(|| {
+                        ConfigError("--redis-sentinel needs --redis-sentinel-master".into())
+                    })?;
+                Some(StoreChoice::Sentinel { sentinels, master })
+            }
             (Some(url), _) => {
                 // The URL may hold a password: the message does not repeat it.
                 redis::parse_redis_url(url).ok_or_else(|| {
@@ -300,19 +332,10 @@ impl StoreArgs {
                 Some(StoreChoice::Redis(url.clone()))
             }
             (None, []) => None,
-            (None, nodes) => {
-                for (index, node) in nodes.iter().enumerate() {
-                    redis::parse_redis_url(node.trim()).ok_or_else(|| {
-                        ConfigError(format!(
-                            "--redis-cluster-nodes entry {} is not a redis:// or rediss:// URL",
-                            index + 1
-                        ))
-                    })?;
-                }
-                Some(StoreChoice::Cluster(
-                    nodes.iter().map(|node| node.trim().to_owned()).collect(),
-                ))
-            }
+            (None, nodes) => Some(StoreChoice::Cluster(parse_node_urls(
+                "--redis-cluster-nodes",
+                nodes,
+            )?)),
         };
         let Some(choice) = choice else {
             if self.server_secret_file.is_some() {
@@ -361,6 +384,26 @@ impl StoreArgs {
             token_prefix,
         })
     }
+}
+
+/// Node URLs of a multi-node flag, checked; errors name the entry, not the
+/// URL (it may hold a password).
+fn parse_node_urls(flag: &str, nodes: &[String]) -> Result<Vec<String>, ConfigError> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let node = node.trim();
+            redis::parse_redis_url(node)
+                .map(|_| node.to_owned())
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{flag} entry {} is not a redis:// or rediss:// URL",
+                        index + 1
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -449,9 +492,9 @@ impl StoreArgs {
                 "--durability is not supported with --redis-cluster-nodes; use a standalone or Sentinel-managed Redis, or AOF on every shard".into(),
             ));
         }
-        if self.redis_url.is_none() {
+        if self.redis_url.is_none() && self.redis_sentinel.is_empty() {
             return Err(ConfigError(
-                "--durability needs --redis-url (the embedded store keeps nothing)".into(),
+                "--durability needs --redis-url or --redis-sentinel (the embedded store keeps nothing)".into(),
             ));
         }
         if self.durability_timeout >= self.redis_timeout {

@@ -222,7 +222,39 @@ fn bad_configuration_exits_with_one_line_before_binding() {
         ),
         (
             vec!["bootstrap-admin", "--name", "ops"],
-            "needs --redis-url",
+            "bootstrap-admin needs Redis",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-cluster-nodes",
+                "redis://127.0.0.1:1,not a url",
+            ],
+            "--redis-cluster-nodes entry 2",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-sentinel",
+                "redis://127.0.0.1:1",
+            ],
+            "--redis-sentinel-master",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--redis-cluster-nodes",
+                "redis://127.0.0.1:2",
+            ],
+            "cannot be used with",
         ),
     ];
     for (args, reason) in cases {

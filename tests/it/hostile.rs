@@ -60,7 +60,7 @@ async fn snapshot(server: &TestServer) -> Vec<(String, String)> {
             .into_iter()
             .filter(|(key, _)| *key != crate::support::keyspace().audit())
             .collect(),
-        Backend::Memory | Backend::Cluster(_) => {
+        Backend::Memory | Backend::Cluster(_) | Backend::Sentinel(_) => {
             let store = &server.store;
             let mut records = Vec::new();
             for identity in store.list_identities(None, 1000).await.unwrap() {

@@ -212,6 +212,10 @@ pub enum Backend {
     Redis(RedisServer),
     /// A three-master Redis Cluster of the test's own.
     Cluster(RedisCluster),
+    /// A Sentinel-managed primary and replica of the test's own; keyrack
+    /// waits for the replica to acknowledge every change (`--durability
+    /// replica`).
+    Sentinel(RedisSentinels),
 }
 
 impl Backend {
@@ -219,7 +223,7 @@ impl Backend {
     pub fn redis(&self) -> &RedisServer {
         match self {
             Backend::Redis(server) => server,
-            Backend::Memory | Backend::Cluster(_) => panic!("not a standalone Redis backend"),
+            _ => panic!("not a standalone Redis backend"),
         }
     }
 }
@@ -230,6 +234,14 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
     match backend {
         Backend::Memory => Arc::new(MemoryStore::new()),
         Backend::Cluster(cluster) => cluster.open_store("keyrack").await,
+        Backend::Sentinel(sentinels) => {
+            sentinels
+                .open_store(keyrack::store::redis::Durability::Replica {
+                    replicas: 1,
+                    timeout: Duration::from_secs(1),
+                })
+                .await
+        }
         Backend::Redis(server) => {
             let options = RedisOptions {
                 url: server.url(),
@@ -672,6 +684,198 @@ impl Drop for RedisCluster {
     fn drop(&mut self) {
         for index in 0..self.nodes.len() {
             self.kill_node(index);
+        }
+    }
+}
+
+/// A Sentinel-managed Redis of the test's own: a primary, one replica and
+/// three sentinels (quorum 2), on loopback TCP ports, failing over a second
+/// after the primary stops answering.
+pub struct RedisSentinels {
+    primary: (u16, Child),
+    replica: (u16, Child),
+    sentinels: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+/// The master name the test sentinels monitor.
+pub const SENTINEL_MASTER: &str = "keyrack-primary";
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|client| client.get_connection())
+            .is_ok_and(|mut connection| ready(&mut connection));
+        if done {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} (port {port})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl RedisSentinels {
+    /// Starts the primary, the replica and the sentinels, and waits until
+    /// every sentinel knows the replica and the other sentinels.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let redis = |port: u16, extra: &[String]| {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            Command::new(require_program("redis-server"))
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server")
+        };
+        let primary_port = free_tcp_port();
+        let primary = (primary_port, redis(primary_port, &[]));
+        wait_until("the primary starts", primary_port, |c| {
+            redis::cmd("PING").query::<String>(c).is_ok()
+        });
+        let replica_port = free_tcp_port();
+        let replica = (
+            replica_port,
+            redis(
+                replica_port,
+                &[
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    primary_port.to_string(),
+                ],
+            ),
+        );
+        wait_until("the replica syncs", replica_port, |c| {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(c)
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        });
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_tcp_port();
+            let config = dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new(require_program("redis-server"))
+                .arg(&config)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a sentinel");
+            sentinels.push((port, child));
+        }
+        for (port, _) in &sentinels {
+            wait_until("a sentinel knows the replica and its peers", *port, |c| {
+                let replicas: Result<Vec<redis::Value>, _> = redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(SENTINEL_MASTER)
+                    .query(c);
+                let peers: Result<Vec<redis::Value>, _> = redis::cmd("SENTINEL")
+                    .arg("SENTINELS")
+                    .arg(SENTINEL_MASTER)
+                    .query(c);
+                replicas.is_ok_and(|r| r.len() == 1) && peers.is_ok_and(|p| p.len() == 2)
+            });
+        }
+        Self {
+            primary,
+            replica,
+            sentinels,
+            _dir: dir,
+        }
+    }
+
+    /// The sentinel URLs keyrack is given.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Kills the primary, as a crash would.
+    pub fn kill_primary(&mut self) {
+        let _ = self.primary.1.kill();
+        let _ = self.primary.1.wait();
+    }
+
+    /// Waits until the sentinels name the replica as the primary.
+    pub fn wait_for_failover(&self) {
+        let replica = self.replica.0.to_string();
+        wait_until(
+            "the sentinels promote the replica",
+            self.sentinels[0].0,
+            |c| {
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(SENTINEL_MASTER)
+                    .query::<Vec<String>>(c)
+                    .is_ok_and(|addr| addr.get(1) == Some(&replica))
+            },
+        );
+    }
+
+    /// A store following the primary, with `durability`.
+    pub async fn open_store(
+        &self,
+        durability: keyrack::store::redis::Durability,
+    ) -> Arc<dyn Store> {
+        capture_logs();
+        let options = RedisOptions {
+            url: String::new(),
+            key_prefix: "keyrack:".into(),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(2),
+            durability,
+            audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+        };
+        Arc::new(
+            RedisStore::connect_sentinel(
+                &self.urls(),
+                SENTINEL_MASTER,
+                &options,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("connect through the test sentinels"),
+        )
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for (_, child) in self
+            .sentinels
+            .iter_mut()
+            .chain([&mut self.primary, &mut self.replica])
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

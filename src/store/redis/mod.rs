@@ -3,6 +3,9 @@
 
 mod keys;
 mod scripts;
+mod sentinel;
+
+pub use sentinel::SentinelConnection;
 
 pub use keys::Keyspace;
 
@@ -141,11 +144,7 @@ impl RedisStore<ConnectionManager> {
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info)
             .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+        let config = manager_config(options);
         let started = tokio::time::Instant::now();
         let connection = loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
@@ -164,6 +163,50 @@ impl RedisStore<ConnectionManager> {
             store.writer = ConnectionManager::new_with_config(client, config)
                 .await
                 .map_err(unavailable)?;
+            store.durability = options.durability;
+            store.check_durability_support().await?;
+        }
+        Ok(store)
+    }
+}
+
+/// How every connection manager keyrack opens behaves: bounded connects and
+/// replies, a few quick reconnection attempts.
+fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+impl RedisStore<SentinelConnection> {
+    /// Connects to the primary `sentinels` name for `master_name`, retrying
+    /// until `wait` has passed, and follows it across failovers.
+    pub async fn connect_sentinel(
+        sentinels: &[String],
+        master_name: &str,
+        options: &RedisOptions,
+        wait: Duration,
+    ) -> StoreResult<Self> {
+        let config = manager_config(options);
+        let started = tokio::time::Instant::now();
+        let connect = || SentinelConnection::connect(sentinels, master_name, config.clone());
+        let connection = loop {
+            match connect().await {
+                Ok(connection) => break connection,
+                Err(error) if started.elapsed() < wait => {
+                    tracing::warn!(%error, "Sentinel cannot name a reachable primary yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        };
+        let mut store =
+            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
+        store.audit_max_events = options.audit_max_events;
+        if options.durability != Durability::None {
+            store.writer = connection.sibling().await.map_err(unavailable)?;
             store.durability = options.durability;
             store.check_durability_support().await?;
         }
