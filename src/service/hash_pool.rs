@@ -12,6 +12,35 @@ use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The priority of hashing threads on thread-priority's 0–99 scale, which it
+/// maps to niceness 9 on Linux. Cached Verify calls need a few microseconds
+/// of CPU each and must not queue behind argon2; hashing at a lower priority
+/// takes what cached traffic leaves, and still gets about a tenth of a
+/// contended core (CFS weight 137 against 1024), so fresh tokens slow down
+/// under load rather than stop.
+const HASHING_PRIORITY: u8 = 23;
+
+/// Lowers the calling thread's scheduling priority; where the OS refuses,
+/// hashing simply runs at normal priority.
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    let lowered = ThreadPriorityValue::try_from(HASHING_PRIORITY)
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|value| {
+            thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                ThreadPriority::Crossplatform(value),
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+            )
+            .map_err(|e| format!("{e:?}"))
+        });
+    if let Err(error) = lowered {
+        tracing::debug!(?error, "hashing threads keep normal priority");
+    }
+}
+
 /// Threads that run CPU-bound hashing jobs.
 pub struct HashPool {
     jobs: Mutex<Sender<Job>>,
@@ -33,7 +62,10 @@ impl HashPool {
             let receiver = Arc::clone(&receiver);
             std::thread::Builder::new()
                 .name(format!("keyrack-hash-{index}"))
-                .spawn(move || work(&receiver))
+                .spawn(move || {
+                    lower_priority();
+                    work(&receiver)
+                })
                 .expect("the OS could not start a hashing thread");
         }
         Self {
