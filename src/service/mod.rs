@@ -168,7 +168,7 @@ impl Authority {
         &self.store
     }
 
-    /// Mints a token and hashes its secret (on a blocking thread) for a new key
+    /// Mints a token and hashes its secret (on the hashing pool) for a new key
     /// of `identity`; the caller fills in the key's other fields.
     async fn mint(
         &self,
@@ -208,7 +208,7 @@ impl Authority {
         })
     }
 
-    /// Checks a secret against a PHC string on a blocking thread.
+    /// Checks a secret against a PHC string on the hashing pool.
     async fn secret_matches(&self, secret: &str, phc: &str) -> Result<bool, Error> {
         let hasher = Arc::clone(&self.hasher);
         let secret = SecretString::new(secret.to_owned());
