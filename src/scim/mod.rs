@@ -324,13 +324,17 @@ fn person_id(id: &str) -> Result<IdentityId, ScimError> {
     IdentityId::parse(id).map_err(|_| ScimError::not_found(format!("person {id:?}")))
 }
 
-/// One User response with its ETag and, on creation, its Location.
+/// One User response with its ETag and, on creation, its Location, shaped
+/// by the request's `attributes`/`excludedAttributes`.
 fn user_response(
     status: StatusCode,
     person: &crate::domain::Identity,
-    base: &str,
-    projection: &Projection,
+    state: &ScimState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
 ) -> Response {
+    let base = base_url(state, headers);
+    let projection = projection_of(query);
     let users_url = format!("{base}/Users");
     let rendered = user::render(person, &users_url);
     let location = rendered["meta"]["location"].as_str().map(str::to_owned);
@@ -370,8 +374,9 @@ async fn create_user(
     Ok(user_response(
         StatusCode::CREATED,
         &person,
-        &base_url(&state, &headers),
-        &projection_of(&query),
+        &state,
+        &headers,
+        &query,
     ))
 }
 
@@ -385,8 +390,9 @@ async fn get_user(
     Ok(user_response(
         StatusCode::OK,
         &person,
-        &base_url(&state, &headers),
-        &projection_of(&query),
+        &state,
+        &headers,
+        &query,
     ))
 }
 
@@ -411,8 +417,9 @@ async fn replace_user(
     Ok(user_response(
         StatusCode::OK,
         &person,
-        &base_url(&state, &headers),
-        &projection_of(&query),
+        &state,
+        &headers,
+        &query,
     ))
 }
 
@@ -561,8 +568,9 @@ async fn patch_user(
     Ok(user_response(
         StatusCode::OK,
         &person,
-        &base_url(&state, &headers),
-        &projection_of(&query),
+        &state,
+        &headers,
+        &query,
     ))
 }
 

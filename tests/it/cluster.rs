@@ -26,19 +26,6 @@ async fn services_on_a_cluster(count: usize) -> (TestServer, Vec<(String, usize)
     (server, services)
 }
 
-async fn verify(server: &TestServer, token: &str) -> Result<VerifyCode, Code> {
-    server
-        .verifier()
-        .await
-        .verify(proto::VerifyRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|answer| answer.into_inner().code())
-        .map_err(|status| status.code())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_roll_and_audit_work_across_shards() {
     let (server, services) = services_on_a_cluster(24).await;
@@ -47,7 +34,7 @@ async fn verify_roll_and_audit_work_across_shards() {
     shards.dedup();
     assert_eq!(shards, [0, 1, 2], "identities spread over every shard");
     for (token, _) in &services {
-        assert_eq!(verify(&server, token).await, Ok(VerifyCode::Valid));
+        assert_eq!(server.verify_code(token).await, Ok(VerifyCode::Valid));
     }
 
     let admin = enrolled_admin(&server, "cluster_admin").await;
@@ -71,9 +58,12 @@ async fn verify_roll_and_audit_work_across_shards() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(verify(&server, &rolled.token).await, Ok(VerifyCode::Valid));
     assert_eq!(
-        verify(&server, &target.token).await,
+        server.verify_code(&rolled.token).await,
+        Ok(VerifyCode::Valid)
+    );
+    assert_eq!(
+        server.verify_code(&target.token).await,
         Ok(VerifyCode::Valid),
         "in grace"
     );
@@ -107,7 +97,7 @@ async fn a_dead_shard_fails_closed_and_live_shards_serve() {
     }
     let (mut live, mut dead) = (0, 0);
     for (token, shard) in &services {
-        let answer = verify(&server, token).await;
+        let answer = server.verify_code(token).await;
         if *shard == 0 {
             assert_eq!(
                 answer,

@@ -9,19 +9,6 @@ use keyrack::service::AuthorityOptions;
 use std::time::Duration;
 use tonic::Code;
 
-async fn verify(server: &TestServer, token: &str) -> Result<VerifyCode, Code> {
-    server
-        .verifier()
-        .await
-        .verify(proto::VerifyRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().code())
-        .map_err(|s| s.code())
-}
-
 /// A token with the right shape and checksum but another secret.
 fn wrong_secret_for(key_id: &str) -> String {
     let key_id = keyrack::domain::KeyId::parse(key_id).unwrap();
@@ -35,9 +22,12 @@ on_both_stores!(the_cache_never_outlives_the_record, cache_body);
 async fn cache_body(server: TestServer) {
     let created = server.create_service("svc").await;
     let key_id = created.key.as_ref().unwrap().id.clone();
-    assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
     assert_eq!(
-        verify(&server, &created.token).await,
+        server.verify_code(&created.token).await,
+        Ok(VerifyCode::Valid)
+    );
+    assert_eq!(
+        server.verify_code(&created.token).await,
         Ok(VerifyCode::Valid),
         "cached"
     );
@@ -61,13 +51,16 @@ async fn cache_body(server: TestServer) {
     let original_hash = std::mem::replace(&mut record.secret_hash, other_hash);
     let record = server.store.update_key(&record).await.unwrap();
     assert_eq!(
-        verify(&server, &created.token).await,
+        server.verify_code(&created.token).await,
         Ok(VerifyCode::Unknown)
     );
     let mut restored = record.clone();
     restored.secret_hash = original_hash;
     server.store.update_key(&restored).await.unwrap();
-    assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(
+        server.verify_code(&created.token).await,
+        Ok(VerifyCode::Valid)
+    );
 
     // Disable, enable and revoke are seen on the very next call.
     let mut admin = server.admin().await;
@@ -81,7 +74,7 @@ async fn cache_body(server: TestServer) {
         .await
         .unwrap();
     assert_eq!(
-        verify(&server, &created.token).await,
+        server.verify_code(&created.token).await,
         Ok(VerifyCode::Disabled)
     );
     admin
@@ -93,7 +86,10 @@ async fn cache_body(server: TestServer) {
         ))
         .await
         .unwrap();
-    assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(
+        server.verify_code(&created.token).await,
+        Ok(VerifyCode::Valid)
+    );
     admin
         .revoke_key(authed(
             &server.admin_token,
@@ -102,7 +98,7 @@ async fn cache_body(server: TestServer) {
         .await
         .unwrap();
     assert_eq!(
-        verify(&server, &created.token).await,
+        server.verify_code(&created.token).await,
         Ok(VerifyCode::Unknown)
     );
     server.stop().await;
@@ -115,16 +111,22 @@ on_both_stores!(
 async fn flood_body(server: TestServer) {
     let created = server.create_service("svc").await;
     let key_id = created.key.unwrap().id;
-    assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(
+        server.verify_code(&created.token).await,
+        Ok(VerifyCode::Valid)
+    );
     let mut throttled = 0;
     for _ in 0..40 {
-        match verify(&server, &wrong_secret_for(&key_id)).await {
+        match server.verify_code(&wrong_secret_for(&key_id)).await {
             Ok(VerifyCode::Unknown) => {}
             Err(Code::ResourceExhausted) => throttled += 1,
             other => panic!("a wrong secret got {other:?}"),
         }
         // The cached correct token is never throttled.
-        assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+        assert_eq!(
+            server.verify_code(&created.token).await,
+            Ok(VerifyCode::Valid)
+        );
     }
     assert!(
         throttled >= 15,
@@ -132,7 +134,7 @@ async fn flood_body(server: TestServer) {
     );
     // A repeated wrong token is answered from the rejected cache, not throttled.
     let wrong = wrong_secret_for(&key_id);
-    let first = verify(&server, &wrong).await;
+    let first = server.verify_code(&wrong).await;
     assert!(matches!(
         first,
         Ok(VerifyCode::Unknown) | Err(Code::ResourceExhausted)
@@ -170,7 +172,10 @@ async fn last_use_is_recorded_without_touching_ttls() {
             .into_inner()
     };
     assert!(get().await.last_use_time.is_none());
-    assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(
+        server.verify_code(&created.token).await,
+        Ok(VerifyCode::Valid)
+    );
     eventually("last use recorded", Duration::from_secs(5), || async {
         get().await.last_use_time.is_some()
     })
@@ -220,7 +225,10 @@ async fn last_use_is_recorded_without_touching_ttls() {
         .query(&mut server.backend.redis().connection())
         .unwrap();
     for _ in 0..5 {
-        assert_eq!(verify(&server, &created.token).await, Ok(VerifyCode::Valid));
+        assert_eq!(
+            server.verify_code(&created.token).await,
+            Ok(VerifyCode::Valid)
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let ttl_after: i64 = redis::cmd("PTTL")
@@ -234,7 +242,7 @@ async fn last_use_is_recorded_without_touching_ttls() {
     eventually(
         "grace ends despite recent use",
         Duration::from_secs(10),
-        || async { verify(&server, &created.token).await == Ok(VerifyCode::Unknown) },
+        || async { server.verify_code(&created.token).await == Ok(VerifyCode::Unknown) },
     )
     .await;
     server.stop().await;

@@ -7,19 +7,6 @@ use crate::support::{Backend, RedisSentinels, TestServer, authed, eventually};
 use keyrack::proto::{self, VerifyCode};
 use std::time::Duration;
 
-async fn verify(server: &TestServer, token: &str) -> Result<VerifyCode, tonic::Code> {
-    server
-        .verifier()
-        .await
-        .verify(proto::VerifyRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|answer| answer.into_inner().code())
-        .map_err(|status| status.code())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_loses_no_acknowledged_revoke() {
     let mut server = TestServer::start(Backend::Sentinel(RedisSentinels::start())).await;
@@ -36,9 +23,9 @@ async fn a_failover_loses_no_acknowledged_revoke() {
         ))
         .await
         .expect("the revoke is acknowledged once the replica has it");
-    assert_eq!(verify(&server, &kept.token).await, Ok(VerifyCode::Valid));
+    assert_eq!(server.verify_code(&kept.token).await, Ok(VerifyCode::Valid));
     assert_eq!(
-        verify(&server, &revoked.token).await,
+        server.verify_code(&revoked.token).await,
         Ok(VerifyCode::Unknown)
     );
 
@@ -47,7 +34,7 @@ async fn a_failover_loses_no_acknowledged_revoke() {
         _ => unreachable!(),
     }
     // Until Sentinel promotes the replica, calls fail closed.
-    let during = verify(&server, &kept.token).await;
+    let during = server.verify_code(&kept.token).await;
     assert!(
         matches!(
             during,
@@ -64,16 +51,16 @@ async fn a_failover_loses_no_acknowledged_revoke() {
         Duration::from_secs(15),
         || async {
             assert_ne!(
-                verify(&server, &revoked.token).await,
+                server.verify_code(&revoked.token).await,
                 Ok(VerifyCode::Valid),
                 "a revoked key never verifies"
             );
-            verify(&server, &kept.token).await == Ok(VerifyCode::Valid)
+            server.verify_code(&kept.token).await == Ok(VerifyCode::Valid)
         },
     )
     .await;
     assert_eq!(
-        verify(&server, &revoked.token).await,
+        server.verify_code(&revoked.token).await,
         Ok(VerifyCode::Unknown),
         "the acknowledged revoke survived the failover"
     );

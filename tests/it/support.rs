@@ -371,6 +371,22 @@ impl TestServer {
         tonic_health::pb::health_client::HealthClient::new(self.channel().await)
     }
 
+    /// Verify's code for `token`, or the gRPC code the call failed with.
+    pub async fn verify_code(
+        &self,
+        token: &str,
+    ) -> Result<keyrack::proto::VerifyCode, tonic::Code> {
+        self.verifier()
+            .await
+            .verify(keyrack::proto::VerifyRequest {
+                token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|answer| answer.into_inner().code())
+            .map_err(|status| status.code())
+    }
+
     /// Creates an identity as the root admin.
     pub async fn create_identity(
         &self,
