@@ -96,20 +96,6 @@ fn patch(operations: Value) -> Value {
     json!({"schemas": [PATCH_SCHEMA], "Operations": operations})
 }
 
-async fn verify(server: &TestServer, token: &str) -> VerifyCode {
-    server
-        .verifier()
-        .await
-        .verify(proto::VerifyRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .code()
-}
-
 async fn users_matching(server: &TestServer, query: &str) -> Value {
     let answer = call(server, Method::GET, &format!("/Users?{query}"), None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -166,7 +152,10 @@ async fn a_user_is_a_person_identity_whose_keys_follow_active(server: TestServer
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(verify(&server, &minted.token).await, VerifyCode::Valid);
+    assert_eq!(
+        server.verify_code(&minted.token).await.unwrap(),
+        VerifyCode::Valid
+    );
 
     // Entra ID sends booleans as strings in PATCH values.
     let deactivated = call(
@@ -180,7 +169,10 @@ async fn a_user_is_a_person_identity_whose_keys_follow_active(server: TestServer
     .await;
     assert_eq!(deactivated.status, StatusCode::OK, "{}", deactivated.body);
     assert_eq!(deactivated.body["active"], false);
-    assert_eq!(verify(&server, &minted.token).await, VerifyCode::Disabled);
+    assert_eq!(
+        server.verify_code(&minted.token).await.unwrap(),
+        VerifyCode::Disabled
+    );
 
     let reactivated = call(
         &server,
@@ -190,7 +182,10 @@ async fn a_user_is_a_person_identity_whose_keys_follow_active(server: TestServer
     )
     .await;
     assert_eq!(reactivated.status, StatusCode::OK, "{}", reactivated.body);
-    assert_eq!(verify(&server, &minted.token).await, VerifyCode::Valid);
+    assert_eq!(
+        server.verify_code(&minted.token).await.unwrap(),
+        VerifyCode::Valid
+    );
 
     // PUT replaces the whole profile: what it leaves out is unassigned.
     let replaced = call(
@@ -204,12 +199,18 @@ async fn a_user_is_a_person_identity_whose_keys_follow_active(server: TestServer
     assert_eq!(replaced.body["userName"], "ada@example.org");
     assert!(replaced.body.get("externalId").is_none());
     assert!(replaced.body.get("displayName").is_none());
-    assert_eq!(verify(&server, &minted.token).await, VerifyCode::Disabled);
+    assert_eq!(
+        server.verify_code(&minted.token).await.unwrap(),
+        VerifyCode::Disabled
+    );
 
     // Deleting the user deletes the identity and its keys.
     let deleted = call(&server, Method::DELETE, &format!("/Users/{id}"), None).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    assert_eq!(verify(&server, &minted.token).await, VerifyCode::Unknown);
+    assert_eq!(
+        server.verify_code(&minted.token).await.unwrap(),
+        VerifyCode::Unknown
+    );
     let gone = call(&server, Method::GET, &format!("/Users/{id}"), None).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert_eq!(gone.body["status"], "404");

@@ -145,17 +145,10 @@ impl RedisStore<ConnectionManager> {
         let client = redis::Client::open(info)
             .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
         let config = manager_config(options);
-        let started = tokio::time::Instant::now();
-        let connection = loop {
-            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                Ok(connection) => break connection,
-                Err(error) if started.elapsed() < wait => {
-                    tracing::warn!(%error, "Redis is not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(error) => return Err(unavailable(error)),
-            }
-        };
+        let connection = keep_trying(wait, "Redis", || {
+            ConnectionManager::new_with_config(client.clone(), config.clone())
+        })
+        .await?;
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
@@ -167,6 +160,29 @@ impl RedisStore<ConnectionManager> {
             store.check_durability_support().await?;
         }
         Ok(store)
+    }
+}
+
+/// Runs `attempt` until it connects or `wait` has passed: at start Redis
+/// may still be coming up beside keyrack.
+async fn keep_trying<T, Fut>(
+    wait: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> StoreResult<T>
+where
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(connected) => return Ok(connected),
+            Err(error) if started.elapsed() < wait => {
+                tracing::warn!(%error, "{what} is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(unavailable(error)),
+        }
     }
 }
 
@@ -190,18 +206,10 @@ impl RedisStore<SentinelConnection> {
         wait: Duration,
     ) -> StoreResult<Self> {
         let config = manager_config(options);
-        let started = tokio::time::Instant::now();
-        let connect = || SentinelConnection::connect(sentinels, master_name, config.clone());
-        let connection = loop {
-            match connect().await {
-                Ok(connection) => break connection,
-                Err(error) if started.elapsed() < wait => {
-                    tracing::warn!(%error, "Sentinel cannot name a reachable primary yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(error) => return Err(unavailable(error)),
-            }
-        };
+        let connection = keep_trying(wait, "the primary Sentinel names", || {
+            SentinelConnection::connect(sentinels, master_name, config.clone())
+        })
+        .await?;
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
@@ -230,17 +238,8 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             .retries(2)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))?;
-        let started = tokio::time::Instant::now();
-        let connection = loop {
-            match client.get_async_connection().await {
-                Ok(connection) => break connection,
-                Err(error) if started.elapsed() < wait => {
-                    tracing::warn!(%error, "Redis Cluster is not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(error) => return Err(unavailable(error)),
-            }
-        };
+        let connection =
+            keep_trying(wait, "Redis Cluster", || client.get_async_connection()).await?;
         let mut store = Self::with_connection(connection, Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
         store.cluster = true;
