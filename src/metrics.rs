@@ -93,17 +93,17 @@ pub struct Metrics {
 /// A SCIM request's outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScimLabels {
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method: a standard one, or `OTHER`, so callers cannot invent
+    /// labels.
+    pub method: &'static str,
     /// The HTTP status code.
     pub status: u16,
 }
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("keyrack");
-        let metrics = Self {
-            registry: Registry::default(),
+        let mut metrics = Self {
+            registry: Registry::with_prefix("keyrack"),
             rpc_requests: Family::default(),
             rpc_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             verify_outcomes: Family::default(),
@@ -126,86 +126,85 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        registry.register("build_info", "keyrack's version; always 1", build_info);
-        registry.register(
+        metrics
+            .registry
+            .register("build_info", "keyrack's version; always 1", build_info);
+        metrics.registry.register(
             "grpc_server_requests",
             "Finished gRPC calls by method and status code",
             metrics.rpc_requests.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "grpc_server_duration_seconds",
             "gRPC call latency by method",
             metrics.rpc_duration.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "verify_outcomes",
             "Verify answers by code (VALID, UNKNOWN, ...) or the gRPC error that stopped it",
             metrics.verify_outcomes.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "verify_cache_hits",
             "Verifications settled without argon2",
             metrics.verify_cache_hits.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "verify_cache_misses",
             "Verifications that ran argon2",
             metrics.verify_cache_misses.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "verify_cache_entries",
             "Tokens in the verified-token cache",
             metrics.verify_cache_entries.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "argon2_waiting",
             "Verifications waiting for an argon2 slot",
             metrics.argon2_waiting.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "argon2_running",
             "argon2 checks running",
             metrics.argon2_running.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "argon2_rejected",
             "Verifications refused because every argon2 slot stayed busy",
             metrics.argon2_rejected.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "verify_throttled",
             "Attempts refused by the per-key failure throttle or the rejected-token cache",
             metrics.verify_throttled.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "redis_errors",
             "Redis commands that failed",
             metrics.redis_errors.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "redis_reconnects",
             "Times the store answered health pings again after failing them (connection re-established)",
             metrics.redis_reconnects.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "health_serving",
             "1 while the store answers health pings, else 0",
             metrics.health_serving.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "audit_events",
             "Audit events appended",
             metrics.audit_events.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "scim_requests",
             "SCIM requests by method and HTTP status",
             metrics.scim_requests.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -56,6 +56,14 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
     response
 }
 
+/// Counts one Verify answer (a verdict's code, or the error that stopped it).
+fn count_outcome(code: &'static str) {
+    metrics()
+        .verify_outcomes
+        .get_or_create(&OutcomeLabels { code })
+        .inc();
+}
+
 #[tonic::async_trait]
 impl VerifyService for VerifyApi {
     async fn verify(
@@ -98,21 +106,11 @@ impl VerifyService for VerifyApi {
             Ok(verdict) => verdict,
             Err(error) => {
                 let status = Status::from(error);
-                metrics()
-                    .verify_outcomes
-                    .get_or_create(&OutcomeLabels {
-                        code: code_name(status.code()),
-                    })
-                    .inc();
+                count_outcome(code_name(status.code()));
                 return Err(status);
             }
         };
-        metrics()
-            .verify_outcomes
-            .get_or_create(&OutcomeLabels {
-                code: verdict.code.name(),
-            })
-            .inc();
+        count_outcome(verdict.code.name());
         let span = tracing::Span::current();
         span.record(field::VERIFY_CODE, verdict.code.name());
         if let Some((key, identity)) = &verdict.subject {

@@ -173,7 +173,14 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         });
         Ok::<_, ScimError>(next.run(request).await)
     };
-    let method = request_method.to_string();
+    let method = match request_method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "OTHER",
+    };
     let response = match tokio::time::timeout(state.options.request_timeout, work).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error.into_response(),

@@ -151,6 +151,7 @@ impl VerifyGuard {
             window.failures_at(now, self.options.failure_window)
         });
         if failures >= self.options.failures_per_window {
+            crate::metrics::metrics().verify_throttled.inc();
             return Err(Error::ResourceExhausted(format!(
                 "too many failed attempts for key {key}; retry later"
             )));

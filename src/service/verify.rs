@@ -59,7 +59,6 @@ impl Authority {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             if let Err(throttled) = self.guard.check_throttle(&parsed.key_id) {
-                metrics().verify_throttled.inc();
                 self.guard.slow_down().await;
                 return Err(throttled);
             }
@@ -114,10 +113,7 @@ impl Authority {
         parsed: &ParsedToken<'_>,
         key: &ApiKey,
     ) -> Result<bool, Error> {
-        if let Err(throttled) = self.guard.check_throttle(&key.id) {
-            metrics().verify_throttled.inc();
-            return Err(throttled);
-        }
+        self.guard.check_throttle(&key.id)?;
         let _slot = self.guard.hash_slot().await?;
         let matched = self
             .secret_matches(parsed.secret(), &key.secret_hash)

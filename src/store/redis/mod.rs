@@ -58,8 +58,14 @@ struct AuditArgs {
     stream: String,
     event: String,
     max_events: usize,
-    armed: bool,
     deferred: Option<String>,
+}
+
+impl AuditArgs {
+    /// Whether this change carries an event, in its script or after it.
+    fn carries_event(&self) -> bool {
+        !self.event.is_empty() || self.deferred.is_some()
+    }
 }
 
 /// Passes [`AuditArgs`] to a script invocation.
@@ -269,13 +275,11 @@ where
         let event = journal::armed_event()
             .map(|event| encode(&event))
             .transpose()?;
-        let armed = event.is_some();
         Ok(if self.cluster {
             AuditArgs {
                 stream: format!("{slot_key}:audit-deferred"),
                 event: String::new(),
                 max_events: self.audit_max_events,
-                armed,
                 deferred: event,
             }
         } else {
@@ -283,7 +287,6 @@ where
                 stream: self.keyspace.audit(),
                 event: event.unwrap_or_default(),
                 max_events: self.audit_max_events,
-                armed,
                 deferred: None,
             }
         })
@@ -292,7 +295,7 @@ where
     /// The change succeeded: its script appended the event, or, under
     /// Cluster, it is appended now, right after the change.
     async fn commit_audit(&self, audit: AuditArgs) {
-        if !audit.armed {
+        if !audit.carries_event() {
             return;
         }
         if let Some(event) = audit.deferred
