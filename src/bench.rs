@@ -10,6 +10,7 @@
 //! - `fill`: verifies N fresh tokens once each, to measure the server's memory
 //!   with a full verified-token cache.
 
+use crate::domain::token::{self, TokenPrefix};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::verify_service_client::VerifyServiceClient;
 use crate::proto::{self, VerifyCode};
@@ -18,6 +19,7 @@ use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
 use crate::service::{Authority, AuthorityOptions};
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{self as store_redis, Keyspace};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
@@ -78,6 +80,14 @@ pub struct BenchArgs {
     /// With `fill`: a server process whose resident memory to report.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The Redis that --target serves from: the c=1 phase then also times
+    /// the very MGET Verify makes, from a bare client, as the floor that
+    /// Verify's latency cannot go below.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The --redis-prefix --target was started with.
+    #[arg(long, default_value = "keyrack:")]
+    pub redis_prefix: String,
 }
 
 /// Latency and throughput of one measured phase.
@@ -123,6 +133,52 @@ impl PhaseResult {
     }
 }
 
+/// Latencies and failures of one stream or phase.
+struct Recorder {
+    latency_us: Histogram<u64>,
+    errors: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            // One microsecond to a minute, three significant digits.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            errors: 0,
+        }
+    }
+}
+
+impl Recorder {
+    fn record(&mut self, began: Instant, ok: bool) {
+        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Saturates at the upper bound instead of dropping an outlier.
+        self.latency_us.saturating_record(micros.max(1));
+        self.errors += u64::from(!ok);
+    }
+
+    fn merge(&mut self, other: &Recorder) {
+        let _ = self.latency_us.add(&other.latency_us);
+        self.errors += other.errors;
+    }
+
+    fn result(&self, name: &str, concurrency: usize, elapsed_secs: f64) -> PhaseResult {
+        let all = &self.latency_us;
+        PhaseResult {
+            name: name.to_owned(),
+            concurrency,
+            requests: all.len(),
+            errors: self.errors,
+            rps: all.len() as f64 / elapsed_secs,
+            p50_us: all.value_at_quantile(0.5),
+            p90_us: all.value_at_quantile(0.9),
+            p99_us: all.value_at_quantile(0.99),
+            max_us: all.max(),
+            mean_us: all.mean(),
+        }
+    }
+}
+
 /// One request kind a worker can repeat.
 #[derive(Clone)]
 enum Load {
@@ -135,6 +191,11 @@ enum Load {
     VerifyOnce {
         tokens: Arc<Vec<String>>,
         next: Arc<AtomicUsize>,
+    },
+    /// Verify's own Redis read (key and identity records) from a bare client.
+    StoreRead {
+        connection: redis::aio::MultiplexedConnection,
+        records: Arc<Vec<[String; 2]>>,
     },
 }
 
@@ -226,6 +287,17 @@ async fn run_phase(
     concurrency: usize,
     duration: Duration,
 ) -> PhaseResult {
+    let (latency, elapsed) = measure(target, load, concurrency, duration).await;
+    latency.result(name, concurrency, elapsed)
+}
+
+/// The latencies of `load` on `concurrency` streams, and the seconds it ran.
+async fn measure(
+    target: &Target,
+    load: Load,
+    concurrency: usize,
+    duration: Duration,
+) -> (Recorder, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
@@ -234,8 +306,7 @@ async fn run_phase(
         let load = load.clone();
         let stop = Arc::clone(&stop);
         workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let mut errors = 0u64;
+            let mut latency = Recorder::default();
             let mut health = HealthClient::new(channel.clone());
             let mut verifier = VerifyServiceClient::new(channel);
             let mut index = worker;
@@ -258,11 +329,16 @@ async fn run_phase(
                         let request = proto::VerifyRequest { token: token.clone(), ..Default::default() };
                         matches!(verifier.verify(request).await, Ok(answer) if answer.get_ref().code() == VerifyCode::Valid)
                     }
+                    Load::StoreRead { connection, records } => {
+                        index = (index + 1) % records.len();
+                        let read: redis::RedisResult<[Option<Vec<u8>>; 2]> =
+                            redis::AsyncCommands::mget(&mut connection.clone(), &records[index]).await;
+                        matches!(read, Ok([Some(_), Some(_)]))
+                    }
                 };
-                let _ = histogram.record(began.elapsed().as_micros().max(1) as u64);
-                errors += u64::from(!ok);
+                latency.record(began, ok);
             }
-            (histogram, errors)
+            latency
         }));
     }
     // A VerifyOnce load may run out before the deadline.
@@ -272,26 +348,78 @@ async fn run_phase(
     }
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let mut errors = 0;
+    let mut all = Recorder::default();
     for worker in workers {
-        if let Ok((histogram, worker_errors)) = worker.await {
-            let _ = all.add(&histogram);
-            errors += worker_errors;
+        if let Ok(latency) = worker.await {
+            all.merge(&latency);
         }
     }
-    PhaseResult {
-        name: name.to_owned(),
-        concurrency,
-        requests: all.len(),
-        errors,
-        rps: all.len() as f64 / elapsed,
-        p50_us: all.value_at_quantile(0.5),
-        p90_us: all.value_at_quantile(0.9),
-        p99_us: all.value_at_quantile(0.99),
-        max_us: all.max(),
-        mean_us: all.mean(),
+    (all, elapsed)
+}
+
+/// Single-stream latency of each of `loads`, `duration` apiece, taken in
+/// turns of a fraction of a second: a shared machine's speed drifts within
+/// a run, and turns let the drift fall on every load alike while each is
+/// still measured as a steady stream of its own.
+async fn run_single_streams(
+    target: &Target,
+    loads: &[(&str, Load)],
+    duration: Duration,
+) -> Vec<PhaseResult> {
+    const TURN: Duration = Duration::from_millis(250);
+    let mut measured: Vec<(Recorder, f64)> =
+        loads.iter().map(|_| (Recorder::default(), 0.0)).collect();
+    let mut remaining = duration;
+    while !remaining.is_zero() {
+        let turn = remaining.min(TURN);
+        for ((_, load), (latency, elapsed)) in loads.iter().zip(measured.iter_mut()) {
+            let (turn_latency, turn_elapsed) = measure(target, load.clone(), 1, turn).await;
+            latency.merge(&turn_latency);
+            *elapsed += turn_elapsed;
+        }
+        remaining -= turn;
     }
+    loads
+        .iter()
+        .zip(measured)
+        .map(|((name, _), (latency, elapsed))| latency.result(name, 1, elapsed))
+        .collect()
+}
+
+/// With --redis-url: Verify's own MGET of each hot token's records, on a
+/// connection set up as keyrack sets up its own.
+async fn store_read(args: &BenchArgs, tokens: &[String]) -> Result<Option<Load>, String> {
+    let Some(url) = &args.redis_url else {
+        return Ok(None);
+    };
+    let keyspace = Keyspace::new(args.redis_prefix.clone());
+    let mut records = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let prefix = token.split('_').next().unwrap_or_default();
+        let parsed = TokenPrefix::parse(prefix)
+            .ok()
+            .and_then(|prefix| token::parse(&prefix, token).ok())
+            .ok_or("--target minted a token this bench cannot parse")?;
+        records.push(keyspace.verify_records(&parsed.key_id));
+    }
+    let mut connection = store_redis::client(url)
+        .map_err(|e| e.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect to --redis-url: {e}"))?;
+    let first: [Option<Vec<u8>>; 2] = redis::AsyncCommands::mget(&mut connection, &records[0])
+        .await
+        .map_err(|e| format!("cannot read from --redis-url: {e}"))?;
+    if first.iter().any(Option::is_none) {
+        return Err(format!(
+            "--redis-url holds no records of --target under --redis-prefix {:?}",
+            args.redis_prefix
+        ));
+    }
+    Ok(Some(Load::StoreRead {
+        connection,
+        records: Arc::new(records),
+    }))
 }
 
 fn ratio(label: &str, numerator: f64, denominator: f64) {
@@ -476,16 +604,27 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 hot_alone.rps,
                 health.rps,
             );
-            let health_one =
-                run_phase(&target, "health Check", Load::Health, 1, args.duration).await;
-            health_one.print();
-            let hot_one = run_phase(&target, "Verify hot", hot.clone(), 1, args.duration).await;
-            hot_one.print();
+            let mut loads = vec![("health Check", Load::Health), ("Verify hot", hot.clone())];
+            if let Some(bare_read) = store_read(&args, &hot_tokens).await? {
+                loads.push(("Redis MGET, bare client", bare_read));
+            }
+            let single = run_single_streams(&target, &loads, args.duration).await;
+            for phase in &single {
+                phase.print();
+            }
+            let (health_one, hot_one) = (&single[0], &single[1]);
             ratio(
                 "c=1 mean latency: hot Verify / health Check",
                 hot_one.mean_us,
                 health_one.mean_us,
             );
+            if let Some(read_one) = single.get(2) {
+                ratio(
+                    "c=1 floor: (health + bare MGET) / health",
+                    health_one.mean_us + read_one.mean_us,
+                    health_one.mean_us,
+                );
+            }
         }
         if want(BenchMode::Cold) || want(BenchMode::Mixed) {
             let cold_tokens = Arc::new(mint_tokens(&target, "cold", args.cold_keys.max(1)).await?);

@@ -803,6 +803,70 @@ fn bench_runs_briefly_and_reports_ratios() {
     );
 }
 
+/// Given the Redis a served keyrack uses, the bench also times Verify's own
+/// MGET from a bare client: the floor of Verify's single-stream latency.
+#[test]
+fn bench_reports_the_redis_floor_of_a_served_keyrack() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let store_args = [
+        "--redis-url",
+        &redis.url(),
+        "--redis-prefix",
+        "floor:",
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let bootstrap = keyrack()
+        .arg("bootstrap-admin")
+        .args(["--name", "bench_root"])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
+    let token = text(&bootstrap.stdout).trim().to_owned();
+    let served = Served::start(dir.path(), &store_args, &[], false);
+    let bench = |prefix: &str| {
+        keyrack()
+            .args(["bench", "--mode", "hot", "--target", &served.address()])
+            .args(["--admin-token", &token, "--redis-url", &redis.url()])
+            .args(["--redis-prefix", prefix, "--duration", "300ms"])
+            .args([
+                "--hot-keys",
+                "2",
+                "--concurrency",
+                "2",
+                "--connections",
+                "1",
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let output = bench("floor:");
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let bare_read = stdout
+        .lines()
+        .find(|line| line.starts_with("Redis MGET, bare client"))
+        .unwrap_or_else(|| panic!("no bare MGET phase in:\n{stdout}"));
+    assert!(bare_read.contains("errors=0 "), "{bare_read}");
+    assert!(
+        stdout.contains("c=1 floor: (health + bare MGET) / health"),
+        "{stdout}"
+    );
+
+    // Pointed at the wrong keys, it says so rather than time empty reads.
+    let output = bench("elsewhere:");
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("holds no records of --target"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 #[test]
 fn scim2_tester_finds_no_error_against_a_live_keyrack() {
     let redis = RedisServer::start();

@@ -53,6 +53,12 @@ impl Keyspace {
         self.key_prefix(&key.identity_id()) + key.as_str()
     }
 
+    /// What Verify reads in one MGET: the key's record, then its identity's.
+    /// Both carry the identity's hash tag (one round trip, one Cluster slot).
+    pub fn verify_records(&self, key: &KeyId) -> [String; 2] {
+        [self.key(key), self.identity(&key.identity_id())]
+    }
+
     /// The identity's key ids.
     pub fn key_index(&self, identity: &IdentityId) -> String {
         self.tagged(identity) + "keys"

@@ -140,16 +140,20 @@ fn script_outcome(reply: &str, name: &str, missing: &'static str) -> StoreResult
     }
 }
 
+/// A client for a standalone Redis at `url`, set up as Verify needs it.
+pub fn client(url: &str) -> StoreResult<redis::Client> {
+    // Verify sends one small command and waits for it: Nagle's algorithm
+    // would hold it back behind any unacknowledged pipelined write.
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))
+}
+
 impl RedisStore<ConnectionManager> {
     /// Connects to a standalone Redis, retrying until `wait` has passed.
     pub async fn connect(options: &RedisOptions, wait: Duration) -> StoreResult<Self> {
-        // Verify sends one small command and waits for it: Nagle's algorithm
-        // would hold it back behind any unacknowledged pipelined write.
-        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let client = client(&options.url)?;
         let config = manager_config(options);
         let connection = keep_trying(wait, "Redis", || {
             ConnectionManager::new_with_config(client.clone(), config.clone())
@@ -889,14 +893,9 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
-        // Both records carry the identity's hash tag: one MGET, one round
-        // trip, one Cluster slot.
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
-            .mget(&[
-                self.keyspace.key(id),
-                self.keyspace.identity(&id.identity_id()),
-            ])
+            .mget(&self.keyspace.verify_records(id))
             .await
             .map_err(unavailable)?;
         match (raw_key, raw_identity) {
