@@ -36,6 +36,18 @@ pub(crate) struct Served {
     stdout_lines: Vec<String>,
 }
 
+/// Runs `keyrack bootstrap-admin --name NAME` on `store_args`; returns the token.
+pub(crate) fn bootstrap_admin(name: &str, store_args: &[&str]) -> String {
+    let bootstrap = keyrack()
+        .arg("bootstrap-admin")
+        .args(["--name", name])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
+    text(&bootstrap.stdout).trim().to_owned()
+}
+
 impl Served {
     /// Starts `keyrack serve` with `args` and waits until it accepts calls.
     /// In dev mode, reads stdout until the admin token line.
@@ -818,14 +830,7 @@ fn bench_reports_the_redis_floor_of_a_served_keyrack() {
         "--server-secret-file",
         secret.to_str().unwrap(),
     ];
-    let bootstrap = keyrack()
-        .arg("bootstrap-admin")
-        .args(["--name", "bench_root"])
-        .args(store_args)
-        .output()
-        .unwrap();
-    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
-    let token = text(&bootstrap.stdout).trim().to_owned();
+    let token = bootstrap_admin("bench_root", &store_args);
     let served = Served::start(dir.path(), &store_args, &[], false);
     let bench = |prefix: &str| {
         keyrack()
@@ -878,14 +883,7 @@ fn scim2_tester_finds_no_error_against_a_live_keyrack() {
         "--server-secret-file",
         secret.to_str().unwrap(),
     ];
-    let bootstrap = keyrack()
-        .arg("bootstrap-admin")
-        .args(["--name", "idp"])
-        .args(store_args)
-        .output()
-        .unwrap();
-    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
-    let token = text(&bootstrap.stdout).trim().to_owned();
+    let token = bootstrap_admin("idp", &store_args);
     let scim_port = free_port();
     let scim_listen = format!("127.0.0.1:{scim_port}");
     let mut args = store_args.to_vec();

@@ -120,7 +120,7 @@ async fn a_dead_shard_fails_closed_and_live_shards_serve() {
 
 #[test]
 fn the_binary_bootstraps_and_serves_on_a_cluster() {
-    use crate::cli::{Served, grpcurl, keyrack, text, write_secret};
+    use crate::cli::{Served, bootstrap_admin, grpcurl, keyrack, text, write_secret};
     let cluster = RedisCluster::start();
     let dir = tempfile::tempdir().unwrap();
     let secret = write_secret(dir.path());
@@ -131,14 +131,7 @@ fn the_binary_bootstraps_and_serves_on_a_cluster() {
         "--server-secret-file",
         secret.to_str().unwrap(),
     ];
-    let bootstrap = keyrack()
-        .arg("bootstrap-admin")
-        .args(["--name", "ops"])
-        .args(store_args)
-        .output()
-        .unwrap();
-    assert!(bootstrap.status.success(), "{}", text(&bootstrap.stderr));
-    let token = text(&bootstrap.stdout).trim().to_owned();
+    let token = bootstrap_admin("ops", &store_args);
     let served = Served::start(dir.path(), &store_args, &[], false);
     let verified = grpcurl(&[
         "-plaintext",
