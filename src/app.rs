@@ -52,35 +52,29 @@ async fn open_authority(
     let config = args.load()?;
     let durability = args.durability()?;
     options.token_prefix = config.token_prefix;
+    // Sentinel and Cluster find their servers themselves: no URL.
+    let redis_options = |url: String| RedisOptions {
+        url,
+        key_prefix: args.redis_prefix.clone(),
+        connect_timeout: args.redis_timeout,
+        response_timeout: args.redis_timeout,
+        durability,
+        audit_max_events: args.audit_max_events,
+    };
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {
         StoreChoice::Memory => (
             Arc::new(MemoryStore::with_audit_limit(args.audit_max_events)),
             true,
         ),
         StoreChoice::Redis(url) => {
-            let options = RedisOptions {
-                url,
-                key_prefix: args.redis_prefix.clone(),
-                connect_timeout: args.redis_timeout,
-                response_timeout: args.redis_timeout,
-                durability,
-                audit_max_events: args.audit_max_events,
-            };
-            let store = RedisStore::connect(&options, args.redis_connect_wait)
+            let store = RedisStore::connect(&redis_options(url), args.redis_connect_wait)
                 .await
                 .map_err(|e| ConfigError(format!("cannot reach Redis: {e}")))?;
             warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
         StoreChoice::Sentinel { sentinels, master } => {
-            let options = RedisOptions {
-                url: String::new(),
-                key_prefix: args.redis_prefix.clone(),
-                connect_timeout: args.redis_timeout,
-                response_timeout: args.redis_timeout,
-                durability,
-                audit_max_events: args.audit_max_events,
-            };
+            let options = redis_options(String::new());
             let store = RedisStore::connect_sentinel(
                 &sentinels,
                 &master,
@@ -93,14 +87,7 @@ async fn open_authority(
             (Arc::new(store), false)
         }
         StoreChoice::Cluster(nodes) => {
-            let options = RedisOptions {
-                url: String::new(),
-                key_prefix: args.redis_prefix.clone(),
-                connect_timeout: args.redis_timeout,
-                response_timeout: args.redis_timeout,
-                durability,
-                audit_max_events: args.audit_max_events,
-            };
+            let options = redis_options(String::new());
             let store = RedisStore::connect_cluster(&nodes, &options, args.redis_connect_wait)
                 .await
                 .map_err(|e| ConfigError(format!("cannot reach Redis Cluster: {e}")))?;

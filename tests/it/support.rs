@@ -84,21 +84,7 @@ impl RedisServer {
     }
 
     fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = redis::Client::open(self.url())
-                .and_then(|client| client.get_connection())
-                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
-                .is_ok();
-            if ready {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_redis("redis-server starts", &self.url(), answers_ping);
     }
 
     /// The URL keyrack connects with.
@@ -580,9 +566,7 @@ impl RedisCluster {
         }
         let cluster = Self { nodes, _dir: dir };
         for (port, _) in &cluster.nodes {
-            cluster.wait_for(*port, |connection| {
-                redis::cmd("PING").query::<String>(connection).is_ok()
-            });
+            wait_until("the cluster node starts", *port, answers_ping);
         }
         let addresses: Vec<String> = cluster
             .nodes
@@ -602,7 +586,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         for (port, _) in &cluster.nodes {
-            cluster.wait_for(*port, |connection| {
+            wait_until("the cluster node serves every slot", *port, |connection| {
                 redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query::<String>(connection)
@@ -612,23 +596,6 @@ impl RedisCluster {
             });
         }
         cluster
-    }
-
-    fn wait_for(&self, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let done = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .and_then(|client| client.get_connection())
-                .is_ok_and(|mut connection| ready(&mut connection));
-            if done {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cluster node on {port} did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// The seed node URLs keyrack is given.
@@ -725,18 +692,31 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// Polls the Redis on local `port` until `ready` holds; fails the test after 30 s.
 fn wait_until(what: &str, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
+    wait_for_redis(what, &format!("redis://127.0.0.1:{port}"), ready);
+}
+
+/// Polls the Redis at `url` until `ready` holds; fails the test after 30 s.
+fn wait_for_redis(what: &str, url: &str, ready: impl Fn(&mut redis::Connection) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let done = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        let done = redis::Client::open(url)
             .and_then(|client| client.get_connection())
             .is_ok_and(|mut connection| ready(&mut connection));
         if done {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{what} (port {port})");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {what} ({url})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn answers_ping(connection: &mut redis::Connection) -> bool {
+    redis::cmd("PING").query::<String>(connection).is_ok()
 }
 
 impl RedisSentinels {
@@ -760,9 +740,7 @@ impl RedisSentinels {
         };
         let primary_port = free_tcp_port();
         let primary = (primary_port, redis(primary_port, &[]));
-        wait_until("the primary starts", primary_port, |c| {
-            redis::cmd("PING").query::<String>(c).is_ok()
-        });
+        wait_until("the primary starts", primary_port, answers_ping);
         let replica_port = free_tcp_port();
         let replica = (
             replica_port,
