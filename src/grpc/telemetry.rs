@@ -30,6 +30,7 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
     for encoded in [
         crate::proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        crate::proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ] {
