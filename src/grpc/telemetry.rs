@@ -194,6 +194,14 @@ mod tests {
     }
 
     #[test]
+    fn envoy_ext_authz_check_is_a_known_method() {
+        assert_eq!(
+            method_label("/envoy.service.auth.v3.Authorization/Check"),
+            "/envoy.service.auth.v3.Authorization/Check"
+        );
+    }
+
+    #[test]
     fn trailers_only_answers_carry_their_code() {
         let mut headers = http::HeaderMap::new();
         assert_eq!(status_of(&headers), tonic::Code::Ok);
