@@ -40,6 +40,11 @@ const KEYRACK_HEADER_PREFIX: &str = "x-keyrack-";
 
 /// Route settings Envoy passes in `context_extensions`.
 const DATASET_EXTENSION: &str = "keyrack-dataset";
+/// Every route setting this keyrack understands. Any other `keyrack-*`
+/// extension is a requirement it cannot enforce (a typo, or a setting of a
+/// newer keyrack), so the request is refused rather than the setting ignored.
+const KNOWN_EXTENSIONS: &[&str] = &[DATASET_EXTENSION];
+const EXTENSION_PREFIX: &str = "keyrack-";
 
 /// The default credential header, which carries `Bearer <token>`.
 pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
@@ -326,6 +331,14 @@ impl Authorization for ExtAuthzApi {
             .ok_or_else(|| Status::invalid_argument("attributes.request.http is required"))?;
         // A bad route setting is the operator's mistake: an error makes Envoy
         // refuse (fail closed) and log it, rather than keyrack guessing.
+        if let Some(unknown) = attributes.context_extensions.keys().find(|name| {
+            name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
+        }) {
+            return Err(Status::invalid_argument(format!(
+                "context extension {unknown} is not one this keyrack enforces (known: {})",
+                KNOWN_EXTENSIONS.join(", ")
+            )));
+        }
         let dataset = match attributes.context_extensions.get(DATASET_EXTENSION) {
             None => None,
             Some(name) => Some(parse_name(name).map(|_| name.as_str()).map_err(|reason| {

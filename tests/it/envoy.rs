@@ -319,6 +319,10 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
     let key = created.key.clone().unwrap();
 
     assert_refused(&envoy.get("/invoices", &[]).await, 401, "MISSING_CREDENTIAL");
+    // The probe route is the one keyrack is not asked about.
+    let probe = envoy.get("/healthz", &[("x-keyrack-identity-id", "forged")]).await;
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    assert!(probe.upstream_header("x-keyrack-identity-id").is_empty(), "{}", probe.body);
     assert_refused(
         &envoy.get("/invoices", &[("authorization", "Bearer not-a-token")]).await,
         401,
@@ -623,6 +627,16 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
     .await
     .unwrap_err();
     assert_eq!(bad_route.code(), tonic::Code::InvalidArgument);
+    // So is a requirement keyrack does not know: ignoring it would let
+    // through what the route meant to refuse.
+    let unknown_setting = check(
+        &server,
+        check_request(&[("authorization", &authorization)], &[("keyrack-datasets", "reports")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown_setting.code(), tonic::Code::InvalidArgument);
+    assert!(unknown_setting.message().contains("keyrack-datasets"));
     server.stop().await;
 }
 
