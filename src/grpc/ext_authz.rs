@@ -21,7 +21,6 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -290,8 +289,6 @@ fn allowed(verdict: &Verdict, headers_to_remove: Vec<String>) -> CheckResponse {
         fields: values
             .iter()
             .map(|(_, name, value)| ((*name).to_owned(), string_value(value)))
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
             .collect(),
     };
     CheckResponse {
