@@ -56,6 +56,10 @@ pub struct Identity {
     pub datasets: Vec<String>,
     /// Where its keys may be used from; empty means anywhere.
     pub allowed_cidrs: Vec<IpNet>,
+    /// What its keys may do (see `scope`); records written before scopes
+    /// existed read as none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it and all its keys stop working.
@@ -87,6 +91,7 @@ impl Identity {
             state: State::Active,
             datasets: Vec::new(),
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
             admin: false,
             expire_time: None,
             create_time: now,
@@ -137,6 +142,8 @@ pub struct IdentityFilter {
     pub dataset: Option<String>,
     /// Only admins, or only non-admins.
     pub admin: Option<bool>,
+    /// Only identities granted this scope.
+    pub scope: Option<String>,
 }
 
 impl IdentityFilter {
@@ -149,5 +156,9 @@ impl IdentityFilter {
                 .dataset
                 .as_ref()
                 .is_none_or(|dataset| identity.datasets.iter().any(|d| d == dataset))
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|scope| super::scope::any_covers(&identity.scopes, scope))
     }
 }

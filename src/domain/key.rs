@@ -1,6 +1,7 @@
 //! API keys: credentials of one identity, stored as argon2id hashes only.
 
-use super::identity::State;
+use super::identity::{Identity, State};
+use super::scope;
 use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
 use ipnet::IpNet;
@@ -35,6 +36,12 @@ pub struct ApiKey {
     pub token_hint: String,
     /// Narrows the identity's allow-list; empty means no narrowing.
     pub allowed_cidrs: Vec<IpNet>,
+    /// Narrows the identity's scopes; empty means no narrowing.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Narrows the identity's datasets; empty means no narrowing.
+    #[serde(default)]
+    pub datasets: Vec<String>,
     /// The argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Incremented by every write (see `Identity::revision`).
@@ -51,6 +58,26 @@ impl ApiKey {
             self.grace_expire_time,
             identity_expire_time,
         ])
+    }
+
+    /// The scopes this key grants as a key of `identity`.
+    pub fn effective_scopes(&self, identity: &Identity) -> Vec<String> {
+        scope::effective(&identity.scopes, &self.scopes)
+    }
+
+    /// The datasets this key may access as a key of `identity`.
+    pub fn effective_datasets(&self, identity: &Identity) -> Vec<String> {
+        scope::effective_datasets(&identity.datasets, &self.datasets)
+    }
+
+    /// Whether this key, as a key of `identity`, holds `wanted`.
+    pub fn holds_scope(&self, identity: &Identity, wanted: &str) -> bool {
+        scope::holds(&identity.scopes, &self.scopes, wanted)
+    }
+
+    /// Whether this key, as a key of `identity`, may access `dataset`.
+    pub fn may_access_dataset(&self, identity: &Identity, dataset: &str) -> bool {
+        scope::may_access(&identity.datasets, &self.datasets, dataset)
     }
 
     /// Whether the key was rolled and still works until its grace deadline.
@@ -80,5 +107,25 @@ impl std::fmt::Debug for ApiKey {
             .field("grace_expire_time", &self.grace_expire_time)
             .field("revision", &self.revision)
             .finish_non_exhaustive()
+    }
+}
+
+/// Which keys a listing returns: every condition set must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyFilter {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only keys that hold this scope (as keys of their identity).
+    pub scope: Option<String>,
+}
+
+impl KeyFilter {
+    /// Whether `key`, a key of `identity`, passes.
+    pub fn matches(&self, key: &ApiKey, identity: &Identity) -> bool {
+        self.state.is_none_or(|state| key.state == state)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|wanted| key.holds_scope(identity, wanted))
     }
 }

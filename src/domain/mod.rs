@@ -9,6 +9,7 @@ pub mod identity;
 pub mod ids;
 pub mod key;
 pub mod names;
+pub mod scope;
 pub mod secret;
 pub mod time;
 pub mod token;

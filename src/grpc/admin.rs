@@ -200,8 +200,13 @@ impl AdminService for AdminApi {
         self.authorize(&request).await?;
         let request = request.into_inner();
         let identity = convert::identity_id_in("identity_id", &request.identity_id)?;
+        let filter = filter::parse_key_filter(&request.filter)
+            .map_err(|why| Error::invalid("filter", why))?;
         let page = convert::page_in(request.page_size, request.page_token)?;
-        let page = self.authority.list_keys(&identity, &page).await?;
+        let page = self
+            .authority
+            .list_keys(&identity, &page, |key, owner| filter.matches(key, owner))
+            .await?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: page.items.into_iter().map(convert::key_out).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),

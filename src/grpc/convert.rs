@@ -3,6 +3,7 @@
 
 use crate::domain::SecretString;
 use crate::domain::cidr;
+use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
@@ -73,6 +74,7 @@ pub fn identity_out(identity: Identity) -> proto::Identity {
         create_time: Some(timestamp_out(identity.create_time)),
         update_time: Some(timestamp_out(identity.update_time)),
         external_id: identity.external_id.unwrap_or_default(),
+        scopes: identity.scopes,
     }
 }
 
@@ -93,6 +95,8 @@ pub fn key_out(key: ApiKey) -> proto::ApiKey {
         grace_expire_time: key.grace_expire_time.map(timestamp_out),
         token_hint: key.token_hint,
         allowed_cidrs: key.allowed_cidrs.iter().map(IpNet::to_string).collect(),
+        scopes: key.scopes,
+        datasets: key.datasets,
     }
 }
 
@@ -102,6 +106,19 @@ pub const MAX_DATASETS: usize = 256;
 fn check_cidrs(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<IpNet> {
     match cidr::parse_cidrs(field, entries) {
         Ok(nets) => nets,
+        Err(errors) => {
+            for (field, why) in errors {
+                violations.add(field, why);
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Checks a list of scopes, reporting each bad entry.
+pub fn check_scopes(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<String> {
+    match scope::parse_scopes(field, entries) {
+        Ok(scopes) => scopes,
         Err(errors) => {
             for (field, why) in errors {
                 violations.add(field, why);
@@ -171,6 +188,7 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
     let description = violations.check("description", parse_description(&request.description));
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewIdentity {
@@ -178,6 +196,7 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
         description: description.unwrap_or_default(),
         datasets,
         allowed_cidrs,
+        scopes,
         admin: request.admin,
         expire_time,
     })
@@ -190,9 +209,13 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let name = violations.check("name", parse_name(&request.name));
     let description = violations.check("description", parse_description(&request.description));
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
+    let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewKey {
+        scopes,
+        datasets,
         identity_id: identity_id.expect("checked above"),
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
@@ -257,12 +280,20 @@ pub const IDENTITY_MASK_PATHS: &[&str] = &[
     "description",
     "datasets",
     "allowed_cidrs",
+    "scopes",
     "admin",
     "expire_time",
 ];
 
 /// Fields of a key that UpdateKey may change.
-pub const KEY_MASK_PATHS: &[&str] = &["name", "description", "expire_time", "allowed_cidrs"];
+pub const KEY_MASK_PATHS: &[&str] = &[
+    "name",
+    "description",
+    "expire_time",
+    "allowed_cidrs",
+    "scopes",
+    "datasets",
+];
 
 /// Checks an UpdateIdentityRequest; the name's rule depends on the identity's
 /// kind, so the service checks it.
@@ -298,6 +329,13 @@ pub fn identity_changes_in(
                     &mut violations,
                     "identity.allowed_cidrs",
                     &identity.allowed_cidrs,
+                ))
+            }
+            "scopes" => {
+                changes.scopes = Some(check_scopes(
+                    &mut violations,
+                    "identity.scopes",
+                    &identity.scopes,
                 ))
             }
             "admin" => changes.admin = Some(identity.admin),
@@ -344,6 +382,16 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
                     &mut violations,
                     "key.allowed_cidrs",
                     &key.allowed_cidrs,
+                ))
+            }
+            "scopes" => {
+                changes.scopes = Some(check_scopes(&mut violations, "key.scopes", &key.scopes))
+            }
+            "datasets" => {
+                changes.datasets = Some(check_datasets(
+                    &mut violations,
+                    "key.datasets",
+                    &key.datasets,
                 ))
             }
             _ => unreachable!("mask_paths returns only allowed paths"),

@@ -32,6 +32,7 @@ fn code_out(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::Disabled => proto::VerifyCode::Disabled,
         VerifyCode::IpNotAllowed => proto::VerifyCode::IpNotAllowed,
         VerifyCode::DatasetNotAllowed => proto::VerifyCode::DatasetNotAllowed,
+        VerifyCode::ScopeNotAllowed => proto::VerifyCode::ScopeNotAllowed,
     }
 }
 
@@ -46,12 +47,13 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
     if let Some((key, identity)) = verdict.subject {
         response.in_grace = key.in_grace();
         response.key_id = key.id.to_string();
+        response.datasets = key.effective_datasets(&identity);
+        response.scopes = key.effective_scopes(&identity);
         response.identity = Some(proto::VerifiedIdentity {
             id: identity.id.to_string(),
             name: identity.name,
             kind: convert::kind_out(identity.kind).into(),
         });
-        response.datasets = identity.datasets;
     }
     response
 }
@@ -87,6 +89,11 @@ impl VerifyService for VerifyApi {
         if !request.dataset.is_empty() {
             violations.check("dataset", parse_name(&request.dataset));
         }
+        let required_scopes = convert::check_scopes(
+            &mut violations,
+            "required_scopes",
+            &request.required_scopes,
+        );
         let client_ip = match request.client_ip.as_str() {
             "" => None,
             text => violations.check(
@@ -100,6 +107,7 @@ impl VerifyService for VerifyApi {
             token: &token,
             dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
             client_ip,
+            required_scopes: &required_scopes,
         };
         // A store outage is an error status, never a verdict: fail closed.
         let verdict = match self.authority.verify(query).await {

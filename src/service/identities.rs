@@ -19,6 +19,8 @@ pub struct NewIdentity {
     pub datasets: Vec<String>,
     /// Allowed CIDRs.
     pub allowed_cidrs: Vec<IpNet>,
+    /// Scopes its keys may be granted.
+    pub scopes: Vec<String>,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it stops working.
@@ -36,6 +38,8 @@ pub struct IdentityChanges {
     pub datasets: Option<Vec<String>>,
     /// A new allow-list.
     pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// A new scope list.
+    pub scopes: Option<Vec<String>>,
     /// A new admin flag.
     pub admin: Option<bool>,
     /// A new expiry; `Some(None)` clears it.
@@ -55,6 +59,7 @@ impl Authority {
         let mut identity = Identity::new_service(request.name, request.description, now);
         identity.datasets = request.datasets;
         identity.allowed_cidrs = request.allowed_cidrs;
+        identity.scopes = request.scopes;
         identity.admin = request.admin;
         identity.expire_time = request.expire_time;
         let first = self
@@ -84,40 +89,20 @@ impl Authority {
         page: &PageRequest,
         filter: impl Fn(&Identity) -> bool,
     ) -> Result<Page<Identity>, Error> {
-        let limit = page.limit();
-        let mut after =
-            match page.page_token.as_str() {
-                "" => None,
-                token => Some(IdentityId::parse(token).map_err(|_| {
-                    Error::invalid("page_token", "is not a token this API returned")
-                })?),
-            };
-        let mut items = Vec::with_capacity(limit);
-        // Filtering after the read may thin a page out; keep reading until it is
-        // full or the listing ends, so a short page always means the last page.
-        loop {
-            let batch = self.store.list_identities(after.as_ref(), limit).await?;
-            let exhausted = batch.len() < limit;
-            for identity in batch {
-                after = Some(identity.id.clone());
-                if filter(&identity) {
-                    items.push(identity);
-                    if items.len() == limit {
-                        let next = after.as_ref().map(|id| id.to_string());
-                        return Ok(Page {
-                            items,
-                            next_page_token: next,
-                        });
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(Page {
-                    items,
-                    next_page_token: None,
-                });
-            }
-        }
+        let after = match page.page_token.as_str() {
+            "" => None,
+            token => Some(IdentityId::parse(token).map_err(|_| {
+                Error::invalid("page_token", "is not a token this API returned")
+            })?),
+        };
+        super::filtered_page(
+            page.limit(),
+            after,
+            |after, limit| async move { self.store.list_identities(after.as_ref(), limit).await },
+            |identity: &Identity| identity.id.clone(),
+            filter,
+        )
+        .await
     }
 
     /// Applies `changes` to an identity.
@@ -153,6 +138,11 @@ impl Authority {
             }
             if let Some(cidrs) = &changes.allowed_cidrs {
                 identity.allowed_cidrs = cidrs.clone();
+            }
+            // Keys narrowed to a scope or dataset the identity loses simply
+            // lose it: the intersection is taken at Verify time.
+            if let Some(scopes) = &changes.scopes {
+                identity.scopes = scopes.clone();
             }
             if let Some(admin) = changes.admin {
                 identity.admin = admin;

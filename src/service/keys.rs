@@ -1,8 +1,10 @@
 //! Operations on API keys.
 
 use super::{Authority, Caller, MintedKey, Page, PageRequest, require_future, with_retries};
+use crate::domain::scope;
 use crate::domain::{
-    ApiKey, Error, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
+    ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
+    Violations,
 };
 use crate::store::StoreError;
 use crate::store::journal;
@@ -56,6 +58,10 @@ pub struct NewKey {
     pub expire_time: Option<UnixMillis>,
     /// Narrows the identity's allow-list.
     pub allowed_cidrs: Vec<IpNet>,
+    /// Narrows the identity's scopes; each must be one the identity grants.
+    pub scopes: Vec<String>,
+    /// Narrows the identity's datasets; each must be one the identity holds.
+    pub datasets: Vec<String>,
 }
 
 /// Fields to change on a key; `None` leaves a field as it is.
@@ -69,6 +75,45 @@ pub struct KeyChanges {
     pub expire_time: Option<Option<UnixMillis>>,
     /// A new allow-list.
     pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// A new scope list (within the identity's).
+    pub scopes: Option<Vec<String>>,
+    /// A new dataset list (within the identity's).
+    pub datasets: Option<Vec<String>>,
+}
+
+/// A key may narrow its identity's scopes and datasets, never widen them:
+/// each entry must be one the identity grants. `prefix` is the request's path
+/// to the key's fields (`""` or `"key."`).
+fn require_within_identity(
+    identity: &Identity,
+    prefix: &str,
+    scopes: &[String],
+    datasets: &[String],
+) -> Result<(), Error> {
+    let mut violations = Violations::new();
+    for (index, wanted) in scopes.iter().enumerate() {
+        if !scope::any_covers(&identity.scopes, wanted) {
+            violations.add(
+                format!("{prefix}scopes[{index}]"),
+                format!(
+                    "{wanted:?} is not granted to identity {}; a key may only narrow its identity's scopes",
+                    identity.id
+                ),
+            );
+        }
+    }
+    for (index, wanted) in datasets.iter().enumerate() {
+        if !identity.datasets.contains(wanted) {
+            violations.add(
+                format!("{prefix}datasets[{index}]"),
+                format!(
+                    "identity {} has no access to dataset {wanted:?}; a key may only narrow its identity's datasets",
+                    identity.id
+                ),
+            );
+        }
+    }
+    violations.finish()
 }
 
 impl Authority {
@@ -78,11 +123,14 @@ impl Authority {
         require_future("expire_time", request.expire_time, now)?;
         // Reading the identity first gives a clear NOT_FOUND before any hashing;
         // the store re-checks atomically when it writes.
-        self.get_identity(&request.identity_id).await?;
+        let identity = self.get_identity(&request.identity_id).await?;
+        require_within_identity(&identity, "", &request.scopes, &request.datasets)?;
         let mut minted = self.mint(&request.identity_id, request.name, now).await?;
         minted.key.description = request.description;
         minted.key.expire_time = request.expire_time;
         minted.key.allowed_cidrs = request.allowed_cidrs;
+        minted.key.scopes = request.scopes;
+        minted.key.datasets = request.datasets;
         journal::add_target(minted.key.id.as_str());
         journal::arm();
         self.store
@@ -104,32 +152,29 @@ impl Authority {
             .ok_or_else(|| Error::NotFound(format!("key {id}")))
     }
 
-    /// A page of one identity's keys, ordered by id.
+    /// A page of one identity's keys, ordered by id, that pass `filter` (which
+    /// sees each key with its identity).
     pub async fn list_keys(
         &self,
         identity: &IdentityId,
         page: &PageRequest,
+        filter: impl Fn(&ApiKey, &Identity) -> bool,
     ) -> Result<Page<ApiKey>, Error> {
-        self.get_identity(identity).await?;
-        let after =
-            match page.page_token.as_str() {
-                "" => None,
-                token => Some(KeyId::parse(token).map_err(|_| {
-                    Error::invalid("page_token", "is not a token this API returned")
-                })?),
-            };
-        let limit = page.limit();
-        let items = self
-            .store
-            .list_keys(identity, after.as_ref(), limit)
-            .await?;
-        let next_page_token = (items.len() == limit)
-            .then(|| items.last().map(|key| key.id.to_string()))
-            .flatten();
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let owner = self.get_identity(identity).await?;
+        let after = match page.page_token.as_str() {
+            "" => None,
+            token => Some(KeyId::parse(token).map_err(|_| {
+                Error::invalid("page_token", "is not a token this API returned")
+            })?),
+        };
+        super::filtered_page(
+            page.limit(),
+            after,
+            |after, limit| async move { self.store.list_keys(identity, after.as_ref(), limit).await },
+            |key: &ApiKey| key.id.clone(),
+            |key| filter(key, &owner),
+        )
+        .await
     }
 
     /// Applies `changes` to a key.
@@ -151,6 +196,21 @@ impl Authority {
             }
             if let Some(cidrs) = &changes.allowed_cidrs {
                 key.allowed_cidrs = cidrs.clone();
+            }
+            if changes.scopes.is_some() || changes.datasets.is_some() {
+                let identity = self.get_identity(&key.identity_id).await?;
+                require_within_identity(
+                    &identity,
+                    "key.",
+                    changes.scopes.as_deref().unwrap_or_default(),
+                    changes.datasets.as_deref().unwrap_or_default(),
+                )?;
+            }
+            if let Some(scopes) = &changes.scopes {
+                key.scopes = scopes.clone();
+            }
+            if let Some(datasets) = &changes.datasets {
+                key.datasets = datasets.clone();
             }
             journal::arm();
             Ok(self.store.update_key(&key).await?)
@@ -225,6 +285,10 @@ impl Authority {
         let mut minted = self.mint(&old.identity_id, old.name.clone(), now).await?;
         minted.key.description = old.description.clone();
         minted.key.allowed_cidrs = old.allowed_cidrs.clone();
+        // The replacement keeps the old key's narrowing as it was, even where
+        // the identity has since lost a grant: Verify intersects anyway.
+        minted.key.scopes = old.scopes.clone();
+        minted.key.datasets = old.datasets.clone();
         minted.key.rolled_from = Some(old.id.clone());
         let mut retiring = old.clone();
         retiring.rolled_to = Some(minted.key.id.clone());

@@ -80,6 +80,45 @@ impl PageRequest {
     }
 }
 
+/// Reads batches of `limit` items after a cursor and keeps those that pass
+/// `filter` until a page is full or the listing ends, so a short page always
+/// means the last page. `cursor_of` names an item for the next page token.
+async fn filtered_page<T, C, Fut>(
+    limit: usize,
+    mut after: Option<C>,
+    mut fetch: impl FnMut(Option<C>, usize) -> Fut,
+    cursor_of: impl Fn(&T) -> C,
+    filter: impl Fn(&T) -> bool,
+) -> Result<Page<T>, Error>
+where
+    C: Clone + std::fmt::Display,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let mut items = Vec::with_capacity(limit);
+    loop {
+        let batch = fetch(after.clone(), limit).await?;
+        let exhausted = batch.len() < limit;
+        for item in batch {
+            after = Some(cursor_of(&item));
+            if filter(&item) {
+                items.push(item);
+                if items.len() == limit {
+                    return Ok(Page {
+                        items,
+                        next_page_token: after.map(|cursor| cursor.to_string()),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                items,
+                next_page_token: None,
+            });
+        }
+    }
+}
+
 /// A key just minted, with its token: the only time the token exists outside
 /// the caller.
 #[derive(Debug)]
@@ -199,6 +238,8 @@ impl Authority {
             grace_expire_time: None,
             token_hint: minted.hint,
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
             secret_hash,
             revision: 0,
         };

@@ -17,6 +17,9 @@ pub struct VerifyQuery<'a> {
     pub dataset: Option<&'a str>,
     /// The address the token came from, if known.
     pub client_ip: Option<IpAddr>,
+    /// Scopes the token must hold, every one of them (already checked for
+    /// syntax).
+    pub required_scopes: &'a [String],
 }
 
 impl std::fmt::Debug for VerifyQuery<'_> {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for VerifyQuery<'_> {
             .field("token", &"[redacted]")
             .field("dataset", &self.dataset)
             .field("client_ip", &self.client_ip)
+            .field("required_scopes", &self.required_scopes)
             .finish()
     }
 }
@@ -90,9 +94,15 @@ impl Authority {
             VerifyCode::IpNotAllowed
         } else if query
             .dataset
-            .is_some_and(|wanted| !identity.datasets.iter().any(|d| d == wanted))
+            .is_some_and(|wanted| !key.may_access_dataset(&identity, wanted))
         {
             VerifyCode::DatasetNotAllowed
+        } else if query
+            .required_scopes
+            .iter()
+            .any(|wanted| !key.holds_scope(&identity, wanted))
+        {
+            VerifyCode::ScopeNotAllowed
         } else {
             VerifyCode::Valid
         };
@@ -156,6 +166,7 @@ impl Authority {
                 token,
                 dataset: None,
                 client_ip: peer,
+                required_scopes: &[],
             })
             .await?;
         match (verdict.code, verdict.subject) {

@@ -445,20 +445,21 @@ fn grpcurl_lists_services_only_for_admins_and_verifies_a_key() {
     );
 }
 
-/// The README's walkthrough, run as written (with this test's address and
-/// binary in place of `localhost:50051` and `cargo run --release --`).
-#[test]
-fn readme_walkthrough_runs_as_written() {
+/// Runs the README block between `<!-- NAME:start -->` and `<!-- NAME:end -->`
+/// as written, against a dev-mode keyrack of its own (with this test's
+/// address and binary in place of `localhost:50051` and `cargo run --release
+/// --`); returns its stdout and the Verify codes it printed, in order.
+fn run_readme_block(name: &str) -> (String, Vec<String>) {
     require_program("grpcurl");
     require_program("jq");
     require_program("oathtool");
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme
-        .split("<!-- walkthrough:start -->")
+        .split(&format!("<!-- {name}:start -->"))
         .nth(1)
-        .and_then(|rest| rest.split("<!-- walkthrough:end -->").next())
-        .expect("walkthrough markers in README.md");
+        .and_then(|rest| rest.split(&format!("<!-- {name}:end -->")).next())
+        .unwrap_or_else(|| panic!("{name} markers in README.md"));
     let script = block
         .trim()
         .trim_start_matches("```sh")
@@ -485,14 +486,21 @@ fn readme_walkthrough_runs_as_written() {
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
-        "walkthrough failed:\n{stdout}\n{}",
+        "{name} failed:\n{stdout}\n{}",
         text(&output.stderr)
     );
-    let codes: Vec<&str> = stdout
+    let codes = stdout
         .lines()
         .filter_map(|l| l.trim().strip_prefix("\"code\": "))
-        .map(|code| code.trim_end_matches(',').trim_matches('"'))
+        .map(|code| code.trim_end_matches(',').trim_matches('"').to_owned())
         .collect();
+    (stdout, codes)
+}
+
+/// The README's walkthrough, run as written.
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    let (stdout, codes) = run_readme_block("walkthrough");
     assert_eq!(
         codes,
         [
@@ -513,6 +521,24 @@ fn readme_walkthrough_runs_as_written() {
         "the rolled key verifies in grace: {stdout}"
     );
     assert!(stdout.contains("\"oldKeyInGraceUntil\": \""), "{stdout}");
+}
+
+/// The README's scopes walkthrough, run as written.
+#[test]
+fn readme_scopes_walkthrough_runs_as_written() {
+    let (stdout, codes) = run_readme_block("scopes-walkthrough");
+    assert_eq!(
+        codes,
+        [
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_SCOPE_NOT_ALLOWED",
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_DATASET_NOT_ALLOWED",
+            "VERIFY_CODE_SCOPE_NOT_ALLOWED",
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"billing:invoices:read\""), "{stdout}");
 }
 
 /// At RUST_LOG=trace the server logs a great deal; none of it may be a token,

@@ -70,6 +70,8 @@ async fn replica_durability_acknowledges_only_what_a_replica_has() {
             description: String::new(),
             expire_time: None,
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
         })
         .await
         .unwrap();

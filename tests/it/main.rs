@@ -14,6 +14,7 @@ mod hot_path;
 mod observability;
 mod roll;
 mod scim;
+mod scopes;
 mod sentinel;
 mod store_contract;
 mod support;

@@ -25,6 +25,8 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         grace_expire_time: None,
         token_hint: String::new(),
         allowed_cidrs: Vec::new(),
+        scopes: Vec::new(),
+        datasets: Vec::new(),
         secret_hash: "$argon2id$placeholder".into(),
         revision: 0,
     }
