@@ -6,6 +6,7 @@
 
 use super::telemetry::{code_name, field};
 use crate::domain::names::parse_name;
+use crate::domain::scope::parse_scopes;
 use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
 use crate::metrics::{OutcomeLabels, metrics};
@@ -37,12 +38,21 @@ pub const KEY_ID_HEADER: &str = "x-keyrack-key-id";
 /// What every header keyrack owns starts with; a client may send none of them.
 const KEYRACK_HEADER_PREFIX: &str = "x-keyrack-";
 
-/// Route settings Envoy passes in `context_extensions`.
+/// Route settings Envoy passes in `context_extensions`: a dataset the key
+/// must have access to,
 const DATASET_EXTENSION: &str = "keyrack-dataset";
+/// scopes it must hold (space-separated),
+const SCOPES_EXTENSION: &str = "keyrack-scopes";
+/// and `"true"` when the request's path is itself a scope it must hold.
+const SCOPE_FROM_PATH_EXTENSION: &str = "keyrack-scope-from-path";
 /// Every route setting this keyrack understands. Any other `keyrack-*`
 /// extension is a requirement it cannot enforce (a typo, or a setting of a
 /// newer keyrack), so the request is refused rather than the setting ignored.
-const KNOWN_EXTENSIONS: &[&str] = &[DATASET_EXTENSION];
+const KNOWN_EXTENSIONS: &[&str] = &[
+    DATASET_EXTENSION,
+    SCOPES_EXTENSION,
+    SCOPE_FROM_PATH_EXTENSION,
+];
 const EXTENSION_PREFIX: &str = "keyrack-";
 
 /// The default credential header, which carries `Bearer <token>`.
@@ -152,6 +162,71 @@ fn request_header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
     http.headers.keys().map(String::as_str).chain(listed)
 }
 
+/// What a route requires of the key, from its `context_extensions`.
+struct RouteRequirements<'a> {
+    dataset: Option<&'a str>,
+    scopes: Vec<String>,
+}
+
+/// Reads the route's settings. A bad one is the operator's mistake: the
+/// error makes Envoy refuse the request (fail closed) and log it, rather
+/// than keyrack guessing what was meant.
+fn route_requirements<'a>(
+    extensions: &'a std::collections::HashMap<String, String>,
+    http: &HttpRequest,
+) -> Result<RouteRequirements<'a>, Status> {
+    let invalid = |name: &str, reason: &dyn std::fmt::Display| {
+        Status::invalid_argument(format!("context extension {name}: {reason}"))
+    };
+    if let Some(unknown) = extensions.keys().find(|name| {
+        name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
+    }) {
+        return Err(invalid(
+            unknown,
+            &format!(
+                "not a setting this keyrack enforces (known: {})",
+                KNOWN_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    let dataset = match extensions.get(DATASET_EXTENSION) {
+        None => None,
+        Some(name) => Some(
+            parse_name(name)
+                .map(|_| name.as_str())
+                .map_err(|reason| invalid(DATASET_EXTENSION, &reason))?,
+        ),
+    };
+    let listed: Vec<String> = extensions
+        .get(SCOPES_EXTENSION)
+        .map(|text| text.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut scopes = parse_scopes(SCOPES_EXTENSION, &listed).map_err(|errors| {
+        let reasons: Vec<String> = errors
+            .into_iter()
+            .map(|(field, why)| format!("{field}: {why}"))
+            .collect();
+        invalid(SCOPES_EXTENSION, &reasons.join("; "))
+    })?;
+    match extensions.get(SCOPE_FROM_PATH_EXTENSION).map(String::as_str) {
+        None | Some("false") => {}
+        // The path without its query string. It is the client's, so it is
+        // not checked as a scope's syntax: a path no grant covers is simply
+        // a scope the key does not hold.
+        Some("true") => {
+            let path = http.path.split_once('?').map_or(http.path.as_str(), |(path, _)| path);
+            scopes.push(path.to_owned());
+        }
+        Some(other) => {
+            return Err(invalid(
+                SCOPE_FROM_PATH_EXTENSION,
+                &format!("{other:?} is neither \"true\" nor \"false\""),
+            ));
+        }
+    }
+    Ok(RouteRequirements { dataset, scopes })
+}
+
 /// The downstream client's address as Envoy saw it.
 fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
     match attributes.source.as_ref()?.address.as_ref()?.address.as_ref()? {
@@ -225,9 +300,14 @@ impl Refusal {
                 HttpStatusCode::Forbidden,
                 tonic::Code::PermissionDenied,
                 format!(
-                    "the identity has no access to dataset {}",
+                    "the key has no access to dataset {}",
                     dataset.unwrap_or_default()
                 ),
+            ),
+            VerifyCode::ScopeNotAllowed => (
+                HttpStatusCode::Forbidden,
+                tonic::Code::PermissionDenied,
+                "the key does not hold every scope this route requires".to_owned(),
             ),
         };
         Self {
@@ -326,24 +406,7 @@ impl Authorization for ExtAuthzApi {
             .as_ref()
             .and_then(|request| request.http.as_ref())
             .ok_or_else(|| Status::invalid_argument("attributes.request.http is required"))?;
-        // A bad route setting is the operator's mistake: an error makes Envoy
-        // refuse (fail closed) and log it, rather than keyrack guessing.
-        if let Some(unknown) = attributes.context_extensions.keys().find(|name| {
-            name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
-        }) {
-            return Err(Status::invalid_argument(format!(
-                "context extension {unknown} is not one this keyrack enforces (known: {})",
-                KNOWN_EXTENSIONS.join(", ")
-            )));
-        }
-        let dataset = match attributes.context_extensions.get(DATASET_EXTENSION) {
-            None => None,
-            Some(name) => Some(parse_name(name).map(|_| name.as_str()).map_err(|reason| {
-                Status::invalid_argument(format!(
-                    "context extension {DATASET_EXTENSION}: {reason}"
-                ))
-            })?),
-        };
+        let route = route_requirements(&attributes.context_extensions, http)?;
         let Some(token) = self.token(http) else {
             let header = self.options.token_header.as_str();
             let expected = if self.options.token_header == http::header::AUTHORIZATION {
@@ -362,8 +425,9 @@ impl Authorization for ExtAuthzApi {
         };
         let query = VerifyQuery {
             token,
-            dataset,
+            dataset: route.dataset,
             client_ip: client_ip(attributes),
+            required_scopes: &route.scopes,
         };
         let verdict = match self.authority.verify(query).await {
             Ok(verdict) => verdict,
@@ -396,7 +460,7 @@ impl Authorization for ExtAuthzApi {
         let response = if verdict.is_valid() {
             allowed(&verdict, self.headers_to_remove(http))
         } else {
-            Refusal::of_verdict(verdict.code, dataset).into_response()
+            Refusal::of_verdict(verdict.code, route.dataset).into_response()
         };
         Ok(Response::new(response))
     }

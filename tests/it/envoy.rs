@@ -438,6 +438,57 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_require_scopes_listed_or_taken_from_the_path() {
+    let server = TestServer::memory().await;
+    let upstream = EchoUpstream::start().await;
+    let envoy = Envoy::start(server.address, upstream.address).await;
+    let with_scopes = |name: &'static str, scopes: &[&str]| {
+        server.create_identity(proto::CreateIdentityRequest {
+            name: name.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+    };
+    let reader = bearer(&with_scopes("reader", &["admin:read"]).await.token);
+    let operator = bearer(&with_scopes("operator", &["admin:*"]).await.token);
+    let order_reader = bearer(
+        &with_scopes("order_reader", &["/orders.v1.OrderService/GetOrder"])
+            .await
+            .token,
+    );
+
+    // /admin/ lists two scopes: one is not enough, a wildcard covers both.
+    assert_refused(
+        &envoy.get("/admin/users", &[("authorization", &reader)]).await,
+        403,
+        "SCOPE_NOT_ALLOWED",
+    );
+    let admitted = envoy.get("/admin/users", &[("authorization", &operator)]).await;
+    assert_eq!(admitted.status, 200, "{}", admitted.body);
+    assert_eq!(admitted.upstream_header("x-keyrack-identity-name"), ["operator"]);
+
+    // A gRPC service's route: the method's path is the scope.
+    let get = envoy
+        .get("/orders.v1.OrderService/GetOrder?trace=1", &[("authorization", &order_reader)])
+        .await;
+    assert_eq!(get.status, 200, "{}", get.body);
+    assert_refused(
+        &envoy
+            .get("/orders.v1.OrderService/DeleteOrder", &[("authorization", &order_reader)])
+            .await,
+        403,
+        "SCOPE_NOT_ALLOWED",
+    );
+    // Routes without scope settings admit any valid key.
+    assert_eq!(
+        envoy.get("/invoices", &[("authorization", &reader)]).await.status,
+        200
+    );
+    drop(envoy);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_fails_closed_while_redis_is_down_and_recovers() {
     let mut server = TestServer::redis().await;
     let upstream = EchoUpstream::start().await;
@@ -637,6 +688,20 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
     .unwrap_err();
     assert_eq!(unknown_setting.code(), tonic::Code::InvalidArgument);
     assert!(unknown_setting.message().contains("keyrack-datasets"));
+    for (name, value) in [
+        ("keyrack-scopes", "admin:read admin:read"),
+        ("keyrack-scopes", "*"),
+        ("keyrack-scope-from-path", "yes"),
+    ] {
+        let refused = check(
+            &server,
+            check_request(&[("authorization", &authorization)], &[(name, value)]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}: {value}");
+        assert!(refused.message().contains(name), "{}", refused.message());
+    }
     server.stop().await;
 }
 
