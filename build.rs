@@ -48,17 +48,15 @@ const ENVOY_EXT_AUTHZ_PROTO: &str = "envoy/service/auth/v3/external_auth.proto";
 /// reflection and `keyrack protoset`. The envoy-types crate generates the Rust
 /// types but exports no descriptor set; it ships one (`src/generated/types.bin`,
 /// every Envoy API file), from which only the service's import closure is kept.
-fn envoy_ext_authz_descriptors() -> Result<prost_types::FileDescriptorSet, Box<dyn std::error::Error>> {
+fn envoy_ext_authz_descriptors()
+-> Result<prost_types::FileDescriptorSet, Box<dyn std::error::Error>> {
     let crate_dir = envoy_types_dir()?;
     let all_types = crate_dir.join("src/generated/types.bin");
     println!("cargo:rerun-if-changed={}", all_types.display());
     let all: prost_types::FileDescriptorSet =
         prost::Message::decode(std::fs::read(&all_types)?.as_slice())?;
-    let by_name: std::collections::HashMap<&str, &prost_types::FileDescriptorProto> = all
-        .file
-        .iter()
-        .map(|file| (file.name(), file))
-        .collect();
+    let by_name: std::collections::HashMap<&str, &prost_types::FileDescriptorProto> =
+        all.file.iter().map(|file| (file.name(), file)).collect();
     // Dependencies first, as protoc writes a set, so every file's imports
     // precede it.
     let mut ordered = Vec::new();

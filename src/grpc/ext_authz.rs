@@ -4,22 +4,22 @@
 //! caller's identity in `x-keyrack-*` headers; refused ones get 401, 403 or
 //! 429 from Envoy without reaching the upstream.
 
-use super::telemetry::{code_name, field};
+use super::telemetry::code_name;
+use super::verify::{count_outcome, record_verdict};
 use crate::domain::names::parse_name;
 use crate::domain::scope::parse_scopes;
 use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
-use crate::metrics::{OutcomeLabels, metrics};
 use crate::service::{Authority, VerifyQuery};
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
     authorization_server::Authorization, check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use std::net::IpAddr;
@@ -208,13 +208,19 @@ fn route_requirements<'a>(
             .collect();
         invalid(SCOPES_EXTENSION, &reasons.join("; "))
     })?;
-    match extensions.get(SCOPE_FROM_PATH_EXTENSION).map(String::as_str) {
+    match extensions
+        .get(SCOPE_FROM_PATH_EXTENSION)
+        .map(String::as_str)
+    {
         None | Some("false") => {}
         // The path without its query string. It is the client's, so it is
         // not checked as a scope's syntax: a path no grant covers is simply
         // a scope the key does not hold.
         Some("true") => {
-            let path = http.path.split_once('?').map_or(http.path.as_str(), |(path, _)| path);
+            let path = http
+                .path
+                .split_once('?')
+                .map_or(http.path.as_str(), |(path, _)| path);
             scopes.push(path.to_owned());
         }
         Some(other) => {
@@ -229,7 +235,14 @@ fn route_requirements<'a>(
 
 /// The downstream client's address as Envoy saw it.
 fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
-    match attributes.source.as_ref()?.address.as_ref()?.address.as_ref()? {
+    match attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
         address::Address::SocketAddress(socket) => socket.address.parse().ok(),
         _ => None,
     }
@@ -357,8 +370,16 @@ fn allowed(verdict: &Verdict, headers_to_remove: Vec<String>) -> CheckResponse {
     };
     let values = [
         (IDENTITY_ID_HEADER, "identity_id", identity.id.as_str()),
-        (IDENTITY_NAME_HEADER, "identity_name", identity.name.as_str()),
-        (IDENTITY_KIND_HEADER, "identity_kind", kind_name(identity.kind)),
+        (
+            IDENTITY_NAME_HEADER,
+            "identity_name",
+            identity.name.as_str(),
+        ),
+        (
+            IDENTITY_KIND_HEADER,
+            "identity_kind",
+            kind_name(identity.kind),
+        ),
         (KEY_ID_HEADER, "key_id", key.id.as_str()),
     ];
     let headers = values
@@ -380,14 +401,6 @@ fn allowed(verdict: &Verdict, headers_to_remove: Vec<String>) -> CheckResponse {
         })),
         dynamic_metadata: Some(metadata),
     }
-}
-
-/// Counts one Check answer under Verify's outcome codes: it is the same decision.
-fn count_outcome(code: &'static str) {
-    metrics()
-        .verify_outcomes
-        .get_or_create(&OutcomeLabels { code })
-        .inc();
 }
 
 #[tonic::async_trait]
@@ -450,13 +463,7 @@ impl Authorization for ExtAuthzApi {
                 return Err(status);
             }
         };
-        count_outcome(verdict.code.name());
-        let span = tracing::Span::current();
-        span.record(field::VERIFY_CODE, verdict.code.name());
-        if let Some((key, identity)) = &verdict.subject {
-            span.record(field::KEY_ID, key.id.as_str());
-            span.record(field::IDENTITY_ID, identity.id.as_str());
-        }
+        record_verdict(&verdict);
         let response = if verdict.is_valid() {
             allowed(&verdict, self.headers_to_remove(http))
         } else {

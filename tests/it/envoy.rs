@@ -76,8 +76,7 @@ impl Reply {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
     /// What the echo upstream received under `name`.
@@ -107,7 +106,14 @@ async fn http_get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("a whole HTTP response");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
@@ -184,7 +190,11 @@ fn envoy_config(keyrack: SocketAddr, upstream: SocketAddr) -> String {
     ];
     let mut config = shipped;
     for (from, to) in substitutions {
-        assert_eq!(config.matches(&from).count(), 1, "envoy.yaml has one `{from}`");
+        assert_eq!(
+            config.matches(&from).count(),
+            1,
+            "envoy.yaml has one `{from}`"
+        );
         config = config.replace(&from, &to);
     }
     config
@@ -206,7 +216,13 @@ impl Envoy {
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
             // Several Envoys run at once in the suite: no shared memory.
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -226,7 +242,10 @@ impl Envoy {
                 break address;
             }
             envoy.assert_running();
-            assert!(tokio::time::Instant::now() < deadline, "envoy never wrote its admin address");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "envoy never wrote its admin address"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let listeners = http_get(envoy.admin, "/listeners?format=json", &[]).await;
@@ -241,7 +260,8 @@ impl Envoy {
 
     fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default();
             panic!("envoy exited ({status}):\n{log}");
         }
     }
@@ -279,6 +299,11 @@ impl Envoy {
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         http_get(self.listener, path, headers).await
     }
+
+    /// A request with `authorization: <value>`.
+    async fn get_as(&self, path: &str, authorization: &str) -> Reply {
+        self.get(path, &[("authorization", authorization)]).await
+    }
 }
 
 impl Drop for Envoy {
@@ -297,7 +322,11 @@ fn assert_refused(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.body);
     assert_eq!(reply.header("content-type"), Some("application/json"));
     assert_eq!(reply.json()["code"], code, "{}", reply.body);
-    assert!(reply.json()["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     if status == 401 {
         assert_eq!(
             reply.header("www-authenticate"),
@@ -318,13 +347,23 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
     let identity = created.identity.clone().unwrap();
     let key = created.key.clone().unwrap();
 
-    assert_refused(&envoy.get("/invoices", &[]).await, 401, "MISSING_CREDENTIAL");
-    // The probe route is the one keyrack is not asked about.
-    let probe = envoy.get("/healthz", &[("x-keyrack-identity-id", "forged")]).await;
-    assert_eq!(probe.status, 200, "{}", probe.body);
-    assert!(probe.upstream_header("x-keyrack-identity-id").is_empty(), "{}", probe.body);
     assert_refused(
-        &envoy.get("/invoices", &[("authorization", "Bearer not-a-token")]).await,
+        &envoy.get("/invoices", &[]).await,
+        401,
+        "MISSING_CREDENTIAL",
+    );
+    // The probe route is the one keyrack is not asked about.
+    let probe = envoy
+        .get("/healthz", &[("x-keyrack-identity-id", "forged")])
+        .await;
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    assert!(
+        probe.upstream_header("x-keyrack-identity-id").is_empty(),
+        "{}",
+        probe.body
+    );
+    assert_refused(
+        &envoy.get_as("/invoices", "Bearer not-a-token").await,
         401,
         "MALFORMED",
     );
@@ -334,7 +373,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
     );
     assert_refused(
         &envoy
-            .get("/invoices", &[("authorization", &bearer(wrong_secret.token.expose()))])
+            .get_as("/invoices", &bearer(wrong_secret.token.expose()))
             .await,
         401,
         "UNKNOWN",
@@ -351,12 +390,32 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
         )
         .await;
     assert_eq!(allowed.status, 200, "{}", allowed.body);
-    assert_eq!(allowed.upstream_header("x-keyrack-identity-id"), [identity.id.clone()]);
-    assert_eq!(allowed.upstream_header("x-keyrack-identity-name"), ["billing"]);
-    assert_eq!(allowed.upstream_header("x-keyrack-identity-kind"), ["SERVICE"]);
-    assert_eq!(allowed.upstream_header("x-keyrack-key-id"), [key.id.clone()]);
-    assert!(allowed.upstream_header("authorization").is_empty(), "{}", allowed.body);
-    assert!(allowed.upstream_header("x-keyrack-admin").is_empty(), "{}", allowed.body);
+    assert_eq!(
+        allowed.upstream_header("x-keyrack-identity-id"),
+        [identity.id.clone()]
+    );
+    assert_eq!(
+        allowed.upstream_header("x-keyrack-identity-name"),
+        ["billing"]
+    );
+    assert_eq!(
+        allowed.upstream_header("x-keyrack-identity-kind"),
+        ["SERVICE"]
+    );
+    assert_eq!(
+        allowed.upstream_header("x-keyrack-key-id"),
+        [key.id.clone()]
+    );
+    assert!(
+        allowed.upstream_header("authorization").is_empty(),
+        "{}",
+        allowed.body
+    );
+    assert!(
+        allowed.upstream_header("x-keyrack-admin").is_empty(),
+        "{}",
+        allowed.body
+    );
 
     // A dataset route admits only identities with access to it.
     let dataset = server
@@ -372,14 +431,10 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
         .await
         .unwrap()
         .into_inner();
-    let reports = envoy
-        .get("/reports/q3", &[("authorization", &bearer(&dataset.token))])
-        .await;
+    let reports = envoy.get_as("/reports/q3", &bearer(&dataset.token)).await;
     assert_eq!(reports.status, 200, "{}", reports.body);
     assert_refused(
-        &envoy
-            .get("/reports/q3", &[("authorization", &bearer(&created.token))])
-            .await,
+        &envoy.get_as("/reports/q3", &bearer(&created.token)).await,
         403,
         "DATASET_NOT_ALLOWED",
     );
@@ -395,9 +450,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
         .await
         .unwrap();
     assert_refused(
-        &envoy
-            .get("/invoices", &[("authorization", &bearer(&created.token))])
-            .await,
+        &envoy.get_as("/invoices", &bearer(&created.token)).await,
         403,
         "DISABLED",
     );
@@ -412,7 +465,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
         .unwrap();
     assert_eq!(
         envoy
-            .get("/invoices", &[("authorization", &bearer(&created.token))])
+            .get_as("/invoices", &bearer(&created.token))
             .await
             .status,
         200
@@ -427,9 +480,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
         .await
         .unwrap();
     assert_refused(
-        &envoy
-            .get("/invoices", &[("authorization", &bearer(&created.token))])
-            .await,
+        &envoy.get_as("/invoices", &bearer(&created.token)).await,
         401,
         "UNKNOWN",
     );
@@ -459,31 +510,31 @@ async fn envoy_routes_require_scopes_listed_or_taken_from_the_path() {
 
     // /admin/ lists two scopes: one is not enough, a wildcard covers both.
     assert_refused(
-        &envoy.get("/admin/users", &[("authorization", &reader)]).await,
+        &envoy.get_as("/admin/users", &reader).await,
         403,
         "SCOPE_NOT_ALLOWED",
     );
-    let admitted = envoy.get("/admin/users", &[("authorization", &operator)]).await;
+    let admitted = envoy.get_as("/admin/users", &operator).await;
     assert_eq!(admitted.status, 200, "{}", admitted.body);
-    assert_eq!(admitted.upstream_header("x-keyrack-identity-name"), ["operator"]);
+    assert_eq!(
+        admitted.upstream_header("x-keyrack-identity-name"),
+        ["operator"]
+    );
 
     // A gRPC service's route: the method's path is the scope.
     let get = envoy
-        .get("/orders.v1.OrderService/GetOrder?trace=1", &[("authorization", &order_reader)])
+        .get_as("/orders.v1.OrderService/GetOrder?trace=1", &order_reader)
         .await;
     assert_eq!(get.status, 200, "{}", get.body);
     assert_refused(
         &envoy
-            .get("/orders.v1.OrderService/DeleteOrder", &[("authorization", &order_reader)])
+            .get_as("/orders.v1.OrderService/DeleteOrder", &order_reader)
             .await,
         403,
         "SCOPE_NOT_ALLOWED",
     );
     // Routes without scope settings admit any valid key.
-    assert_eq!(
-        envoy.get("/invoices", &[("authorization", &reader)]).await.status,
-        200
-    );
+    assert_eq!(envoy.get_as("/invoices", &reader).await.status, 200);
     drop(envoy);
     server.stop().await;
 }
@@ -495,14 +546,11 @@ async fn envoy_fails_closed_while_redis_is_down_and_recovers() {
     let mut envoy = Envoy::start(server.address, upstream.address).await;
     let created = server.create_service("billing").await;
     let authorization = bearer(&created.token);
-    assert_eq!(
-        envoy.get("/invoices", &[("authorization", &authorization)]).await.status,
-        200
-    );
+    assert_eq!(envoy.get_as("/invoices", &authorization).await.status, 200);
 
     redis_of(&mut server).kill();
     envoy.wait_keyrack_health("/failed_active_hc").await;
-    let refused = envoy.get("/invoices", &[("authorization", &authorization)]).await;
+    let refused = envoy.get_as("/invoices", &authorization).await;
     // Envoy's own answer: the request never reached the upstream.
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(!refused.body.contains("x-keyrack"), "{}", refused.body);
@@ -512,7 +560,7 @@ async fn envoy_fails_closed_while_redis_is_down_and_recovers() {
     // The restarted Redis kept nothing (no persistence in tests): the token
     // is now unknown, which is a decision again rather than an outage.
     assert_refused(
-        &envoy.get("/invoices", &[("authorization", &authorization)]).await,
+        &envoy.get_as("/invoices", &authorization).await,
         401,
         "UNKNOWN",
     );
@@ -546,20 +594,29 @@ async fn envoy_reads_the_raw_token_from_x_api_key_when_configured() {
     let envoy = Envoy::start(server.address, upstream.address).await;
     let created = server.create_service("billing").await;
 
-    let allowed = envoy.get("/invoices", &[("x-api-key", &created.token)]).await;
+    let allowed = envoy
+        .get("/invoices", &[("x-api-key", &created.token)])
+        .await;
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(
         allowed.upstream_header("x-keyrack-identity-id"),
         [created.identity.unwrap().id]
     );
-    assert!(allowed.upstream_header("x-api-key").is_empty(), "{}", allowed.body);
+    assert!(
+        allowed.upstream_header("x-api-key").is_empty(),
+        "{}",
+        allowed.body
+    );
 
     // The bearer header is not where this deployment looks.
-    let refused = envoy
-        .get("/invoices", &[("authorization", &bearer(&created.token))])
-        .await;
+    let refused = envoy.get_as("/invoices", &bearer(&created.token)).await;
     assert_refused(&refused, 401, "MISSING_CREDENTIAL");
-    assert!(refused.json()["message"].as_str().unwrap().contains("x-api-key"));
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-api-key")
+    );
     drop(envoy);
     server.stop().await;
 }
@@ -634,9 +691,12 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
         })
         .await;
     let authorization = bearer(&created.token);
-    let answer = check(&server, check_request(&[("authorization", &authorization)], &[]))
-        .await
-        .unwrap();
+    let answer = check(
+        &server,
+        check_request(&[("authorization", &authorization)], &[]),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status.unwrap().code, tonic::Code::Ok as i32);
     let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
         panic!("expected OK, got {:?}", answer.http_response);
@@ -673,7 +733,10 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
     // Envoy turns into a refusal of the request.
     let bad_route = check(
         &server,
-        check_request(&[("authorization", &authorization)], &[("keyrack-dataset", "no spaces allowed")]),
+        check_request(
+            &[("authorization", &authorization)],
+            &[("keyrack-dataset", "no spaces allowed")],
+        ),
     )
     .await
     .unwrap_err();
@@ -682,7 +745,10 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
     // through what the route meant to refuse.
     let unknown_setting = check(
         &server,
-        check_request(&[("authorization", &authorization)], &[("keyrack-datasets", "reports")]),
+        check_request(
+            &[("authorization", &authorization)],
+            &[("keyrack-datasets", "reports")],
+        ),
     )
     .await
     .unwrap_err();
@@ -699,7 +765,11 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
         )
         .await
         .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}: {value}");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{name}: {value}"
+        );
         assert!(refused.message().contains(name), "{}", refused.message());
     }
     server.stop().await;
@@ -760,20 +830,27 @@ async fn check_is_unavailable_while_the_store_is_down() {
     let authorization = bearer(&created.token);
     redis_of(&mut server).kill();
     eventually("Check fails closed", ENVOY_PATIENCE, || async {
-        check(&server, check_request(&[("authorization", &authorization)], &[]))
-            .await
-            .is_err_and(|status| status.code() == tonic::Code::Unavailable)
+        check(
+            &server,
+            check_request(&[("authorization", &authorization)], &[]),
+        )
+        .await
+        .is_err_and(|status| status.code() == tonic::Code::Unavailable)
     })
     .await;
     use tonic_health::pb::health_check_response::ServingStatus;
-    eventually("the ext_authz health entry reports NOT_SERVING", ENVOY_PATIENCE, || async {
-        ext_authz_health(&server).await == ServingStatus::NotServing
-    })
+    eventually(
+        "the ext_authz health entry reports NOT_SERVING",
+        ENVOY_PATIENCE,
+        || async { ext_authz_health(&server).await == ServingStatus::NotServing },
+    )
     .await;
     redis_of(&mut server).restart();
-    eventually("the ext_authz health entry reports SERVING again", ENVOY_PATIENCE, || async {
-        ext_authz_health(&server).await == ServingStatus::Serving
-    })
+    eventually(
+        "the ext_authz health entry reports SERVING again",
+        ENVOY_PATIENCE,
+        || async { ext_authz_health(&server).await == ServingStatus::Serving },
+    )
     .await;
     server.stop().await;
 }
