@@ -392,7 +392,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(
         allowed.upstream_header("x-keyrack-identity-id"),
-        [identity.id.clone()]
+        [identity.id.as_str()]
     );
     assert_eq!(
         allowed.upstream_header("x-keyrack-identity-name"),
@@ -404,7 +404,7 @@ async fn envoy_lets_valid_tokens_through_with_the_identity_and_refuses_the_rest(
     );
     assert_eq!(
         allowed.upstream_header("x-keyrack-key-id"),
-        [key.id.clone()]
+        [key.id.as_str()]
     );
     assert!(
         allowed.upstream_header("authorization").is_empty(),
