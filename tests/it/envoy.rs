@@ -870,3 +870,104 @@ async fn ext_authz_health(
         .into_inner()
         .status()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_check_under_its_flags_and_lists_it_for_discovery() {
+    use crate::cli::{Served, grpcurl, keyrack, text};
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        dir.path(),
+        &[
+            "--reflection",
+            "open",
+            // Header names are case-insensitive; Envoy sends them lowercased.
+            "--ext-authz-token-header",
+            "X-Api-Key",
+            "--ext-authz-keep-credential",
+        ],
+        &[],
+        true,
+    );
+    let address = served.address();
+    let listed = text(&grpcurl(&["-plaintext", &address, "list"]).stdout);
+    assert!(
+        listed.contains("envoy.service.auth.v3.Authorization"),
+        "{listed}"
+    );
+
+    let protoset = dir.path().join("keyrack.pb");
+    assert!(
+        keyrack()
+            .args(["protoset", "--output", protoset.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let protoset = protoset.to_str().unwrap();
+    let described = grpcurl(&[
+        "-protoset",
+        protoset,
+        "describe",
+        "envoy.service.auth.v3.Authorization",
+    ]);
+    assert!(
+        text(&described.stdout).contains("rpc Check"),
+        "{}",
+        text(&described.stderr)
+    );
+    eventually(
+        "the ext_authz health entry serves",
+        ENVOY_PATIENCE,
+        || async {
+            let answer = grpcurl(&[
+                "-plaintext",
+                "-protoset",
+                protoset,
+                "-d",
+                r#"{"service": "envoy.service.auth.v3.Authorization"}"#,
+                &address,
+                "grpc.health.v1.Health/Check",
+            ]);
+            text(&answer.stdout).contains("\"SERVING\"")
+        },
+    )
+    .await;
+
+    let admin = format!("authorization: Bearer {}", served.dev_admin_token());
+    let created = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &admin,
+        "-d",
+        r#"{"name": "payments"}"#,
+        &address,
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let request = serde_json::json!({
+        "attributes": {"request": {"http": {"headers": {"x-api-key": created["token"]}}}}
+    })
+    .to_string();
+    let answer = grpcurl(&[
+        "-plaintext",
+        "-protoset",
+        protoset,
+        "-d",
+        &request,
+        &address,
+        "envoy.service.auth.v3.Authorization/Check",
+    ]);
+    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&answer.stderr)));
+    let ok = &answer["okResponse"];
+    assert!(
+        ok["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|option| option["header"]["value"] == created["identity"]["id"]),
+        "{answer}"
+    );
+    // --ext-authz-keep-credential: the key header stays on the request.
+    assert!(ok.get("headersToRemove").is_none(), "{answer}");
+}
