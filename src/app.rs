@@ -180,6 +180,10 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         http2_keepalive_interval: args.http2_keepalive_interval,
         tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
         audit_max_age: args.audit_max_age,
+        ext_authz: crate::grpc::ExtAuthzOptions {
+            token_header: args.ext_authz_token_header.clone(),
+            keep_credential: args.ext_authz_keep_credential,
+        },
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM

@@ -237,6 +237,15 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (HTTP, at /metrics) on this address.
     #[arg(long, env = "KEYRACK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The request header Envoy's ext_authz Check reads the token from:
+    /// `authorization` (as `Bearer <token>`) or another, e.g. `x-api-key`,
+    /// holding the raw token.
+    #[arg(long, env = "KEYRACK_EXT_AUTHZ_TOKEN_HEADER", default_value = crate::grpc::ext_authz::DEFAULT_TOKEN_HEADER)]
+    pub ext_authz_token_header: http::HeaderName,
+    /// Let the credential header of an allowed ext_authz request pass
+    /// upstream; by default it is removed so upstreams never see tokens.
+    #[arg(long, env = "KEYRACK_EXT_AUTHZ_KEEP_CREDENTIAL")]
+    pub ext_authz_keep_credential: bool,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

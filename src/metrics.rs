@@ -141,7 +141,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "verify_outcomes",
-            "Verify answers by code (VALID, UNKNOWN, ...) or the gRPC error that stopped it",
+            "Verify and ext_authz Check answers by code (VALID, UNKNOWN, ...) or the gRPC error that stopped it",
             metrics.verify_outcomes.clone(),
         );
         metrics.registry.register(

@@ -60,11 +60,23 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
 }
 
 /// Counts one Verify answer (a verdict's code, or the error that stopped it).
-fn count_outcome(code: &'static str) {
+pub(super) fn count_outcome(code: &'static str) {
     metrics()
         .verify_outcomes
         .get_or_create(&OutcomeLabels { code })
         .inc();
+}
+
+/// Counts a verdict and puts its code and ids on the call's span (Verify and
+/// ext_authz Check make the same decision).
+pub(super) fn record_verdict(verdict: &Verdict) {
+    count_outcome(verdict.code.name());
+    let span = tracing::Span::current();
+    span.record(field::VERIFY_CODE, verdict.code.name());
+    if let Some((key, identity)) = &verdict.subject {
+        span.record(field::KEY_ID, key.id.as_str());
+        span.record(field::IDENTITY_ID, identity.id.as_str());
+    }
 }
 
 #[tonic::async_trait]
@@ -119,13 +131,7 @@ impl VerifyService for VerifyApi {
                 return Err(status);
             }
         };
-        count_outcome(verdict.code.name());
-        let span = tracing::Span::current();
-        span.record(field::VERIFY_CODE, verdict.code.name());
-        if let Some((key, identity)) = &verdict.subject {
-            span.record(field::KEY_ID, key.id.as_str());
-            span.record(field::IDENTITY_ID, identity.id.as_str());
-        }
+        record_verdict(&verdict);
         Ok(Response::new(verdict_out(verdict)))
     }
 }

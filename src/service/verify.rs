@@ -120,6 +120,11 @@ impl Authority {
         })
     }
 
+    /// How long a key under the failure throttle takes no new guesses.
+    pub fn throttle_window(&self) -> std::time::Duration {
+        self.options.guard.failure_window
+    }
+
     /// Runs argon2 (throttled per key, bounded in concurrency) and lets the
     /// guard remember the answer.
     async fn check_with_argon2(
