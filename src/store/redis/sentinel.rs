@@ -96,6 +96,12 @@ impl SentinelConnection {
         })
     }
 
+    /// A client for the primary the sentinels name now (Verify's tracking
+    /// link opens its own connection with it).
+    pub async fn primary_client(&self) -> RedisResult<redis::Client> {
+        self.shared.sentinel.lock().await.async_get_client().await
+    }
+
     /// This connection's manager, switched first to the primary a sibling
     /// has followed, if any.
     async fn connection(&self) -> ConnectionManager {
