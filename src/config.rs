@@ -154,7 +154,12 @@ pub struct StoreArgs {
     /// Verify's record cache: `tracked` keeps the key and identity records
     /// Verify reads while Redis tracks them for this replica (6.0+; not yet
     /// under Cluster); `off` reads Redis on every Verify.
-    #[arg(long, env = "KEYRACK_VERIFY_CACHE", value_enum, default_value = "tracked")]
+    #[arg(
+        long,
+        env = "KEYRACK_VERIFY_CACHE",
+        value_enum,
+        default_value = "tracked"
+    )]
     pub verify_cache: VerifyCacheMode,
     /// The bound on a cached answer: the record cache serves only while its
     /// last fence on the tracking link completed less than this ago.

@@ -104,10 +104,14 @@ impl Replica {
     async fn warm(&self, token: &str) {
         assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
         let before = self.stats().hits;
-        eventually("B answers from its cache", Duration::from_secs(5), || async {
-            assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
-            self.stats().hits > before
-        })
+        eventually(
+            "B answers from its cache",
+            Duration::from_secs(5),
+            || async {
+                assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
+                self.stats().hits > before
+            },
+        )
         .await;
     }
 
@@ -370,7 +374,11 @@ async fn unknown_keys_are_not_cached() {
             Ok(VerifyCode::Unknown)
         );
     }
-    assert_eq!(b.stats().entries, entries, "nothing cached for unknown keys");
+    assert_eq!(
+        b.stats().entries,
+        entries,
+        "nothing cached for unknown keys"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -430,10 +438,17 @@ async fn killed_links_empty_the_cache() {
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis).unwrap();
     let tracking: Vec<&str> = clients
         .lines()
-        .filter(|line| line.split(' ').any(|field| field.starts_with("flags=") && field.contains('t')))
+        .filter(|line| {
+            line.split(' ')
+                .any(|field| field.starts_with("flags=") && field.contains('t'))
+        })
         .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
         .collect();
-    assert_eq!(tracking.len(), 2, "one tracking link per replica: {clients}");
+    assert_eq!(
+        tracking.len(),
+        2,
+        "one tracking link per replica: {clients}"
+    );
     for id in tracking {
         let _: i64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -494,10 +509,14 @@ async fn a_sentinel_failover_empties_the_cache() {
     };
     // Let the replica have the records before the primary dies.
     let hits = store.verify_cache_stats().unwrap().hits;
-    eventually("answered from the cache", Duration::from_secs(5), || async {
-        assert_eq!(verify().await.unwrap(), keyrack::domain::VerifyCode::Valid);
-        store.verify_cache_stats().unwrap().hits > hits
-    })
+    eventually(
+        "answered from the cache",
+        Duration::from_secs(5),
+        || async {
+            assert_eq!(verify().await.unwrap(), keyrack::domain::VerifyCode::Valid);
+            store.verify_cache_stats().unwrap().hits > hits
+        },
+    )
     .await;
     assert!(store.verify_cache_stats().unwrap().entries > 0);
 

@@ -63,8 +63,9 @@ enum CachedRecord {
 
 /// Opens connections to the Redis the cache tracks: the standalone server,
 /// or the primary Sentinel names now.
-pub(super) type LinkOpener =
-    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, RedisResult<redis::Client>> + Send + Sync>;
+pub(super) type LinkOpener = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, RedisResult<redis::Client>> + Send + Sync,
+>;
 
 /// The current tracking link, if one is up.
 struct Link {
@@ -168,7 +169,9 @@ impl RecordCache {
     }
 
     fn lock_link(&self) -> std::sync::MutexGuard<'_, Link> {
-        self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The link to read through and the removal count before the read, or
@@ -186,7 +189,8 @@ impl RecordCache {
     /// completed within the bound.
     fn fresh(&self) -> bool {
         let fenced_at = self.fenced_at.load(Ordering::Acquire);
-        fenced_at != 0 && self.nanos_now().saturating_sub(fenced_at) < self.max_staleness.as_nanos() as u64
+        fenced_at != 0
+            && self.nanos_now().saturating_sub(fenced_at) < self.max_staleness.as_nanos() as u64
     }
 
     fn nanos_now(&self) -> u64 {
@@ -239,7 +243,9 @@ impl RecordCache {
             CachedRecord::Identity(Arc::new(identity.clone())),
         );
         drop(removals);
-        metrics().record_cache_entries.set(self.records.len() as i64);
+        metrics()
+            .record_cache_entries
+            .set(self.records.len() as i64);
     }
 
     /// Drops the records under these Redis names: this replica changed
@@ -325,7 +331,9 @@ impl RecordCache {
 /// Reopens the link whenever it is lost, for as long as the cache lives.
 async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
     loop {
-        let Some(strong) = cache.upgrade() else { return };
+        let Some(strong) = cache.upgrade() else {
+            return;
+        };
         let up = strong.lock_link().connection.is_some();
         if up {
             // Holding only the notification, not the cache, while waiting.
@@ -381,7 +389,8 @@ async fn fence(cache: Weak<RecordCache>) {
         let sent_at = cache.nanos_now();
         let weak = Arc::downgrade(&cache);
         tokio::spawn(async move {
-            let answered: RedisResult<String> = redis::cmd("PING").query_async(&mut connection).await;
+            let answered: RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
             if answered.is_ok()
                 && let Some(cache) = weak.upgrade()
             {
