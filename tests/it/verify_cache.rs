@@ -539,3 +539,72 @@ async fn a_sentinel_failover_empties_the_cache() {
     .await;
     crate::support::assert_no_secret_logged();
 }
+
+/// Calls of `command` Redis has served so far (INFO commandstats).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// `keyrack serve` caches by default: steady-state Verify sends Redis no
+/// read; with `--verify-cache off` every Verify reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_redis_only_with_the_cache_off() {
+    use crate::cli::{Served, bootstrap_admin, write_secret};
+    const CALLS: u64 = 200;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let url = redis.url();
+    let store_args = [
+        "--redis-url",
+        url.as_str(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let token = bootstrap_admin("root", &store_args);
+    for (mode, most_reads) in [("tracked", CALLS / 100), ("off", CALLS)] {
+        let mut args = store_args.to_vec();
+        args.extend(["--verify-cache", mode]);
+        let served = Served::start(dir.path(), &args, &[], false);
+        let channel = Channel::from_shared(format!("http://{}", served.address()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut verifier = VerifyServiceClient::new(channel);
+        let mut verify = async || {
+            verifier
+                .verify(proto::VerifyRequest {
+                    token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .code()
+        };
+        // The first calls run argon2 and fill the caches.
+        for _ in 0..3 {
+            assert_eq!(verify().await, VerifyCode::Valid);
+        }
+        let before = command_calls(&redis, "mget");
+        for _ in 0..CALLS {
+            assert_eq!(verify().await, VerifyCode::Valid);
+        }
+        let reads = command_calls(&redis, "mget") - before;
+        assert!(
+            reads <= most_reads && (mode == "tracked" || reads == CALLS),
+            "--verify-cache {mode}: {reads} reads for {CALLS} Verify calls"
+        );
+        let (exit, _) = served.terminate();
+        assert!(exit.success());
+    }
+}
