@@ -25,7 +25,7 @@
 //! inserts take for reading, so no removal can fall between the check and the
 //! insert.
 
-use crate::domain::{ApiKey, Identity};
+use crate::domain::{ApiKey, Identity, UnixMillis};
 use crate::metrics::metrics;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisResult, Value};
@@ -203,7 +203,15 @@ impl RecordCache {
     pub(super) fn lookup(&self, key_name: &str, identity_name: &str) -> Option<(ApiKey, Identity)> {
         let found = self.fresh().then(|| {
             match (self.records.get(key_name), self.records.get(identity_name)) {
-                (Some(CachedRecord::Key(key)), Some(CachedRecord::Identity(identity))) => {
+                // Redis deletes a record at its deadline (and then pushes an
+                // invalidation) only when its expiry cycle gets to it: the
+                // deadline is checked here on every hit, as the store
+                // contract promises.
+                (Some(CachedRecord::Key(key)), Some(CachedRecord::Identity(identity)))
+                    if key
+                        .record_deadline(identity.expire_time)
+                        .is_none_or(|deadline| deadline > UnixMillis::now()) =>
+                {
                     Some((ApiKey::clone(&key), Identity::clone(&identity)))
                 }
                 _ => None,
