@@ -116,6 +116,7 @@ impl RecordCache {
             link_resets: AtomicU64::new(0),
         });
         let first = cache.open_link(&opener).await?;
+        // A link lost this early is reopened by `keep_link_up` like any other.
         cache.install(first);
         tokio::spawn(keep_link_up(Arc::downgrade(&cache), opener));
         tokio::spawn(fence(Arc::downgrade(&cache)));
@@ -135,7 +136,13 @@ impl RecordCache {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        let generation = self.lock_link().generation + 1;
+        // The generation is taken now, so a disconnection while the link is
+        // still being set up resets it like any other (see `install`).
+        let generation = {
+            let mut link = self.lock_link();
+            link.generation += 1;
+            link.generation
+        };
         let weak = Arc::downgrade(self);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.response_timeout))
@@ -160,12 +167,17 @@ impl RecordCache {
         Ok((generation, connection))
     }
 
-    /// Makes a freshly opened link current. The cache was emptied when the
-    /// previous link was lost; nothing is served until its first fence.
-    fn install(&self, (generation, connection): (u64, MultiplexedConnection)) {
+    /// Makes a freshly opened link current, unless it was lost while being
+    /// set up (its generation is gone then). The cache was emptied when the
+    /// previous link was lost; nothing is served until the new link's first
+    /// fence.
+    fn install(&self, (generation, connection): (u64, MultiplexedConnection)) -> bool {
         let mut link = self.lock_link();
-        link.generation = generation;
+        if link.generation != generation {
+            return false;
+        }
         link.connection = Some(connection);
+        true
     }
 
     fn lock_link(&self) -> std::sync::MutexGuard<'_, Link> {
@@ -355,8 +367,9 @@ async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
         }
         match strong.open_link(&opener).await {
             Ok(opened) => {
-                tracing::info!("the Redis tracking link is up again");
-                strong.install(opened);
+                if strong.install(opened) {
+                    tracing::info!("the Redis tracking link is up again");
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot open the Redis tracking link yet; Verify reads uncached");
