@@ -34,14 +34,7 @@ struct Replica {
 impl Replica {
     async fn start(redis_url: String) -> Self {
         capture_logs();
-        let options = RedisOptions {
-            url: redis_url,
-            key_prefix: "keyrack:".into(),
-            connect_timeout: Duration::from_millis(500),
-            response_timeout: Duration::from_millis(500),
-            durability: Durability::None,
-            audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
-        };
+        let options = redis_options(redis_url, Duration::from_millis(500));
         let mut store = RedisStore::connect(&options, Duration::from_secs(5))
             .await
             .expect("connect replica B");
@@ -121,6 +114,19 @@ impl Replica {
         }
         self.task.await.unwrap();
         crate::support::assert_no_secret_logged();
+    }
+}
+
+/// How the tests' own stores reach Redis: no durability wait, the tests'
+/// key prefix.
+fn redis_options(url: String, response_timeout: Duration) -> RedisOptions {
+    RedisOptions {
+        url,
+        key_prefix: "keyrack:".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout,
+        durability: Durability::None,
+        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
     }
 }
 
@@ -474,14 +480,8 @@ async fn killed_links_empty_the_cache() {
 async fn a_sentinel_failover_empties_the_cache() {
     capture_logs();
     let mut sentinels = RedisSentinels::start();
-    let options = RedisOptions {
-        url: String::new(),
-        key_prefix: "keyrack:".into(),
-        connect_timeout: Duration::from_millis(500),
-        response_timeout: Duration::from_secs(2),
-        durability: Durability::None,
-        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
-    };
+    // Sentinel names the primary: no URL.
+    let options = redis_options(String::new(), Duration::from_secs(2));
     let mut store = RedisStore::connect_sentinel(
         &sentinels.urls(),
         crate::support::SENTINEL_MASTER,

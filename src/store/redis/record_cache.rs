@@ -262,10 +262,6 @@ impl RecordCache {
             identity_name,
             CachedRecord::Identity(Arc::new(identity.clone())),
         );
-        drop(removals);
-        metrics()
-            .record_cache_entries
-            .set(self.records.len() as i64);
     }
 
     /// Drops the records under these Redis names: this replica changed
@@ -326,7 +322,6 @@ impl RecordCache {
         }
         self.link_resets.fetch_add(1, Ordering::Relaxed);
         metrics().record_cache_link_resets.inc();
-        metrics().record_cache_entries.set(0);
         tracing::warn!("the Redis tracking link was lost; Verify's record cache is emptied");
         self.link_lost.notify_one();
     }
@@ -400,6 +395,11 @@ async fn fence(cache: Weak<RecordCache>) {
             Duration::from_nanos(cache.nanos_now().saturating_sub(fenced_at))
         };
         metrics().record_cache_fence_age.set(age.as_secs_f64());
+        // Reported with the fence rather than on every insert and removal,
+        // which would cost the hot path a length count each time.
+        metrics()
+            .record_cache_entries
+            .set(cache.records.len() as i64);
         let (generation, connection) = {
             let link = cache.lock_link();
             (link.generation, link.connection.clone())
