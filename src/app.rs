@@ -10,7 +10,7 @@ use crate::server::{self, ServerOptions};
 use crate::service::{Authority, AuthorityOptions};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::{RedisOptions, RedisStore, VerifyCacheOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +53,8 @@ async fn open_authority(
 ) -> Result<(Arc<Authority>, bool), RunError> {
     let config = args.load()?;
     let durability = args.durability()?;
+    // Each verified token needs its key and its identity record.
+    let verify_cache = args.verify_cache(options.guard.verified_entries.saturating_mul(2))?;
     options.token_prefix = config.token_prefix;
     // Sentinel and Cluster find their servers themselves: no URL.
     let redis_options = |url: String| RedisOptions {
@@ -69,15 +71,16 @@ async fn open_authority(
             true,
         ),
         StoreChoice::Redis(url) => {
-            let store = RedisStore::connect(&redis_options(url), args.redis_connect_wait)
+            let mut store = RedisStore::connect(&redis_options(url), args.redis_connect_wait)
                 .await
                 .map_err(|e| ConfigError(format!("cannot reach Redis: {e}")))?;
+            enable_verify_cache(&mut store, verify_cache).await?;
             warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
         StoreChoice::Sentinel { sentinels, master } => {
             let options = redis_options(String::new());
-            let store = RedisStore::connect_sentinel(
+            let mut store = RedisStore::connect_sentinel(
                 &sentinels,
                 &master,
                 &options,
@@ -85,14 +88,16 @@ async fn open_authority(
             )
             .await
             .map_err(|e| ConfigError(format!("cannot reach Redis through Sentinel: {e}")))?;
+            enable_verify_cache(&mut store, verify_cache).await?;
             warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
         StoreChoice::Cluster(nodes) => {
             let options = redis_options(String::new());
-            let store = RedisStore::connect_cluster(&nodes, &options, args.redis_connect_wait)
+            let mut store = RedisStore::connect_cluster(&nodes, &options, args.redis_connect_wait)
                 .await
                 .map_err(|e| ConfigError(format!("cannot reach Redis Cluster: {e}")))?;
+            enable_verify_cache(&mut store, verify_cache).await?;
             warn_unless_noeviction(store.maxmemory_policy().await.as_deref());
             (Arc::new(store), false)
         }
@@ -101,6 +106,23 @@ async fn open_authority(
         Arc::new(Authority::new(store, config.hasher, config.sealer, options)),
         dev_mode,
     ))
+}
+
+/// Turns on Verify's record cache when `--verify-cache tracked` asked for it.
+async fn enable_verify_cache<C>(
+    store: &mut RedisStore<C>,
+    options: Option<VerifyCacheOptions>,
+) -> Result<(), RunError>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    if let Some(options) = options {
+        store
+            .enable_verify_cache(options)
+            .await
+            .map_err(|e| ConfigError(format!("cannot start Verify's record cache: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Warns when Redis may evict keyrack's records.

@@ -169,6 +169,53 @@ pub struct StoreArgs {
     /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
     pub token_prefix: String,
+    /// Verify's record cache: `tracked` keeps the key and identity records
+    /// Verify reads while Redis tracks them for this replica (6.0+; not yet
+    /// under Cluster); `off` reads Redis on every Verify.
+    #[arg(
+        long,
+        env = "KEYRACK_VERIFY_CACHE",
+        value_enum,
+        default_value = "tracked"
+    )]
+    pub verify_cache: VerifyCacheMode,
+    /// The bound on a cached answer: the record cache serves only while its
+    /// last fence on the tracking link completed less than this ago.
+    #[arg(long, env = "KEYRACK_VERIFY_CACHE_MAX_STALENESS", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub verify_cache_max_staleness: Duration,
+}
+
+/// Whether Verify caches the records it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyCacheMode {
+    /// Cache records Redis tracks for this replica, within the staleness bound.
+    Tracked,
+    /// One Redis read per Verify.
+    Off,
+}
+
+impl StoreArgs {
+    /// The record cache settings for `records` cached records, None when
+    /// off; a bound outside 1 ms to 10 s is refused (a fence every quarter of
+    /// it must be possible, and a longer one would make revocation slow).
+    pub fn verify_cache(
+        &self,
+        records: u64,
+    ) -> Result<Option<crate::store::redis::VerifyCacheOptions>, ConfigError> {
+        if self.verify_cache == VerifyCacheMode::Off {
+            return Ok(None);
+        }
+        let bound = self.verify_cache_max_staleness;
+        if bound < Duration::from_millis(1) || bound > Duration::from_secs(10) {
+            return Err(ConfigError(
+                "--verify-cache-max-staleness must be between 1ms and 10s".into(),
+            ));
+        }
+        Ok(Some(crate::store::redis::VerifyCacheOptions {
+            max_staleness: bound,
+            max_records: records,
+        }))
+    }
 }
 
 /// When a change counts as done.

@@ -88,6 +88,18 @@ pub struct Metrics {
     pub audit_events: Counter,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
+    /// Verify reads answered from the tracked record cache.
+    pub record_cache_hits: Counter,
+    /// Verify reads the tracked record cache could not answer.
+    pub record_cache_misses: Counter,
+    /// Records Redis invalidated (one per key named in a push).
+    pub record_cache_invalidations: Counter,
+    /// Times the tracking link was lost and the record cache emptied.
+    pub record_cache_link_resets: Counter,
+    /// Records in the tracked record cache.
+    pub record_cache_entries: Gauge,
+    /// Age of the tracking link's last completed fence.
+    pub record_cache_fence_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// A SCIM request's outcome.
@@ -119,6 +131,12 @@ impl Metrics {
             health_serving: Gauge::default(),
             audit_events: Counter::default(),
             scim_requests: Family::default(),
+            record_cache_hits: Counter::default(),
+            record_cache_misses: Counter::default(),
+            record_cache_invalidations: Counter::default(),
+            record_cache_link_resets: Counter::default(),
+            record_cache_entries: Gauge::default(),
+            record_cache_fence_age: Gauge::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -203,6 +221,36 @@ impl Metrics {
             "scim_requests",
             "SCIM requests by method and HTTP status",
             metrics.scim_requests.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_hits",
+            "Verify reads answered from the tracked record cache",
+            metrics.record_cache_hits.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_misses",
+            "Verify reads the tracked record cache could not answer (read from Redis)",
+            metrics.record_cache_misses.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_invalidations",
+            "Cached records Redis invalidated",
+            metrics.record_cache_invalidations.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_link_resets",
+            "Times the Redis tracking link was lost and the record cache emptied",
+            metrics.record_cache_link_resets.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_entries",
+            "Records in the tracked record cache",
+            metrics.record_cache_entries.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_fence_age_seconds",
+            "Age of the tracking link's last completed fence; the cache serves only below --verify-cache-max-staleness",
+            metrics.record_cache_fence_age.clone(),
         );
         metrics
     }

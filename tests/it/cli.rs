@@ -268,6 +268,16 @@ fn bad_configuration_exits_with_one_line_before_binding() {
             ],
             "cannot be used with",
         ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--verify-cache-max-staleness",
+                "0s",
+            ],
+            "--verify-cache-max-staleness must be between",
+        ),
     ];
     for (args, reason) in cases {
         let output = keyrack()

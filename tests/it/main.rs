@@ -20,3 +20,4 @@ mod sentinel;
 mod store_contract;
 mod support;
 mod transport;
+mod verify_cache;

@@ -237,12 +237,36 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 durability: keyrack::store::redis::Durability::None,
                 audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
             };
-            Arc::new(
-                RedisStore::connect(&options, Duration::from_secs(5))
-                    .await
-                    .expect("connect to test redis"),
-            )
+            let mut store = RedisStore::connect(&options, Duration::from_secs(5))
+                .await
+                .expect("connect to test redis");
+            enable_test_verify_cache(&mut store).await;
+            Arc::new(store)
         }
+    }
+}
+
+/// Turns on Verify's record cache as `keyrack serve` does by default, unless
+/// `KEYRACK_TEST_VERIFY_CACHE=off` (scripts/test runs the Verify suites once
+/// that way too).
+pub async fn enable_test_verify_cache<C>(store: &mut RedisStore<C>)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    if std::env::var("KEYRACK_TEST_VERIFY_CACHE").as_deref() == Ok("off") {
+        return;
+    }
+    store
+        .enable_verify_cache(test_verify_cache_options())
+        .await
+        .expect("start Verify's record cache");
+}
+
+/// The record cache settings tests run with: the product's default bound.
+pub fn test_verify_cache_options() -> keyrack::store::redis::VerifyCacheOptions {
+    keyrack::store::redis::VerifyCacheOptions {
+        max_staleness: Duration::from_millis(100),
+        max_records: 10_000,
     }
 }
 
@@ -848,16 +872,16 @@ impl RedisSentinels {
             durability,
             audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
         };
-        Arc::new(
-            RedisStore::connect_sentinel(
-                &self.urls(),
-                SENTINEL_MASTER,
-                &options,
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("connect through the test sentinels"),
+        let mut store = RedisStore::connect_sentinel(
+            &self.urls(),
+            SENTINEL_MASTER,
+            &options,
+            Duration::from_secs(10),
         )
+        .await
+        .expect("connect through the test sentinels");
+        enable_test_verify_cache(&mut store).await;
+        Arc::new(store)
     }
 }
 

@@ -2,8 +2,11 @@
 //! only code that knows Redis key names, commands and scripts.
 
 mod keys;
+mod record_cache;
 mod scripts;
 mod sentinel;
+
+pub use record_cache::{VerifyCacheOptions, VerifyCacheStats};
 
 pub use sentinel::SentinelConnection;
 
@@ -15,6 +18,7 @@ use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, Un
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a standalone Redis is reached. No `Debug`: the URL may hold a password.
@@ -47,6 +51,11 @@ pub struct RedisStore<C = ConnectionManager> {
     audit_max_events: usize,
     /// Whether `connection` is a Redis Cluster connection.
     cluster: bool,
+    /// Verify's tracked record cache (`--verify-cache tracked`), if on.
+    record_cache: Option<Arc<record_cache::RecordCache>>,
+    /// How a tracking link reaches this store's Redis; None under Cluster.
+    link_opener: Option<record_cache::LinkOpener>,
+    response_timeout: Duration,
 }
 
 /// The audit arguments every audited script takes last: the stream, the
@@ -162,6 +171,12 @@ impl RedisStore<ConnectionManager> {
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
+        store.response_timeout = options.response_timeout;
+        let link_client = client.clone();
+        store.link_opener = Some(Arc::new(move || {
+            let client = link_client.clone();
+            Box::pin(async move { Ok(client) })
+        }));
         if options.durability != Durability::None {
             store.writer = ConnectionManager::new_with_config(client, config)
                 .await
@@ -223,6 +238,12 @@ impl RedisStore<SentinelConnection> {
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
+        store.response_timeout = options.response_timeout;
+        let following = connection.clone();
+        store.link_opener = Some(Arc::new(move || {
+            let following = following.clone();
+            Box::pin(async move { following.primary_client().await })
+        }));
         if options.durability != Durability::None {
             store.writer = connection.sibling().await.map_err(unavailable)?;
             store.durability = options.durability;
@@ -270,7 +291,93 @@ where
             keyspace,
             audit_max_events: super::DEFAULT_AUDIT_MAX_EVENTS,
             cluster: false,
+            record_cache: None,
+            link_opener: None,
+            response_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Turns on Verify's tracked record cache (see `record_cache.rs`). Stays
+    /// off, with a warning, where Redis cannot track reads (before 6.0) or
+    /// where keyrack cannot yet fence each shard (Cluster).
+    pub async fn enable_verify_cache(&mut self, options: VerifyCacheOptions) -> StoreResult<()> {
+        let Some(opener) = self.link_opener.clone() else {
+            tracing::warn!(
+                "--verify-cache tracked is not available with Redis Cluster yet; Verify reads Redis on every call (off)"
+            );
+            return Ok(());
+        };
+        if !self.supports_tracking().await? {
+            tracing::warn!(
+                "this Redis is older than 6.0 and cannot track reads; --verify-cache falls back to off"
+            );
+            return Ok(());
+        }
+        let cache = record_cache::RecordCache::start(options, self.response_timeout, opener)
+            .await
+            .map_err(unavailable)?;
+        self.record_cache = Some(cache);
+        Ok(())
+    }
+
+    /// What the record cache has done; None while it is off.
+    pub fn verify_cache_stats(&self) -> Option<VerifyCacheStats> {
+        self.record_cache.as_ref().map(|cache| cache.stats())
+    }
+
+    /// Whether the server is Redis 6.0 or later (CLIENT TRACKING, RESP3).
+    async fn supports_tracking(&self) -> StoreResult<bool> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let major = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .and_then(|version| version.split('.').next())
+            .and_then(|major| major.trim().parse::<u32>().ok());
+        Ok(major.is_some_and(|major| major >= 6))
+    }
+
+    /// This replica changed `identity`'s records: its cached entries go now,
+    /// whatever the write's outcome, rather than when the push arrives. A
+    /// Verify hit needs the identity's record, so dropping that one entry
+    /// sends every key of the identity back to Redis.
+    fn forget_cached(&self, identity: &IdentityId) {
+        if let Some(cache) = &self.record_cache {
+            cache.forget(&[self.keyspace.identity(identity)]);
+        }
+    }
+
+    /// Verify's read through the tracking link, cached when Redis returned
+    /// both records and nothing changed meanwhile; None when no link is up.
+    async fn tracked_key_with_identity(
+        &self,
+        cache: &record_cache::RecordCache,
+        id: &KeyId,
+    ) -> Option<StoreResult<Option<(ApiKey, Identity)>>> {
+        let [key_name, identity_name] = self.keyspace.verify_records(id);
+        if let Some(found) = cache.lookup(&key_name, &identity_name) {
+            return Some(Ok(Some(found)));
+        }
+        let (mut link, removals_before) = cache.begin_read()?;
+        let read: Result<(Option<String>, Option<String>), _> =
+            link.mget(&[&key_name, &identity_name]).await;
+        let (raw_key, raw_identity) = match read {
+            Ok(raw) => raw,
+            Err(error) => return Some(Err(unavailable(error))),
+        };
+        let (Some(raw_key), Some(raw_identity)) = (raw_key, raw_identity) else {
+            // An unknown key id is never cached as absent.
+            return Some(Ok(None));
+        };
+        Some((|| {
+            let key: ApiKey = decode(&raw_key)?;
+            let identity: Identity = decode(&raw_identity)?;
+            cache.insert(removals_before, key_name, &key, identity_name, &identity);
+            Ok(Some((key, identity)))
+        })())
     }
 
     /// The audit arguments for the change about to run, whose keys share
@@ -493,7 +600,7 @@ where
         let mut stored = identity.clone();
         stored.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
-        let reply: String = scripts::UPDATE_IDENTITY
+        let reply: Result<String, _> = scripts::UPDATE_IDENTITY
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
             .key(self.keyspace.key_names(&identity.id))
@@ -504,8 +611,9 @@ where
             .arg(identity.revision)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(&identity.id);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &identity.name, "identity")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await?;
@@ -514,7 +622,7 @@ where
 
     async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
         let audit = self.armed_audit(self.keyspace.identity(id))?;
-        let existed: i64 = scripts::DELETE_IDENTITY
+        let existed: Result<i64, _> = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
             .key(self.keyspace.key_index(id))
             .key(self.keyspace.key_names(id))
@@ -523,8 +631,9 @@ where
             .arg(self.keyspace.key_prefix(id))
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(id);
+        let existed = existed.map_err(unavailable)?;
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -827,7 +936,7 @@ where
         let mut stored = key.clone();
         stored.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::UPDATE_KEY
+        let reply: Result<String, _> = scripts::UPDATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
             .key(self.keyspace.key_names(identity))
@@ -837,8 +946,9 @@ where
             .arg(key.revision)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(identity);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &key.name, "key")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await?;
@@ -849,7 +959,7 @@ where
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
         let audit = self.armed_audit(self.keyspace.key_index(&identity))?;
-        let existed: i64 = scripts::DELETE_KEY
+        let existed: Result<i64, _> = scripts::DELETE_KEY
             .key(self.keyspace.key_index(&identity))
             .key(self.keyspace.key_names(&identity))
             .key(self.keyspace.key(id))
@@ -857,8 +967,9 @@ where
             .arg(id.as_str())
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(&identity);
+        let existed = existed.map_err(unavailable)?;
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -872,7 +983,7 @@ where
         let mut stored_old = old.clone();
         stored_old.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::ROLL_KEY
+        let reply: Result<String, _> = scripts::ROLL_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
             .key(self.keyspace.key_names(identity))
@@ -884,8 +995,9 @@ where
             .arg(encode(replacement)?)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(identity);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &replacement.name, "key")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await
@@ -893,6 +1005,11 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+        if let Some(cache) = &self.record_cache
+            && let Some(found) = self.tracked_key_with_identity(cache, id).await
+        {
+            return found;
+        }
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
             .mget(&self.keyspace.verify_records(id))
