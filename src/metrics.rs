@@ -88,6 +88,8 @@ pub struct Metrics {
     pub audit_events: Counter,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
+    /// Honeytokens presented to Verify (or as an admin token).
+    pub honeytoken_uses: Counter,
 }
 
 /// A SCIM request's outcome.
@@ -119,6 +121,7 @@ impl Metrics {
             health_serving: Gauge::default(),
             audit_events: Counter::default(),
             scim_requests: Family::default(),
+            honeytoken_uses: Counter::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -193,6 +196,11 @@ impl Metrics {
             "health_serving",
             "1 while the store answers health pings, else 0",
             metrics.health_serving.clone(),
+        );
+        metrics.registry.register(
+            "honeytoken_uses",
+            "Honeytokens presented to Verify or as an admin token",
+            metrics.honeytoken_uses.clone(),
         );
         metrics.registry.register(
             "audit_events",

@@ -42,6 +42,9 @@ pub struct ApiKey {
     /// Narrows the identity's datasets; empty means no narrowing.
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// A decoy: Verify answers it as an unknown token and records its use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub honeytoken: bool,
     /// The argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Incremented by every write (see `Identity::revision`).

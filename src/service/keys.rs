@@ -62,6 +62,8 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     /// Narrows the identity's datasets; each must be one the identity holds.
     pub datasets: Vec<String>,
+    /// Mints a decoy (see `ApiKey::honeytoken`).
+    pub honeytoken: bool,
 }
 
 /// Fields to change on a key; `None` leaves a field as it is.
@@ -131,6 +133,7 @@ impl Authority {
         minted.key.allowed_cidrs = request.allowed_cidrs;
         minted.key.scopes = request.scopes;
         minted.key.datasets = request.datasets;
+        minted.key.honeytoken = request.honeytoken;
         journal::add_target(minted.key.id.as_str());
         journal::arm();
         self.store
@@ -256,6 +259,14 @@ impl Authority {
         if let Some(successor) = &old.rolled_to {
             return Err(Error::FailedPrecondition(format!(
                 "key {} was already rolled to {successor}; roll the replacement instead",
+                old.id
+            )));
+        }
+        if old.honeytoken {
+            // A decoy has no user who needs a replacement; a roll would only
+            // mint a working twin of it.
+            return Err(Error::FailedPrecondition(format!(
+                "key {} is a honeytoken; honeytokens cannot be rolled",
                 old.id
             )));
         }

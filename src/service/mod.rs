@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod datasets;
+pub mod events;
 pub mod guard;
 mod hash_pool;
 pub mod hashing;
@@ -20,7 +21,7 @@ pub use identities::{IdentityChanges, NewIdentity};
 pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
 pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
-pub use verify::{Caller, VerifyQuery};
+pub use verify::{CallContext, Caller, VerifyQuery};
 
 use crate::domain::token::{self, TokenPrefix};
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
@@ -140,6 +141,8 @@ pub struct AuthorityOptions {
     pub guard: GuardOptions,
     /// Most keys whose last use is held between flushes.
     pub last_use_capacity: usize,
+    /// How event watchers are fed.
+    pub events: events::EventOptions,
 }
 
 impl Default for AuthorityOptions {
@@ -149,6 +152,7 @@ impl Default for AuthorityOptions {
             totp_for_roll: true,
             guard: GuardOptions::default(),
             last_use_capacity: 200_000,
+            events: events::EventOptions::default(),
         }
     }
 }
@@ -161,6 +165,7 @@ pub struct Authority {
     guard: VerifyGuard,
     hash_pool: HashPool,
     last_use: LastUseTracker,
+    events: events::EventFeed,
     options: AuthorityOptions,
 }
 
@@ -180,6 +185,7 @@ impl Authority {
             guard: VerifyGuard::new(options.guard.clone()),
             hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
+            events: events::EventFeed::new(options.events.clone()),
             options,
         }
     }
@@ -240,6 +246,7 @@ impl Authority {
             allowed_cidrs: Vec::new(),
             scopes: Vec::new(),
             datasets: Vec::new(),
+            honeytoken: false,
             secret_hash,
             revision: 0,
         };

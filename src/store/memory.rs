@@ -2,6 +2,7 @@
 //! honoured on every read. Dev mode and tests run on it.
 
 use super::{Store, StoreError, StoreResult, journal};
+use crate::domain::audit::entry_position;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
@@ -61,11 +62,6 @@ impl State {
     }
 }
 
-/// An event id's (milliseconds, sequence), for ordering.
-fn audit_position(id: &str) -> Option<(i64, u64)> {
-    let (millis, seq) = id.split_once('-')?;
-    Some((millis.parse().ok()?, seq.parse().ok()?))
-}
 
 /// How often expired records are swept out; reads never see them regardless.
 const PURGE_INTERVAL_MILLIS: i64 = 1_000;
@@ -569,7 +565,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
-        let before = before.map(|id| audit_position(id).unwrap_or((i64::MIN, 0)));
+        let before = before.map(|id| entry_position(id).unwrap_or((i64::MIN, 0)));
         self.with_state(|state| {
             Ok(state
                 .audit
@@ -577,7 +573,7 @@ impl Store for MemoryStore {
                 .rev()
                 .filter(|event| {
                     before.is_none_or(|before| {
-                        audit_position(&event.id).is_some_and(|position| position < before)
+                        entry_position(&event.id).is_some_and(|position| position < before)
                     })
                 })
                 .take(limit)
@@ -591,12 +587,37 @@ impl Store for MemoryStore {
             while state
                 .audit
                 .front()
-                .and_then(|event| audit_position(&event.id))
+                .and_then(|event| entry_position(&event.id))
                 .is_some_and(|(millis, _)| millis < cutoff.0)
             {
                 state.audit.pop_front();
             }
             Ok(())
+        })
+    }
+
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        let after = entry_position(after).unwrap_or((i64::MAX, u64::MAX));
+        self.with_state(|state| {
+            Ok(state
+                .audit
+                .iter()
+                .filter(|event| {
+                    entry_position(&event.id).is_some_and(|position| position > after)
+                })
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
+        self.with_state(|state| {
+            Ok(state
+                .audit
+                .front()
+                .zip(state.audit.back())
+                .map(|(first, last)| (first.id.clone(), last.id.clone())))
         })
     }
 

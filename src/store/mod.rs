@@ -176,4 +176,12 @@ pub trait Store: Send + Sync + 'static {
     /// Drops audit events older than `cutoff` (retention by age; retention by
     /// count is applied on every append).
     async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()>;
+
+    /// Up to `limit` audit events strictly newer than the event id `after`,
+    /// oldest first: how watchers follow the log.
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+
+    /// The ids of the oldest and the newest audit event kept; `None` while
+    /// the log is empty.
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>>;
 }

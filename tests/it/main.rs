@@ -8,6 +8,7 @@ mod cluster;
 mod datasets;
 mod deploy;
 mod durability;
+mod events;
 mod hostile;
 mod hot_path;
 mod observability;

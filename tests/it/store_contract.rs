@@ -27,6 +27,7 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         allowed_cidrs: Vec::new(),
         scopes: Vec::new(),
         datasets: Vec::new(),
+        honeytoken: false,
         secret_hash: "$argon2id$placeholder".into(),
         revision: 0,
     }

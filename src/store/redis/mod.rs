@@ -113,6 +113,22 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The events of a range of audit stream entries.
+fn audit_events_of(entries: redis::streams::StreamRangeReply) -> StoreResult<Vec<AuditEvent>> {
+    entries
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let raw: String = entry.get("event").ok_or_else(|| {
+                StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
+            })?;
+            let mut event: AuditEvent = decode(&raw)?;
+            event.id = entry.id;
+            Ok(event)
+        })
+        .collect()
+}
+
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -1090,18 +1106,7 @@ where
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        entries
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let raw: String = entry.get("event").ok_or_else(|| {
-                    StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
-                })?;
-                let mut event: AuditEvent = decode(&raw)?;
-                event.id = entry.id;
-                Ok(event)
-            })
-            .collect()
+        audit_events_of(entries)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
@@ -1115,6 +1120,48 @@ where
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.read_audit_after", skip_all)]
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keyspace.audit())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        audit_events_of(entries)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.audit_bounds", skip_all)]
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
+        let stream = self.keyspace.audit();
+        let (first, last): (redis::streams::StreamRangeReply, redis::streams::StreamRangeReply) =
+            redis::pipe()
+                .cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+        Ok(first
+            .ids
+            .into_iter()
+            .next()
+            .zip(last.ids.into_iter().next())
+            .map(|(first, last)| (first.id, last.id)))
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {
