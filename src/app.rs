@@ -127,6 +127,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     };
     options.guard.verified_entries = args.verify_cache_entries;
     let tls = args.tls()?;
+    let webhooks = args.webhooks()?;
     let scim_tls = match (&tls, args.scim_listen) {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
@@ -178,6 +179,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         http2_keepalive_interval: args.http2_keepalive_interval,
         tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
         audit_max_age: args.audit_max_age,
+        webhooks,
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM

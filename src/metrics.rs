@@ -90,6 +90,11 @@ pub struct Metrics {
     pub scim_requests: Family<ScimLabels, Counter>,
     /// Honeytokens presented to Verify (or as an admin token).
     pub honeytoken_uses: Counter,
+    /// Events the webhook endpoint accepted.
+    pub webhook_deliveries: Counter,
+    /// Webhook attempts that failed (refused, unreachable, timed out); each
+    /// is retried.
+    pub webhook_failures: Counter,
 }
 
 /// A SCIM request's outcome.
@@ -122,6 +127,8 @@ impl Metrics {
             audit_events: Counter::default(),
             scim_requests: Family::default(),
             honeytoken_uses: Counter::default(),
+            webhook_deliveries: Counter::default(),
+            webhook_failures: Counter::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -196,6 +203,16 @@ impl Metrics {
             "health_serving",
             "1 while the store answers health pings, else 0",
             metrics.health_serving.clone(),
+        );
+        metrics.registry.register(
+            "webhook_deliveries",
+            "Events the webhook endpoint accepted",
+            metrics.webhook_deliveries.clone(),
+        );
+        metrics.registry.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed; each is retried with backoff",
+            metrics.webhook_failures.clone(),
         );
         metrics.registry.register(
             "honeytoken_uses",

@@ -50,6 +50,8 @@ pub struct ServerOptions {
     /// Audit events older than this are dropped (checked with each
     /// last-use flush); `None` keeps them until the count bound drops them.
     pub audit_max_age: Option<Duration>,
+    /// Where events are POSTed, if anywhere.
+    pub webhooks: Option<crate::service::webhooks::WebhookOptions>,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             http2_keepalive_timeout: Duration::from_secs(10),
             tls: None,
             audit_max_age: None,
+            webhooks: None,
         }
     }
 }
@@ -157,6 +160,13 @@ pub async fn serve(
         options.audit_max_age,
     ));
 
+    let webhooks = options.webhooks.clone().map(|webhooks| {
+        tokio::spawn(crate::service::webhooks::deliver(
+            Arc::clone(authority.store()),
+            webhooks,
+        ))
+    });
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
@@ -236,6 +246,9 @@ pub async fn serve(
     };
     health_task.abort();
     flusher.abort();
+    if let Some(webhooks) = webhooks {
+        webhooks.abort();
+    }
     // What was noted since the last flush is not lost to a restart.
     authority.flush_last_use().await;
     result

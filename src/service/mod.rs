@@ -15,6 +15,7 @@ mod people;
 pub mod sealing;
 mod totp;
 mod verify;
+pub mod webhooks;
 
 pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};

@@ -41,6 +41,37 @@ struct State {
     audit_max_events: usize,
     /// The last event id given out, as (milliseconds, sequence).
     last_audit_id: (i64, u64),
+    /// Delivery groups on the audit log, by name.
+    deliveries: HashMap<String, DeliveryGroup>,
+}
+
+/// A consumer group on the audit log, as Redis Streams keeps one.
+struct DeliveryGroup {
+    /// The newest event given to a consumer.
+    last_given: (i64, u64),
+    /// Events given but not acknowledged: their consumer and when it last
+    /// touched them (ms).
+    pending: BTreeMap<(i64, u64), (String, i64)>,
+}
+
+impl State {
+    /// The group `name`, created at the log's current end.
+    fn delivery_group(&mut self, name: &str) -> &mut DeliveryGroup {
+        let end = self.last_audit_id;
+        self.deliveries
+            .entry(name.to_owned())
+            .or_insert_with(|| DeliveryGroup {
+                last_given: end,
+                pending: BTreeMap::new(),
+            })
+    }
+
+    /// The audit event at `position`, if still kept.
+    fn audit_event_at(&self, position: (i64, u64)) -> Option<&AuditEvent> {
+        self.audit
+            .iter()
+            .find(|event| entry_position(&event.id) == Some(position))
+    }
 }
 
 impl State {
@@ -618,6 +649,93 @@ impl Store for MemoryStore {
                 .front()
                 .zip(state.audit.back())
                 .map(|(first, last)| (first.id.clone(), last.id.clone())))
+        })
+    }
+
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let now = UnixMillis::now().0;
+        self.with_state(|state| {
+            let after = state.delivery_group(group).last_given;
+            let taken: Vec<AuditEvent> = state
+                .audit
+                .iter()
+                .filter(|event| entry_position(&event.id).is_some_and(|at| at > after))
+                .take(limit)
+                .cloned()
+                .collect();
+            let group = state.delivery_group(group);
+            for event in &taken {
+                if let Some(position) = entry_position(&event.id) {
+                    group.last_given = position;
+                    group.pending.insert(position, (consumer.to_owned(), now));
+                }
+            }
+            Ok(taken)
+        })
+    }
+
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: std::time::Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let now = UnixMillis::now().0;
+        let min_idle = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
+        self.with_state(|state| {
+            let idle: Vec<(i64, u64)> = state
+                .delivery_group(group)
+                .pending
+                .iter()
+                .filter(|(_, (_, touched))| now.saturating_sub(*touched) >= min_idle)
+                .map(|(position, _)| *position)
+                .take(limit)
+                .collect();
+            let mut claimed = Vec::new();
+            for position in idle {
+                match state.audit_event_at(position).cloned() {
+                    Some(event) => {
+                        claimed.push(event);
+                        state
+                            .delivery_group(group)
+                            .pending
+                            .insert(position, (consumer.to_owned(), now));
+                    }
+                    // Trimmed from the log before delivery, as in Redis.
+                    None => {
+                        state.delivery_group(group).pending.remove(&position);
+                    }
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()> {
+        let now = UnixMillis::now().0;
+        self.with_state(|state| {
+            let pending = &mut state.delivery_group(group).pending;
+            for position in ids.iter().filter_map(|id| entry_position(id)) {
+                if let Some(entry) = pending.get_mut(&position) {
+                    *entry = (consumer.to_owned(), now);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()> {
+        self.with_state(|state| {
+            if let Some(position) = entry_position(id) {
+                state.delivery_group(group).pending.remove(&position);
+            }
+            Ok(())
         })
     }
 

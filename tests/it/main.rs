@@ -19,3 +19,4 @@ mod sentinel;
 mod store_contract;
 mod support;
 mod transport;
+mod webhooks;

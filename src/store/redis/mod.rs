@@ -114,9 +114,8 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 }
 
 /// The events of a range of audit stream entries.
-fn audit_events_of(entries: redis::streams::StreamRangeReply) -> StoreResult<Vec<AuditEvent>> {
+fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<AuditEvent>> {
     entries
-        .ids
         .into_iter()
         .map(|entry| {
             let raw: String = entry.get("event").ok_or_else(|| {
@@ -1106,7 +1105,7 @@ where
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        audit_events_of(entries)
+        audit_events_of(entries.ids)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
@@ -1133,7 +1132,7 @@ where
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        audit_events_of(entries)
+        audit_events_of(entries.ids)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.audit_bounds", skip_all)]
@@ -1162,6 +1161,112 @@ where
             .next()
             .zip(last.ids.into_iter().next())
             .map(|(first, last)| (first.id, last.id)))
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.take_deliveries", skip_all)]
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let stream = self.keyspace.audit();
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(limit)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .to_owned();
+        let reply: Option<redis::streams::StreamReadReply> =
+            match read.query_async(&mut self.connection()).await {
+                Ok(reply) => reply,
+                // The group is made on first use, and again after a Redis
+                // that lost its data; it starts with the events to come.
+                Err(error) if error.code() == Some("NOGROUP") => {
+                    let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(group)
+                        .arg("$")
+                        .arg("MKSTREAM")
+                        .query_async(&mut self.connection())
+                        .await;
+                    match created {
+                        Err(error) if error.code() != Some("BUSYGROUP") => {
+                            return Err(unavailable(error));
+                        }
+                        _ => read
+                            .query_async(&mut self.connection())
+                            .await
+                            .map_err(unavailable)?,
+                    }
+                }
+                Err(error) => return Err(unavailable(error)),
+            };
+        let entries = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .collect();
+        audit_events_of(entries)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.claim_deliveries", skip_all)]
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await;
+        match reply {
+            Ok(reply) => audit_events_of(reply.claimed),
+            // No group yet: nothing was ever taken, so nothing is pending.
+            Err(error) if error.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(id)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {
