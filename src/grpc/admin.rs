@@ -63,8 +63,9 @@ impl AdminApi {
 type Reply<T> = Result<Response<T>, Status>;
 
 /// The stream WatchEvents answers with.
-type WatchStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>>;
+type WatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {

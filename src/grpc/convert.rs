@@ -538,7 +538,10 @@ pub fn watch_in(
     };
     violations.finish()?;
     let cursor = (!request.after_cursor.is_empty()).then(|| request.after_cursor.clone());
-    Ok((cursor, crate::service::events::EventFilter { kinds, identity }))
+    Ok((
+        cursor,
+        crate::service::events::EventFilter { kinds, identity },
+    ))
 }
 
 /// A WatchEvents item as the API shows it.

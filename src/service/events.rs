@@ -255,7 +255,10 @@ mod tests {
             kinds: Vec::new(),
             identity: Some(identity.clone()),
         };
-        assert!(by_identity.matches(&event), "a key of the identity is about it");
+        assert!(
+            by_identity.matches(&event),
+            "a key of the identity is about it"
+        );
         let honeytokens = EventFilter {
             kinds: vec![EventKind::HoneytokenUsed],
             identity: None,

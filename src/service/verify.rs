@@ -2,9 +2,9 @@
 //! round trip for the key and its identity, then the secret, and only then
 //! the reasons that depend on the key's settings.
 
+use super::guard::{TokenDigest, VerifyGuard};
 use super::{Authority, audit};
 use crate::domain::audit::HONEYTOKEN_USED;
-use super::guard::{TokenDigest, VerifyGuard};
 use crate::domain::token::{self, ParsedToken};
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use crate::metrics::metrics;

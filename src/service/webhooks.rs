@@ -42,7 +42,9 @@ impl WebhookSecret {
                 .map_err(|_| "the part after `whsec_` is not base64")?,
         );
         if !(24..=64).contains(&bytes.len()) {
-            return Err("a webhook secret holds 24 to 64 bytes (e.g. 32 random bytes, base64)".into());
+            return Err(
+                "a webhook secret holds 24 to 64 bytes (e.g. 32 random bytes, base64)".into(),
+            );
         }
         Ok(Self(bytes))
     }
@@ -127,8 +129,10 @@ pub fn body_of(event: &AuditEvent) -> Vec<u8> {
 /// Delivers events until the task is aborted (at shutdown; whatever was in
 /// flight stays pending and is claimed later).
 pub async fn deliver(store: Arc<dyn Store>, options: WebhookOptions) {
-    let client =
-        opentelemetry_http::hyper::HyperClient::with_default_connector(options.request_timeout, None);
+    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+        options.request_timeout,
+        None,
+    );
     tracing::info!(url = %options.url, consumer = %options.consumer, "delivering events to the webhook");
     loop {
         let batch = match next_batch(store.as_ref(), &options).await {
@@ -163,7 +167,10 @@ async fn next_batch(
         )
         .await?;
     if !claimed.is_empty() {
-        tracing::info!(events = claimed.len(), "claimed events another replica left undelivered");
+        tracing::info!(
+            events = claimed.len(),
+            "claimed events another replica left undelivered"
+        );
         return Ok(claimed);
     }
     store

@@ -93,7 +93,6 @@ impl State {
     }
 }
 
-
 /// How often expired records are swept out; reads never see them regardless.
 const PURGE_INTERVAL_MILLIS: i64 = 1_000;
 
@@ -633,9 +632,7 @@ impl Store for MemoryStore {
             Ok(state
                 .audit
                 .iter()
-                .filter(|event| {
-                    entry_position(&event.id).is_some_and(|position| position > after)
-                })
+                .filter(|event| entry_position(&event.id).is_some_and(|position| position > after))
                 .take(limit)
                 .cloned()
                 .collect())

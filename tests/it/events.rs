@@ -77,45 +77,29 @@ async fn a_revoke_shows_within_a_second(server: TestServer) {
     let record = event.audit_event.as_ref().unwrap();
     assert!(record.target_ids.contains(&key_id), "{record:?}");
     assert_eq!(record.id, event.cursor, "the cursor is the event's id");
-    assert!(took < Duration::from_secs(1), "the revoke took {took:?} to show");
+    assert!(
+        took < Duration::from_secs(1),
+        "the revoke took {took:?} to show"
+    );
     drop(stream);
     server.stop().await;
 }
-on_both_stores!(a_revoke_shows_within_a_second_on, a_revoke_shows_within_a_second);
+on_both_stores!(
+    a_revoke_shows_within_a_second_on,
+    a_revoke_shows_within_a_second
+);
 
 /// The ids of every audit event after `cursor` (all of them for an empty
 /// one), oldest first.
 async fn ids_after(server: &TestServer, cursor: &str) -> Vec<String> {
-    let mut admin = server.admin().await;
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .list_audit_events(authed(
-                &server.admin_token,
-                proto::ListAuditEventsRequest {
-                    page_size: 100,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        for event in page.events {
-            if event.id == cursor {
-                ids.reverse();
-                return ids;
-            }
-            ids.push(event.id);
-        }
-        if page.next_page_token.is_empty() {
-            assert!(cursor.is_empty(), "the cursor is in the log");
-            ids.reverse();
-            return ids;
-        }
-        page_token = page.next_page_token;
-    }
+    let newest_first = crate::audit::all_events(server, Default::default()).await;
+    let mut ids: Vec<String> = newest_first
+        .into_iter()
+        .map(|event| event.id)
+        .take_while(|id| id != cursor)
+        .collect();
+    ids.reverse();
+    ids
 }
 
 /// A watcher that goes away, while keyrack restarts and changes go on, and
@@ -235,13 +219,19 @@ async fn trimmed_cursors_are_out_of_range(server: TestServer) {
     let status = server
         .admin()
         .await
-        .watch_events(authed(&stranger.token, proto::WatchEventsRequest::default()))
+        .watch_events(authed(
+            &stranger.token,
+            proto::WatchEventsRequest::default(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     server.stop().await;
 }
-on_both_stores!(trimmed_cursors_are_out_of_range_on, trimmed_cursors_are_out_of_range);
+on_both_stores!(
+    trimmed_cursors_are_out_of_range_on,
+    trimmed_cursors_are_out_of_range
+);
 
 /// A server whose idle streams beat every 200 ms.
 async fn server_with_fast_heartbeats() -> TestServer {
@@ -371,7 +361,10 @@ async fn honeytokens_answer_as_unknown_and_are_recorded(server: TestServer) {
             ..Default::default()
         });
         let metadata = request.metadata_mut();
-        metadata.insert("x-request-id", format!("probe-{use_number}").parse().unwrap());
+        metadata.insert(
+            "x-request-id",
+            format!("probe-{use_number}").parse().unwrap(),
+        );
         metadata.insert(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -96,7 +96,13 @@ fn actions(events: &[keyrack::domain::AuditEvent]) -> Vec<&str> {
 async fn the_audit_log_is_followed_and_shared_by_a_delivery_group(store: &dyn Store) {
     let group = "webhooks";
     // The group starts at the log's end when it is first used.
-    assert!(store.take_deliveries(group, "a", 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .take_deliveries(group, "a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.audit_bounds().await.unwrap(), None);
     for action in ["e1", "e2", "e3"] {
         store
@@ -115,12 +121,30 @@ async fn the_audit_log_is_followed_and_shared_by_a_delivery_group(store: &dyn St
         actions(&store.read_audit_after(&log[0].id, 10).await.unwrap()),
         ["e2", "e3"]
     );
-    assert!(store.read_audit_after(&log[2].id, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_audit_after(&log[2].id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Each event is taken by one consumer.
-    assert_eq!(actions(&store.take_deliveries(group, "a", 2).await.unwrap()), ["e1", "e2"]);
-    assert_eq!(actions(&store.take_deliveries(group, "b", 10).await.unwrap()), ["e3"]);
-    assert!(store.take_deliveries(group, "a", 10).await.unwrap().is_empty());
+    assert_eq!(
+        actions(&store.take_deliveries(group, "a", 2).await.unwrap()),
+        ["e1", "e2"]
+    );
+    assert_eq!(
+        actions(&store.take_deliveries(group, "b", 10).await.unwrap()),
+        ["e3"]
+    );
+    assert!(
+        store
+            .take_deliveries(group, "a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Pending events are claimed only once idle; a touch keeps one held.
     assert!(
@@ -131,7 +155,10 @@ async fn the_audit_log_is_followed_and_shared_by_a_delivery_group(store: &dyn St
             .is_empty()
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    store.touch_deliveries(group, "a", &[&log[0].id]).await.unwrap();
+    store
+        .touch_deliveries(group, "a", &[&log[0].id])
+        .await
+        .unwrap();
     let claimed = store
         .claim_deliveries(group, "c", Duration::from_millis(50), 10)
         .await

@@ -302,15 +302,33 @@ impl TestServer {
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
-        Self::serve(backend, store, authority, minted.token.expose().to_owned(), options).await
+        Self::serve(
+            backend,
+            store,
+            authority,
+            minted.token.expose().to_owned(),
+            options,
+        )
+        .await
     }
 
     /// Starts a server on a backend that already holds keyrack's records,
     /// as a restarted keyrack would, with the admin `admin_token` names.
-    pub async fn resume(backend: Backend, admin_token: String, authority_options: AuthorityOptions) -> Self {
+    pub async fn resume(
+        backend: Backend,
+        admin_token: String,
+        authority_options: AuthorityOptions,
+    ) -> Self {
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
-        Self::serve(backend, store, authority, admin_token, test_server_options()).await
+        Self::serve(
+            backend,
+            store,
+            authority,
+            admin_token,
+            test_server_options(),
+        )
+        .await
     }
 
     async fn serve(

@@ -4,7 +4,9 @@
 //! killed replica's taken events are delivered by the other; an endpoint
 //! that is down for a while receives every event once it is back.
 
-use crate::support::{Backend, RedisServer, TestServer, open_store, require_program, test_server_options};
+use crate::support::{
+    Backend, RedisServer, TestServer, open_store, require_program, test_server_options,
+};
 use base64::Engine as _;
 use keyrack::service::AuthorityOptions;
 use keyrack::service::webhooks::{self, WebhookOptions, WebhookSecret};
@@ -181,6 +183,21 @@ async fn wait_for_group(redis: &RedisServer) {
     .await;
 }
 
+/// A keyrack on a fresh Redis whose webhook replica is named `one`.
+async fn server_delivering_to(address: SocketAddr) -> TestServer {
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions::default(),
+        keyrack::server::ServerOptions {
+            webhooks: Some(options(address, "one")),
+            ..test_server_options()
+        },
+    )
+    .await;
+    wait_for_group(server.backend.redis()).await;
+    server
+}
+
 async fn create_services(server: &TestServer, prefix: &str, count: usize) {
     for n in 0..count {
         server.create_service(&format!("{prefix}{n}")).await;
@@ -194,18 +211,9 @@ async fn two_replicas_deliver_each_event_once() {
     let address = free_address().await;
     let endpoint = Endpoint::default();
     endpoint.serve_on(address).await;
-    let server = TestServer::start_serving(
-        Backend::Redis(RedisServer::start()),
-        AuthorityOptions::default(),
-        keyrack::server::ServerOptions {
-            webhooks: Some(options(address, "one")),
-            ..test_server_options()
-        },
-    )
-    .await;
+    let server = server_delivering_to(address).await;
     let second_store = open_store(&server.backend).await;
     let second = tokio::spawn(webhooks::deliver(second_store, options(address, "two")));
-    wait_for_group(server.backend.redis()).await;
 
     create_services(&server, "svc", 20).await;
     wait_for(&endpoint, 20, Duration::from_secs(10)).await;
@@ -218,7 +226,10 @@ async fn two_replicas_deliver_each_event_once() {
     for (line, message) in lines.iter().zip(&received) {
         let fields: Vec<&str> = line.split(' ').collect();
         assert_eq!(fields[0], "AUDIT");
-        assert_eq!(fields[1], message.id, "the webhook id is the event's cursor");
+        assert_eq!(
+            fields[1], message.id,
+            "the webhook id is the event's cursor"
+        );
         assert_eq!(fields[2], "CreateIdentity");
         assert!(fields[3].ends_with('Z'), "an RFC 3339 timestamp: {line}");
     }
@@ -301,9 +312,11 @@ async fn a_killed_replicas_events_are_delivered_by_the_other() {
     let lines = verified_with_reference_library(&endpoint.received());
     assert!(lines.iter().all(|line| line.contains(" CreateIdentity ")));
     assert_eq!(pending_for(redis, "doomed"), 0);
-    crate::support::eventually("the survivor acknowledged all", Duration::from_secs(5), || async {
-        pending_for(redis, "survivor") == 0
-    })
+    crate::support::eventually(
+        "the survivor acknowledged all",
+        Duration::from_secs(5),
+        || async { pending_for(redis, "survivor") == 0 },
+    )
     .await;
     survivor.abort();
     server.stop().await;
@@ -314,21 +327,14 @@ async fn a_killed_replicas_events_are_delivered_by_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_comes_back_receives_every_event() {
     let address = free_address().await;
-    let server = TestServer::start_serving(
-        Backend::Redis(RedisServer::start()),
-        AuthorityOptions::default(),
-        keyrack::server::ServerOptions {
-            webhooks: Some(options(address, "one")),
-            ..test_server_options()
-        },
-    )
-    .await;
-    wait_for_group(server.backend.redis()).await;
+    let server = server_delivering_to(address).await;
     let failures_before = keyrack::metrics::metrics().webhook_failures.get();
     create_services(&server, "svc", 8).await;
-    crate::support::eventually("failed attempts counted", Duration::from_secs(5), || async {
-        keyrack::metrics::metrics().webhook_failures.get() >= failures_before + 3
-    })
+    crate::support::eventually(
+        "failed attempts counted",
+        Duration::from_secs(5),
+        || async { keyrack::metrics::metrics().webhook_failures.get() >= failures_before + 3 },
+    )
     .await;
     // Admin calls are not held up by the endpoint being down.
     let started = std::time::Instant::now();

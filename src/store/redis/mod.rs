@@ -326,6 +326,27 @@ where
         journal::committed();
     }
 
+    /// Up to `limit` audit events of an `XRANGE` or `XREVRANGE` from `start`
+    /// to `end`.
+    async fn audit_range(
+        &self,
+        command: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let entries: redis::streams::StreamRangeReply = redis::cmd(command)
+            .arg(self.keyspace.audit())
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        audit_events_of(entries.ids)
+    }
+
     async fn append_encoded_audit(&self, event: &str) -> StoreResult<()> {
         let _: String = redis::cmd("XADD")
             .arg(self.keyspace.audit())
@@ -1096,16 +1117,7 @@ where
     async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         // Entries strictly older than `before` (exclusive ranges: Redis 6.2+).
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keyspace.audit())
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        audit_events_of(entries.ids)
+        self.audit_range("XREVRANGE", &end, "-", limit).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
@@ -1123,38 +1135,32 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.read_audit_after", skip_all)]
     async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keyspace.audit())
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection())
+        self.audit_range("XRANGE", &format!("({after}"), "+", limit)
             .await
-            .map_err(unavailable)?;
-        audit_events_of(entries.ids)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.audit_bounds", skip_all)]
     async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
         let stream = self.keyspace.audit();
-        let (first, last): (redis::streams::StreamRangeReply, redis::streams::StreamRangeReply) =
-            redis::pipe()
-                .cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("XREVRANGE")
-                .arg(&stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+        let (first, last): (
+            redis::streams::StreamRangeReply,
+            redis::streams::StreamRangeReply,
+        ) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
         Ok(first
             .ids
             .into_iter()
@@ -1223,16 +1229,17 @@ where
         min_idle: Duration,
         limit: usize,
     ) -> StoreResult<Vec<AuditEvent>> {
-        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
-            .arg(self.keyspace.audit())
-            .arg(group)
-            .arg(consumer)
-            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection())
-            .await;
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> =
+            redis::cmd("XAUTOCLAIM")
+                .arg(self.keyspace.audit())
+                .arg(group)
+                .arg(consumer)
+                .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut self.connection())
+                .await;
         match reply {
             Ok(reply) => audit_events_of(reply.claimed),
             // No group yet: nothing was ever taken, so nothing is pending.
