@@ -234,6 +234,7 @@ pub async fn serve(
             health_task.abort();
             crate::metrics::metrics().health_serving.set(0);
             report(&reporter, ServingStatus::NotServing).await;
+            authority.end_event_streams();
             let _ = stop.send(());
             match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
                 Ok(result) => result.map_err(ServeError::from),

@@ -82,6 +82,9 @@ pub enum WatchItem {
 pub(super) struct EventFeed {
     newest: Arc<watch::Sender<Option<String>>>,
     poller: OnceLock<()>,
+    /// Set at shutdown: every stream ends, so draining is not held up by
+    /// watchers (they resume elsewhere from their cursor).
+    closing: watch::Sender<bool>,
     options: EventOptions,
 }
 
@@ -90,6 +93,7 @@ impl EventFeed {
         Self {
             newest: Arc::new(watch::Sender::new(None)),
             poller: OnceLock::new(),
+            closing: watch::Sender::new(false),
             options,
         }
     }
@@ -143,6 +147,11 @@ async fn poll_newest(
 }
 
 impl Authority {
+    /// Ends every watch stream, now and from now on (at shutdown).
+    pub fn end_event_streams(&self) {
+        self.events.closing.send_replace(true);
+    }
+
     /// Starts a watch: events after `after_cursor` (or, without one, from
     /// now on) that pass `filter`, then new ones as they come, with
     /// heartbeats. OUT_OF_RANGE when the cursor was already trimmed away;
@@ -178,7 +187,10 @@ impl Authority {
         };
         let (sender, receiver) = mpsc::channel(WATCH_QUEUE);
         let authority = Arc::clone(self);
-        tokio::spawn(async move { authority.follow(start, filter, feed, sender).await });
+        let closing = self.events.closing.subscribe();
+        tokio::spawn(async move {
+            authority.follow(start, filter, feed, closing, sender).await;
+        });
         Ok(receiver)
     }
 
@@ -189,12 +201,16 @@ impl Authority {
         mut cursor: String,
         filter: EventFilter,
         mut feed: watch::Receiver<Option<String>>,
+        mut closing: watch::Receiver<bool>,
         sender: mpsc::Sender<Result<WatchItem, Error>>,
     ) {
         let heartbeat = self.options.events.heartbeat_interval;
         let mut last_sent = Instant::now();
         let mut heartbeat_due = false;
         loop {
+            if *closing.borrow_and_update() {
+                return;
+            }
             // Read everything after the cursor, in batches.
             loop {
                 let batch = match self.store.read_audit_after(&cursor, READ_BATCH).await {
@@ -237,6 +253,7 @@ impl Authority {
                 }
                 () = tokio::time::sleep_until(last_sent + heartbeat) => heartbeat_due = true,
                 () = sender.closed() => return,
+                _ = closing.changed() => {}
             }
         }
     }
