@@ -151,6 +151,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     };
     options.guard.verified_entries = args.verify_cache_entries;
     let tls = args.tls()?;
+    let webhooks = args.webhooks()?;
     let scim_tls = match (&tls, args.scim_listen) {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
@@ -206,6 +207,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             token_header: args.ext_authz_token_header.clone(),
             keep_credential: args.ext_authz_keep_credential,
         },
+        webhooks,
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM

@@ -5,6 +5,7 @@ use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
+use crate::service::webhooks::{WebhookOptions, WebhookSecret};
 use crate::store::redis::Durability;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -293,6 +294,12 @@ pub struct ServeArgs {
     /// upstream; by default it is removed so upstreams never see tokens.
     #[arg(long, env = "KEYRACK_EXT_AUTHZ_KEEP_CREDENTIAL")]
     pub ext_authz_keep_credential: bool,
+    /// POST every event to this http:// URL, signed per Standard Webhooks.
+    #[arg(long, env = "KEYRACK_WEBHOOK_URL", requires = "webhook_secret_file")]
+    pub webhook_url: Option<String>,
+    /// The webhook signing secret: a file holding `whsec_<base64>`.
+    #[arg(long, env = "KEYRACK_WEBHOOK_SECRET_FILE", requires = "webhook_url")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -524,6 +531,30 @@ impl TlsMaterial {
 }
 
 impl ServeArgs {
+    /// Webhook delivery as the flags ask for it; `None` without a URL.
+    pub fn webhooks(&self) -> Result<Option<WebhookOptions>, ConfigError> {
+        let (Some(url), Some(secret_file)) = (&self.webhook_url, &self.webhook_secret_file) else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| ConfigError(format!("--webhook-url {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ConfigError(format!(
+                "--webhook-url {url:?}: must be an http:// URL (https is not supported yet: put a TLS proxy beside keyrack)"
+            )));
+        }
+        let content = Zeroizing::new(std::fs::read_to_string(secret_file).map_err(|e| {
+            ConfigError(format!(
+                "cannot read webhook secret file {}: {e}",
+                secret_file.display()
+            ))
+        })?);
+        let secret = WebhookSecret::parse(content.trim_end())
+            .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
+        Ok(Some(WebhookOptions::new(uri, secret)))
+    }
+
     /// The TLS files the flags name, read now; `None` serves plaintext.
     pub fn tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
         let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {

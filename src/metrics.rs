@@ -100,6 +100,13 @@ pub struct Metrics {
     pub record_cache_entries: Gauge,
     /// Age of the tracking link's last completed fence.
     pub record_cache_fence_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Honeytokens presented to Verify (or as an admin token).
+    pub honeytoken_uses: Counter,
+    /// Events the webhook endpoint accepted.
+    pub webhook_deliveries: Counter,
+    /// Webhook attempts that failed (refused, unreachable, timed out); each
+    /// is retried.
+    pub webhook_failures: Counter,
 }
 
 /// A SCIM request's outcome.
@@ -137,6 +144,9 @@ impl Metrics {
             record_cache_link_resets: Counter::default(),
             record_cache_entries: Gauge::default(),
             record_cache_fence_age: Gauge::default(),
+            honeytoken_uses: Counter::default(),
+            webhook_deliveries: Counter::default(),
+            webhook_failures: Counter::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -211,6 +221,21 @@ impl Metrics {
             "health_serving",
             "1 while the store answers health pings, else 0",
             metrics.health_serving.clone(),
+        );
+        metrics.registry.register(
+            "webhook_deliveries",
+            "Events the webhook endpoint accepted",
+            metrics.webhook_deliveries.clone(),
+        );
+        metrics.registry.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed; each is retried with backoff",
+            metrics.webhook_failures.clone(),
+        );
+        metrics.registry.register(
+            "honeytoken_uses",
+            "Honeytokens presented to Verify or as an admin token",
+            metrics.honeytoken_uses.clone(),
         );
         metrics.registry.register(
             "audit_events",

@@ -57,6 +57,8 @@ pub struct ServerOptions {
     /// Where Envoy's ext_authz Check finds the credential, and whether it
     /// passes upstream.
     pub ext_authz: ExtAuthzOptions,
+    /// Where events are POSTed, if anywhere.
+    pub webhooks: Option<crate::service::webhooks::WebhookOptions>,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +76,7 @@ impl Default for ServerOptions {
             tls: None,
             audit_max_age: None,
             ext_authz: ExtAuthzOptions::default(),
+            webhooks: None,
         }
     }
 }
@@ -166,6 +169,13 @@ pub async fn serve(
         options.audit_max_age,
     ));
 
+    let webhooks = options.webhooks.clone().map(|webhooks| {
+        tokio::spawn(crate::service::webhooks::deliver(
+            Arc::clone(authority.store()),
+            webhooks,
+        ))
+    });
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
@@ -240,6 +250,7 @@ pub async fn serve(
             health_task.abort();
             crate::metrics::metrics().health_serving.set(0);
             report(&reporter, ServingStatus::NotServing).await;
+            authority.end_event_streams();
             let _ = stop.send(());
             match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
                 Ok(result) => result.map_err(ServeError::from),
@@ -252,6 +263,9 @@ pub async fn serve(
     };
     health_task.abort();
     flusher.abort();
+    if let Some(webhooks) = webhooks {
+        webhooks.abort();
+    }
     // What was noted since the last flush is not lost to a restart.
     authority.flush_last_use().await;
     result

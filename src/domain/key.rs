@@ -66,6 +66,9 @@ pub struct ApiKey {
     /// recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// A decoy: Verify answers it as an unknown token and records its use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub honeytoken: bool,
     /// The argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Incremented by every write (see `Identity::revision`).

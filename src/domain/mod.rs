@@ -17,7 +17,7 @@ pub mod token;
 pub mod totp;
 pub mod verdict;
 
-pub use audit::{AuditEvent, AuditFilter};
+pub use audit::{AuditEvent, AuditFilter, EventKind};
 pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};

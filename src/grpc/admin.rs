@@ -68,8 +68,32 @@ impl AdminApi {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// The stream WatchEvents answers with.
+type WatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<proto::WatchEventsResponse, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type WatchEventsStream = WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Reply<Self::WatchEventsStream> {
+        self.authorize(&request).await?;
+        let (cursor, filter) = convert::watch_in(request.get_ref())?;
+        let items = self
+            .authority
+            .watch_events(cursor.as_deref(), filter)
+            .await?;
+        let stream = futures_util::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(items),
+            |item| item.map(convert::watch_item_out).map_err(Status::from),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn create_identity(
         &self,
         request: Request<proto::CreateIdentityRequest>,

@@ -103,6 +103,7 @@ pub fn key_out(key: ApiKey) -> proto::ApiKey {
         datasets: key.datasets,
         labels: key.labels.into_iter().collect(),
         origin: origin_out(key.origin).into(),
+        honeytoken: key.honeytoken,
     }
 }
 
@@ -259,6 +260,7 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
         description: description.unwrap_or_default(),
         expire_time,
         allowed_cidrs,
+        honeytoken: request.honeytoken,
     })
 }
 
@@ -562,6 +564,66 @@ pub fn audit_filter_in(
     Ok(filter)
 }
 
+/// Most entries in WatchEvents' `kinds` (each kind once is all it takes).
+const MAX_EVENT_KINDS: usize = 16;
+
+/// WatchEvents' cursor and filters.
+pub fn watch_in(
+    request: &proto::WatchEventsRequest,
+) -> Result<(Option<String>, crate::service::events::EventFilter), Error> {
+    let mut violations = Violations::new();
+    if request.kinds.len() > MAX_EVENT_KINDS {
+        violations.add("kinds", format!("at most {MAX_EVENT_KINDS} entries"));
+    }
+    let mut kinds = Vec::new();
+    for (index, kind) in request.kinds.iter().enumerate() {
+        match proto::EventKind::try_from(*kind) {
+            Ok(proto::EventKind::Audit) => kinds.push(crate::domain::EventKind::Audit),
+            Ok(proto::EventKind::HoneytokenUsed) => {
+                kinds.push(crate::domain::EventKind::HoneytokenUsed);
+            }
+            Ok(proto::EventKind::Unspecified) | Err(_) => violations.add(
+                format!("kinds[{index}]"),
+                "must be an event kind (AUDIT, HONEYTOKEN_USED)",
+            ),
+        }
+    }
+    let identity = match request.identity_id.as_str() {
+        "" => None,
+        text => violations.check("identity_id", IdentityId::parse(text)),
+    };
+    violations.finish()?;
+    let cursor = (!request.after_cursor.is_empty()).then(|| request.after_cursor.clone());
+    Ok((
+        cursor,
+        crate::service::events::EventFilter { kinds, identity },
+    ))
+}
+
+/// A WatchEvents item as the API shows it.
+pub fn watch_item_out(item: crate::service::events::WatchItem) -> proto::WatchEventsResponse {
+    use crate::service::events::WatchItem;
+    use proto::watch_events_response::Payload;
+    let payload = match item {
+        WatchItem::Event(event) => Payload::Event(proto::Event {
+            cursor: event.id.clone(),
+            kind: match event.kind() {
+                crate::domain::EventKind::Audit => proto::EventKind::Audit,
+                crate::domain::EventKind::HoneytokenUsed => proto::EventKind::HoneytokenUsed,
+            }
+            .into(),
+            audit_event: Some(audit_event_out(event)),
+        }),
+        WatchItem::Heartbeat { time, cursor } => Payload::Heartbeat(proto::Heartbeat {
+            time: Some(timestamp_out(time)),
+            cursor,
+        }),
+    };
+    proto::WatchEventsResponse {
+        payload: Some(payload),
+    }
+}
+
 /// An audit event as the API shows it.
 pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
     proto::AuditEvent {
@@ -574,6 +636,8 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
         outcome: event.outcome,
         caller_address: event.caller_address.unwrap_or_default(),
         request_id: event.request_id,
+        client_ip: event.client_ip.unwrap_or_default(),
+        trace_id: event.trace_id.unwrap_or_default(),
     }
 }
 

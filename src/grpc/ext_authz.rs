@@ -10,9 +10,10 @@ use crate::domain::names::parse_name;
 use crate::domain::scope::parse_scopes;
 use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
-use crate::service::{Authority, VerifyQuery};
+use crate::service::{Authority, CallContext, VerifyQuery};
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
+    socket_address,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::{
@@ -235,6 +236,11 @@ fn route_requirements<'a>(
 
 /// The downstream client's address as Envoy saw it.
 fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
+    peer_address(attributes).map(|peer| peer.ip())
+}
+
+/// The HTTP request's source address and port, as Envoy saw it.
+fn peer_address(attributes: &AttributeContext) -> Option<std::net::SocketAddr> {
     match attributes
         .source
         .as_ref()?
@@ -243,7 +249,16 @@ fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
         .address
         .as_ref()?
     {
-        address::Address::SocketAddress(socket) => socket.address.parse().ok(),
+        address::Address::SocketAddress(socket) => {
+            let ip: IpAddr = socket.address.parse().ok()?;
+            let port = match socket.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(port)) => {
+                    u16::try_from(port).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            Some(std::net::SocketAddr::new(ip, port))
+        }
         _ => None,
     }
 }
@@ -436,11 +451,19 @@ impl Authorization for ExtAuthzApi {
             };
             return Ok(Response::new(refusal.into_response()));
         };
+        // The peer of a Check is Envoy; the caller is the HTTP request's
+        // source, and its request and trace ids travel in its headers.
+        let context = CallContext {
+            peer: peer_address(attributes),
+            request_id: request_header(http, "x-request-id").map(str::to_owned),
+            traceparent: request_header(http, "traceparent").map(str::to_owned),
+        };
         let query = VerifyQuery {
             token,
             dataset: route.dataset,
             client_ip: client_ip(attributes),
             required_scopes: &route.scopes,
+            context,
         };
         let verdict = match self.authority.verify(query).await {
             Ok(verdict) => verdict,

@@ -6,7 +6,7 @@ use crate::domain::names::parse_name;
 use crate::domain::{Verdict, VerifyCode, Violations};
 use crate::metrics::{OutcomeLabels, metrics};
 use crate::proto::{self, verify_service_server::VerifyService};
-use crate::service::{Authority, VerifyQuery};
+use crate::service::{Authority, CallContext, VerifyQuery};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -86,6 +86,18 @@ impl VerifyService for VerifyApi {
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
         let bearer = bearer_token(request.metadata()).map(str::to_owned);
+        let text_of = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let context = CallContext {
+            peer: request.remote_addr(),
+            request_id: text_of("x-request-id"),
+            traceparent: text_of("traceparent"),
+        };
         let request = request.into_inner();
         let token = if request.token.is_empty() {
             bearer.unwrap_or_default()
@@ -121,6 +133,7 @@ impl VerifyService for VerifyApi {
             dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
             client_ip,
             required_scopes: &required_scopes,
+            context,
         };
         // A store outage is an error status, never a verdict: fail closed.
         let verdict = match self.authority.verify(query).await {

@@ -69,6 +69,8 @@ pub struct NewKey {
     pub datasets: Vec<String>,
     /// Labels.
     pub labels: Labels,
+    /// Mints a decoy (see `ApiKey::honeytoken`).
+    pub honeytoken: bool,
 }
 
 /// Fields to change on a key; `None` leaves a field as it is.
@@ -157,6 +159,7 @@ impl Authority {
         minted.key.scopes = request.scopes;
         minted.key.datasets = request.datasets;
         minted.key.labels = request.labels;
+        minted.key.honeytoken = request.honeytoken;
         journal::add_target(minted.key.id.as_str());
         journal::arm();
         self.store
@@ -261,6 +264,14 @@ impl Authority {
         if let Some(successor) = &old.rolled_to {
             return Err(Error::FailedPrecondition(format!(
                 "key {} was already rolled to {successor}; roll the replacement instead",
+                old.id
+            )));
+        }
+        if old.honeytoken {
+            // A decoy has no user who needs a replacement; a roll would only
+            // mint a working twin of it.
+            return Err(Error::FailedPrecondition(format!(
+                "key {} is a honeytoken; honeytokens cannot be rolled",
                 old.id
             )));
         }
@@ -799,6 +810,7 @@ impl Authority {
                 datasets: Vec::new(),
                 labels: Labels::new(),
                 origin: Some(Origin::Import),
+                honeytoken: false,
                 secret_hash,
                 revision: 0,
             };

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod datasets;
+pub mod events;
 pub mod guard;
 mod hash_pool;
 pub mod hashing;
@@ -14,6 +15,7 @@ mod people;
 pub mod sealing;
 mod totp;
 mod verify;
+pub mod webhooks;
 
 pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};
@@ -23,7 +25,7 @@ pub use keys::{
 };
 pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
-pub use verify::{Caller, VerifyQuery};
+pub use verify::{CallContext, Caller, VerifyQuery};
 
 use crate::domain::token::{self, TokenPrefix};
 use crate::domain::key::Origin;
@@ -144,6 +146,8 @@ pub struct AuthorityOptions {
     pub guard: GuardOptions,
     /// Most keys whose last use is held between flushes.
     pub last_use_capacity: usize,
+    /// How event watchers are fed.
+    pub events: events::EventOptions,
 }
 
 impl Default for AuthorityOptions {
@@ -153,6 +157,7 @@ impl Default for AuthorityOptions {
             totp_for_roll: true,
             guard: GuardOptions::default(),
             last_use_capacity: 200_000,
+            events: events::EventOptions::default(),
         }
     }
 }
@@ -165,6 +170,7 @@ pub struct Authority {
     guard: VerifyGuard,
     hash_pool: HashPool,
     last_use: LastUseTracker,
+    events: events::EventFeed,
     options: AuthorityOptions,
 }
 
@@ -184,6 +190,7 @@ impl Authority {
             guard: VerifyGuard::new(options.guard.clone()),
             hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
+            events: events::EventFeed::new(options.events.clone()),
             options,
         }
     }
@@ -247,6 +254,7 @@ impl Authority {
             datasets: Vec::new(),
             labels: Default::default(),
             origin: Some(origin),
+            honeytoken: false,
             secret_hash,
             revision: 0,
         };

@@ -2,12 +2,13 @@
 //! round trip for the key and its identity, then the secret, and only then
 //! the reasons that depend on the key's settings.
 
-use super::Authority;
 use super::guard::{TokenDigest, VerifyGuard};
+use super::{Authority, audit};
+use crate::domain::audit::HONEYTOKEN_USED;
 use crate::domain::token;
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use crate::metrics::metrics;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What Verify is asked. Its `Debug` leaves the token out.
 pub struct VerifyQuery<'a> {
@@ -20,6 +21,19 @@ pub struct VerifyQuery<'a> {
     /// Scopes the token must hold, every one of them (already checked for
     /// syntax).
     pub required_scopes: &'a [String],
+    /// Where the call came from, recorded when the token is a honeytoken.
+    pub context: CallContext,
+}
+
+/// Where a Verify call came from: what a honeytoken's use records.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The transport peer (address and port).
+    pub peer: Option<SocketAddr>,
+    /// The caller's `x-request-id`, when it sent one.
+    pub request_id: Option<String>,
+    /// The caller's W3C `traceparent`, when it sent one.
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for VerifyQuery<'_> {
@@ -29,6 +43,7 @@ impl std::fmt::Debug for VerifyQuery<'_> {
             .field("dataset", &self.dataset)
             .field("client_ip", &self.client_ip)
             .field("required_scopes", &self.required_scopes)
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -93,6 +108,12 @@ impl Authority {
         if !matched {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
+        if key.honeytoken {
+            // The very answer an unknown token gets: nothing else is said,
+            // whatever the key's state or settings.
+            self.record_honeytoken_use(&key, &query);
+            return Ok(Verdict::refused(VerifyCode::Unknown));
+        }
         let code = if key.state == State::Disabled || identity.state == State::Disabled {
             VerifyCode::Disabled
         } else if !identity.permits_address(&key.allowed_cidrs, query.client_ip) {
@@ -125,8 +146,33 @@ impl Authority {
         self.options.guard.failure_window
     }
 
+    /// Counts a honeytoken's use and appends its HONEYTOKEN_USED event off
+    /// the answer's path, so the answer takes no longer than an unknown
+    /// token's and does not depend on the write.
+    fn record_honeytoken_use(&self, key: &ApiKey, query: &VerifyQuery<'_>) {
+        metrics().honeytoken_uses.inc();
+        tracing::warn!(key_id = %key.id, identity_id = %key.identity_id, peer = ?query.context.peer, client_ip = ?query.client_ip, "a honeytoken was presented");
+        let mut event = audit::event(
+            HONEYTOKEN_USED,
+            None,
+            query.context.peer,
+            audit::request_id(query.context.request_id.as_deref()),
+        );
+        event.target_ids = vec![key.id.to_string(), key.identity_id.to_string()];
+        event.client_ip = query.client_ip.map(|ip| ip.to_string());
+        event.trace_id = crate::telemetry::trace_id(query.context.traceparent.as_deref());
+        let store = std::sync::Arc::clone(&self.store);
+        tokio::spawn(async move {
+            if let Err(error) = store.append_audit(&event).await {
+                tracing::error!(%error, key_id = %event.target_ids[0], "a honeytoken's use could not be recorded in the audit log");
+            }
+        });
+    }
+
     /// Runs argon2 (throttled per key, bounded in concurrency) and lets the
-    /// guard remember the answer.
+    /// guard remember the answer. A honeytoken is remembered like any match
+    /// (its later uses skip argon2, as a revoked key's do); the answer is
+    /// still decided from its record on every call, so it is never VALID.
     async fn check_with_argon2(
         &self,
         digest: TokenDigest,
@@ -182,6 +228,7 @@ impl Authority {
                 dataset: None,
                 client_ip: peer,
                 required_scopes: &[],
+                context: CallContext::default(),
             })
             .await?;
         match (verdict.code, verdict.subject) {

@@ -187,6 +187,8 @@ fn bad_configuration_exits_with_one_line_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short-secret");
     std::fs::write(&short, "too short\n").unwrap();
+    let webhook_secret = dir.path().join("webhook-secret");
+    std::fs::write(&webhook_secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -277,6 +279,40 @@ fn bad_configuration_exits_with_one_line_before_binding() {
                 "0s",
             ],
             "--verify-cache-max-staleness must be between",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "https://hooks.example/keyrack",
+                "--webhook-secret-file",
+                webhook_secret.to_str().unwrap(),
+            ],
+            "must be an http:// URL",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "http://127.0.0.1:1/hook",
+                "--webhook-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "starts with `whsec_`",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "http://127.0.0.1:1/hook",
+            ],
+            "--webhook-secret-file",
         ),
     ];
     for (args, reason) in cases {

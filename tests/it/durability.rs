@@ -73,6 +73,7 @@ async fn replica_durability_acknowledges_only_what_a_replica_has() {
             scopes: Vec::new(),
             datasets: Vec::new(),
             labels: Default::default(),
+            honeytoken: false,
         })
         .await
         .unwrap();

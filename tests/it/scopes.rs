@@ -595,6 +595,7 @@ async fn verify_on(
             dataset: None,
             client_ip: None,
             required_scopes,
+            context: Default::default(),
         })
         .await
         .expect("the replica answers")

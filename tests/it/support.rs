@@ -326,6 +326,42 @@ impl TestServer {
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
+        Self::serve(
+            backend,
+            store,
+            authority,
+            minted.token.expose().to_owned(),
+            options,
+        )
+        .await
+    }
+
+    /// Starts a server on a backend that already holds keyrack's records,
+    /// as a restarted keyrack would, with the admin `admin_token` names.
+    pub async fn resume(
+        backend: Backend,
+        admin_token: String,
+        authority_options: AuthorityOptions,
+    ) -> Self {
+        let store = open_store(&backend).await;
+        let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
+        Self::serve(
+            backend,
+            store,
+            authority,
+            admin_token,
+            test_server_options(),
+        )
+        .await
+    }
+
+    async fn serve(
+        backend: Backend,
+        store: Arc<dyn Store>,
+        authority: Arc<Authority>,
+        admin_token: String,
+        options: ServerOptions,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -339,7 +375,7 @@ impl TestServer {
         });
         Self {
             address,
-            admin_token: minted.token.expose().to_owned(),
+            admin_token,
             store,
             authority,
             backend,
@@ -417,6 +453,15 @@ impl TestServer {
             ..Default::default()
         })
         .await
+    }
+
+    /// Stops the server and hands back its backend, data and all, with the
+    /// admin token, for [`TestServer::resume`].
+    pub async fn stop_keeping_backend(mut self) -> (Backend, String) {
+        let backend = std::mem::replace(&mut self.backend, Backend::Memory);
+        let admin_token = std::mem::take(&mut self.admin_token);
+        self.stop().await;
+        (backend, admin_token)
     }
 
     /// Stops the server and waits for it.

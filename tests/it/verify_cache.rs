@@ -506,6 +506,7 @@ async fn a_sentinel_failover_empties_the_cache() {
                 dataset: None,
                 client_ip: None,
                 required_scopes: &[],
+                context: Default::default(),
             })
             .await
             .map(|verdict| verdict.code)

@@ -122,6 +122,21 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The events of a range of audit stream entries.
+fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<AuditEvent>> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let raw: String = entry.get("event").ok_or_else(|| {
+                StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
+            })?;
+            let mut event: AuditEvent = decode(&raw)?;
+            event.id = entry.id;
+            Ok(event)
+        })
+        .collect()
+}
+
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -416,6 +431,27 @@ where
             tracing::error!(%error, "a change committed but its audit event could not be written");
         }
         journal::committed();
+    }
+
+    /// Up to `limit` audit events of an `XRANGE` or `XREVRANGE` from `start`
+    /// to `end`.
+    async fn audit_range(
+        &self,
+        command: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let entries: redis::streams::StreamRangeReply = redis::cmd(command)
+            .arg(self.keyspace.audit())
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        audit_events_of(entries.ids)
     }
 
     async fn append_encoded_audit(&self, event: &str) -> StoreResult<()> {
@@ -1230,27 +1266,7 @@ where
     async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         // Entries strictly older than `before` (exclusive ranges: Redis 6.2+).
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keyspace.audit())
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        entries
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let raw: String = entry.get("event").ok_or_else(|| {
-                    StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
-                })?;
-                let mut event: AuditEvent = decode(&raw)?;
-                event.id = entry.id;
-                Ok(event)
-            })
-            .collect()
+        self.audit_range("XREVRANGE", &end, "-", limit).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
@@ -1260,6 +1276,149 @@ where
             .arg(self.keyspace.audit())
             .arg("MINID")
             .arg(cutoff.0)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.read_audit_after", skip_all)]
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        self.audit_range("XRANGE", &format!("({after}"), "+", limit)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.audit_bounds", skip_all)]
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
+        let stream = self.keyspace.audit();
+        let (first, last): (
+            redis::streams::StreamRangeReply,
+            redis::streams::StreamRangeReply,
+        ) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(first
+            .ids
+            .into_iter()
+            .next()
+            .zip(last.ids.into_iter().next())
+            .map(|(first, last)| (first.id, last.id)))
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.take_deliveries", skip_all)]
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let stream = self.keyspace.audit();
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(limit)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .to_owned();
+        let reply: Option<redis::streams::StreamReadReply> =
+            match read.query_async(&mut self.connection()).await {
+                Ok(reply) => reply,
+                // The group is made on first use, and again after a Redis
+                // that lost its data; it starts with the events to come.
+                Err(error) if error.code() == Some("NOGROUP") => {
+                    let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(group)
+                        .arg("$")
+                        .arg("MKSTREAM")
+                        .query_async(&mut self.connection())
+                        .await;
+                    match created {
+                        Err(error) if error.code() != Some("BUSYGROUP") => {
+                            return Err(unavailable(error));
+                        }
+                        _ => read
+                            .query_async(&mut self.connection())
+                            .await
+                            .map_err(unavailable)?,
+                    }
+                }
+                Err(error) => return Err(unavailable(error)),
+            };
+        let entries = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .collect();
+        audit_events_of(entries)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.claim_deliveries", skip_all)]
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> =
+            redis::cmd("XAUTOCLAIM")
+                .arg(self.keyspace.audit())
+                .arg(group)
+                .arg(consumer)
+                .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut self.connection())
+                .await;
+        match reply {
+            Ok(reply) => audit_events_of(reply.claimed),
+            // No group yet: nothing was ever taken, so nothing is pending.
+            Err(error) if error.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(id)
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
