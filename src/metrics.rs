@@ -73,8 +73,8 @@ pub struct Metrics {
     pub argon2_running: Gauge,
     /// Verifications refused because every argon2 slot stayed busy.
     pub argon2_rejected: Counter,
-    /// Attempts refused by the per-key failure throttle or the rejected-token
-    /// cache.
+    /// Wrong answers held back: known-wrong tokens, and key ids past their
+    /// failure budget.
     pub verify_throttled: Counter,
     /// Redis commands that failed (connection lost, timeout, refused).
     pub redis_errors: Counter,
@@ -176,7 +176,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "verify_throttled",
-            "Attempts refused by the per-key failure throttle or the rejected-token cache",
+            "Wrong answers held back: known-wrong tokens, and key ids past their failure budget",
             metrics.verify_throttled.clone(),
         );
         metrics.registry.register(

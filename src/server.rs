@@ -165,9 +165,8 @@ pub async fn serve(
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)
         .map_response(crate::grpc::limits::decode_errors_as_client_errors)
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            options.max_concurrent_requests.max(1),
+        .layer(crate::grpc::shedding::ConcurrencyLimitLayer::new(
+            options.max_concurrent_requests,
         ));
     let mut builder = Server::builder()
         .timeout(options.request_timeout)

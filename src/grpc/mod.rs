@@ -6,6 +6,7 @@ pub mod convert;
 mod filter;
 pub mod limits;
 mod redact;
+pub mod shedding;
 pub mod reflection;
 mod status;
 pub mod telemetry;

@@ -1,0 +1,254 @@
+//! keyrack driven as an attacker with a network path would drive it: forged
+//! tokens for public key ids, floods of known-wrong tokens, slow clients. Each
+//! test is one finding of the adversarial review, on a real redis-server.
+
+use crate::support::{Backend, RedisServer, TestServer, authed, eventually, test_server_options};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use keyrack::domain::KeyId;
+use keyrack::proto::{self, VerifyCode};
+use keyrack::server::ServerOptions;
+use keyrack::service::AuthorityOptions;
+use keyrack::service::guard::GuardOptions;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tower::ServiceExt;
+
+/// Forgeries sent before the real token: past the default failure budget.
+const FORGERIES: usize = 30;
+
+/// A token with the right shape and checksum for `key_id`, and a random secret.
+fn forged_for(key_id: &KeyId) -> String {
+    keyrack::domain::token::mint(&Default::default(), key_id)
+        .token
+        .expose()
+        .to_owned()
+}
+
+/// The key id a token names.
+fn key_id_of(token: &str) -> KeyId {
+    keyrack::domain::token::parse(&Default::default(), token)
+        .unwrap()
+        .key_id
+}
+
+/// A fresh admin key that this server has not verified yet.
+async fn fresh_admin(server: &TestServer, name: &str) -> String {
+    let (_, minted) = server.authority.create_admin(name, "").await.unwrap();
+    minted.token.expose().to_owned()
+}
+
+/// The status SCIM answers `GET /Users` with, as `token`.
+async fn scim_status(server: &TestServer, token: &str) -> StatusCode {
+    let router = keyrack::scim::router(
+        server.authority.clone(),
+        keyrack::scim::ScimOptions {
+            request_timeout: Duration::from_secs(10),
+            tls: None,
+        },
+    );
+    let request = Request::get("/scim/v2/Users")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    router.oneshot(request).await.unwrap().status()
+}
+
+/// Finding 1: key ids are public, so wrong guesses must never lock the
+/// correct token out, on any of the three doors an admin token opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_never_lock_out_the_real_token() {
+    let server = TestServer::redis().await;
+
+    let real = server.admin_token.clone();
+    for _ in 0..FORGERIES {
+        let forged = forged_for(&key_id_of(&real));
+        assert_eq!(server.verify_code(&forged).await, Ok(VerifyCode::Unknown));
+    }
+    assert_eq!(server.verify_code(&real).await, Ok(VerifyCode::Valid));
+
+    let real = fresh_admin(&server, "second-admin").await;
+    let mut admin = server.admin().await;
+    for _ in 0..FORGERIES {
+        let forged = forged_for(&key_id_of(&real));
+        let refused = admin
+            .list_identities(authed(&forged, proto::ListIdentitiesRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    admin
+        .list_identities(authed(&real, proto::ListIdentitiesRequest::default()))
+        .await
+        .expect("the real admin token is accepted");
+
+    let real = fresh_admin(&server, "third-admin").await;
+    for _ in 0..FORGERIES {
+        let forged = forged_for(&key_id_of(&real));
+        assert_eq!(scim_status(&server, &forged).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(scim_status(&server, &real).await, StatusCode::OK);
+    server.stop().await;
+}
+
+/// Finding 3: a live key id and an absent one get the same answers to the
+/// same forgeries, held back alike once past the failure budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_and_absent_key_ids_answer_forgeries_alike() {
+    const BUDGET: u32 = 3;
+    const DELAY: Duration = Duration::from_millis(400);
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions {
+            guard: GuardOptions {
+                failures_per_window: BUDGET,
+                refusal_delay: DELAY,
+                ..GuardOptions::default()
+            },
+            ..AuthorityOptions::default()
+        },
+        test_server_options(),
+    )
+    .await;
+    let live = server.create_service("svc").await;
+    let live_identity = keyrack::domain::IdentityId::parse(&live.identity.unwrap().id).unwrap();
+    let live_key = KeyId::parse(&live.key.unwrap().id).unwrap();
+    let absent_key_of_live_identity = KeyId::generate(&live_identity);
+    let absent_key_of_absent_identity = KeyId::generate(&keyrack::domain::IdentityId::generate());
+
+    // Six fresh forgeries, then the first one again.
+    let answers_to_forgeries = |key: KeyId| {
+        let server = &server;
+        async move {
+            let forgeries: Vec<String> = (0..6).map(|_| forged_for(&key)).collect();
+            let mut answers = Vec::new();
+            for forged in forgeries.iter().chain(forgeries.first()) {
+                let started = Instant::now();
+                let code = server.verify_code(forged).await;
+                answers.push((code, started.elapsed() >= DELAY));
+            }
+            answers
+        }
+    };
+    let live_answers = answers_to_forgeries(live_key).await;
+    for absent in [absent_key_of_live_identity, absent_key_of_absent_identity] {
+        let absent_answers = answers_to_forgeries(absent).await;
+        let codes = |answers: &[(Result<VerifyCode, Code>, bool)]| {
+            answers.iter().map(|(code, _)| *code).collect::<Vec<_>>()
+        };
+        assert_eq!(codes(&live_answers), codes(&absent_answers));
+        assert!(
+            codes(&live_answers).iter().all(|code| *code == Ok(VerifyCode::Unknown)),
+            "{live_answers:?}"
+        );
+        // Past the budget and for the repeat, both are held back.
+        for answers in [&live_answers, &absent_answers] {
+            let held_back: Vec<bool> = answers.iter().map(|(_, held)| *held).collect();
+            assert!(
+                held_back[BUDGET as usize..].iter().all(|held| *held),
+                "answers past the budget are held back: {held_back:?}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Finding 4: answers held back for known-wrong tokens take no capacity from
+/// good calls, and health checks are never shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_good_calls_pass_during_a_known_wrong_flood() {
+    const FLOODERS: usize = 16;
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions {
+            guard: GuardOptions {
+                refusal_delay: Duration::from_millis(300),
+                ..GuardOptions::default()
+            },
+            ..AuthorityOptions::default()
+        },
+        ServerOptions {
+            max_concurrent_requests: 4,
+            ..test_server_options()
+        },
+    )
+    .await;
+    let good = server.create_service("svc").await;
+    let good_key = KeyId::parse(&good.key.unwrap().id).unwrap();
+    assert_eq!(server.verify_code(&good.token).await, Ok(VerifyCode::Valid));
+    let known_wrong = forged_for(&good_key);
+    assert_eq!(server.verify_code(&known_wrong).await, Ok(VerifyCode::Unknown));
+    let mut health = server.health().await;
+    eventually("the server reports SERVING", Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok_and(|answer| answer.into_inner().status() == ServingStatus::Serving)
+        }
+    })
+    .await;
+
+    let verifier = server.verifier().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut flooders = Vec::new();
+    for _ in 0..FLOODERS {
+        let mut verifier = verifier.clone();
+        let (stop, answered, known_wrong) = (stop.clone(), answered.clone(), known_wrong.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = verifier
+                    .verify(proto::VerifyRequest {
+                        token: known_wrong.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|answer| answer.into_inner().code())
+                    .map_err(|status| status.code());
+                // Flooders arriving all at once may find the limit full.
+                assert!(
+                    matches!(answer, Ok(VerifyCode::Unknown) | Err(Code::ResourceExhausted)),
+                    "{answer:?}"
+                );
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    eventually("the flood is in flight", Duration::from_secs(10), || {
+        let answered = answered.load(Ordering::Relaxed);
+        async move { answered >= FLOODERS }
+    })
+    .await;
+
+    let mut good_verifier = verifier.clone();
+    for _ in 0..20 {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health is never shed")
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving);
+        let code = good_verifier
+            .verify(proto::VerifyRequest {
+                token: good.token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a good call is not shed by held-back refusals")
+            .into_inner()
+            .code();
+        assert_eq!(code, VerifyCode::Valid);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.await.unwrap();
+    }
+    server.stop().await;
+}
