@@ -250,7 +250,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http_listener::serve(
+        listener,
+        router(),
+        crate::http_listener::HttpLimits::default(),
+        shutdown,
+    )
+    .await
 }

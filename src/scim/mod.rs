@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use filter::Filter;
-use listener::{Peer, TlsListener};
+use listener::TlsListener;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -121,18 +121,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = options.tls.clone();
-    let app = router(authority, options).into_make_service_with_connect_info::<Peer>();
+    let app = router(authority, options);
+    let limits = crate::http_listener::HttpLimits::default();
     match tls {
         Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = TlsListener::new(listener, config)?;
+            crate::http_listener::serve(listener, app, limits, shutdown).await
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => crate::http_listener::serve(listener, app, limits, shutdown).await,
     }
 }
 
@@ -147,12 +143,12 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .map(str::to_owned);
     let peer = request
         .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|info| info.0.0.ip());
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let address = request
         .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|info| info.0.0);
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     let request_id = audit::request_id(
         request
             .headers()

@@ -252,3 +252,84 @@ async fn health_and_good_calls_pass_during_a_known_wrong_flood() {
     }
     server.stop().await;
 }
+
+/// Finding 2: clients that send half a request are disconnected within the
+/// header-read timeout, on the SCIM and the metrics listener, and SCIM keeps
+/// answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_cut_off_while_scim_keeps_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW_CLIENTS: usize = 50;
+    // The default header-read timeout is 10 s; allow for a loaded machine.
+    const CLOSED_WITHIN: Duration = Duration::from_secs(20);
+    let server = TestServer::redis().await;
+    let scim = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scim_address = scim.local_addr().unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = metrics.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let stopped_scim = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let stopped_metrics = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let scim_task = tokio::spawn(keyrack::scim::serve(
+        scim,
+        server.authority.clone(),
+        keyrack::scim::ScimOptions {
+            request_timeout: Duration::from_secs(10),
+            tls: None,
+        },
+        stopped_scim,
+    ));
+    let metrics_task = tokio::spawn(keyrack::metrics::serve(metrics, stopped_metrics));
+
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for address in [scim_address, metrics_address] {
+        for _ in 0..SLOW_CLIENTS {
+            let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+            socket
+                .write_all(b"GET /scim/v2/Users HTTP/1.1\r\nHost: keyrack.test\r\n")
+                .await
+                .unwrap();
+            slow.push(socket);
+        }
+    }
+
+    let request = format!(
+        "GET /scim/v2/ServiceProviderConfig HTTP/1.1\r\nHost: keyrack.test\r\n\
+         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        server.admin_token
+    );
+    let mut client = tokio::net::TcpStream::connect(scim_address).await.unwrap();
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("SCIM answers while slow clients hold connections")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    for mut socket in slow {
+        let mut rest = Vec::new();
+        let remaining = CLOSED_WITHIN.saturating_sub(started.elapsed());
+        let closed = tokio::time::timeout(remaining, socket.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a half-sent request still holds its connection");
+    }
+    let _ = stop.send(());
+    scim_task.await.unwrap().unwrap();
+    metrics_task.await.unwrap().unwrap();
+    server.stop().await;
+}
