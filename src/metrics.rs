@@ -86,6 +86,9 @@ pub struct Metrics {
     pub health_serving: Gauge,
     /// Audit events appended.
     pub audit_events: Counter,
+    /// Keys whose hash was made under an older server secret: counted at
+    /// start, less each one re-hashed since.
+    pub keys_under_older_secret: Gauge,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
 }
@@ -118,6 +121,7 @@ impl Metrics {
             redis_reconnects: Counter::default(),
             health_serving: Gauge::default(),
             audit_events: Counter::default(),
+            keys_under_older_secret: Gauge::default(),
             scim_requests: Family::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -198,6 +202,11 @@ impl Metrics {
             "audit_events",
             "Audit events appended",
             metrics.audit_events.clone(),
+        );
+        metrics.registry.register(
+            "keys_under_older_secret",
+            "Keys hashed under an older server secret (counted at start, less those re-hashed since)",
+            metrics.keys_under_older_secret.clone(),
         );
         metrics.registry.register(
             "scim_requests",

@@ -157,6 +157,13 @@ pub async fn serve(
         options.audit_max_age,
     ));
 
+    let counted = Arc::clone(&authority);
+    let count_keys_under_older_secret = tokio::spawn(async move {
+        if let Err(error) = counted.count_keys_under_older_secret().await {
+            tracing::warn!(%error, "could not count keys under an older server secret");
+        }
+    });
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
@@ -235,6 +242,7 @@ pub async fn serve(
     };
     health_task.abort();
     flusher.abort();
+    count_keys_under_older_secret.abort();
     // What was noted since the last flush is not lost to a restart.
     authority.flush_last_use().await;
     result

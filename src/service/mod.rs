@@ -11,6 +11,7 @@ mod identities;
 mod keys;
 mod last_use;
 mod people;
+mod rotation;
 pub mod sealing;
 pub mod tarpit;
 mod totp;

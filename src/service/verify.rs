@@ -76,8 +76,13 @@ impl Authority {
             }
             _ => {
                 metrics().verify_cache_misses.inc();
-                self.check_with_argon2(digest, &parsed, &key.id, &key.secret_hash)
-                    .await?
+                let matched = self
+                    .check_with_argon2(digest, &parsed, &key.id, &key.secret_hash)
+                    .await?;
+                if matched {
+                    self.rehash_if_outdated(&key, parsed.secret(), digest).await;
+                }
+                matched
             }
         };
         if !matched {

@@ -333,3 +333,56 @@ async fn slow_header_clients_are_cut_off_while_scim_keeps_answering() {
     metrics_task.await.unwrap().unwrap();
     server.stop().await;
 }
+
+/// Verify's answer from `authority` itself.
+async fn verify_code(
+    authority: &keyrack::service::Authority,
+    token: &str,
+) -> keyrack::domain::VerifyCode {
+    let query = keyrack::service::VerifyQuery {
+        token,
+        dataset: None,
+        client_ip: None,
+    };
+    authority.verify(query).await.unwrap().code
+}
+
+/// A server secret of one repeated byte.
+fn server_secret(version: u32, fill: u8) -> keyrack::service::hashing::ServerSecret {
+    keyrack::service::hashing::ServerSecret {
+        version,
+        bytes: zeroize::Zeroizing::new(vec![fill; 32]),
+    }
+}
+
+/// Finding 10: a key used while the new secret and the previous one are both
+/// configured keeps working once the previous one is dropped; the count of
+/// keys left under the previous secret says when that is safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped() {
+    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+    use keyrack::service::Authority;
+    let backend = Backend::Redis(RedisServer::start());
+    let store = crate::support::open_store(&backend).await;
+    let authority = |current: ServerSecret, previous: Vec<ServerSecret>| {
+        let sealer = keyrack::service::sealing::SeedSealer::new(&current, &previous);
+        let hasher = SecretHasher::new(current, previous, HashPolicy::default()).unwrap();
+        Authority::new(store.clone(), hasher, sealer, AuthorityOptions::default())
+    };
+
+    let before = authority(server_secret(1, 1), vec![]);
+    let (_, used) = before.create_admin("used", "").await.unwrap();
+    let (_, unused) = before.create_admin("unused", "").await.unwrap();
+    let (used, unused) = (used.token.expose().to_owned(), unused.token.expose().to_owned());
+
+    let during = authority(server_secret(2, 2), vec![server_secret(1, 1)]);
+    assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 2);
+    assert_eq!(verify_code(&during, &used).await, keyrack::domain::VerifyCode::Valid);
+    assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 1);
+    assert_eq!(verify_code(&during, &used).await, keyrack::domain::VerifyCode::Valid);
+
+    let after = authority(server_secret(2, 2), vec![]);
+    assert_eq!(verify_code(&after, &used).await, keyrack::domain::VerifyCode::Valid);
+    // The key nobody used is still under the dropped secret, as counted.
+    assert_eq!(verify_code(&after, &unused).await, keyrack::domain::VerifyCode::Unknown);
+}
