@@ -2,7 +2,7 @@
 //! honoured on every read. Dev mode and tests run on it.
 
 use super::{Store, StoreError, StoreResult, journal};
-use crate::domain::totp::{StepOutcome, TotpRecord};
+use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -486,6 +486,7 @@ impl Store for MemoryStore {
                 if !confirm && !record.confirmed {
                     return Ok(StepOutcome::NotEnrolled);
                 }
+                let now = totp::lockout_checked_at(now, UnixMillis::now());
                 if let Some(until) = record.locked_until.filter(|until| *until > now) {
                     return Ok(StepOutcome::Locked(until));
                 }
@@ -516,7 +517,8 @@ impl Store for MemoryStore {
             record.failures += 1;
             if record.failures >= max_failures {
                 record.failures = 0;
-                record.locked_until = Some(now.plus(lockout));
+                let start = totp::lockout_starts_at(now, UnixMillis::now());
+                record.locked_until = Some(start.plus(lockout));
                 return Ok(record.locked_until);
             }
             Ok(None)
