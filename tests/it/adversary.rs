@@ -172,7 +172,7 @@ async fn health_and_good_calls_pass_during_a_known_wrong_flood() {
             ..AuthorityOptions::default()
         },
         ServerOptions {
-            max_concurrent_requests: 4,
+            max_concurrent_requests: 8,
             ..test_server_options()
         },
     )
@@ -211,11 +211,15 @@ async fn health_and_good_calls_pass_during_a_known_wrong_flood() {
                     .await
                     .map(|answer| answer.into_inner().code())
                     .map_err(|status| status.code());
-                // Flooders arriving all at once may find the limit full.
-                assert!(
-                    matches!(answer, Ok(VerifyCode::Unknown) | Err(Code::ResourceExhausted)),
-                    "{answer:?}"
-                );
+                // Flooders arriving all at once may find the limit full; like
+                // any client with bounded concurrency they back off then.
+                match answer {
+                    Ok(VerifyCode::Unknown) => {}
+                    Err(Code::ResourceExhausted) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("{other:?}"),
+                }
                 answered.fetch_add(1, Ordering::Relaxed);
             }
         }));
