@@ -390,3 +390,112 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
     // The key nobody used is still under the dropped secret, as counted.
     assert_eq!(verify_code(&after, &unused).await, keyrack::domain::VerifyCode::Unknown);
 }
+
+/// One SCIM call as the root admin: status and ETag.
+async fn scim_call(
+    server: &TestServer,
+    method: axum::http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    if_match: Option<&str>,
+) -> (StatusCode, Option<String>) {
+    let router = keyrack::scim::router(
+        server.authority.clone(),
+        keyrack::scim::ScimOptions {
+            request_timeout: Duration::from_secs(10),
+            tls: None,
+        },
+    );
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("/scim/v2{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", server.admin_token));
+    if let Some(if_match) = if_match {
+        request = request.header(header::IF_MATCH, if_match);
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header(header::CONTENT_TYPE, "application/scim+json");
+            Body::from(body.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = router.oneshot(request.body(body).unwrap()).await.unwrap();
+    let etag = response
+        .headers()
+        .get(header::ETAG)
+        .map(|etag| etag.to_str().unwrap().to_owned());
+    (response.status(), etag)
+}
+
+/// Finding 6: an If-Match that names no single version is a precondition
+/// that fails (412), not an absent one; the write does not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scim_if_match_garbage_is_412_and_writes_nothing() {
+    use axum::http::Method;
+    use serde_json::json;
+    let server = TestServer::redis().await;
+    let user = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "ada",
+    });
+    let router = keyrack::scim::router(
+        server.authority.clone(),
+        keyrack::scim::ScimOptions {
+            request_timeout: Duration::from_secs(10),
+            tls: None,
+        },
+    );
+    let created = router
+        .oneshot(
+            Request::post("/scim/v2/Users")
+                .header(header::AUTHORIZATION, format!("Bearer {}", server.admin_token))
+                .header(header::CONTENT_TYPE, "application/scim+json")
+                .body(Body::from(user.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body = axum::body::to_bytes(created.into_body(), 1 << 20).await.unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/Users/{id}");
+    let (_, version) = scim_call(&server, Method::GET, &path, None, None).await;
+    let version = version.unwrap();
+
+    let renamed = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "grace",
+    });
+    let deactivate = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "active", "value": false}],
+    });
+    let garbage = [
+        format!("{version}, W/\"999\""),
+        "\"1\", \"2\"".to_owned(),
+        "\"not-a-version\"".to_owned(),
+        "W/\"-1\"".to_owned(),
+    ];
+    for if_match in &garbage {
+        for (method, body) in [
+            (Method::PUT, Some(renamed.clone())),
+            (Method::PATCH, Some(deactivate.clone())),
+            (Method::DELETE, None),
+        ] {
+            let (status, _) =
+                scim_call(&server, method.clone(), &path, body, Some(if_match)).await;
+            assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{method} If-Match {if_match}");
+        }
+    }
+    let (status, unchanged) = scim_call(&server, Method::GET, &path, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(unchanged.unwrap(), version, "nothing was written");
+    // The version it carries still works.
+    let (status, _) = scim_call(&server, Method::DELETE, &path, None, Some(&version)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.stop().await;
+}
