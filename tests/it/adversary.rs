@@ -3,8 +3,7 @@
 //! test is one finding of the adversarial review, on a real redis-server.
 
 use crate::support::{Backend, RedisServer, TestServer, authed, eventually, test_server_options};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use keyrack::domain::KeyId;
 use keyrack::proto::{self, VerifyCode};
 use keyrack::server::ServerOptions;
@@ -16,7 +15,6 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tower::ServiceExt;
 
 /// Forgeries sent before the real token: past the default failure budget.
 const FORGERIES: usize = 30;
@@ -44,18 +42,9 @@ async fn fresh_admin(server: &TestServer, name: &str) -> String {
 
 /// The status SCIM answers `GET /Users` with, as `token`.
 async fn scim_status(server: &TestServer, token: &str) -> StatusCode {
-    let router = keyrack::scim::router(
-        server.authority.clone(),
-        keyrack::scim::ScimOptions {
-            request_timeout: Duration::from_secs(10),
-            tls: None,
-        },
-    );
-    let request = Request::get("/scim/v2/Users")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    router.oneshot(request).await.unwrap().status()
+    crate::scim::call_as(server, token, axum::http::Method::GET, "/Users", None, &[])
+        .await
+        .status
 }
 
 /// Finding 1: key ids are public, so wrong guesses must never lock the
@@ -391,43 +380,6 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
     assert_eq!(verify_code(&after, &unused).await, keyrack::domain::VerifyCode::Unknown);
 }
 
-/// One SCIM call as the root admin: status and ETag.
-async fn scim_call(
-    server: &TestServer,
-    method: axum::http::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-    if_match: Option<&str>,
-) -> (StatusCode, Option<String>) {
-    let router = keyrack::scim::router(
-        server.authority.clone(),
-        keyrack::scim::ScimOptions {
-            request_timeout: Duration::from_secs(10),
-            tls: None,
-        },
-    );
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("/scim/v2{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", server.admin_token));
-    if let Some(if_match) = if_match {
-        request = request.header(header::IF_MATCH, if_match);
-    }
-    let body = match body {
-        Some(body) => {
-            request = request.header(header::CONTENT_TYPE, "application/scim+json");
-            Body::from(body.to_string())
-        }
-        None => Body::empty(),
-    };
-    let response = router.oneshot(request.body(body).unwrap()).await.unwrap();
-    let etag = response
-        .headers()
-        .get(header::ETAG)
-        .map(|etag| etag.to_str().unwrap().to_owned());
-    (response.status(), etag)
-}
-
 /// Finding 6: an If-Match that names no single version is a precondition
 /// that fails (412), not an absent one; the write does not happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,31 +391,27 @@ async fn scim_if_match_garbage_is_412_and_writes_nothing() {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
         "userName": "ada",
     });
-    let router = keyrack::scim::router(
-        server.authority.clone(),
-        keyrack::scim::ScimOptions {
-            request_timeout: Duration::from_secs(10),
-            tls: None,
-        },
-    );
-    let created = router
-        .oneshot(
-            Request::post("/scim/v2/Users")
-                .header(header::AUTHORIZATION, format!("Bearer {}", server.admin_token))
-                .header(header::CONTENT_TYPE, "application/scim+json")
-                .body(Body::from(user.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let body = axum::body::to_bytes(created.into_body(), 1 << 20).await.unwrap();
-    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/Users/{id}");
-    let (_, version) = scim_call(&server, Method::GET, &path, None, None).await;
+    let admin = server.admin_token.clone();
+    let scim_call = |method: Method, path: String, body: Option<serde_json::Value>, if_match: Option<String>| {
+        let (server, admin) = (&server, admin.clone());
+        async move {
+            let extra: Vec<(header::HeaderName, &str)> = if_match
+                .as_deref()
+                .map(|value| (header::IF_MATCH, value))
+                .into_iter()
+                .collect();
+            let answer = crate::scim::call_as(server, &admin, method, &path, body, &extra).await;
+            let etag = answer
+                .headers
+                .get(header::ETAG)
+                .map(|etag| etag.to_str().unwrap().to_owned());
+            (answer.status, etag, answer.body)
+        }
+    };
+    let (status, _, created) = scim_call(Method::POST, "/Users".into(), Some(user), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let path = format!("/Users/{}", created["id"].as_str().unwrap());
+    let (_, version, _) = scim_call(Method::GET, path.clone(), None, None).await;
     let version = version.unwrap();
 
     let renamed = json!({
@@ -486,16 +434,16 @@ async fn scim_if_match_garbage_is_412_and_writes_nothing() {
             (Method::PATCH, Some(deactivate.clone())),
             (Method::DELETE, None),
         ] {
-            let (status, _) =
-                scim_call(&server, method.clone(), &path, body, Some(if_match)).await;
+            let (status, _, _) =
+                scim_call(method.clone(), path.clone(), body, Some(if_match.clone())).await;
             assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{method} If-Match {if_match}");
         }
     }
-    let (status, unchanged) = scim_call(&server, Method::GET, &path, None, None).await;
+    let (status, unchanged, _) = scim_call(Method::GET, path.clone(), None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(unchanged.unwrap(), version, "nothing was written");
     // The version it carries still works.
-    let (status, _) = scim_call(&server, Method::DELETE, &path, None, Some(&version)).await;
+    let (status, _, _) = scim_call(Method::DELETE, path, None, Some(version)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     server.stop().await;
 }
