@@ -5,6 +5,7 @@ use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
+use crate::service::webhooks::{WebhookOptions, WebhookSecret};
 use crate::store::redis::Durability;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -64,6 +65,24 @@ pub enum Command {
     /// Ask a running keyrack's grpc.health.v1 whether it serves; exit 0 only
     /// when it does (for container health checks).
     Health(HealthArgs),
+    /// Import the tokens of an AWS API Gateway API key file
+    /// (`Name,Key,Description,Enabled`) as keys of one identity.
+    Import(ImportArgs),
+}
+
+/// Flags of `keyrack import`.
+#[derive(Clone, Args)]
+pub struct ImportArgs {
+    /// The CSV file: a header `Name,Key,Description,Enabled` (further columns
+    /// ignored); `Enabled=false` imports a disabled key.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// The identity the keys will belong to.
+    #[arg(long)]
+    pub identity: String,
+    /// Store and secret flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Flags of `keyrack health`.
@@ -151,6 +170,53 @@ pub struct StoreArgs {
     /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
     pub token_prefix: String,
+    /// Verify's record cache: `tracked` keeps the key and identity records
+    /// Verify reads while Redis tracks them for this replica (6.0+; not yet
+    /// under Cluster); `off` reads Redis on every Verify.
+    #[arg(
+        long,
+        env = "KEYRACK_VERIFY_CACHE",
+        value_enum,
+        default_value = "tracked"
+    )]
+    pub verify_cache: VerifyCacheMode,
+    /// The bound on a cached answer: the record cache serves only while its
+    /// last fence on the tracking link completed less than this ago.
+    #[arg(long, env = "KEYRACK_VERIFY_CACHE_MAX_STALENESS", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub verify_cache_max_staleness: Duration,
+}
+
+/// Whether Verify caches the records it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyCacheMode {
+    /// Cache records Redis tracks for this replica, within the staleness bound.
+    Tracked,
+    /// One Redis read per Verify.
+    Off,
+}
+
+impl StoreArgs {
+    /// The record cache settings for `records` cached records, None when
+    /// off; a bound outside 1 ms to 10 s is refused (a fence every quarter of
+    /// it must be possible, and a longer one would make revocation slow).
+    pub fn verify_cache(
+        &self,
+        records: u64,
+    ) -> Result<Option<crate::store::redis::VerifyCacheOptions>, ConfigError> {
+        if self.verify_cache == VerifyCacheMode::Off {
+            return Ok(None);
+        }
+        let bound = self.verify_cache_max_staleness;
+        if bound < Duration::from_millis(1) || bound > Duration::from_secs(10) {
+            return Err(ConfigError(
+                "--verify-cache-max-staleness must be between 1ms and 10s".into(),
+            ));
+        }
+        Ok(Some(crate::store::redis::VerifyCacheOptions {
+            max_staleness: bound,
+            max_records: records,
+        }))
+    }
 }
 
 /// When a change counts as done.
@@ -219,6 +285,21 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (HTTP, at /metrics) on this address.
     #[arg(long, env = "KEYRACK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The request header Envoy's ext_authz Check reads the token from:
+    /// `authorization` (as `Bearer <token>`) or another, e.g. `x-api-key`,
+    /// holding the raw token.
+    #[arg(long, env = "KEYRACK_EXT_AUTHZ_TOKEN_HEADER", default_value = crate::grpc::ext_authz::DEFAULT_TOKEN_HEADER)]
+    pub ext_authz_token_header: http::HeaderName,
+    /// Let the credential header of an allowed ext_authz request pass
+    /// upstream; by default it is removed so upstreams never see tokens.
+    #[arg(long, env = "KEYRACK_EXT_AUTHZ_KEEP_CREDENTIAL")]
+    pub ext_authz_keep_credential: bool,
+    /// POST every event to this http:// URL, signed per Standard Webhooks.
+    #[arg(long, env = "KEYRACK_WEBHOOK_URL", requires = "webhook_secret_file")]
+    pub webhook_url: Option<String>,
+    /// The webhook signing secret: a file holding `whsec_<base64>`.
+    #[arg(long, env = "KEYRACK_WEBHOOK_SECRET_FILE", requires = "webhook_url")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -450,6 +531,30 @@ impl TlsMaterial {
 }
 
 impl ServeArgs {
+    /// Webhook delivery as the flags ask for it; `None` without a URL.
+    pub fn webhooks(&self) -> Result<Option<WebhookOptions>, ConfigError> {
+        let (Some(url), Some(secret_file)) = (&self.webhook_url, &self.webhook_secret_file) else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| ConfigError(format!("--webhook-url {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ConfigError(format!(
+                "--webhook-url {url:?}: must be an http:// URL (https is not supported yet: put a TLS proxy beside keyrack)"
+            )));
+        }
+        let content = Zeroizing::new(std::fs::read_to_string(secret_file).map_err(|e| {
+            ConfigError(format!(
+                "cannot read webhook secret file {}: {e}",
+                secret_file.display()
+            ))
+        })?);
+        let secret = WebhookSecret::parse(content.trim_end())
+            .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
+        Ok(Some(WebhookOptions::new(uri, secret)))
+    }
+
     /// The TLS files the flags name, read now; `None` serves plaintext.
     pub fn tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
         let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {

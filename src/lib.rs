@@ -37,6 +37,11 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/keyrack_descriptor.bin"));
 
+    /// The encoded `FileDescriptorSet` of Envoy's ext_authz service
+    /// (`envoy.service.auth.v3.Authorization`) and its imports.
+    pub const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
+
     /// keyrack's descriptors plus `google.rpc` error details and health: what
     /// `keyrack protoset` writes, so `grpcurl -protoset` can call every
     /// service and decode field violations.
@@ -47,6 +52,7 @@ pub mod proto {
             FILE_DESCRIPTOR_SET,
             tonic_types::pb::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
         ] {
             let set = prost_types::FileDescriptorSet::decode(encoded)
                 .expect("descriptor sets compiled into the binary decode");

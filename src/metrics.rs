@@ -91,6 +91,25 @@ pub struct Metrics {
     pub keys_under_older_secret: Gauge,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
+    /// Verify reads answered from the tracked record cache.
+    pub record_cache_hits: Counter,
+    /// Verify reads the tracked record cache could not answer.
+    pub record_cache_misses: Counter,
+    /// Records Redis invalidated (one per key named in a push).
+    pub record_cache_invalidations: Counter,
+    /// Times the tracking link was lost and the record cache emptied.
+    pub record_cache_link_resets: Counter,
+    /// Records in the tracked record cache.
+    pub record_cache_entries: Gauge,
+    /// Age of the tracking link's last completed fence.
+    pub record_cache_fence_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Honeytokens presented to Verify (or as an admin token).
+    pub honeytoken_uses: Counter,
+    /// Events the webhook endpoint accepted.
+    pub webhook_deliveries: Counter,
+    /// Webhook attempts that failed (refused, unreachable, timed out); each
+    /// is retried.
+    pub webhook_failures: Counter,
 }
 
 /// A SCIM request's outcome.
@@ -123,6 +142,15 @@ impl Metrics {
             audit_events: Counter::default(),
             keys_under_older_secret: Gauge::default(),
             scim_requests: Family::default(),
+            record_cache_hits: Counter::default(),
+            record_cache_misses: Counter::default(),
+            record_cache_invalidations: Counter::default(),
+            record_cache_link_resets: Counter::default(),
+            record_cache_entries: Gauge::default(),
+            record_cache_fence_age: Gauge::default(),
+            honeytoken_uses: Counter::default(),
+            webhook_deliveries: Counter::default(),
+            webhook_failures: Counter::default(),
         };
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -145,7 +173,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "verify_outcomes",
-            "Verify answers by code (VALID, UNKNOWN, ...) or the gRPC error that stopped it",
+            "Verify and ext_authz Check answers by code (VALID, UNKNOWN, ...) or the gRPC error that stopped it",
             metrics.verify_outcomes.clone(),
         );
         metrics.registry.register(
@@ -199,6 +227,21 @@ impl Metrics {
             metrics.health_serving.clone(),
         );
         metrics.registry.register(
+            "webhook_deliveries",
+            "Events the webhook endpoint accepted",
+            metrics.webhook_deliveries.clone(),
+        );
+        metrics.registry.register(
+            "webhook_failures",
+            "Webhook delivery attempts that failed; each is retried with backoff",
+            metrics.webhook_failures.clone(),
+        );
+        metrics.registry.register(
+            "honeytoken_uses",
+            "Honeytokens presented to Verify or as an admin token",
+            metrics.honeytoken_uses.clone(),
+        );
+        metrics.registry.register(
             "audit_events",
             "Audit events appended",
             metrics.audit_events.clone(),
@@ -212,6 +255,36 @@ impl Metrics {
             "scim_requests",
             "SCIM requests by method and HTTP status",
             metrics.scim_requests.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_hits",
+            "Verify reads answered from the tracked record cache",
+            metrics.record_cache_hits.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_misses",
+            "Verify reads the tracked record cache could not answer (read from Redis)",
+            metrics.record_cache_misses.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_invalidations",
+            "Cached records Redis invalidated",
+            metrics.record_cache_invalidations.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_link_resets",
+            "Times the Redis tracking link was lost and the record cache emptied",
+            metrics.record_cache_link_resets.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_entries",
+            "Records in the tracked record cache",
+            metrics.record_cache_entries.clone(),
+        );
+        metrics.registry.register(
+            "record_cache_fence_age_seconds",
+            "Age of the tracking link's last completed fence; the cache serves only below --verify-cache-max-staleness",
+            metrics.record_cache_fence_age.clone(),
         );
         metrics
     }

@@ -3,10 +3,11 @@
 //! default), and a graceful shutdown with a hard bound.
 
 use crate::grpc::reflection::{AdminGate, ReflectionAccess};
-use crate::grpc::{AdminApi, VerifyApi};
+use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, VerifyApi};
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::verify_service_server::VerifyServiceServer;
 use crate::service::Authority;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,9 @@ use tonic_health::server::HealthReporter;
 pub const MAX_VERIFY_MESSAGE_BYTES: usize = 4 * 1024;
 /// Largest Admin request accepted.
 pub const MAX_ADMIN_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest ext_authz Check accepted: Envoy sends every request header (and,
+/// only when configured, some of the body), so it is larger than Verify's.
+pub const MAX_EXT_AUTHZ_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -50,6 +54,11 @@ pub struct ServerOptions {
     /// Audit events older than this are dropped (checked with each
     /// last-use flush); `None` keeps them until the count bound drops them.
     pub audit_max_age: Option<Duration>,
+    /// Where Envoy's ext_authz Check finds the credential, and whether it
+    /// passes upstream.
+    pub ext_authz: ExtAuthzOptions,
+    /// Where events are POSTed, if anywhere.
+    pub webhooks: Option<crate::service::webhooks::WebhookOptions>,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +75,8 @@ impl Default for ServerOptions {
             http2_keepalive_timeout: Duration::from_secs(10),
             tls: None,
             audit_max_age: None,
+            ext_authz: ExtAuthzOptions::default(),
+            webhooks: None,
         }
     }
 }
@@ -82,11 +93,12 @@ pub enum ServeError {
 }
 
 /// The names health is reported under: the server as a whole and each service.
-fn health_names() -> [&'static str; 3] {
+fn health_names() -> [&'static str; 4] {
     [
         "",
         <AdminServiceServer<AdminApi> as NamedService>::NAME,
         <VerifyServiceServer<VerifyApi> as NamedService>::NAME,
+        <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
     ]
 }
 
@@ -164,10 +176,22 @@ pub async fn serve(
         }
     });
 
+    let webhooks = options.webhooks.clone().map(|webhooks| {
+        tokio::spawn(crate::service::webhooks::deliver(
+            Arc::clone(authority.store()),
+            webhooks,
+        ))
+    });
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
+    let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
+        Arc::clone(&authority),
+        options.ext_authz.clone(),
+    ))
+    .max_decoding_message_size(MAX_EXT_AUTHZ_MESSAGE_BYTES);
 
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)
@@ -187,7 +211,8 @@ pub async fn serve(
         .layer(limits)
         .add_service(health)
         .add_service(verify)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(ext_authz);
     if options.reflection != ReflectionAccess::Off {
         // Both versions describe everything served, error details included,
         // so grpcurl can decode google.rpc.BadRequest.
@@ -196,6 +221,7 @@ pub async fn serve(
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(crate::proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(
                     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -230,6 +256,7 @@ pub async fn serve(
             health_task.abort();
             crate::metrics::metrics().health_serving.set(0);
             report(&reporter, ServingStatus::NotServing).await;
+            authority.end_event_streams();
             let _ = stop.send(());
             match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
                 Ok(result) => result.map_err(ServeError::from),
@@ -243,6 +270,9 @@ pub async fn serve(
     health_task.abort();
     flusher.abort();
     count_keys_under_older_secret.abort();
+    if let Some(webhooks) = webhooks {
+        webhooks.abort();
+    }
     // What was noted since the last flush is not lost to a restart.
     authority.flush_last_use().await;
     result

@@ -197,6 +197,26 @@ pub fn join_caller_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
+/// The trace id a call belongs to: its caller's `traceparent`, else the
+/// current span's when trace export is on; `None` for an untraced call.
+pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    let mut headers = http::HeaderMap::new();
+    if let Some(value) = traceparent.and_then(|text| http::HeaderValue::from_str(text).ok()) {
+        headers.insert("traceparent", value);
+    }
+    // W3C trace context is read even when export is off (there is no global
+    // propagator then): the id still ties the event to the caller's trace.
+    let from_caller = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+    let from_span = tracing::Span::current().context();
+    [from_caller, from_span]
+        .iter()
+        .map(|context| context.span().span_context().clone())
+        .find(|span| span.is_valid())
+        .map(|span| span.trace_id().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Audit events: who changed what, when, from where, and how it ended.
 //! Events carry ids, names of actions and outcome codes; never a secret.
 
+use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,35 @@ pub struct AuditEvent {
     pub caller_address: Option<String>,
     /// The caller's `x-request-id`, or one keyrack made up.
     pub request_id: String,
+    /// HONEYTOKEN_USED: the address the Verify request named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// HONEYTOKEN_USED: the W3C trace id of the call, when traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// An audit entry id's (milliseconds, sequence), the order of entries;
+/// `None` for text that is not an entry id (`<ms>-<seq>`, digits only).
+pub fn entry_position(id: &str) -> Option<(i64, u64)> {
+    let (millis, seq) = id.split_once('-')?;
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits(millis) || !digits(seq) {
+        return None;
+    }
+    Some((millis.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The action of the event a honeytoken's use records.
+pub const HONEYTOKEN_USED: &str = "HONEYTOKEN_USED";
+
+/// What kind of event an audit entry is, for watchers and their filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An audited operation.
+    Audit,
+    /// A honeytoken was presented to Verify.
+    HoneytokenUsed,
 }
 
 impl AuditEvent {
@@ -44,7 +74,27 @@ impl AuditEvent {
             outcome: "OK".to_owned(),
             caller_address: None,
             request_id: request_id.into(),
+            client_ip: None,
+            trace_id: None,
         }
+    }
+
+    /// The event's kind, told by its action.
+    pub fn kind(&self) -> EventKind {
+        match self.action.as_str() {
+            HONEYTOKEN_USED => EventKind::HoneytokenUsed,
+            _ => EventKind::Audit,
+        }
+    }
+
+    /// Whether the event is about or by `identity`: its id, or the id of one
+    /// of its keys (which start with it), is a target, or it is the actor.
+    pub fn concerns(&self, identity: &IdentityId) -> bool {
+        self.actor_identity_id.as_deref() == Some(identity.as_str())
+            || self.target_ids.iter().any(|target| {
+                target == identity.as_str()
+                    || KeyId::parse(target).is_ok_and(|key| key.identity_id() == *identity)
+            })
     }
 }
 

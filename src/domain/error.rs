@@ -39,6 +39,9 @@ pub enum Error {
     /// A limit was reached (request size, lockout, load).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position that no longer exists (a cursor already trimmed away).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The change was applied but its durability was not confirmed.
     #[error("the change was applied but may not be durable ({0}); check it and retry")]
     NotDurable(String),
@@ -71,6 +74,7 @@ impl Error {
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::OutOfRange(_) => "OUT_OF_RANGE",
             Error::NotDurable(_) | Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }

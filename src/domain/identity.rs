@@ -2,6 +2,7 @@
 
 use super::cidr;
 use super::ids::IdentityId;
+use super::labels::Labels;
 use super::time::UnixMillis;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,16 @@ pub struct Identity {
     pub datasets: Vec<String>,
     /// Where its keys may be used from; empty means anywhere.
     pub allowed_cidrs: Vec<IpNet>,
+    /// What its keys may do (see `scope`); records written before scopes
+    /// existed read as none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Operator-chosen facts returned by Verify (see `labels`).
+    #[serde(default)]
+    pub labels: Labels,
+    /// How many keys it holds, as read with it (never stored in its record).
+    #[serde(skip)]
+    pub key_count: u64,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it and all its keys stop working.
@@ -87,6 +98,9 @@ impl Identity {
             state: State::Active,
             datasets: Vec::new(),
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            labels: Labels::new(),
+            key_count: 0,
             admin: false,
             expire_time: None,
             create_time: now,
@@ -137,6 +151,10 @@ pub struct IdentityFilter {
     pub dataset: Option<String>,
     /// Only admins, or only non-admins.
     pub admin: Option<bool>,
+    /// Only identities granted this scope.
+    pub scope: Option<String>,
+    /// Only identities carrying every one of these labels.
+    pub labels: Vec<(String, String)>,
 }
 
 impl IdentityFilter {
@@ -149,5 +167,10 @@ impl IdentityFilter {
                 .dataset
                 .as_ref()
                 .is_none_or(|dataset| identity.datasets.iter().any(|d| d == dataset))
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|scope| super::scope::any_covers(&identity.scopes, scope))
+            && super::labels::matches_all(&identity.labels, &self.labels)
     }
 }

@@ -8,14 +8,16 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod key;
+pub mod labels;
 pub mod names;
+pub mod scope;
 pub mod secret;
 pub mod time;
 pub mod token;
 pub mod totp;
 pub mod verdict;
 
-pub use audit::{AuditEvent, AuditFilter};
+pub use audit::{AuditEvent, AuditFilter, EventKind};
 pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};

@@ -16,8 +16,10 @@ pub enum VerifyCode {
     Disabled,
     /// The caller's address is outside the allow-list, or unknown.
     IpNotAllowed,
-    /// The identity has no access to the requested dataset.
+    /// The key has no access to the requested dataset.
     DatasetNotAllowed,
+    /// The key does not hold every required scope.
+    ScopeNotAllowed,
 }
 
 impl VerifyCode {
@@ -31,6 +33,7 @@ impl VerifyCode {
             VerifyCode::Disabled => "DISABLED",
             VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
             VerifyCode::DatasetNotAllowed => "DATASET_NOT_ALLOWED",
+            VerifyCode::ScopeNotAllowed => "SCOPE_NOT_ALLOWED",
         }
     }
 }

@@ -3,6 +3,9 @@
 
 use crate::domain::SecretString;
 use crate::domain::cidr;
+use crate::domain::key::Origin;
+use crate::domain::labels::{self, Labels};
+use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
@@ -73,6 +76,9 @@ pub fn identity_out(identity: Identity) -> proto::Identity {
         create_time: Some(timestamp_out(identity.create_time)),
         update_time: Some(timestamp_out(identity.update_time)),
         external_id: identity.external_id.unwrap_or_default(),
+        scopes: identity.scopes,
+        labels: identity.labels.into_iter().collect(),
+        key_count: identity.key_count as i64,
     }
 }
 
@@ -93,6 +99,39 @@ pub fn key_out(key: ApiKey) -> proto::ApiKey {
         grace_expire_time: key.grace_expire_time.map(timestamp_out),
         token_hint: key.token_hint,
         allowed_cidrs: key.allowed_cidrs.iter().map(IpNet::to_string).collect(),
+        scopes: key.scopes,
+        datasets: key.datasets,
+        labels: key.labels.into_iter().collect(),
+        origin: origin_out(key.origin).into(),
+        honeytoken: key.honeytoken,
+    }
+}
+
+fn origin_out(origin: Option<Origin>) -> proto::Origin {
+    match origin {
+        None => proto::Origin::Unspecified,
+        Some(Origin::CreateIdentity) => proto::Origin::CreateIdentity,
+        Some(Origin::CreateKey) => proto::Origin::CreateKey,
+        Some(Origin::Dataset) => proto::Origin::Dataset,
+        Some(Origin::Roll) => proto::Origin::Roll,
+        Some(Origin::Import) => proto::Origin::Import,
+    }
+}
+
+/// Checks a label map, reporting each bad entry.
+pub fn check_labels(
+    violations: &mut Violations,
+    field: &str,
+    entries: &std::collections::HashMap<String, String>,
+) -> Labels {
+    match labels::parse_labels(field, entries.iter()) {
+        Ok(labels) => labels,
+        Err(errors) => {
+            for (field, why) in errors {
+                violations.add(field, why);
+            }
+            Labels::new()
+        }
     }
 }
 
@@ -102,6 +141,19 @@ pub const MAX_DATASETS: usize = 256;
 fn check_cidrs(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<IpNet> {
     match cidr::parse_cidrs(field, entries) {
         Ok(nets) => nets,
+        Err(errors) => {
+            for (field, why) in errors {
+                violations.add(field, why);
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Checks a list of scopes, reporting each bad entry.
+pub fn check_scopes(violations: &mut Violations, field: &str, entries: &[String]) -> Vec<String> {
+    match scope::parse_scopes(field, entries) {
+        Ok(scopes) => scopes,
         Err(errors) => {
             for (field, why) in errors {
                 violations.add(field, why);
@@ -171,13 +223,17 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
     let description = violations.check("description", parse_description(&request.description));
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
+    let labels = check_labels(&mut violations, "labels", &request.labels);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewIdentity {
+        labels,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         datasets,
         allowed_cidrs,
+        scopes,
         admin: request.admin,
         expire_time,
     })
@@ -190,14 +246,21 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let name = violations.check("name", parse_name(&request.name));
     let description = violations.check("description", parse_description(&request.description));
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
+    let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
+    let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
+    let labels = check_labels(&mut violations, "labels", &request.labels);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewKey {
+        labels,
+        scopes,
+        datasets,
         identity_id: identity_id.expect("checked above"),
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         expire_time,
         allowed_cidrs,
+        honeytoken: request.honeytoken,
     })
 }
 
@@ -257,12 +320,22 @@ pub const IDENTITY_MASK_PATHS: &[&str] = &[
     "description",
     "datasets",
     "allowed_cidrs",
+    "scopes",
+    "labels",
     "admin",
     "expire_time",
 ];
 
 /// Fields of a key that UpdateKey may change.
-pub const KEY_MASK_PATHS: &[&str] = &["name", "description", "expire_time", "allowed_cidrs"];
+pub const KEY_MASK_PATHS: &[&str] = &[
+    "name",
+    "description",
+    "expire_time",
+    "allowed_cidrs",
+    "scopes",
+    "datasets",
+    "labels",
+];
 
 /// Checks an UpdateIdentityRequest; the name's rule depends on the identity's
 /// kind, so the service checks it.
@@ -298,6 +371,20 @@ pub fn identity_changes_in(
                     &mut violations,
                     "identity.allowed_cidrs",
                     &identity.allowed_cidrs,
+                ))
+            }
+            "scopes" => {
+                changes.scopes = Some(check_scopes(
+                    &mut violations,
+                    "identity.scopes",
+                    &identity.scopes,
+                ))
+            }
+            "labels" => {
+                changes.labels = Some(check_labels(
+                    &mut violations,
+                    "identity.labels",
+                    &identity.labels,
                 ))
             }
             "admin" => changes.admin = Some(identity.admin),
@@ -345,6 +432,19 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
                     "key.allowed_cidrs",
                     &key.allowed_cidrs,
                 ))
+            }
+            "scopes" => {
+                changes.scopes = Some(check_scopes(&mut violations, "key.scopes", &key.scopes))
+            }
+            "datasets" => {
+                changes.datasets = Some(check_datasets(
+                    &mut violations,
+                    "key.datasets",
+                    &key.datasets,
+                ))
+            }
+            "labels" => {
+                changes.labels = Some(check_labels(&mut violations, "key.labels", &key.labels))
             }
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
@@ -405,8 +505,14 @@ pub fn roll_in(request: proto::RollKeyRequest) -> Result<RollRequest, Error> {
     if request.totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
         violations.add("totp_code", "is not a TOTP code");
     }
+    let new_key_expire_time = check_expire(
+        &mut violations,
+        "new_key_expire_time",
+        request.new_key_expire_time.as_ref(),
+    );
     violations.finish()?;
     Ok(RollRequest {
+        new_key_expire_time,
         key_id: key_id.expect("checked above"),
         old_key_end: old_key_end.expect("checked above"),
         totp_code: SecretString::new(request.totp_code),
@@ -458,6 +564,66 @@ pub fn audit_filter_in(
     Ok(filter)
 }
 
+/// Most entries in WatchEvents' `kinds` (each kind once is all it takes).
+const MAX_EVENT_KINDS: usize = 16;
+
+/// WatchEvents' cursor and filters.
+pub fn watch_in(
+    request: &proto::WatchEventsRequest,
+) -> Result<(Option<String>, crate::service::events::EventFilter), Error> {
+    let mut violations = Violations::new();
+    if request.kinds.len() > MAX_EVENT_KINDS {
+        violations.add("kinds", format!("at most {MAX_EVENT_KINDS} entries"));
+    }
+    let mut kinds = Vec::new();
+    for (index, kind) in request.kinds.iter().enumerate() {
+        match proto::EventKind::try_from(*kind) {
+            Ok(proto::EventKind::Audit) => kinds.push(crate::domain::EventKind::Audit),
+            Ok(proto::EventKind::HoneytokenUsed) => {
+                kinds.push(crate::domain::EventKind::HoneytokenUsed);
+            }
+            Ok(proto::EventKind::Unspecified) | Err(_) => violations.add(
+                format!("kinds[{index}]"),
+                "must be an event kind (AUDIT, HONEYTOKEN_USED)",
+            ),
+        }
+    }
+    let identity = match request.identity_id.as_str() {
+        "" => None,
+        text => violations.check("identity_id", IdentityId::parse(text)),
+    };
+    violations.finish()?;
+    let cursor = (!request.after_cursor.is_empty()).then(|| request.after_cursor.clone());
+    Ok((
+        cursor,
+        crate::service::events::EventFilter { kinds, identity },
+    ))
+}
+
+/// A WatchEvents item as the API shows it.
+pub fn watch_item_out(item: crate::service::events::WatchItem) -> proto::WatchEventsResponse {
+    use crate::service::events::WatchItem;
+    use proto::watch_events_response::Payload;
+    let payload = match item {
+        WatchItem::Event(event) => Payload::Event(proto::Event {
+            cursor: event.id.clone(),
+            kind: match event.kind() {
+                crate::domain::EventKind::Audit => proto::EventKind::Audit,
+                crate::domain::EventKind::HoneytokenUsed => proto::EventKind::HoneytokenUsed,
+            }
+            .into(),
+            audit_event: Some(audit_event_out(event)),
+        }),
+        WatchItem::Heartbeat { time, cursor } => Payload::Heartbeat(proto::Heartbeat {
+            time: Some(timestamp_out(time)),
+            cursor,
+        }),
+    };
+    proto::WatchEventsResponse {
+        payload: Some(payload),
+    }
+}
+
 /// An audit event as the API shows it.
 pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
     proto::AuditEvent {
@@ -470,6 +636,8 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
         outcome: event.outcome,
         caller_address: event.caller_address.unwrap_or_default(),
         request_id: event.request_id,
+        client_ip: event.client_ip.unwrap_or_default(),
+        trace_id: event.trace_id.unwrap_or_default(),
     }
 }
 
@@ -563,4 +731,103 @@ mod tests {
             matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
         );
     }
+}
+
+/// Checks a ListKeysRequest: the identity (optional), filter and order.
+pub fn key_query_in(request: &proto::ListKeysRequest) -> Result<crate::service::KeyQuery, Error> {
+    let mut violations = Violations::new();
+    let identity_id = match request.identity_id.as_str() {
+        "" => None,
+        id => violations.check("identity_id", IdentityId::parse(id)),
+    };
+    let filter = violations.check("filter", super::filter::parse_key_filter(&request.filter));
+    let order = violations.check("order_by", key_order_in(&request.order_by));
+    violations.finish()?;
+    Ok(crate::service::KeyQuery {
+        identity_id,
+        filter: filter.unwrap_or_default(),
+        order: order.unwrap_or_default(),
+    })
+}
+
+/// Parses `order_by`: a field, optionally followed by `desc` (or `asc`).
+fn key_order_in(text: &str) -> Result<crate::service::KeyOrder, String> {
+    use crate::service::{KeyOrder, KeyOrderField};
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (field, descending) = match words.as_slice() {
+        [] => return Ok(KeyOrder::default()),
+        [field] => (*field, false),
+        [field, "desc"] => (*field, true),
+        [field, "asc"] => (*field, false),
+        _ => return Err(format!("{text:?} is not `<field>` or `<field> desc`")),
+    };
+    let field = KeyOrderField::parse(field).filter(|f| *f != KeyOrderField::Id).ok_or_else(|| {
+        format!("cannot order by {field:?}; order by create_time, expire_time, last_use_time or name")
+    })?;
+    Ok(KeyOrder { field, descending })
+}
+
+/// Checks a BatchRevokeKeysRequest's filter (required) and TOTP code.
+pub fn batch_revoke_in(
+    filter: String,
+    totp_code: String,
+) -> Result<(crate::domain::key::KeyFilter, SecretString), Error> {
+    let mut violations = Violations::new();
+    if filter.trim().is_empty() {
+        violations.add(
+            "filter",
+            "is required: a batch revoke names what it selects, e.g. `labels.team = \"old\"`",
+        );
+    }
+    let parsed = violations.check("filter", super::filter::parse_key_filter(&filter));
+    if totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
+        violations.add("totp_code", "is not a TOTP code");
+    }
+    violations.finish()?;
+    Ok((parsed.unwrap_or_default(), SecretString::new(totp_code)))
+}
+
+/// Checks an ImportKeysRequest's own fields (the tokens' rules need the
+/// store, so the service checks them).
+pub fn import_in(
+    request: proto::ImportKeysRequest,
+) -> Result<(IdentityId, Vec<crate::service::ImportedKey>), Error> {
+    use crate::service::MAX_IMPORTED_KEYS;
+    let mut violations = Violations::new();
+    let identity_id = violations.check("identity_id", IdentityId::parse(&request.identity_id));
+    if request.keys.is_empty() || request.keys.len() > MAX_IMPORTED_KEYS {
+        violations.add("keys", format!("must hold 1 to {MAX_IMPORTED_KEYS} keys"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut keys = Vec::with_capacity(request.keys.len());
+    for (index, key) in request.keys.into_iter().enumerate() {
+        let name = violations.check(&format!("keys[{index}].name"), parse_name(&key.name));
+        if let Some(name) = &name {
+            if names.contains(name) {
+                violations.add(format!("keys[{index}].name"), format!("{name:?} is listed twice"));
+            }
+            names.push(name.clone());
+        }
+        let description = violations.check(
+            &format!("keys[{index}].description"),
+            parse_description(&key.description),
+        );
+        let expire_time = check_expire(
+            &mut violations,
+            &format!("keys[{index}].expire_time"),
+            key.expire_time.as_ref(),
+        );
+        keys.push(crate::service::ImportedKey {
+            name: name.unwrap_or_default(),
+            description: description.unwrap_or_default(),
+            expire_time,
+            token: SecretString::new(key.token),
+            disabled: key.disabled,
+        });
+    }
+    violations.finish()?;
+    let Some(identity_id) = identity_id else {
+        return Err(Error::invalid("identity_id", "is required"));
+    };
+    Ok((identity_id, keys))
 }

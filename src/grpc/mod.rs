@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod convert;
+pub mod ext_authz;
 mod filter;
 pub mod limits;
 mod redact;
@@ -13,6 +14,7 @@ pub mod telemetry;
 mod verify;
 
 pub use admin::AdminApi;
+pub use ext_authz::{ExtAuthzApi, ExtAuthzOptions};
 pub use verify::VerifyApi;
 
 use tonic::metadata::MetadataMap;

@@ -23,6 +23,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::ResourceExhausted(_) => Status::resource_exhausted(message),
+            Error::OutOfRange(_) => Status::out_of_range(message),
             Error::NotDurable(_) => Status::unavailable(message),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");

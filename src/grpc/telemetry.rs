@@ -30,6 +30,7 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
     for encoded in [
         crate::proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        crate::proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ] {
@@ -189,6 +190,14 @@ mod tests {
         assert_eq!(
             method_label("/keyrack.v1.VerifyService/Invented"),
             "unknown"
+        );
+    }
+
+    #[test]
+    fn envoy_ext_authz_check_is_a_known_method() {
+        assert_eq!(
+            method_label("/envoy.service.auth.v3.Authorization/Check"),
+            "/envoy.service.auth.v3.Authorization/Check"
         );
     }
 

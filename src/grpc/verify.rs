@@ -6,7 +6,7 @@ use crate::domain::names::parse_name;
 use crate::domain::{Verdict, VerifyCode, Violations};
 use crate::metrics::{OutcomeLabels, metrics};
 use crate::proto::{self, verify_service_server::VerifyService};
-use crate::service::{Authority, VerifyQuery};
+use crate::service::{Authority, CallContext, VerifyQuery};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -32,6 +32,7 @@ fn code_out(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::Disabled => proto::VerifyCode::Disabled,
         VerifyCode::IpNotAllowed => proto::VerifyCode::IpNotAllowed,
         VerifyCode::DatasetNotAllowed => proto::VerifyCode::DatasetNotAllowed,
+        VerifyCode::ScopeNotAllowed => proto::VerifyCode::ScopeNotAllowed,
     }
 }
 
@@ -46,22 +47,36 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
     if let Some((key, identity)) = verdict.subject {
         response.in_grace = key.in_grace();
         response.key_id = key.id.to_string();
+        response.datasets = key.effective_datasets(&identity);
+        response.scopes = key.effective_scopes(&identity);
+        response.labels = key.effective_labels(&identity).into_iter().collect();
         response.identity = Some(proto::VerifiedIdentity {
             id: identity.id.to_string(),
             name: identity.name,
             kind: convert::kind_out(identity.kind).into(),
         });
-        response.datasets = identity.datasets;
     }
     response
 }
 
 /// Counts one Verify answer (a verdict's code, or the error that stopped it).
-fn count_outcome(code: &'static str) {
+pub(super) fn count_outcome(code: &'static str) {
     metrics()
         .verify_outcomes
         .get_or_create(&OutcomeLabels { code })
         .inc();
+}
+
+/// Counts a verdict and puts its code and ids on the call's span (Verify and
+/// ext_authz Check make the same decision).
+pub(super) fn record_verdict(verdict: &Verdict) {
+    count_outcome(verdict.code.name());
+    let span = tracing::Span::current();
+    span.record(field::VERIFY_CODE, verdict.code.name());
+    if let Some((key, identity)) = &verdict.subject {
+        span.record(field::KEY_ID, key.id.as_str());
+        span.record(field::IDENTITY_ID, identity.id.as_str());
+    }
 }
 
 #[tonic::async_trait]
@@ -71,6 +86,18 @@ impl VerifyService for VerifyApi {
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
         let bearer = bearer_token(request.metadata()).map(str::to_owned);
+        let text_of = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let context = CallContext {
+            peer: request.remote_addr(),
+            request_id: text_of("x-request-id"),
+            traceparent: text_of("traceparent"),
+        };
         let request = request.into_inner();
         let token = if request.token.is_empty() {
             bearer.unwrap_or_default()
@@ -87,6 +114,11 @@ impl VerifyService for VerifyApi {
         if !request.dataset.is_empty() {
             violations.check("dataset", parse_name(&request.dataset));
         }
+        let required_scopes = convert::check_scopes(
+            &mut violations,
+            "required_scopes",
+            &request.required_scopes,
+        );
         let client_ip = match request.client_ip.as_str() {
             "" => None,
             text => violations.check(
@@ -100,6 +132,8 @@ impl VerifyService for VerifyApi {
             token: &token,
             dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
             client_ip,
+            required_scopes: &required_scopes,
+            context,
         };
         // A store outage is an error status, never a verdict: fail closed.
         let verdict = match self.authority.verify(query).await {
@@ -110,13 +144,7 @@ impl VerifyService for VerifyApi {
                 return Err(status);
             }
         };
-        count_outcome(verdict.code.name());
-        let span = tracing::Span::current();
-        span.record(field::VERIFY_CODE, verdict.code.name());
-        if let Some((key, identity)) = &verdict.subject {
-            span.record(field::KEY_ID, key.id.as_str());
-            span.record(field::IDENTITY_ID, identity.id.as_str());
-        }
+        record_verdict(&verdict);
         Ok(Response::new(verdict_out(verdict)))
     }
 }

@@ -69,6 +69,8 @@ impl From<Error> for ScimError {
             // The contract: any caller that is not an admin is 401.
             Error::Unauthenticated(_) | Error::PermissionDenied(_) => Self::unauthorized(detail),
             Error::ResourceExhausted(_) => Self::new(StatusCode::TOO_MANY_REQUESTS, detail),
+            // SCIM reads no event cursors; kept total for the match.
+            Error::OutOfRange(_) => Self::new(StatusCode::BAD_REQUEST, detail),
             Error::NotDurable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, detail),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");

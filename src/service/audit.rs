@@ -133,16 +133,9 @@ impl Authority {
     }
 }
 
-/// Whether `text` looks like a stream entry id, `<ms>-<seq>`.
-fn is_event_id(text: &str) -> bool {
-    text.split_once('-').is_some_and(|(millis, seq)| {
-        !millis.is_empty()
-            && !seq.is_empty()
-            && millis.len() <= 20
-            && seq.len() <= 20
-            && millis.bytes().all(|b| b.is_ascii_digit())
-            && seq.bytes().all(|b| b.is_ascii_digit())
-    })
+/// Whether `text` is a stream entry id, `<ms>-<seq>`.
+pub(super) fn is_event_id(text: &str) -> bool {
+    crate::domain::audit::entry_position(text).is_some()
 }
 
 #[cfg(test)]

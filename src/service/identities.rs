@@ -2,6 +2,8 @@
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::domain::key::Origin;
+use crate::domain::labels::Labels;
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -19,6 +21,10 @@ pub struct NewIdentity {
     pub datasets: Vec<String>,
     /// Allowed CIDRs.
     pub allowed_cidrs: Vec<IpNet>,
+    /// Scopes its keys may be granted.
+    pub scopes: Vec<String>,
+    /// Labels.
+    pub labels: Labels,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it stops working.
@@ -36,6 +42,10 @@ pub struct IdentityChanges {
     pub datasets: Option<Vec<String>>,
     /// A new allow-list.
     pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// A new scope list.
+    pub scopes: Option<Vec<String>>,
+    /// New labels (replacing all).
+    pub labels: Option<Labels>,
     /// A new admin flag.
     pub admin: Option<bool>,
     /// A new expiry; `Some(None)` clears it.
@@ -48,6 +58,16 @@ impl Authority {
         &self,
         request: NewIdentity,
     ) -> Result<(Identity, MintedKey), Error> {
+        self.create_identity_minting(request, Origin::CreateIdentity)
+            .await
+    }
+
+    /// Creates a service identity whose first key has `origin`.
+    pub(super) async fn create_identity_minting(
+        &self,
+        request: NewIdentity,
+        origin: Origin,
+    ) -> Result<(Identity, MintedKey), Error> {
         let now = UnixMillis::now();
         require_future("expire_time", request.expire_time, now)?;
         self.require_datasets_exist("datasets", &request.datasets)
@@ -55,10 +75,12 @@ impl Authority {
         let mut identity = Identity::new_service(request.name, request.description, now);
         identity.datasets = request.datasets;
         identity.allowed_cidrs = request.allowed_cidrs;
+        identity.scopes = request.scopes;
+        identity.labels = request.labels;
         identity.admin = request.admin;
         identity.expire_time = request.expire_time;
         let first = self
-            .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now)
+            .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now, origin)
             .await?;
         journal::add_target(identity.id.as_str());
         journal::add_target(first.key.id.as_str());
@@ -67,6 +89,7 @@ impl Authority {
             .create_identity(&identity, std::slice::from_ref(&first.key))
             .await?;
         tracing::info!(identity_id = %identity.id, name = %identity.name, admin = identity.admin, "identity created");
+        identity.key_count = 1;
         Ok((identity, first))
     }
 
@@ -84,40 +107,20 @@ impl Authority {
         page: &PageRequest,
         filter: impl Fn(&Identity) -> bool,
     ) -> Result<Page<Identity>, Error> {
-        let limit = page.limit();
-        let mut after =
-            match page.page_token.as_str() {
-                "" => None,
-                token => Some(IdentityId::parse(token).map_err(|_| {
-                    Error::invalid("page_token", "is not a token this API returned")
-                })?),
-            };
-        let mut items = Vec::with_capacity(limit);
-        // Filtering after the read may thin a page out; keep reading until it is
-        // full or the listing ends, so a short page always means the last page.
-        loop {
-            let batch = self.store.list_identities(after.as_ref(), limit).await?;
-            let exhausted = batch.len() < limit;
-            for identity in batch {
-                after = Some(identity.id.clone());
-                if filter(&identity) {
-                    items.push(identity);
-                    if items.len() == limit {
-                        let next = after.as_ref().map(|id| id.to_string());
-                        return Ok(Page {
-                            items,
-                            next_page_token: next,
-                        });
-                    }
-                }
-            }
-            if exhausted {
-                return Ok(Page {
-                    items,
-                    next_page_token: None,
-                });
-            }
-        }
+        let after = match page.page_token.as_str() {
+            "" => None,
+            token => Some(IdentityId::parse(token).map_err(|_| {
+                Error::invalid("page_token", "is not a token this API returned")
+            })?),
+        };
+        super::filtered_page(
+            page.limit(),
+            after,
+            |after, limit| async move { self.store.list_identities(after.as_ref(), limit).await },
+            |identity: &Identity| identity.id.clone(),
+            filter,
+        )
+        .await
     }
 
     /// Applies `changes` to an identity.
@@ -154,10 +157,19 @@ impl Authority {
             if let Some(cidrs) = &changes.allowed_cidrs {
                 identity.allowed_cidrs = cidrs.clone();
             }
+            // Keys narrowed to a scope or dataset the identity loses simply
+            // lose it: the intersection is taken at Verify time.
+            if let Some(scopes) = &changes.scopes {
+                identity.scopes = scopes.clone();
+            }
+            if let Some(labels) = &changes.labels {
+                identity.labels = labels.clone();
+            }
             if let Some(admin) = changes.admin {
                 identity.admin = admin;
             }
             if let Some(expire_time) = changes.expire_time {
+                super::keys::require_lifetime_owned_by_admins(&identity)?;
                 identity.expire_time = expire_time;
             }
             identity.update_time = now;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod datasets;
+pub mod events;
 pub mod guard;
 mod hash_pool;
 pub mod hashing;
@@ -16,15 +17,20 @@ pub mod sealing;
 pub mod tarpit;
 mod totp;
 mod verify;
+pub mod webhooks;
 
 pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};
-pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
+pub use keys::{
+    ImportedKey, KeyChanges, KeyOrder, KeyOrderField, KeyPage, KeyQuery, MAX_BATCH_REVOKE,
+    MAX_GRACE_PERIOD, MAX_IMPORTED_KEYS, NewKey, OldKeyEnd, RollRequest, Rolled,
+};
 pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
-pub use verify::{Caller, VerifyQuery};
+pub use verify::{CallContext, Caller, VerifyQuery};
 
 use crate::domain::token::{self, TokenPrefix};
+use crate::domain::key::Origin;
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
@@ -82,6 +88,45 @@ impl PageRequest {
     }
 }
 
+/// Reads batches of `limit` items after a cursor and keeps those that pass
+/// `filter` until a page is full or the listing ends, so a short page always
+/// means the last page. `cursor_of` names an item for the next page token.
+async fn filtered_page<T, C, Fut>(
+    limit: usize,
+    mut after: Option<C>,
+    mut fetch: impl FnMut(Option<C>, usize) -> Fut,
+    cursor_of: impl Fn(&T) -> C,
+    filter: impl Fn(&T) -> bool,
+) -> Result<Page<T>, Error>
+where
+    C: Clone + std::fmt::Display,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let mut items = Vec::with_capacity(limit);
+    loop {
+        let batch = fetch(after.clone(), limit).await?;
+        let exhausted = batch.len() < limit;
+        for item in batch {
+            after = Some(cursor_of(&item));
+            if filter(&item) {
+                items.push(item);
+                if items.len() == limit {
+                    return Ok(Page {
+                        items,
+                        next_page_token: after.map(|cursor| cursor.to_string()),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                items,
+                next_page_token: None,
+            });
+        }
+    }
+}
+
 /// A key just minted, with its token: the only time the token exists outside
 /// the caller.
 #[derive(Debug)]
@@ -103,6 +148,8 @@ pub struct AuthorityOptions {
     pub guard: GuardOptions,
     /// Most keys whose last use is held between flushes.
     pub last_use_capacity: usize,
+    /// How event watchers are fed.
+    pub events: events::EventOptions,
 }
 
 impl Default for AuthorityOptions {
@@ -112,6 +159,7 @@ impl Default for AuthorityOptions {
             totp_for_roll: true,
             guard: GuardOptions::default(),
             last_use_capacity: 200_000,
+            events: events::EventOptions::default(),
         }
     }
 }
@@ -128,6 +176,7 @@ pub struct Authority {
     /// token naming an absent key id is checked against, so that it costs
     /// what a wrong secret for a live key costs.
     decoy_hash: String,
+    events: events::EventFeed,
     options: AuthorityOptions,
 }
 
@@ -155,6 +204,7 @@ impl Authority {
             guard: VerifyGuard::new(options.guard.clone()),
             hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
+            events: events::EventFeed::new(options.events.clone()),
             options,
         }
     }
@@ -189,6 +239,7 @@ impl Authority {
         identity: &IdentityId,
         name: String,
         now: UnixMillis,
+        origin: Origin,
     ) -> Result<MintedKey, Error> {
         let id = KeyId::generate(identity);
         let minted = token::mint(&self.options.token_prefix, &id);
@@ -213,6 +264,11 @@ impl Authority {
             grace_expire_time: None,
             token_hint: minted.hint,
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
+            labels: Default::default(),
+            origin: Some(origin),
+            honeytoken: false,
             secret_hash,
             revision: 0,
         };

@@ -2,12 +2,13 @@
 //! round trip for the key and its identity, then the secret, and only then
 //! the reasons that depend on the key's settings.
 
-use super::Authority;
 use super::guard::{TokenDigest, VerifyGuard};
-use crate::domain::token::{self, ParsedToken};
+use super::{Authority, audit};
+use crate::domain::audit::HONEYTOKEN_USED;
+use crate::domain::token;
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use crate::metrics::metrics;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What Verify is asked. Its `Debug` leaves the token out.
 pub struct VerifyQuery<'a> {
@@ -17,6 +18,22 @@ pub struct VerifyQuery<'a> {
     pub dataset: Option<&'a str>,
     /// The address the token came from, if known.
     pub client_ip: Option<IpAddr>,
+    /// Scopes the token must hold, every one of them (already checked for
+    /// syntax).
+    pub required_scopes: &'a [String],
+    /// Where the call came from, recorded when the token is a honeytoken.
+    pub context: CallContext,
+}
+
+/// Where a Verify call came from: what a honeytoken's use records.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The transport peer (address and port).
+    pub peer: Option<SocketAddr>,
+    /// The caller's `x-request-id`, when it sent one.
+    pub request_id: Option<String>,
+    /// The caller's W3C `traceparent`, when it sent one.
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for VerifyQuery<'_> {
@@ -25,6 +42,8 @@ impl std::fmt::Debug for VerifyQuery<'_> {
             .field("token", &"[redacted]")
             .field("dataset", &self.dataset)
             .field("client_ip", &self.client_ip)
+            .field("required_scopes", &self.required_scopes)
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -42,9 +61,14 @@ impl Authority {
     /// Decides whether a token is valid. A bad token is a verdict, not an
     /// error; only a store outage is an error (fail closed).
     pub async fn verify(&self, query: VerifyQuery<'_>) -> Result<Verdict, Error> {
-        let parsed = match token::parse(&self.options.token_prefix, query.token) {
-            Ok(parsed) => parsed,
-            Err(_) => return Ok(Verdict::refused(VerifyCode::Malformed)),
+        // A keyrack token names its key; a token of another system may have
+        // been imported, and then the import index names it.
+        let (key_id, secret) = match token::parse(&self.options.token_prefix, query.token) {
+            Ok(parsed) => (parsed.key_id.clone(), parsed.secret()),
+            Err(_) => match self.imported_key(query.token).await? {
+                Some(key_id) => (key_id, query.token),
+                None => return Ok(Verdict::refused(VerifyCode::Malformed)),
+            },
         };
         // A token argon2 refused stays wrong (a key id never gets another
         // secret): its answer costs neither Redis nor argon2.
@@ -56,14 +80,14 @@ impl Authority {
         }
         let record = self
             .store
-            .key_with_identity(&parsed.key_id)
+            .key_with_identity(&key_id)
             .await?
             .filter(|(key, identity)| self.is_current(key, identity));
         let Some((key, identity)) = record else {
             // A key id that does not exist gets the work and the answers a
             // wrong secret for a live one gets, so neither tells whether it
             // exists.
-            self.check_with_argon2(digest, &parsed, &parsed.key_id, &self.decoy_hash)
+            self.check_with_argon2(digest, secret, &key_id, &self.decoy_hash)
                 .await?;
             return Ok(Verdict::refused(VerifyCode::Unknown));
         };
@@ -77,15 +101,21 @@ impl Authority {
             _ => {
                 metrics().verify_cache_misses.inc();
                 let matched = self
-                    .check_with_argon2(digest, &parsed, &key.id, &key.secret_hash)
+                    .check_with_argon2(digest, secret, &key.id, &key.secret_hash)
                     .await?;
                 if matched {
-                    self.rehash_if_outdated(&key, parsed.secret(), digest).await;
+                    self.rehash_if_outdated(&key, secret, digest).await;
                 }
                 matched
             }
         };
         if !matched {
+            return Ok(Verdict::refused(VerifyCode::Unknown));
+        }
+        if key.honeytoken {
+            // The very answer an unknown token gets: nothing else is said,
+            // whatever the key's state or settings.
+            self.record_honeytoken_use(&key, &query);
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
         let code = if key.state == State::Disabled || identity.state == State::Disabled {
@@ -94,9 +124,15 @@ impl Authority {
             VerifyCode::IpNotAllowed
         } else if query
             .dataset
-            .is_some_and(|wanted| !identity.datasets.iter().any(|d| d == wanted))
+            .is_some_and(|wanted| !key.may_access_dataset(&identity, wanted))
         {
             VerifyCode::DatasetNotAllowed
+        } else if query
+            .required_scopes
+            .iter()
+            .any(|wanted| !key.holds_scope(&identity, wanted))
+        {
+            VerifyCode::ScopeNotAllowed
         } else {
             VerifyCode::Valid
         };
@@ -109,21 +145,61 @@ impl Authority {
         })
     }
 
+    /// How long a key under the failure throttle takes no new guesses.
+    pub fn throttle_window(&self) -> std::time::Duration {
+        self.options.guard.failure_window
+    }
+
+    /// Counts a honeytoken's use and appends its HONEYTOKEN_USED event off
+    /// the answer's path, so the answer takes no longer than an unknown
+    /// token's and does not depend on the write.
+    fn record_honeytoken_use(&self, key: &ApiKey, query: &VerifyQuery<'_>) {
+        metrics().honeytoken_uses.inc();
+        tracing::warn!(key_id = %key.id, identity_id = %key.identity_id, peer = ?query.context.peer, client_ip = ?query.client_ip, "a honeytoken was presented");
+        let mut event = audit::event(
+            HONEYTOKEN_USED,
+            None,
+            query.context.peer,
+            audit::request_id(query.context.request_id.as_deref()),
+        );
+        event.target_ids = vec![key.id.to_string(), key.identity_id.to_string()];
+        event.client_ip = query.client_ip.map(|ip| ip.to_string());
+        event.trace_id = crate::telemetry::trace_id(query.context.traceparent.as_deref());
+        let store = std::sync::Arc::clone(&self.store);
+        tokio::spawn(async move {
+            if let Err(error) = store.append_audit(&event).await {
+                tracing::error!(%error, key_id = %event.target_ids[0], "a honeytoken's use could not be recorded in the audit log");
+            }
+        });
+    }
+
     /// Runs argon2 against `phc` (bounded in concurrency) and lets the guard
     /// remember the answer.
     async fn check_with_argon2(
         &self,
         digest: TokenDigest,
-        parsed: &ParsedToken<'_>,
+        secret: &str,
         key_id: &KeyId,
         phc: &str,
     ) -> Result<bool, Error> {
         let matched = {
             let _slot = self.guard.hash_slot().await?;
-            self.secret_matches(parsed.secret(), phc).await?
+            self.secret_matches(secret, phc).await?
         };
         self.guard.remember(key_id, digest, phc, matched).await;
         Ok(matched)
+    }
+
+    /// The key an imported token belongs to, found through the import index
+    /// (one store read, only for tokens of an importable shape).
+    async fn imported_key(&self, token: &str) -> Result<Option<KeyId>, Error> {
+        if !super::keys::importable_shape(token) {
+            return Ok(None);
+        }
+        let digests = self
+            .hasher
+            .import_digests(&crate::domain::SecretString::new(token.to_owned()));
+        Ok(self.store.find_imported(&digests).await?)
     }
 
     /// The store drops records at their deadline; this also refuses one read
@@ -154,6 +230,8 @@ impl Authority {
                 token,
                 dataset: None,
                 client_ip: peer,
+                required_scopes: &[],
+                context: CallContext::default(),
             })
             .await?;
         match (verdict.code, verdict.subject) {

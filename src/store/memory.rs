@@ -2,6 +2,7 @@
 //! honoured on every read. Dev mode and tests run on it.
 
 use super::{Store, StoreError, StoreResult, journal};
+use crate::domain::audit::entry_position;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
@@ -32,6 +33,8 @@ struct State {
     datasets: BTreeMap<String, Dataset>,
     /// When keys were last used; kept apart from the key records.
     last_use: HashMap<KeyId, UnixMillis>,
+    /// Keyed digests of imported tokens -> their keys.
+    imports: HashMap<String, KeyId>,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -40,6 +43,37 @@ struct State {
     audit_max_events: usize,
     /// The last event id given out, as (milliseconds, sequence).
     last_audit_id: (i64, u64),
+    /// Delivery groups on the audit log, by name.
+    deliveries: HashMap<String, DeliveryGroup>,
+}
+
+/// A consumer group on the audit log, as Redis Streams keeps one.
+struct DeliveryGroup {
+    /// The newest event given to a consumer.
+    last_given: (i64, u64),
+    /// Events given but not acknowledged: their consumer and when it last
+    /// touched them (ms).
+    pending: BTreeMap<(i64, u64), (String, i64)>,
+}
+
+impl State {
+    /// The group `name`, created at the log's current end.
+    fn delivery_group(&mut self, name: &str) -> &mut DeliveryGroup {
+        let end = self.last_audit_id;
+        self.deliveries
+            .entry(name.to_owned())
+            .or_insert_with(|| DeliveryGroup {
+                last_given: end,
+                pending: BTreeMap::new(),
+            })
+    }
+
+    /// The audit event at `position`, if still kept.
+    fn audit_event_at(&self, position: (i64, u64)) -> Option<&AuditEvent> {
+        self.audit
+            .iter()
+            .find(|event| entry_position(&event.id) == Some(position))
+    }
 }
 
 impl State {
@@ -59,12 +93,6 @@ impl State {
             self.audit.pop_front();
         }
     }
-}
-
-/// An event id's (milliseconds, sequence), for ordering.
-fn audit_position(id: &str) -> Option<(i64, u64)> {
-    let (millis, seq) = id.split_once('-')?;
-    Some((millis.parse().ok()?, seq.parse().ok()?))
 }
 
 /// How often expired records are swept out; reads never see them regardless.
@@ -561,6 +589,31 @@ impl Store for MemoryStore {
         )
     }
 
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
+        self.with_state(|state| {
+            if state.imports.contains_key(digest) {
+                return Ok(false);
+            }
+            state.imports.insert(digest.to_owned(), key.clone());
+            Ok(true)
+        })
+    }
+
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>> {
+        self.with_state(|state| {
+            Ok(digests
+                .iter()
+                .find_map(|digest| state.imports.get(digest).cloned()))
+        })
+    }
+
+    async fn release_import(&self, digest: &str) -> StoreResult<()> {
+        self.with_state(|state| {
+            state.imports.remove(digest);
+            Ok(())
+        })
+    }
+
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         self.with_state(|state| {
             state.append_audit(event.clone());
@@ -571,7 +624,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
-        let before = before.map(|id| audit_position(id).unwrap_or((i64::MIN, 0)));
+        let before = before.map(|id| entry_position(id).unwrap_or((i64::MIN, 0)));
         self.with_state(|state| {
             Ok(state
                 .audit
@@ -579,7 +632,7 @@ impl Store for MemoryStore {
                 .rev()
                 .filter(|event| {
                     before.is_none_or(|before| {
-                        audit_position(&event.id).is_some_and(|position| position < before)
+                        entry_position(&event.id).is_some_and(|position| position < before)
                     })
                 })
                 .take(limit)
@@ -593,10 +646,120 @@ impl Store for MemoryStore {
             while state
                 .audit
                 .front()
-                .and_then(|event| audit_position(&event.id))
+                .and_then(|event| entry_position(&event.id))
                 .is_some_and(|(millis, _)| millis < cutoff.0)
             {
                 state.audit.pop_front();
+            }
+            Ok(())
+        })
+    }
+
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        let after = entry_position(after).unwrap_or((i64::MAX, u64::MAX));
+        self.with_state(|state| {
+            Ok(state
+                .audit
+                .iter()
+                .filter(|event| entry_position(&event.id).is_some_and(|position| position > after))
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
+        self.with_state(|state| {
+            Ok(state
+                .audit
+                .front()
+                .zip(state.audit.back())
+                .map(|(first, last)| (first.id.clone(), last.id.clone())))
+        })
+    }
+
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let now = UnixMillis::now().0;
+        self.with_state(|state| {
+            let after = state.delivery_group(group).last_given;
+            let taken: Vec<AuditEvent> = state
+                .audit
+                .iter()
+                .filter(|event| entry_position(&event.id).is_some_and(|at| at > after))
+                .take(limit)
+                .cloned()
+                .collect();
+            let group = state.delivery_group(group);
+            for event in &taken {
+                if let Some(position) = entry_position(&event.id) {
+                    group.last_given = position;
+                    group.pending.insert(position, (consumer.to_owned(), now));
+                }
+            }
+            Ok(taken)
+        })
+    }
+
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: std::time::Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let now = UnixMillis::now().0;
+        let min_idle = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
+        self.with_state(|state| {
+            let idle: Vec<(i64, u64)> = state
+                .delivery_group(group)
+                .pending
+                .iter()
+                .filter(|(_, (_, touched))| now.saturating_sub(*touched) >= min_idle)
+                .map(|(position, _)| *position)
+                .take(limit)
+                .collect();
+            let mut claimed = Vec::new();
+            for position in idle {
+                match state.audit_event_at(position).cloned() {
+                    Some(event) => {
+                        claimed.push(event);
+                        state
+                            .delivery_group(group)
+                            .pending
+                            .insert(position, (consumer.to_owned(), now));
+                    }
+                    // Trimmed from the log before delivery, as in Redis.
+                    None => {
+                        state.delivery_group(group).pending.remove(&position);
+                    }
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()> {
+        let now = UnixMillis::now().0;
+        self.with_state(|state| {
+            let pending = &mut state.delivery_group(group).pending;
+            for position in ids.iter().filter_map(|id| entry_position(id)) {
+                if let Some(entry) = pending.get_mut(&position) {
+                    *entry = (consumer.to_owned(), now);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()> {
+        self.with_state(|state| {
+            if let Some(position) = entry_position(id) {
+                state.delivery_group(group).pending.remove(&position);
             }
             Ok(())
         })

@@ -165,6 +165,18 @@ pub trait Store: Send + Sync + 'static {
     /// longer exists is skipped. `get_key` and `list_keys` report it.
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()>;
 
+    /// Points the import index entry `digest` (a keyed digest of an imported
+    /// token) at `key`, unless it already points somewhere: false then.
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool>;
+
+    /// The key the first of `digests` that is indexed points at. One round
+    /// trip on Redis.
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>>;
+
+    /// Drops an import index entry (an import that failed, or one whose key
+    /// is gone).
+    async fn release_import(&self, digest: &str) -> StoreResult<()>;
+
     /// Appends an audit event that no change carried (a refusal, a failure,
     /// a no-op), and assigns its id.
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
@@ -176,4 +188,41 @@ pub trait Store: Send + Sync + 'static {
     /// Drops audit events older than `cutoff` (retention by age; retention by
     /// count is applied on every append).
     async fn trim_audit(&self, cutoff: UnixMillis) -> StoreResult<()>;
+
+    /// Up to `limit` audit events strictly newer than the event id `after`,
+    /// oldest first: how watchers follow the log.
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+
+    /// The ids of the oldest and the newest audit event kept; `None` while
+    /// the log is empty.
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>>;
+
+    /// Up to `limit` audit events that no consumer of the delivery `group`
+    /// has been given yet, now pending for `consumer`, oldest first. The
+    /// group is created on first use and starts with the events appended
+    /// after that.
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Up to `limit` events pending in `group` for any consumer that has not
+    /// touched them for `min_idle` (a replica that died before delivering),
+    /// now pending for `consumer`, oldest first.
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: std::time::Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Resets the idle time of `consumer`'s pending events `ids`, so no
+    /// other consumer claims them while they wait for a retry.
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()>;
+
+    /// Marks an event delivered: it leaves the group's pending entries.
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()>;
 }

@@ -636,6 +636,7 @@ async fn keys_are_managed_with_clear_errors_body(server: TestServer) {
                 identity_id: identity.id.clone(),
                 page_size: 3,
                 page_token: first.next_page_token,
+                ..Default::default()
             },
         ))
         .await
@@ -711,6 +712,7 @@ async fn verify_checks_addresses_and_requests_body(server: TestServer) {
         token: created.token.clone(),
         client_ip: ip.into(),
         dataset: dataset.into(),
+        ..Default::default()
     };
     assert_eq!(
         verify(&server, ask("10.0.0.255", "")).await.code(),

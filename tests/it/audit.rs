@@ -20,7 +20,7 @@ fn tagged<T>(token: &str, id: &str, message: T) -> tonic::Request<T> {
 }
 
 /// Every event, newest first, read in pages of three.
-async fn all_events(
+pub(crate) async fn all_events(
     server: &TestServer,
     filter: proto::ListAuditEventsRequest,
 ) -> Vec<proto::AuditEvent> {

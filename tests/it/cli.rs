@@ -216,6 +216,8 @@ fn bad_configuration_exits_with_one_line_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short-secret");
     std::fs::write(&short, "too short\n").unwrap();
+    let webhook_secret = dir.path().join("webhook-secret");
+    std::fs::write(&webhook_secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -296,6 +298,50 @@ fn bad_configuration_exits_with_one_line_before_binding() {
                 "redis://127.0.0.1:2",
             ],
             "cannot be used with",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--verify-cache-max-staleness",
+                "0s",
+            ],
+            "--verify-cache-max-staleness must be between",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "https://hooks.example/keyrack",
+                "--webhook-secret-file",
+                webhook_secret.to_str().unwrap(),
+            ],
+            "must be an http:// URL",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "http://127.0.0.1:1/hook",
+                "--webhook-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "starts with `whsec_`",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "http://127.0.0.1:1/hook",
+            ],
+            "--webhook-secret-file",
         ),
     ];
     for (args, reason) in cases {
@@ -474,20 +520,21 @@ fn grpcurl_lists_services_only_for_admins_and_verifies_a_key() {
     );
 }
 
-/// The README's walkthrough, run as written (with this test's address and
-/// binary in place of `localhost:50051` and `cargo run --release --`).
-#[test]
-fn readme_walkthrough_runs_as_written() {
+/// Runs the README block between `<!-- NAME:start -->` and `<!-- NAME:end -->`
+/// as written, against a dev-mode keyrack of its own (with this test's
+/// address and binary in place of `localhost:50051` and `cargo run --release
+/// --`); returns its stdout and the Verify codes it printed, in order.
+fn run_readme_block(name: &str) -> (String, Vec<String>) {
     require_program("grpcurl");
     require_program("jq");
     require_program("oathtool");
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme
-        .split("<!-- walkthrough:start -->")
+        .split(&format!("<!-- {name}:start -->"))
         .nth(1)
-        .and_then(|rest| rest.split("<!-- walkthrough:end -->").next())
-        .expect("walkthrough markers in README.md");
+        .and_then(|rest| rest.split(&format!("<!-- {name}:end -->")).next())
+        .unwrap_or_else(|| panic!("{name} markers in README.md"));
     let script = block
         .trim()
         .trim_start_matches("```sh")
@@ -514,14 +561,96 @@ fn readme_walkthrough_runs_as_written() {
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
-        "walkthrough failed:\n{stdout}\n{}",
+        "{name} failed:\n{stdout}\n{}",
         text(&output.stderr)
     );
-    let codes: Vec<&str> = stdout
+    let codes = stdout
         .lines()
         .filter_map(|l| l.trim().strip_prefix("\"code\": "))
-        .map(|code| code.trim_end_matches(',').trim_matches('"'))
+        .map(|code| code.trim_end_matches(',').trim_matches('"').to_owned())
         .collect();
+    (stdout, codes)
+}
+
+/// `keyrack import --csv` reads an AWS API Gateway API key file into keys of
+/// one identity; the tokens verify, and Redis holds nothing of them.
+#[test]
+fn import_reads_an_api_gateway_key_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let store_args = [
+        "--redis-url",
+        &redis.url(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let admin = bootstrap_admin("ops", &store_args);
+    let served = Served::start(dir.path(), &store_args, &[], false);
+    let created = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {admin}"),
+        "-d",
+        r#"{"name": "gateway"}"#,
+        &served.address(),
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let identity = created["identity"]["id"].as_str().unwrap().to_owned();
+    let csv = dir.path().join("keys.csv");
+    std::fs::write(
+        &csv,
+        "Name,Key,Description,Enabled,usageplanIds\n\
+         mobile,GwKeyMobile0123456789abcdefXYZ,\"mobile app, v2\",true,plan1\n\
+         retired,GwKeyRetired0123456789abcdefXY,,false,\n",
+    )
+    .unwrap();
+    let imported = keyrack()
+        .arg("import")
+        .args(["--csv", csv.to_str().unwrap(), "--identity", &identity])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let stdout = text(&imported.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(!stdout.contains("GwKey"), "a token was printed: {stdout}");
+    let verify = |token: &str| {
+        let answer = grpcurl(&[
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {admin}"),
+            "-d",
+            &format!(r#"{{"token": "{token}"}}"#),
+            &served.address(),
+            "keyrack.v1.VerifyService/Verify",
+        ]);
+        assert!(answer.status.success(), "{}", text(&answer.stderr));
+        text(&answer.stdout)
+    };
+    assert!(verify("GwKeyMobile0123456789abcdefXYZ").contains("VERIFY_CODE_VALID"));
+    assert!(verify("GwKeyRetired0123456789abcdefXY").contains("VERIFY_CODE_DISABLED"));
+    assert!(verify("GwKeyMobile0123456789abcdefXYY").contains("VERIFY_CODE_MALFORMED"));
+    for (name, value) in redis.dump() {
+        assert!(!value.contains("GwKey") && !name.contains("GwKey"), "{name}");
+    }
+    // The same file again is refused: the tokens are imported already.
+    let again = keyrack()
+        .arg("import")
+        .args(["--csv", csv.to_str().unwrap(), "--identity", &identity])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("imported already"), "{}", text(&again.stderr));
+}
+
+/// The README's walkthrough, run as written.
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    let (stdout, codes) = run_readme_block("walkthrough");
     assert_eq!(
         codes,
         [
@@ -542,6 +671,24 @@ fn readme_walkthrough_runs_as_written() {
         "the rolled key verifies in grace: {stdout}"
     );
     assert!(stdout.contains("\"oldKeyInGraceUntil\": \""), "{stdout}");
+}
+
+/// The README's scopes walkthrough, run as written.
+#[test]
+fn readme_scopes_walkthrough_runs_as_written() {
+    let (stdout, codes) = run_readme_block("scopes-walkthrough");
+    assert_eq!(
+        codes,
+        [
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_SCOPE_NOT_ALLOWED",
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_DATASET_NOT_ALLOWED",
+            "VERIFY_CODE_SCOPE_NOT_ALLOWED",
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"billing:invoices:read\""), "{stdout}");
 }
 
 /// At RUST_LOG=trace the server logs a great deal; none of it may be a token,
@@ -776,6 +923,7 @@ async fn trace_logs_never_contain_totp_seeds_or_codes() {
                 key_id: created.key.unwrap().id,
                 old_key_end: None,
                 totp_code: roll_code.clone(),
+                new_key_expire_time: None,
             },
         ))
         .await
@@ -788,6 +936,7 @@ async fn trace_logs_never_contain_totp_seeds_or_codes() {
                 key_id: rolled.key.unwrap().id,
                 old_key_end: None,
                 totp_code: roll_code.clone(),
+                new_key_expire_time: None,
             },
         ))
         .await

@@ -14,6 +14,7 @@ async fn verify(server: &TestServer, token: &str, dataset: &str, ip: &str) -> Ve
             token: token.into(),
             dataset: dataset.into(),
             client_ip: ip.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -70,6 +70,10 @@ async fn replica_durability_acknowledges_only_what_a_replica_has() {
             description: String::new(),
             expire_time: None,
             allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
+            labels: Default::default(),
+            honeytoken: false,
         })
         .await
         .unwrap();

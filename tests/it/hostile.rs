@@ -500,11 +500,13 @@ fn battery(f: &Fixture) -> Vec<Row> {
         key_id: f.key_id.clone(),
         old_key_end,
         totp_code: "123456".into(),
+        new_key_expire_time: None,
     };
     let verify = |token: &str, dataset: &str, client_ip: &str| proto::VerifyRequest {
         token: token.into(),
         dataset: dataset.into(),
         client_ip: client_ip.into(),
+        ..Default::default()
     };
     let id = &f.identity_id;
     let key = &f.key_id;
@@ -754,6 +756,8 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 description: "x".repeat(300),
                 datasets: strings(&["a", "a"]),
                 allowed_cidrs: strings(&["300.1.1.1/8"]),
+                scopes: strings(&["bad scope"]),
+                labels: [("Bad Key".to_string(), String::new())].into_iter().collect(),
                 admin: true,
                 expire_time: at(0, 1_000_000_000),
             }),
@@ -762,6 +766,8 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 "description",
                 "datasets[1]",
                 "allowed_cidrs[0]",
+                "scopes[0]",
+                "labels[\"Bad Key\"]",
                 "expire_time",
             ]),
         ),
@@ -1515,6 +1521,108 @@ fn battery(f: &Fixture) -> Vec<Row> {
             "dataset and client_ip both bad",
             Verify(verify(&f.token, &"d".repeat(31), "::ffff:999.0.0.1")),
             Invalid(&["dataset", "client_ip"]),
+        ),
+        // Scopes: syntax, size, duplicates, empty strings; and a key may not
+        // exceed its identity (the fixture's identity grants no scope and
+        // holds only the dataset `sales`).
+        row(
+            "scopes with a space, a lone wildcard and an inner star",
+            CreateIdentity(proto::CreateIdentityRequest {
+                scopes: strings(&["billing read", "*", "a*b"]),
+                ..new_identity("ok_s1")
+            }),
+            Invalid(&["scopes[0]", "scopes[1]", "scopes[2]"]),
+        ),
+        row(
+            "65 scopes",
+            CreateIdentity(proto::CreateIdentityRequest {
+                scopes: (0..65).map(|i| format!("s{i}")).collect(),
+                ..new_identity("ok_s2")
+            }),
+            Invalid(&["scopes"]),
+        ),
+        row(
+            "a scope twice and an empty scope",
+            CreateIdentity(proto::CreateIdentityRequest {
+                scopes: strings(&["billing:read", "billing:read", ""]),
+                ..new_identity("ok_s3")
+            }),
+            Invalid(&["scopes[1]", "scopes[2]"]),
+        ),
+        row(
+            "a scope of 129 characters",
+            identity_update(
+                proto::Identity {
+                    scopes: vec!["s".repeat(129)],
+                    ..Default::default()
+                },
+                &["scopes"],
+            ),
+            Invalid(&["identity.scopes[0]"]),
+        ),
+        row(
+            "a key scope its identity does not grant",
+            CreateKey(proto::CreateKeyRequest {
+                scopes: strings(&["billing:read"]),
+                ..new_key("ks1")
+            }),
+            Invalid(&["scopes[0]"]),
+        ),
+        row(
+            "a key dataset its identity does not hold",
+            CreateKey(proto::CreateKeyRequest {
+                datasets: strings(&["payroll"]),
+                ..new_key("ks2")
+            }),
+            Invalid(&["datasets[0]"]),
+        ),
+        row(
+            "key scopes badly formed and duplicated",
+            key_update(
+                proto::ApiKey {
+                    scopes: strings(&["a:b", "a:b", "bad/scope?"]),
+                    ..Default::default()
+                },
+                &["scopes"],
+            ),
+            Invalid(&["key.scopes[1]", "key.scopes[2]"]),
+        ),
+        row(
+            "key update widening the identity's scopes and datasets",
+            key_update(
+                proto::ApiKey {
+                    scopes: strings(&["billing:*"]),
+                    datasets: strings(&["payroll"]),
+                    ..Default::default()
+                },
+                &["scopes", "datasets"],
+            ),
+            Invalid(&["key.scopes[0]", "key.datasets[0]"]),
+        ),
+        row(
+            "Verify required_scopes malformed",
+            Verify(proto::VerifyRequest {
+                required_scopes: strings(&["", "ok", "no way"]),
+                ..verify("kr_garbage", "", "")
+            }),
+            Invalid(&["required_scopes[0]", "required_scopes[2]"]),
+        ),
+        row(
+            "ListKeys filter on an unknown field",
+            ListKeys(proto::ListKeysRequest {
+                identity_id: f.identity_id.clone(),
+                filter: "kind = SERVICE".into(),
+                ..Default::default()
+            }),
+            Invalid(&["filter"]),
+        ),
+        row(
+            "ListIdentities filter on a malformed scope",
+            ListIdentities(proto::ListIdentitiesRequest {
+                filter: "scope = \"a b\"".into(),
+                ..Default::default()
+            }),
+            Invalid(&["filter"]),
         ),
         row(
             "token of whitespace",

@@ -25,6 +25,11 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         grace_expire_time: None,
         token_hint: String::new(),
         allowed_cidrs: Vec::new(),
+        scopes: Vec::new(),
+        datasets: Vec::new(),
+        labels: Default::default(),
+        origin: None,
+        honeytoken: false,
         secret_hash: "$argon2id$placeholder".into(),
         revision: 0,
     }
@@ -82,7 +87,100 @@ contract!(
     totp_codes_are_accepted_once_and_failures_lock_out,
     totp_state_lives_and_dies_with_its_identity,
     datasets_are_unique_and_listed_by_name,
+    the_audit_log_is_followed_and_shared_by_a_delivery_group,
 );
+
+/// The actions of `events`, in order.
+fn actions(events: &[keyrack::domain::AuditEvent]) -> Vec<&str> {
+    events.iter().map(|event| event.action.as_str()).collect()
+}
+
+async fn the_audit_log_is_followed_and_shared_by_a_delivery_group(store: &dyn Store) {
+    let group = "webhooks";
+    // The group starts at the log's end when it is first used.
+    assert!(
+        store
+            .take_deliveries(group, "a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.audit_bounds().await.unwrap(), None);
+    for action in ["e1", "e2", "e3"] {
+        store
+            .append_audit(&keyrack::domain::AuditEvent::new(action, "r"))
+            .await
+            .unwrap();
+    }
+    let mut log = store.list_audit(None, 10).await.unwrap();
+    log.reverse();
+    assert_eq!(actions(&log), ["e1", "e2", "e3"]);
+    assert_eq!(
+        store.audit_bounds().await.unwrap(),
+        Some((log[0].id.clone(), log[2].id.clone()))
+    );
+    assert_eq!(
+        actions(&store.read_audit_after(&log[0].id, 10).await.unwrap()),
+        ["e2", "e3"]
+    );
+    assert!(
+        store
+            .read_audit_after(&log[2].id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Each event is taken by one consumer.
+    assert_eq!(
+        actions(&store.take_deliveries(group, "a", 2).await.unwrap()),
+        ["e1", "e2"]
+    );
+    assert_eq!(
+        actions(&store.take_deliveries(group, "b", 10).await.unwrap()),
+        ["e3"]
+    );
+    assert!(
+        store
+            .take_deliveries(group, "a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pending events are claimed only once idle; a touch keeps one held.
+    assert!(
+        store
+            .claim_deliveries(group, "c", Duration::from_secs(3600), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store
+        .touch_deliveries(group, "a", &[&log[0].id])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_deliveries(group, "c", Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+    assert_eq!(actions(&claimed), ["e2", "e3"]);
+    assert_eq!(claimed[0].id, log[1].id);
+
+    // Acknowledged events are never handed out again.
+    for event in &log {
+        store.ack_delivery(group, &event.id).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store
+            .claim_deliveries(group, "d", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 async fn identities_are_created_found_and_listed(store: &dyn Store) {
     let alpha = identity("alpha");

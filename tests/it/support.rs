@@ -237,12 +237,36 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 durability: keyrack::store::redis::Durability::None,
                 audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
             };
-            Arc::new(
-                RedisStore::connect(&options, Duration::from_secs(5))
-                    .await
-                    .expect("connect to test redis"),
-            )
+            let mut store = RedisStore::connect(&options, Duration::from_secs(5))
+                .await
+                .expect("connect to test redis");
+            enable_test_verify_cache(&mut store).await;
+            Arc::new(store)
         }
+    }
+}
+
+/// Turns on Verify's record cache as `keyrack serve` does by default, unless
+/// `KEYRACK_TEST_VERIFY_CACHE=off` (scripts/test runs the Verify suites once
+/// that way too).
+pub async fn enable_test_verify_cache<C>(store: &mut RedisStore<C>)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    if std::env::var("KEYRACK_TEST_VERIFY_CACHE").as_deref() == Ok("off") {
+        return;
+    }
+    store
+        .enable_verify_cache(test_verify_cache_options())
+        .await
+        .expect("start Verify's record cache");
+}
+
+/// The record cache settings tests run with: the product's default bound.
+pub fn test_verify_cache_options() -> keyrack::store::redis::VerifyCacheOptions {
+    keyrack::store::redis::VerifyCacheOptions {
+        max_staleness: Duration::from_millis(100),
+        max_records: 10_000,
     }
 }
 
@@ -302,6 +326,42 @@ impl TestServer {
         let store = open_store(&backend).await;
         let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
         let (_, minted) = authority.create_admin("root", "test admin").await.unwrap();
+        Self::serve(
+            backend,
+            store,
+            authority,
+            minted.token.expose().to_owned(),
+            options,
+        )
+        .await
+    }
+
+    /// Starts a server on a backend that already holds keyrack's records,
+    /// as a restarted keyrack would, with the admin `admin_token` names.
+    pub async fn resume(
+        backend: Backend,
+        admin_token: String,
+        authority_options: AuthorityOptions,
+    ) -> Self {
+        let store = open_store(&backend).await;
+        let authority = Arc::new(test_authority(Arc::clone(&store), authority_options));
+        Self::serve(
+            backend,
+            store,
+            authority,
+            admin_token,
+            test_server_options(),
+        )
+        .await
+    }
+
+    async fn serve(
+        backend: Backend,
+        store: Arc<dyn Store>,
+        authority: Arc<Authority>,
+        admin_token: String,
+        options: ServerOptions,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -315,7 +375,7 @@ impl TestServer {
         });
         Self {
             address,
-            admin_token: minted.token.expose().to_owned(),
+            admin_token,
             store,
             authority,
             backend,
@@ -393,6 +453,15 @@ impl TestServer {
             ..Default::default()
         })
         .await
+    }
+
+    /// Stops the server and hands back its backend, data and all, with the
+    /// admin token, for [`TestServer::resume`].
+    pub async fn stop_keeping_backend(mut self) -> (Backend, String) {
+        let backend = std::mem::replace(&mut self.backend, Backend::Memory);
+        let admin_token = std::mem::take(&mut self.admin_token);
+        self.stop().await;
+        (backend, admin_token)
     }
 
     /// Stops the server and waits for it.
@@ -848,16 +917,16 @@ impl RedisSentinels {
             durability,
             audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
         };
-        Arc::new(
-            RedisStore::connect_sentinel(
-                &self.urls(),
-                SENTINEL_MASTER,
-                &options,
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("connect through the test sentinels"),
+        let mut store = RedisStore::connect_sentinel(
+            &self.urls(),
+            SENTINEL_MASTER,
+            &options,
+            Duration::from_secs(10),
         )
+        .await
+        .expect("connect through the test sentinels");
+        enable_test_verify_cache(&mut store).await;
+        Arc::new(store)
     }
 }
 

@@ -103,6 +103,12 @@ impl Keyspace {
     pub fn identities(&self) -> String {
         format!("{}identities", self.prefix)
     }
+
+    /// The import index entry of one imported token's keyed digest: the id
+    /// of its key. Its own slot, so written around the key record.
+    pub fn import(&self, digest: &str) -> String {
+        format!("{}import:{{{digest}}}", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //! only code that knows Redis key names, commands and scripts.
 
 mod keys;
+mod record_cache;
 mod scripts;
 mod sentinel;
+
+pub use record_cache::{VerifyCacheOptions, VerifyCacheStats};
 
 pub use sentinel::SentinelConnection;
 
@@ -15,6 +18,7 @@ use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, Un
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a standalone Redis is reached. No `Debug`: the URL may hold a password.
@@ -47,6 +51,11 @@ pub struct RedisStore<C = ConnectionManager> {
     audit_max_events: usize,
     /// Whether `connection` is a Redis Cluster connection.
     cluster: bool,
+    /// Verify's tracked record cache (`--verify-cache tracked`), if on.
+    record_cache: Option<Arc<record_cache::RecordCache>>,
+    /// How a tracking link reaches this store's Redis; None under Cluster.
+    link_opener: Option<record_cache::LinkOpener>,
+    response_timeout: Duration,
 }
 
 /// The audit arguments every audited script takes last: the stream, the
@@ -113,6 +122,21 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The events of a range of audit stream entries.
+fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<AuditEvent>> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let raw: String = entry.get("event").ok_or_else(|| {
+                StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
+            })?;
+            let mut event: AuditEvent = decode(&raw)?;
+            event.id = entry.id;
+            Ok(event)
+        })
+        .collect()
+}
+
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -162,6 +186,12 @@ impl RedisStore<ConnectionManager> {
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
+        store.response_timeout = options.response_timeout;
+        let link_client = client.clone();
+        store.link_opener = Some(Arc::new(move || {
+            let client = link_client.clone();
+            Box::pin(async move { Ok(client) })
+        }));
         if options.durability != Durability::None {
             store.writer = ConnectionManager::new_with_config(client, config)
                 .await
@@ -223,6 +253,12 @@ impl RedisStore<SentinelConnection> {
         let mut store =
             Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
+        store.response_timeout = options.response_timeout;
+        let following = connection.clone();
+        store.link_opener = Some(Arc::new(move || {
+            let following = following.clone();
+            Box::pin(async move { following.primary_client().await })
+        }));
         if options.durability != Durability::None {
             store.writer = connection.sibling().await.map_err(unavailable)?;
             store.durability = options.durability;
@@ -270,7 +306,93 @@ where
             keyspace,
             audit_max_events: super::DEFAULT_AUDIT_MAX_EVENTS,
             cluster: false,
+            record_cache: None,
+            link_opener: None,
+            response_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Turns on Verify's tracked record cache (see `record_cache.rs`). Stays
+    /// off, with a warning, where Redis cannot track reads (before 6.0) or
+    /// where keyrack cannot yet fence each shard (Cluster).
+    pub async fn enable_verify_cache(&mut self, options: VerifyCacheOptions) -> StoreResult<()> {
+        let Some(opener) = self.link_opener.clone() else {
+            tracing::warn!(
+                "--verify-cache tracked is not available with Redis Cluster yet; Verify reads Redis on every call (off)"
+            );
+            return Ok(());
+        };
+        if !self.supports_tracking().await? {
+            tracing::warn!(
+                "this Redis is older than 6.0 and cannot track reads; --verify-cache falls back to off"
+            );
+            return Ok(());
+        }
+        let cache = record_cache::RecordCache::start(options, self.response_timeout, opener)
+            .await
+            .map_err(unavailable)?;
+        self.record_cache = Some(cache);
+        Ok(())
+    }
+
+    /// What the record cache has done; None while it is off.
+    pub fn verify_cache_stats(&self) -> Option<VerifyCacheStats> {
+        self.record_cache.as_ref().map(|cache| cache.stats())
+    }
+
+    /// Whether the server is Redis 6.0 or later (CLIENT TRACKING, RESP3).
+    async fn supports_tracking(&self) -> StoreResult<bool> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let major = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .and_then(|version| version.split('.').next())
+            .and_then(|major| major.trim().parse::<u32>().ok());
+        Ok(major.is_some_and(|major| major >= 6))
+    }
+
+    /// This replica changed `identity`'s records: its cached entries go now,
+    /// whatever the write's outcome, rather than when the push arrives. A
+    /// Verify hit needs the identity's record, so dropping that one entry
+    /// sends every key of the identity back to Redis.
+    fn forget_cached(&self, identity: &IdentityId) {
+        if let Some(cache) = &self.record_cache {
+            cache.forget(&[self.keyspace.identity(identity)]);
+        }
+    }
+
+    /// Verify's read through the tracking link, cached when Redis returned
+    /// both records and nothing changed meanwhile; None when no link is up.
+    async fn tracked_key_with_identity(
+        &self,
+        cache: &record_cache::RecordCache,
+        id: &KeyId,
+    ) -> Option<StoreResult<Option<(ApiKey, Identity)>>> {
+        let [key_name, identity_name] = self.keyspace.verify_records(id);
+        if let Some(found) = cache.lookup(&key_name, &identity_name) {
+            return Some(Ok(Some(found)));
+        }
+        let (mut link, removals_before) = cache.begin_read()?;
+        let read: Result<(Option<String>, Option<String>), _> =
+            link.mget(&[&key_name, &identity_name]).await;
+        let (raw_key, raw_identity) = match read {
+            Ok(raw) => raw,
+            Err(error) => return Some(Err(unavailable(error))),
+        };
+        let (Some(raw_key), Some(raw_identity)) = (raw_key, raw_identity) else {
+            // An unknown key id is never cached as absent.
+            return Some(Ok(None));
+        };
+        Some((|| {
+            let key: ApiKey = decode(&raw_key)?;
+            let identity: Identity = decode(&raw_identity)?;
+            cache.insert(removals_before, key_name, &key, identity_name, &identity);
+            Ok(Some((key, identity)))
+        })())
     }
 
     /// The audit arguments for the change about to run, whose keys share
@@ -309,6 +431,27 @@ where
             tracing::error!(%error, "a change committed but its audit event could not be written");
         }
         journal::committed();
+    }
+
+    /// Up to `limit` audit events of an `XRANGE` or `XREVRANGE` from `start`
+    /// to `end`.
+    async fn audit_range(
+        &self,
+        command: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let entries: redis::streams::StreamRangeReply = redis::cmd(command)
+            .arg(self.keyspace.audit())
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        audit_events_of(entries.ids)
     }
 
     async fn append_encoded_audit(&self, event: &str) -> StoreResult<()> {
@@ -493,7 +636,7 @@ where
         let mut stored = identity.clone();
         stored.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
-        let reply: String = scripts::UPDATE_IDENTITY
+        let reply: Result<String, _> = scripts::UPDATE_IDENTITY
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
             .key(self.keyspace.key_names(&identity.id))
@@ -504,8 +647,9 @@ where
             .arg(identity.revision)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(&identity.id);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &identity.name, "identity")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await?;
@@ -514,7 +658,7 @@ where
 
     async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
         let audit = self.armed_audit(self.keyspace.identity(id))?;
-        let existed: i64 = scripts::DELETE_IDENTITY
+        let existed: Result<i64, _> = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
             .key(self.keyspace.key_index(id))
             .key(self.keyspace.key_names(id))
@@ -523,8 +667,9 @@ where
             .arg(self.keyspace.key_prefix(id))
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(id);
+        let existed = existed.map_err(unavailable)?;
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -827,7 +972,7 @@ where
         let mut stored = key.clone();
         stored.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::UPDATE_KEY
+        let reply: Result<String, _> = scripts::UPDATE_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
             .key(self.keyspace.key_names(identity))
@@ -837,8 +982,9 @@ where
             .arg(key.revision)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(identity);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &key.name, "key")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await?;
@@ -849,7 +995,7 @@ where
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
         let audit = self.armed_audit(self.keyspace.key_index(&identity))?;
-        let existed: i64 = scripts::DELETE_KEY
+        let existed: Result<i64, _> = scripts::DELETE_KEY
             .key(self.keyspace.key_index(&identity))
             .key(self.keyspace.key_names(&identity))
             .key(self.keyspace.key(id))
@@ -857,8 +1003,9 @@ where
             .arg(id.as_str())
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(&identity);
+        let existed = existed.map_err(unavailable)?;
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -872,7 +1019,7 @@ where
         let mut stored_old = old.clone();
         stored_old.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::ROLL_KEY
+        let reply: Result<String, _> = scripts::ROLL_KEY
             .key(self.keyspace.identity(identity))
             .key(self.keyspace.key_index(identity))
             .key(self.keyspace.key_names(identity))
@@ -884,8 +1031,9 @@ where
             .arg(encode(replacement)?)
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
+            .await;
+        self.forget_cached(identity);
+        let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &replacement.name, "key")?;
         self.commit_audit(audit).await;
         self.confirm_durable().await
@@ -893,6 +1041,11 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+        if let Some(cache) = &self.record_cache
+            && let Some(found) = self.tracked_key_with_identity(cache, id).await
+        {
+            return found;
+        }
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
             .mget(&self.keyspace.verify_records(id))
@@ -1070,6 +1223,38 @@ where
         Ok(deleted == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.claim_import", skip_all)]
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
+        let claimed: bool = self
+            .writer()
+            .set_nx(self.keyspace.import(digest), key.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.find_imported", skip_all)]
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>> {
+        // One GET per digest, sent at once (each is its own slot).
+        let found = self
+            .get_each(digests.iter().map(|digest| self.keyspace.import(digest)))
+            .await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .find_map(|id| KeyId::parse(&id).ok()))
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.release_import", skip_all)]
+    async fn release_import(&self, digest: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .writer()
+            .del(self.keyspace.import(digest))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.append_audit", skip_all)]
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         self.append_encoded_audit(&encode(event)?).await?;
@@ -1081,27 +1266,7 @@ where
     async fn list_audit(&self, before: Option<&str>, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         // Entries strictly older than `before` (exclusive ranges: Redis 6.2+).
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keyspace.audit())
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        entries
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let raw: String = entry.get("event").ok_or_else(|| {
-                    StoreError::Corrupt(format!("audit entry {} has no event", entry.id))
-                })?;
-                let mut event: AuditEvent = decode(&raw)?;
-                event.id = entry.id;
-                Ok(event)
-            })
-            .collect()
+        self.audit_range("XREVRANGE", &end, "-", limit).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.trim_audit", skip_all)]
@@ -1111,6 +1276,149 @@ where
             .arg(self.keyspace.audit())
             .arg("MINID")
             .arg(cutoff.0)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.read_audit_after", skip_all)]
+    async fn read_audit_after(&self, after: &str, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        self.audit_range("XRANGE", &format!("({after}"), "+", limit)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.audit_bounds", skip_all)]
+    async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>> {
+        let stream = self.keyspace.audit();
+        let (first, last): (
+            redis::streams::StreamRangeReply,
+            redis::streams::StreamRangeReply,
+        ) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(first
+            .ids
+            .into_iter()
+            .next()
+            .zip(last.ids.into_iter().next())
+            .map(|(first, last)| (first.id, last.id)))
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.take_deliveries", skip_all)]
+    async fn take_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let stream = self.keyspace.audit();
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(limit)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .to_owned();
+        let reply: Option<redis::streams::StreamReadReply> =
+            match read.query_async(&mut self.connection()).await {
+                Ok(reply) => reply,
+                // The group is made on first use, and again after a Redis
+                // that lost its data; it starts with the events to come.
+                Err(error) if error.code() == Some("NOGROUP") => {
+                    let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(group)
+                        .arg("$")
+                        .arg("MKSTREAM")
+                        .query_async(&mut self.connection())
+                        .await;
+                    match created {
+                        Err(error) if error.code() != Some("BUSYGROUP") => {
+                            return Err(unavailable(error));
+                        }
+                        _ => read
+                            .query_async(&mut self.connection())
+                            .await
+                            .map_err(unavailable)?,
+                    }
+                }
+                Err(error) => return Err(unavailable(error)),
+            };
+        let entries = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .collect();
+        audit_events_of(entries)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.claim_deliveries", skip_all)]
+    async fn claim_deliveries(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> =
+            redis::cmd("XAUTOCLAIM")
+                .arg(self.keyspace.audit())
+                .arg(group)
+                .arg(consumer)
+                .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut self.connection())
+                .await;
+        match reply {
+            Ok(reply) => audit_events_of(reply.claimed),
+            // No group yet: nothing was ever taken, so nothing is pending.
+            Err(error) if error.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn touch_deliveries(&self, group: &str, consumer: &str, ids: &[&str]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.keyspace.audit())
+            .arg(group)
+            .arg(id)
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;

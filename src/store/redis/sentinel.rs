@@ -96,6 +96,17 @@ impl SentinelConnection {
         })
     }
 
+    /// A client for the primary the sentinels name now (Verify's tracking
+    /// link opens its own connection with it).
+    /// This connection and its siblings switch to it too, before their next
+    /// command rather than by failing one: Verify's reads go through the
+    /// link, so the link may be the first to see a failover.
+    pub async fn primary_client(&self) -> RedisResult<redis::Client> {
+        let client = self.shared.sentinel.lock().await.async_get_client().await?;
+        self.switch_to(client.clone()).await;
+        Ok(client)
+    }
+
     /// This connection's manager, switched first to the primary a sibling
     /// has followed, if any.
     async fn connection(&self) -> ConnectionManager {
@@ -128,6 +139,12 @@ impl SentinelConnection {
                 }
             }
         };
+        self.switch_to(client).await;
+    }
+
+    /// Switches to the primary `client` reaches, when it is not the one this
+    /// connection uses.
+    async fn switch_to(&self, client: redis::Client) {
         let address = client.get_connection_info().addr().to_string();
         if read(&self.own).0 == address {
             return;

@@ -1,0 +1,497 @@
+//! Envoy's external authorization API (`envoy.service.auth.v3.Authorization`):
+//! Envoy sends each HTTP request's attributes, keyrack answers with Verify's
+//! decision as an HTTP outcome. Allowed requests continue upstream with the
+//! caller's identity in `x-keyrack-*` headers; refused ones get 401, 403 or
+//! 429 from Envoy without reaching the upstream.
+
+use super::telemetry::code_name;
+use super::verify::{count_outcome, record_verdict};
+use crate::domain::names::parse_name;
+use crate::domain::scope::parse_scopes;
+use crate::domain::token::bearer_credential;
+use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
+use crate::service::{Authority, CallContext, VerifyQuery};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
+    socket_address,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    authorization_server::Authorization, check_response::HttpResponse,
+};
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// The headers an allowed request carries upstream, always set by keyrack.
+pub const IDENTITY_ID_HEADER: &str = "x-keyrack-identity-id";
+/// The verified identity's name.
+pub const IDENTITY_NAME_HEADER: &str = "x-keyrack-identity-name";
+/// The verified identity's kind: `SERVICE` or `PERSON`.
+pub const IDENTITY_KIND_HEADER: &str = "x-keyrack-identity-kind";
+/// The key the request was made with.
+pub const KEY_ID_HEADER: &str = "x-keyrack-key-id";
+/// What every header keyrack owns starts with; a client may send none of them.
+const KEYRACK_HEADER_PREFIX: &str = "x-keyrack-";
+
+/// Route settings Envoy passes in `context_extensions`: a dataset the key
+/// must have access to,
+const DATASET_EXTENSION: &str = "keyrack-dataset";
+/// scopes it must hold (space-separated),
+const SCOPES_EXTENSION: &str = "keyrack-scopes";
+/// and `"true"` when the request's path is itself a scope it must hold.
+const SCOPE_FROM_PATH_EXTENSION: &str = "keyrack-scope-from-path";
+/// Every route setting this keyrack understands. Any other `keyrack-*`
+/// extension is a requirement it cannot enforce (a typo, or a setting of a
+/// newer keyrack), so the request is refused rather than the setting ignored.
+const KNOWN_EXTENSIONS: &[&str] = &[
+    DATASET_EXTENSION,
+    SCOPES_EXTENSION,
+    SCOPE_FROM_PATH_EXTENSION,
+];
+const EXTENSION_PREFIX: &str = "keyrack-";
+
+/// The default credential header, which carries `Bearer <token>`.
+pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
+
+/// How Check reads the credential and what it passes upstream.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzOptions {
+    /// The request header holding the token: `authorization` (as `Bearer
+    /// <token>`) or any other header, which then holds the raw token.
+    pub token_header: http::HeaderName,
+    /// Pass the credential header upstream rather than removing it.
+    pub keep_credential: bool,
+}
+
+impl Default for ExtAuthzOptions {
+    fn default() -> Self {
+        Self {
+            token_header: http::HeaderName::from_static(DEFAULT_TOKEN_HEADER),
+            keep_credential: false,
+        }
+    }
+}
+
+/// The Authorization service implementation.
+#[derive(Clone)]
+pub struct ExtAuthzApi {
+    authority: Arc<Authority>,
+    options: Arc<ExtAuthzOptions>,
+    /// Sent as `retry-after` with a 429: a throttled key takes no new
+    /// guesses for this long.
+    retry_after: Duration,
+}
+
+impl ExtAuthzApi {
+    /// Answers Check from `authority`.
+    pub fn new(authority: Arc<Authority>, options: ExtAuthzOptions) -> Self {
+        let retry_after = authority.throttle_window();
+        Self {
+            authority,
+            options: Arc::new(options),
+            retry_after,
+        }
+    }
+
+    /// The token of the configured credential header, if the request has one.
+    fn token<'a>(&self, http: &'a HttpRequest) -> Option<&'a str> {
+        let value = request_header(http, self.options.token_header.as_str())?;
+        let token = if self.options.token_header == http::header::AUTHORIZATION {
+            bearer_credential(value)?
+        } else {
+            value.trim()
+        };
+        (!token.is_empty()).then_some(token)
+    }
+
+    /// The headers to drop before the request goes upstream: the credential
+    /// (unless kept) and every `x-keyrack-*` header the client sent that
+    /// keyrack does not overwrite. Envoy removes after it sets, so the
+    /// identity headers must not be listed.
+    fn headers_to_remove(&self, http: &HttpRequest) -> Vec<String> {
+        let mut remove: Vec<String> = request_header_names(http)
+            .filter(|name| {
+                name.starts_with(KEYRACK_HEADER_PREFIX) && !IDENTITY_HEADERS.contains(name)
+            })
+            .map(str::to_owned)
+            .collect();
+        if !self.options.keep_credential {
+            remove.push(self.options.token_header.as_str().to_owned());
+        }
+        remove
+    }
+}
+
+const IDENTITY_HEADERS: [&str; 4] = [
+    IDENTITY_ID_HEADER,
+    IDENTITY_NAME_HEADER,
+    IDENTITY_KIND_HEADER,
+    KEY_ID_HEADER,
+];
+
+/// A request header's value. Envoy lowercases names; it sends either the
+/// `headers` map or, with `encode_raw_headers`, the `header_map` list.
+fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    if let Some(value) = http.headers.get(name) {
+        return Some(value);
+    }
+    http.header_map
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|header| header.key.eq_ignore_ascii_case(name))
+        .and_then(|header| {
+            if header.raw_value.is_empty() {
+                Some(header.value.as_str())
+            } else {
+                std::str::from_utf8(&header.raw_value).ok()
+            }
+        })
+}
+
+fn request_header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
+    let listed = http
+        .header_map
+        .iter()
+        .flat_map(|map| map.headers.iter().map(|header| header.key.as_str()));
+    http.headers.keys().map(String::as_str).chain(listed)
+}
+
+/// What a route requires of the key, from its `context_extensions`.
+struct RouteRequirements<'a> {
+    dataset: Option<&'a str>,
+    scopes: Vec<String>,
+}
+
+/// Reads the route's settings. A bad one is the operator's mistake: the
+/// error makes Envoy refuse the request (fail closed) and log it, rather
+/// than keyrack guessing what was meant.
+fn route_requirements<'a>(
+    extensions: &'a std::collections::HashMap<String, String>,
+    http: &HttpRequest,
+) -> Result<RouteRequirements<'a>, Status> {
+    let invalid = |name: &str, reason: &dyn std::fmt::Display| {
+        Status::invalid_argument(format!("context extension {name}: {reason}"))
+    };
+    if let Some(unknown) = extensions.keys().find(|name| {
+        name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
+    }) {
+        return Err(invalid(
+            unknown,
+            &format!(
+                "not a setting this keyrack enforces (known: {})",
+                KNOWN_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    let dataset = match extensions.get(DATASET_EXTENSION) {
+        None => None,
+        Some(name) => Some(
+            parse_name(name)
+                .map(|_| name.as_str())
+                .map_err(|reason| invalid(DATASET_EXTENSION, &reason))?,
+        ),
+    };
+    let listed: Vec<String> = extensions
+        .get(SCOPES_EXTENSION)
+        .map(|text| text.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut scopes = parse_scopes(SCOPES_EXTENSION, &listed).map_err(|errors| {
+        let reasons: Vec<String> = errors
+            .into_iter()
+            .map(|(field, why)| format!("{field}: {why}"))
+            .collect();
+        invalid(SCOPES_EXTENSION, &reasons.join("; "))
+    })?;
+    match extensions
+        .get(SCOPE_FROM_PATH_EXTENSION)
+        .map(String::as_str)
+    {
+        None | Some("false") => {}
+        // The path without its query string. It is the client's, so it is
+        // not checked as a scope's syntax: a path no grant covers is simply
+        // a scope the key does not hold.
+        Some("true") => {
+            let path = http
+                .path
+                .split_once('?')
+                .map_or(http.path.as_str(), |(path, _)| path);
+            scopes.push(path.to_owned());
+        }
+        Some(other) => {
+            return Err(invalid(
+                SCOPE_FROM_PATH_EXTENSION,
+                &format!("{other:?} is neither \"true\" nor \"false\""),
+            ));
+        }
+    }
+    Ok(RouteRequirements { dataset, scopes })
+}
+
+/// The downstream client's address as Envoy saw it.
+fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
+    peer_address(attributes).map(|peer| peer.ip())
+}
+
+/// The HTTP request's source address and port, as Envoy saw it.
+fn peer_address(attributes: &AttributeContext) -> Option<std::net::SocketAddr> {
+    match attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
+        address::Address::SocketAddress(socket) => {
+            let ip: IpAddr = socket.address.parse().ok()?;
+            let port = match socket.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(port)) => {
+                    u16::try_from(port).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            Some(std::net::SocketAddr::new(ip, port))
+        }
+        _ => None,
+    }
+}
+
+fn kind_name(kind: IdentityKind) -> &'static str {
+    match kind {
+        IdentityKind::Service => "SERVICE",
+        IdentityKind::Person => "PERSON",
+    }
+}
+
+/// A header Envoy sets, replacing any value the request already had.
+fn overwrite(key: &str, value: impl Into<String>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..Default::default()
+    }
+}
+
+fn string_value(text: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}
+
+/// Why a request is refused, as Envoy answers it.
+struct Refusal {
+    status: HttpStatusCode,
+    grpc_code: tonic::Code,
+    /// The JSON body's `code`: a Verify code name, `MISSING_CREDENTIAL` or
+    /// `THROTTLED`.
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn of_verdict(code: VerifyCode, dataset: Option<&str>) -> Self {
+        let (status, grpc_code, message) = match code {
+            VerifyCode::Valid => unreachable!("a valid verdict is not refused"),
+            VerifyCode::Malformed => (
+                HttpStatusCode::Unauthorized,
+                tonic::Code::Unauthenticated,
+                "the credential is not a keyrack token".to_owned(),
+            ),
+            VerifyCode::Unknown => (
+                HttpStatusCode::Unauthorized,
+                tonic::Code::Unauthenticated,
+                "the token is not valid".to_owned(),
+            ),
+            VerifyCode::Disabled => (
+                HttpStatusCode::Forbidden,
+                tonic::Code::PermissionDenied,
+                "the key or its identity is disabled".to_owned(),
+            ),
+            VerifyCode::IpNotAllowed => (
+                HttpStatusCode::Forbidden,
+                tonic::Code::PermissionDenied,
+                "the client address is not allowed for this key".to_owned(),
+            ),
+            VerifyCode::DatasetNotAllowed => (
+                HttpStatusCode::Forbidden,
+                tonic::Code::PermissionDenied,
+                format!(
+                    "the key has no access to dataset {}",
+                    dataset.unwrap_or_default()
+                ),
+            ),
+            VerifyCode::ScopeNotAllowed => (
+                HttpStatusCode::Forbidden,
+                tonic::Code::PermissionDenied,
+                "the key does not hold every scope this route requires".to_owned(),
+            ),
+        };
+        Self {
+            status,
+            grpc_code,
+            code: code.name(),
+            message,
+            retry_after: None,
+        }
+    }
+
+    fn into_response(self) -> CheckResponse {
+        let mut headers = vec![overwrite("content-type", "application/json")];
+        if self.status == HttpStatusCode::Unauthorized {
+            headers.push(overwrite("www-authenticate", r#"Bearer realm="keyrack""#));
+        }
+        if let Some(retry_after) = self.retry_after {
+            headers.push(overwrite(
+                "retry-after",
+                retry_after.as_secs().max(1).to_string(),
+            ));
+        }
+        let body = serde_json::json!({ "code": self.code, "message": self.message }).to_string();
+        CheckResponse {
+            status: Some(rpc::Status {
+                code: self.grpc_code as i32,
+                message: self.message,
+                details: Vec::new(),
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: self.status.into(),
+                }),
+                headers,
+                body,
+            })),
+            dynamic_metadata: None,
+        }
+    }
+}
+
+/// The OK answer: identity headers set, client copies and credential removed,
+/// the same values as dynamic metadata for Envoy's other filters and logs.
+fn allowed(verdict: &Verdict, headers_to_remove: Vec<String>) -> CheckResponse {
+    let Some((key, identity)) = &verdict.subject else {
+        unreachable!("a valid verdict names its key and identity")
+    };
+    let values = [
+        (IDENTITY_ID_HEADER, "identity_id", identity.id.as_str()),
+        (
+            IDENTITY_NAME_HEADER,
+            "identity_name",
+            identity.name.as_str(),
+        ),
+        (
+            IDENTITY_KIND_HEADER,
+            "identity_kind",
+            kind_name(identity.kind),
+        ),
+        (KEY_ID_HEADER, "key_id", key.id.as_str()),
+    ];
+    let headers = values
+        .iter()
+        .map(|(header, _, value)| overwrite(header, *value))
+        .collect();
+    let metadata = Struct {
+        fields: values
+            .iter()
+            .map(|(_, name, value)| ((*name).to_owned(), string_value(value)))
+            .collect(),
+    };
+    CheckResponse {
+        status: Some(rpc::Status::default()),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        // The request carries the credential: it is never formatted or logged.
+        let request = request.into_inner();
+        let Some(attributes) = request.attributes.as_ref() else {
+            return Err(Status::invalid_argument("attributes are required"));
+        };
+        let http = attributes
+            .request
+            .as_ref()
+            .and_then(|request| request.http.as_ref())
+            .ok_or_else(|| Status::invalid_argument("attributes.request.http is required"))?;
+        let route = route_requirements(&attributes.context_extensions, http)?;
+        let Some(token) = self.token(http) else {
+            let header = self.options.token_header.as_str();
+            let expected = if self.options.token_header == http::header::AUTHORIZATION {
+                "`authorization: Bearer <token>`".to_owned()
+            } else {
+                format!("the `{header}` header")
+            };
+            let refusal = Refusal {
+                status: HttpStatusCode::Unauthorized,
+                grpc_code: tonic::Code::Unauthenticated,
+                code: "MISSING_CREDENTIAL",
+                message: format!("no credential: send {expected}"),
+                retry_after: None,
+            };
+            return Ok(Response::new(refusal.into_response()));
+        };
+        // The peer of a Check is Envoy; the caller is the HTTP request's
+        // source, and its request and trace ids travel in its headers.
+        let context = CallContext {
+            peer: peer_address(attributes),
+            request_id: request_header(http, "x-request-id").map(str::to_owned),
+            traceparent: request_header(http, "traceparent").map(str::to_owned),
+        };
+        let query = VerifyQuery {
+            token,
+            dataset: route.dataset,
+            client_ip: client_ip(attributes),
+            required_scopes: &route.scopes,
+            context,
+        };
+        let verdict = match self.authority.verify(query).await {
+            Ok(verdict) => verdict,
+            Err(Error::ResourceExhausted(reason)) => {
+                count_outcome(code_name(tonic::Code::ResourceExhausted));
+                let refusal = Refusal {
+                    status: HttpStatusCode::TooManyRequests,
+                    grpc_code: tonic::Code::ResourceExhausted,
+                    code: "THROTTLED",
+                    message: reason,
+                    retry_after: Some(self.retry_after),
+                };
+                return Ok(Response::new(refusal.into_response()));
+            }
+            // A store outage is an error status, never a decision: Envoy
+            // with failure_mode_allow: false refuses the request.
+            Err(error) => {
+                let status = Status::from(error);
+                count_outcome(code_name(status.code()));
+                return Err(status);
+            }
+        };
+        record_verdict(&verdict);
+        let response = if verdict.is_valid() {
+            allowed(&verdict, self.headers_to_remove(http))
+        } else {
+            Refusal::of_verdict(verdict.code, route.dataset).into_response()
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,422 @@
+//! Verify's record cache: the key and identity records Verify reads, kept in
+//! memory while Redis tracks them for this replica (server-assisted
+//! client-side caching, `CLIENT TRACKING` in its default mode).
+//!
+//! One RESP3 connection, the *tracking link*, does three things in order:
+//! it carries every read whose reply may be cached (so Redis tracks exactly
+//! those keys for this connection), it receives Redis's `invalidate` pushes
+//! for them, and it carries the fence: a `PING` every quarter of the bound.
+//! Redis writes an invalidation into the link before it answers the write
+//! that caused it, and replies on one connection arrive in order, so a PING
+//! that Redis answered after a change proves the change's invalidation was
+//! read. redis-rs hands pushes to [`RecordCache::on_push`] synchronously from
+//! the link's reader, before the replies that follow them, so "read" means
+//! "applied to the cache".
+//!
+//! The bound: an entry is served only while the last completed fence was
+//! *sent* less than `max_staleness` ago. A change acknowledged at T is
+//! therefore gone from the cache for every Verify starting after
+//! T + `max_staleness`, even if the link stalls silently.
+//!
+//! Races between a read and an invalidation are settled by a counter of
+//! removals: a reply is cached only if nothing was removed (by a push, a
+//! local change or a link reset) between sending the read and inserting its
+//! reply. Removals bump the counter under the write half of a lock that
+//! inserts take for reading, so no removal can fall between the check and the
+//! insert.
+
+use crate::domain::{ApiKey, Identity, UnixMillis};
+use crate::metrics::metrics;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisResult, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// How Verify's record cache is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyCacheOptions {
+    /// Serve from the cache only while the last completed fence is younger
+    /// than this.
+    pub max_staleness: Duration,
+    /// Records kept at most (a key and its identity are two).
+    pub max_records: u64,
+}
+
+/// What one store's record cache has done, for tests and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyCacheStats {
+    /// Records held now.
+    pub entries: u64,
+    /// Verify reads answered from the cache.
+    pub hits: u64,
+    /// Times the tracking link was lost and the cache emptied.
+    pub link_resets: u64,
+}
+
+/// One cached record, as Redis returned it, decoded.
+#[derive(Clone)]
+enum CachedRecord {
+    Key(Arc<ApiKey>),
+    Identity(Arc<Identity>),
+}
+
+/// Opens connections to the Redis the cache tracks: the standalone server,
+/// or the primary Sentinel names now.
+pub(super) type LinkOpener = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, RedisResult<redis::Client>> + Send + Sync,
+>;
+
+/// The current tracking link, if one is up.
+struct Link {
+    /// Bumped on every reset, so a fence or a read of an older link never
+    /// counts for the current one.
+    generation: u64,
+    connection: Option<MultiplexedConnection>,
+}
+
+/// See the module documentation.
+pub(super) struct RecordCache {
+    records: quick_cache::sync::Cache<String, CachedRecord>,
+    /// Removals so far; see the module documentation for why inserts check it.
+    removals: RwLock<u64>,
+    link: Mutex<Link>,
+    /// When the last completed fence was sent, in nanoseconds since `epoch`
+    /// (0: no fence completed on the current link).
+    fenced_at: AtomicU64,
+    epoch: Instant,
+    max_staleness: Duration,
+    response_timeout: Duration,
+    link_lost: tokio::sync::Notify,
+    hits: AtomicU64,
+    link_resets: AtomicU64,
+}
+
+impl RecordCache {
+    /// Starts the tracking link (and keeps it up) and the fence. Returns once
+    /// the first link is up, or with its error.
+    pub(super) async fn start(
+        options: VerifyCacheOptions,
+        response_timeout: Duration,
+        opener: LinkOpener,
+    ) -> RedisResult<Arc<Self>> {
+        let cache = Arc::new(Self {
+            records: quick_cache::sync::Cache::new(options.max_records.max(2) as usize),
+            removals: RwLock::new(0),
+            link: Mutex::new(Link {
+                generation: 0,
+                connection: None,
+            }),
+            fenced_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            max_staleness: options.max_staleness,
+            response_timeout,
+            link_lost: tokio::sync::Notify::new(),
+            hits: AtomicU64::new(0),
+            link_resets: AtomicU64::new(0),
+        });
+        let first = cache.open_link(&opener).await?;
+        // A link lost this early is reopened by `keep_link_up` like any other.
+        cache.install(first);
+        tokio::spawn(keep_link_up(Arc::downgrade(&cache), opener));
+        tokio::spawn(fence(Arc::downgrade(&cache)));
+        Ok(cache)
+    }
+
+    /// Opens a RESP3 connection with tracking on, whose pushes this cache
+    /// applies. Returns the generation it is meant for and the connection.
+    async fn open_link(
+        self: &Arc<Self>,
+        opener: &LinkOpener,
+    ) -> RedisResult<(u64, MultiplexedConnection)> {
+        let client = opener().await?;
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        // The generation is taken now, so a disconnection while the link is
+        // still being set up resets it like any other (see `install`).
+        let generation = {
+            let mut link = self.lock_link();
+            link.generation += 1;
+            link.generation
+        };
+        let weak = Arc::downgrade(self);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.response_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_push_sender(move |push: PushInfo| -> Result<(), ()> {
+                if let Some(cache) = weak.upgrade() {
+                    cache.on_push(generation, push);
+                }
+                Ok(())
+            });
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // Default mode: Redis remembers the keys this connection reads and
+        // sends one invalidation per key when it next changes (not BCAST,
+        // which would push every change under the prefix to every replica).
+        let _: () = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async(&mut connection)
+            .await?;
+        Ok((generation, connection))
+    }
+
+    /// Makes a freshly opened link current, unless it was lost while being
+    /// set up (its generation is gone then). The cache was emptied when the
+    /// previous link was lost; nothing is served until the new link's first
+    /// fence.
+    fn install(&self, (generation, connection): (u64, MultiplexedConnection)) -> bool {
+        let mut link = self.lock_link();
+        if link.generation != generation {
+            return false;
+        }
+        link.connection = Some(connection);
+        true
+    }
+
+    fn lock_link(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The link to read through and the removal count before the read, or
+    /// None while no link is up.
+    pub(super) fn begin_read(&self) -> Option<(MultiplexedConnection, u64)> {
+        let connection = self.lock_link().connection.clone()?;
+        Some((connection, self.removal_count()))
+    }
+
+    fn removal_count(&self) -> u64 {
+        *self.removals.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether entries may be served now: a link is up and its last fence
+    /// completed within the bound.
+    fn fresh(&self) -> bool {
+        let fenced_at = self.fenced_at.load(Ordering::Acquire);
+        fenced_at != 0
+            && self.nanos_now().saturating_sub(fenced_at) < self.max_staleness.as_nanos() as u64
+    }
+
+    fn nanos_now(&self) -> u64 {
+        // Never 0, which means "no fence".
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// The key and identity cached under these Redis names, if both are and
+    /// the fence is fresh.
+    pub(super) fn lookup(&self, key_name: &str, identity_name: &str) -> Option<(ApiKey, Identity)> {
+        let found = self.fresh().then(|| {
+            match (self.records.get(key_name), self.records.get(identity_name)) {
+                // Redis deletes a record at its deadline (and then pushes an
+                // invalidation) only when its expiry cycle gets to it: the
+                // deadline is checked here on every hit, as the store
+                // contract promises.
+                (Some(CachedRecord::Key(key)), Some(CachedRecord::Identity(identity)))
+                    if key
+                        .record_deadline(identity.expire_time)
+                        .is_none_or(|deadline| deadline > UnixMillis::now()) =>
+                {
+                    Some((ApiKey::clone(&key), Identity::clone(&identity)))
+                }
+                _ => None,
+            }
+        });
+        match found.flatten() {
+            Some(records) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                metrics().record_cache_hits.inc();
+                Some(records)
+            }
+            None => {
+                metrics().record_cache_misses.inc();
+                None
+            }
+        }
+    }
+
+    /// Caches what a read through the link returned, unless anything was
+    /// removed since the read was sent (`removals_before`).
+    pub(super) fn insert(
+        &self,
+        removals_before: u64,
+        key_name: String,
+        key: &ApiKey,
+        identity_name: String,
+        identity: &Identity,
+    ) {
+        let removals = self.removals.read().unwrap_or_else(|p| p.into_inner());
+        if *removals != removals_before {
+            return;
+        }
+        self.records
+            .insert(key_name, CachedRecord::Key(Arc::new(key.clone())));
+        self.records.insert(
+            identity_name,
+            CachedRecord::Identity(Arc::new(identity.clone())),
+        );
+    }
+
+    /// Drops the records under these Redis names: this replica changed
+    /// them, and does not wait for the push.
+    pub(super) fn forget(&self, names: &[String]) {
+        let mut removals = self.removals.write().unwrap_or_else(|p| p.into_inner());
+        *removals += 1;
+        for name in names {
+            self.records.remove(name.as_str());
+        }
+    }
+
+    /// Applies a push from the link of `generation`.
+    fn on_push(&self, generation: u64, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => {
+                let mut removals = self.removals.write().unwrap_or_else(|p| p.into_inner());
+                *removals += 1;
+                match push.data.first() {
+                    Some(Value::Array(names)) => {
+                        for name in names {
+                            if let Value::BulkString(name) = name
+                                && let Ok(name) = std::str::from_utf8(name)
+                            {
+                                self.records.remove(name);
+                                metrics().record_cache_invalidations.inc();
+                            }
+                        }
+                    }
+                    // Redis sends a null instead of names after FLUSHALL and
+                    // FLUSHDB; anything else unexpected is treated the same.
+                    _ => {
+                        self.records.clear();
+                        metrics().record_cache_invalidations.inc();
+                    }
+                }
+            }
+            PushKind::Disconnection => self.reset(generation),
+            _ => {}
+        }
+    }
+
+    /// The link of `generation` is gone: whatever it tracked may change
+    /// unseen from now on, so the cache is emptied and nothing is served
+    /// until a new link completes a fence.
+    fn reset(&self, generation: u64) {
+        {
+            let mut link = self.lock_link();
+            if link.generation != generation {
+                return;
+            }
+            link.generation += 1;
+            link.connection = None;
+            let mut removals = self.removals.write().unwrap_or_else(|p| p.into_inner());
+            *removals += 1;
+            self.fenced_at.store(0, Ordering::Release);
+            self.records.clear();
+        }
+        self.link_resets.fetch_add(1, Ordering::Relaxed);
+        metrics().record_cache_link_resets.inc();
+        tracing::warn!("the Redis tracking link was lost; Verify's record cache is emptied");
+        self.link_lost.notify_one();
+    }
+
+    /// A fence sent at `sent_at` on the link of `generation` was answered.
+    fn fenced(&self, generation: u64, sent_at: u64) {
+        let link = self.lock_link();
+        if link.generation == generation {
+            self.fenced_at.fetch_max(sent_at, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn stats(&self) -> VerifyCacheStats {
+        VerifyCacheStats {
+            entries: self.records.len() as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            link_resets: self.link_resets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reopens the link whenever it is lost, for as long as the cache lives.
+async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
+    loop {
+        let Some(strong) = cache.upgrade() else {
+            return;
+        };
+        let up = strong.lock_link().connection.is_some();
+        if up {
+            // Holding only the notification, not the cache, while waiting.
+            let lost = async {
+                strong.link_lost.notified().await;
+            };
+            let wait = tokio::time::timeout(Duration::from_secs(1), lost);
+            let _ = wait.await;
+            drop(strong);
+            continue;
+        }
+        match strong.open_link(&opener).await {
+            Ok(opened) => {
+                if strong.install(opened) {
+                    tracing::info!("the Redis tracking link is up again");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the Redis tracking link yet; Verify reads uncached");
+                drop(strong);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Sends a PING on the link every quarter of the bound; each reply moves the
+/// fence to the moment its PING was sent. PINGs are not awaited one by one, so
+/// a stalled Redis stops the fence without stopping the ticks.
+async fn fence(cache: Weak<RecordCache>) {
+    let period = match cache.upgrade() {
+        Some(cache) => (cache.max_staleness / 4).max(Duration::from_millis(1)),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(cache) = cache.upgrade() else { return };
+        let fenced_at = cache.fenced_at.load(Ordering::Acquire);
+        let age = if fenced_at == 0 {
+            cache.max_staleness
+        } else {
+            Duration::from_nanos(cache.nanos_now().saturating_sub(fenced_at))
+        };
+        metrics().record_cache_fence_age.set(age.as_secs_f64());
+        // Reported with the fence rather than on every insert and removal,
+        // which would cost the hot path a length count each time.
+        metrics()
+            .record_cache_entries
+            .set(cache.records.len() as i64);
+        let (generation, connection) = {
+            let link = cache.lock_link();
+            (link.generation, link.connection.clone())
+        };
+        let Some(mut connection) = connection else {
+            continue;
+        };
+        let sent_at = cache.nanos_now();
+        let weak = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            let answered: RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
+            if answered.is_ok()
+                && let Some(cache) = weak.upgrade()
+            {
+                cache.fenced(generation, sent_at);
+            }
+        });
+    }
+}
