@@ -153,6 +153,8 @@ pub struct KeyFilter {
     pub origin: Option<Origin>,
     /// Only keys in (or out of) a grace period.
     pub in_grace: Option<bool>,
+    /// Only honeytokens, or only real keys.
+    pub honeytoken: Option<bool>,
     /// Only keys of this identity.
     pub identity_id: Option<IdentityId>,
     /// Only keys carrying every one of these labels (their own).
@@ -187,6 +189,9 @@ impl KeyFilter {
         self.state.is_none_or(|state| key.state == state)
             && self.origin.is_none_or(|origin| key.origin == Some(origin))
             && self.in_grace.is_none_or(|in_grace| key.in_grace() == in_grace)
+            && self
+                .honeytoken
+                .is_none_or(|honeytoken| key.honeytoken == honeytoken)
             && self
                 .identity_id
                 .as_ref()

@@ -241,6 +241,7 @@ pub fn parse_key_filter(text: &str) -> Result<KeyFilter, String> {
             ("state", _) => filter.state = Some(state_value(&value)?),
             ("scope", _) => filter.scope = Some(scope_value(&value)?),
             ("in_grace", _) => filter.in_grace = Some(bool_value("in_grace", &value)?),
+            ("honeytoken", _) => filter.honeytoken = Some(bool_value("honeytoken", &value)?),
             ("origin", _) => filter.origin = Some(origin_value(&value)?),
             ("identity_id", _) => {
                 filter.identity_id = Some(
@@ -249,7 +250,7 @@ pub fn parse_key_filter(text: &str) -> Result<KeyFilter, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "unknown field {other:?}; filter on state, origin, in_grace, identity_id, scope, labels.<key>, expire_time or last_use_time"
+                    "unknown field {other:?}; filter on state, origin, in_grace, honeytoken, identity_id, scope, labels.<key>, expire_time or last_use_time"
                 ));
             }
         }
@@ -315,6 +316,10 @@ mod tests {
         .unwrap();
         assert_eq!(keys.origin, Some(Origin::Roll));
         assert_eq!(keys.in_grace, Some(true));
+        assert_eq!(
+            parse_key_filter("honeytoken = true").unwrap().honeytoken,
+            Some(true)
+        );
         assert_eq!(keys.labels, [("team".to_string(), "pay ments".to_string())]);
         assert_eq!(keys.expire_after, Some(UnixMillis(1_798_761_600_000)));
         assert_eq!(keys.expire_before, Some(UnixMillis(1_830_297_600_000)));

@@ -160,6 +160,30 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
         assert_eq!(ids, listed, "the default order is by key id");
 
         assert_eq!(names(&server, "state = DISABLED", "").await, ["soon"]);
+        let decoy = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: team_id.clone(),
+                name: "decoy".into(),
+                honeytoken: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(decoy.key.as_ref().unwrap().honeytoken);
+        assert_eq!(names(&server, "honeytoken = true", "").await, ["decoy"]);
+        assert_eq!(names(&server, "honeytoken = false", "").await.len(), 6);
+        server
+            .admin()
+            .await
+            .revoke_key(authed(
+                &server.admin_token,
+                proto::RevokeKeyRequest {
+                    key_id: decoy.key.unwrap().id,
+                },
+            ))
+            .await
+            .unwrap();
         assert_eq!(names(&server, "in_grace = true", "").await, ["default"]);
         assert_eq!(
             names(&server, "origin = ROLL", "").await,
