@@ -336,6 +336,8 @@ async fn verify_code(
         token,
         dataset: None,
         client_ip: None,
+        required_scopes: &[],
+        context: Default::default(),
     };
     authority.verify(query).await.unwrap().code
 }
