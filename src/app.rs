@@ -168,6 +168,16 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         )
         .into());
     }
+    // Created before anything binds, so a path that is taken stops the start.
+    let admin_token_file = match &args.admin_token_file {
+        Some(path) => Some(create_private_file(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot create --admin-token-file {}: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -181,12 +191,9 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             .create_admin(DEV_ADMIN_NAME, "created by dev mode")
             .await
             .map_err(|e| RunError::Refused(format!("cannot create the dev admin: {e}")))?;
-        if let Some(path) = &args.admin_token_file {
-            write_private_file(path, minted.token.expose()).map_err(|e| {
-                ConfigError(format!(
-                    "cannot write --admin-token-file {}: {e}",
-                    path.display()
-                ))
+        if let Some(mut file) = admin_token_file {
+            writeln!(file, "{}", minted.token.expose()).map_err(|e| {
+                ConfigError(format!("cannot write --admin-token-file: {e}"))
             })?;
         }
         println!("dev admin token: {}", minted.token.expose());
@@ -439,17 +446,24 @@ fn protoset(args: ProtosetArgs) -> Result<(), RunError> {
 }
 
 /// Writes `content` to a file only its owner can read.
-fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
+/// Creates `path` for a secret: a new file (`O_CREAT | O_EXCL`, which also
+/// refuses a symbolic link, dangling or not), readable by its owner only. An
+/// existing file is refused rather than reused: another user could have
+/// created it, opened it, or linked it elsewhere.
+fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    // `mode` applies only when the file is created; tighten an existing one.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    writeln!(file, "{content}")
+        .open(path)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
+                error.kind(),
+                "it already exists (a file or link); it must be a new file, so remove it first",
+            ),
+            _ => error,
+        })
 }
 
 /// Registers for Ctrl-C and SIGTERM now; the future completes on either.

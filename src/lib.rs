@@ -20,6 +20,7 @@ pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http_listener;
 pub mod metrics;
 pub mod scim;
 pub mod server;

@@ -73,8 +73,8 @@ pub struct Metrics {
     pub argon2_running: Gauge,
     /// Verifications refused because every argon2 slot stayed busy.
     pub argon2_rejected: Counter,
-    /// Attempts refused by the per-key failure throttle or the rejected-token
-    /// cache.
+    /// Wrong answers held back: known-wrong tokens, and key ids past their
+    /// failure budget.
     pub verify_throttled: Counter,
     /// Redis commands that failed (connection lost, timeout, refused).
     pub redis_errors: Counter,
@@ -86,6 +86,9 @@ pub struct Metrics {
     pub health_serving: Gauge,
     /// Audit events appended.
     pub audit_events: Counter,
+    /// Keys whose hash was made under an older server secret: counted at
+    /// start, less each one re-hashed since.
+    pub keys_under_older_secret: Gauge,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
     /// Verify reads answered from the tracked record cache.
@@ -137,6 +140,7 @@ impl Metrics {
             redis_reconnects: Counter::default(),
             health_serving: Gauge::default(),
             audit_events: Counter::default(),
+            keys_under_older_secret: Gauge::default(),
             scim_requests: Family::default(),
             record_cache_hits: Counter::default(),
             record_cache_misses: Counter::default(),
@@ -204,7 +208,7 @@ impl Metrics {
         );
         metrics.registry.register(
             "verify_throttled",
-            "Attempts refused by the per-key failure throttle or the rejected-token cache",
+            "Wrong answers held back: known-wrong tokens, and key ids past their failure budget",
             metrics.verify_throttled.clone(),
         );
         metrics.registry.register(
@@ -241,6 +245,11 @@ impl Metrics {
             "audit_events",
             "Audit events appended",
             metrics.audit_events.clone(),
+        );
+        metrics.registry.register(
+            "keys_under_older_secret",
+            "Keys hashed under an older server secret (counted at start, less those re-hashed since)",
+            metrics.keys_under_older_secret.clone(),
         );
         metrics.registry.register(
             "scim_requests",
@@ -323,7 +332,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http_listener::serve(
+        listener,
+        router(),
+        crate::http_listener::HttpLimits::default(),
+        shutdown,
+    )
+    .await
 }

@@ -169,6 +169,13 @@ pub async fn serve(
         options.audit_max_age,
     ));
 
+    let counted = Arc::clone(&authority);
+    let count_keys_under_older_secret = tokio::spawn(async move {
+        if let Err(error) = counted.count_keys_under_older_secret().await {
+            tracing::warn!(%error, "could not count keys under an older server secret");
+        }
+    });
+
     let webhooks = options.webhooks.clone().map(|webhooks| {
         tokio::spawn(crate::service::webhooks::deliver(
             Arc::clone(authority.store()),
@@ -189,9 +196,8 @@ pub async fn serve(
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)
         .map_response(crate::grpc::limits::decode_errors_as_client_errors)
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            options.max_concurrent_requests.max(1),
+        .layer(crate::grpc::shedding::ConcurrencyLimitLayer::new(
+            options.max_concurrent_requests,
         ));
     let mut builder = Server::builder()
         .timeout(options.request_timeout)
@@ -263,6 +269,7 @@ pub async fn serve(
     };
     health_task.abort();
     flusher.abort();
+    count_keys_under_older_secret.abort();
     if let Some(webhooks) = webhooks {
         webhooks.abort();
     }

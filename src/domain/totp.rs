@@ -52,6 +52,19 @@ impl TotpRecord {
     }
 }
 
+/// The instant a lockout is checked at: the earlier of the caller's clock and
+/// the store's, so a replica whose clock runs ahead cannot end a lockout
+/// early. (The Redis scripts mirror this with `TIME`.)
+pub fn lockout_checked_at(caller: UnixMillis, store: UnixMillis) -> UnixMillis {
+    caller.min(store)
+}
+
+/// The instant a lockout starts from: the later of the caller's clock and the
+/// store's, so a replica whose clock runs behind cannot start a shorter one.
+pub fn lockout_starts_at(caller: UnixMillis, store: UnixMillis) -> UnixMillis {
+    caller.max(store)
+}
+
 impl std::fmt::Debug for TotpRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TotpRecord")

@@ -7,6 +7,7 @@ pub mod ext_authz;
 mod filter;
 pub mod limits;
 mod redact;
+pub mod shedding;
 pub mod reflection;
 mod status;
 pub mod telemetry;

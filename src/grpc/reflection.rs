@@ -11,7 +11,7 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// Who may use server reflection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,11 +66,7 @@ where
         let authority = Arc::clone(&self.authority);
         Box::pin(async move {
             let metadata = MetadataMap::from_headers(request.headers().clone());
-            let peer = request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-                .map(|addr| addr.ip());
+            let peer = peer_address(request.extensions());
             match authority
                 .authenticate_admin(bearer_token(&metadata), peer)
                 .await
@@ -80,4 +76,18 @@ where
             }
         })
     }
+}
+
+/// The caller's address, over plain TCP or TLS (where tonic files it under
+/// `TlsConnectInfo`), as `tonic::Request::remote_addr` finds it.
+fn peer_address(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+        .map(|address| address.ip())
 }

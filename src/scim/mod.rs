@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use filter::Filter;
-use listener::{Peer, TlsListener};
+use listener::TlsListener;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -121,18 +121,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = options.tls.clone();
-    let app = router(authority, options).into_make_service_with_connect_info::<Peer>();
+    let app = router(authority, options);
+    let limits = crate::http_listener::HttpLimits::default();
     match tls {
         Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = TlsListener::new(listener, config)?;
+            crate::http_listener::serve(listener, app, limits, shutdown).await
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => crate::http_listener::serve(listener, app, limits, shutdown).await,
     }
 }
 
@@ -147,12 +143,12 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .map(str::to_owned);
     let peer = request
         .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|info| info.0.0.ip());
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let address = request
         .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|info| info.0.0);
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     let request_id = audit::request_id(
         request
             .headers()
@@ -319,12 +315,30 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ScimError> {
         .map_err(|e| ScimError::bad_request("invalidSyntax", format!("the body is not JSON: {e}")))
 }
 
-/// The revision an `If-Match` header pins, if any.
-fn if_match(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(user::revision_of)
+/// The revision an `If-Match` header pins: none when it is absent or `*`.
+/// Anything else that names no single version keyrack issued (a list, a
+/// strong or foreign ETag, garbage) is a precondition that cannot hold: 412
+/// (RFC 7232 §3.1), never the same as no header, which would let the write
+/// through. (A list that names the current version among others is refused
+/// too: a client that sends one gets a 412 and can re-read.)
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ScimError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let unmatchable = || {
+        ScimError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "If-Match names no single version of this resource",
+        )
+    };
+    let value = value.to_str().map_err(|_| unmatchable())?.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    if value.contains(',') {
+        return Err(unmatchable());
+    }
+    user::revision_of(value).map(Some).ok_or_else(unmatchable)
 }
 
 fn person_id(id: &str) -> Result<IdentityId, ScimError> {
@@ -417,7 +431,7 @@ async fn replace_user(
             let profile = user::profile_from_body(&json_body(body)?)?;
             Ok(state
                 .authority
-                .update_person(&id, if_match(&headers), |_| Ok(profile.clone()))
+                .update_person(&id, if_match(&headers)?, |_| Ok(profile.clone()))
                 .await?)
         })
         .await?;
@@ -566,7 +580,7 @@ async fn patch_user(
             let operations = patch_operations(&json_body(body)?)?;
             Ok(state
                 .authority
-                .update_person(&id, if_match(&headers), |profile| {
+                .update_person(&id, if_match(&headers)?, |profile| {
                     apply_patch(&operations, profile)
                 })
                 .await?)
@@ -592,7 +606,7 @@ async fn delete_user(
         .audited(&state, "DeleteUser", Some(&id), async {
             Ok(state
                 .authority
-                .delete_person(&id, if_match(&headers))
+                .delete_person(&id, if_match(&headers)?)
                 .await?)
         })
         .await?;

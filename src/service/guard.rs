@@ -8,12 +8,15 @@
 //!   disabling and expiry are seen at once; a changed hash is a miss.
 //! - A rejected-token cache: digests argon2 refused. A key id is never
 //!   reused with another secret, so a wrong token stays wrong.
-//! - A per-key-id throttle on argon2 failures, so a flood of wrong secrets
-//!   for one key costs a bounded amount of CPU. Answers to known-wrong and
-//!   throttled tokens are held back briefly (a tarpit), so a flood with
-//!   bounded concurrency also sends few requests.
+//! - A per-key-id failure budget. Past it, wrong answers for that key id are
+//!   held back briefly (a tarpit), as are answers to known-wrong tokens, so a
+//!   flood with bounded concurrency sends few requests. It never refuses a
+//!   check: key ids are public, and a budget that refused would let anyone
+//!   lock a key's owner out by guessing wrong (the correct secret always
+//!   gets its argon2 check and its answer at once).
 //! - A semaphore sized to the cores around argon2, so a cold storm queues
-//!   briefly and is then refused rather than piling up without bound.
+//!   briefly and is then refused rather than piling up without bound. This,
+//!   not the budget, is what bounds argon2's CPU.
 
 use crate::domain::UnixMillis;
 use crate::domain::{Error, KeyId};
@@ -34,8 +37,8 @@ pub struct GuardOptions {
     pub verified_entries: u64,
     /// Most rejected tokens remembered.
     pub rejected_entries: u64,
-    /// argon2 failures per key id per window before further attempts for
-    /// that key id are refused until the window ends.
+    /// argon2 failures per key id per window before further wrong answers
+    /// for that key id are held back until the window ends.
     pub failures_per_window: u32,
     /// The throttle's window.
     pub failure_window: Duration,
@@ -143,20 +146,13 @@ impl VerifyGuard {
         self.rejected.contains_key(digest)
     }
 
-    /// Refuses another argon2 check for `key` while its failures in the
-    /// current window are at the limit.
-    pub fn check_throttle(&self, key: &KeyId) -> Result<(), Error> {
+    /// Whether `key`'s failures in the current window passed the budget.
+    fn over_failure_budget(&self, key: &KeyId) -> bool {
         let now = UnixMillis::now();
         let failures = self.failures.get(key).map_or(0, |window| {
             window.failures_at(now, self.options.failure_window)
         });
-        if failures >= self.options.failures_per_window {
-            crate::metrics::metrics().verify_throttled.inc();
-            return Err(Error::ResourceExhausted(format!(
-                "too many failed attempts for key {key}; retry later"
-            )));
-        }
-        Ok(())
+        failures > self.options.failures_per_window
     }
 
     /// Waits briefly for an argon2 slot; refuses when all stay busy.
@@ -180,13 +176,15 @@ impl VerifyGuard {
         }
     }
 
-    /// Holds back an answer to a known-wrong or throttled token.
-    pub async fn slow_down(&self) {
-        tokio::time::sleep(self.options.refusal_delay).await;
+    /// Holds back an answer to a known-wrong token.
+    pub async fn hold_back(&self) {
+        crate::metrics::metrics().verify_throttled.inc();
+        super::tarpit::hold_back(self.options.refusal_delay).await;
     }
 
-    /// Remembers argon2's decision.
-    pub fn remember(&self, key: &KeyId, digest: TokenDigest, phc: &str, matched: bool) {
+    /// Remembers argon2's decision, and holds a wrong answer back once its
+    /// key id is past its failure budget.
+    pub async fn remember(&self, key: &KeyId, digest: TokenDigest, phc: &str, matched: bool) {
         if matched {
             self.verified.insert(digest, Self::fingerprint(phc));
         } else {
@@ -200,6 +198,9 @@ impl VerifyGuard {
                 }
             };
             window.record(UnixMillis::now(), self.options.failure_window);
+            if self.over_failure_budget(key) {
+                self.hold_back().await;
+            }
         }
     }
 

@@ -197,6 +197,17 @@ impl SecretHasher {
         Ok(phc.to_string())
     }
 
+    /// Whether the PHC string was made under the current server secret; a
+    /// string that cannot be read counts as current (there is nothing a
+    /// re-hash could fix).
+    pub fn is_current(&self, phc: &str) -> bool {
+        PasswordHash::new(phc)
+            .ok()
+            .and_then(|hash| Params::try_from(&hash).ok())
+            .and_then(|params| <[u8; 4]>::try_from(params.keyid()).ok())
+            .is_none_or(|version| u32::from_be_bytes(version) == self.current_version)
+    }
+
     /// Whether `secret` matches the PHC string. A hash that is not argon2id,
     /// asks for more than the policy allows, or names an unknown server secret
     /// never matches (and is logged: it means tampering or misconfiguration).
@@ -314,11 +325,14 @@ mod tests {
         let rotated =
             SecretHasher::new(secret(2, 9), vec![secret(1, 7)], HashPolicy::default()).unwrap();
         assert!(rotated.verify("s3cret", &phc));
+        assert!(!rotated.is_current(&phc));
+        assert!(old.is_current(&phc));
         let new_phc = rotated.hash(&SecretString::new("s3cret".into())).unwrap();
         assert!(
             !old.verify("s3cret", &new_phc),
             "version 2 is unknown to the old hasher"
         );
+        assert!(rotated.is_current(&new_phc));
     }
 
     #[test]

@@ -287,6 +287,17 @@ impl Authority {
             OldKeyEnd::After(period) => Some(now.plus(period)),
             OldKeyEnd::At(time) => {
                 require_future("old_key_expire_time", Some(time), now)?;
+                // The same bound as a grace period: a deadline is a grace
+                // period written as a time.
+                if time > now.plus(MAX_GRACE_PERIOD) {
+                    return Err(Error::invalid(
+                        "old_key_expire_time",
+                        format!(
+                            "must be at most {} days from now",
+                            MAX_GRACE_PERIOD.as_secs() / 86_400
+                        ),
+                    ));
+                }
                 Some(time)
             }
         };

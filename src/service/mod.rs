@@ -12,7 +12,9 @@ mod identities;
 mod keys;
 mod last_use;
 mod people;
+mod rotation;
 pub mod sealing;
+pub mod tarpit;
 mod totp;
 mod verify;
 pub mod webhooks;
@@ -170,6 +172,10 @@ pub struct Authority {
     guard: VerifyGuard,
     hash_pool: HashPool,
     last_use: LastUseTracker,
+    /// A hash of a random secret under the current server secret: what a
+    /// token naming an absent key id is checked against, so that it costs
+    /// what a wrong secret for a live key costs.
+    decoy_hash: String,
     events: events::EventFeed,
     options: AuthorityOptions,
 }
@@ -183,8 +189,16 @@ impl Authority {
         sealer: SeedSealer,
         options: AuthorityOptions,
     ) -> Self {
+        let decoy_key = KeyId::generate(&IdentityId::generate());
+        let decoy_secret = token::mint(&options.token_prefix, &decoy_key).secret;
+        // `SecretHasher::new` checked the parameters; hashing fails only if
+        // argon2 itself is broken, and nothing could be verified then.
+        let decoy_hash = hasher
+            .hash(&decoy_secret)
+            .expect("argon2 hashes with the parameters it accepted");
         Self {
             store,
+            decoy_hash,
             hasher: Arc::new(hasher),
             sealer,
             guard: VerifyGuard::new(options.guard.clone()),

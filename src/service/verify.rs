@@ -70,29 +70,27 @@ impl Authority {
                 None => return Ok(Verdict::refused(VerifyCode::Malformed)),
             },
         };
-        // What the guard already knows decides whether the store is worth a
-        // round trip: a token argon2 refused stays wrong (a key id never gets
-        // another secret), and a key under a failure throttle takes no new
-        // guesses, so floods cost neither Redis nor argon2.
+        // A token argon2 refused stays wrong (a key id never gets another
+        // secret): its answer costs neither Redis nor argon2.
         let digest = self.guard.digest(query.token);
         let previously_matched = self.guard.verified_fingerprint(&digest);
-        if previously_matched.is_none() {
-            if self.guard.was_rejected(&digest) {
-                metrics().verify_throttled.inc();
-                self.guard.slow_down().await;
-                return Ok(Verdict::refused(VerifyCode::Unknown));
-            }
-            if let Err(throttled) = self.guard.check_throttle(&key_id) {
-                self.guard.slow_down().await;
-                return Err(throttled);
-            }
+        if previously_matched.is_none() && self.guard.was_rejected(&digest) {
+            self.guard.hold_back().await;
+            return Ok(Verdict::refused(VerifyCode::Unknown));
         }
-        let Some((key, identity)) = self.store.key_with_identity(&key_id).await? else {
+        let record = self
+            .store
+            .key_with_identity(&key_id)
+            .await?
+            .filter(|(key, identity)| self.is_current(key, identity));
+        let Some((key, identity)) = record else {
+            // A key id that does not exist gets the work and the answers a
+            // wrong secret for a live one gets, so neither tells whether it
+            // exists.
+            self.check_with_argon2(digest, secret, &key_id, &self.decoy_hash)
+                .await?;
             return Ok(Verdict::refused(VerifyCode::Unknown));
         };
-        if !self.is_current(&key, &identity) {
-            return Ok(Verdict::refused(VerifyCode::Unknown));
-        }
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
         let matched = match previously_matched {
@@ -102,7 +100,13 @@ impl Authority {
             }
             _ => {
                 metrics().verify_cache_misses.inc();
-                self.check_with_argon2(digest, secret, &key).await?
+                let matched = self
+                    .check_with_argon2(digest, secret, &key.id, &key.secret_hash)
+                    .await?;
+                if matched {
+                    self.rehash_if_outdated(&key, secret, digest).await;
+                }
+                matched
             }
         };
         if !matched {
@@ -169,21 +173,20 @@ impl Authority {
         });
     }
 
-    /// Runs argon2 (throttled per key, bounded in concurrency) and lets the
-    /// guard remember the answer. A honeytoken is remembered like any match
-    /// (its later uses skip argon2, as a revoked key's do); the answer is
-    /// still decided from its record on every call, so it is never VALID.
+    /// Runs argon2 against `phc` (bounded in concurrency) and lets the guard
+    /// remember the answer.
     async fn check_with_argon2(
         &self,
         digest: TokenDigest,
         secret: &str,
-        key: &ApiKey,
+        key_id: &KeyId,
+        phc: &str,
     ) -> Result<bool, Error> {
-        self.guard.check_throttle(&key.id)?;
-        let _slot = self.guard.hash_slot().await?;
-        let matched = self.secret_matches(secret, &key.secret_hash).await?;
-        self.guard
-            .remember(&key.id, digest, &key.secret_hash, matched);
+        let matched = {
+            let _slot = self.guard.hash_slot().await?;
+            self.secret_matches(secret, phc).await?
+        };
+        self.guard.remember(key_id, digest, phc, matched).await;
         Ok(matched)
     }
 

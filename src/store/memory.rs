@@ -3,7 +3,7 @@
 
 use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
-use crate::domain::totp::{StepOutcome, TotpRecord};
+use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -514,6 +514,7 @@ impl Store for MemoryStore {
                 if !confirm && !record.confirmed {
                     return Ok(StepOutcome::NotEnrolled);
                 }
+                let now = totp::lockout_checked_at(now, UnixMillis::now());
                 if let Some(until) = record.locked_until.filter(|until| *until > now) {
                     return Ok(StepOutcome::Locked(until));
                 }
@@ -544,7 +545,8 @@ impl Store for MemoryStore {
             record.failures += 1;
             if record.failures >= max_failures {
                 record.failures = 0;
-                record.locked_until = Some(now.plus(lockout));
+                let start = totp::lockout_starts_at(now, UnixMillis::now());
+                record.locked_until = Some(start.plus(lockout));
                 return Ok(record.locked_until);
             }
             Ok(None)

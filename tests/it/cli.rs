@@ -182,6 +182,35 @@ fn dev_mode_prints_and_writes_the_admin_token() {
     );
 }
 
+/// The admin token file is created fresh: an existing file, or a link to
+/// one, is refused before anything binds and left as it was.
+#[test]
+fn admin_token_file_must_be_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("existing");
+    std::fs::write(&existing, "someone else's\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&existing, &link).unwrap();
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    for path in [&existing, &link, &dangling] {
+        let output = keyrack()
+            .args(["--listen", &listen, "--admin-token-file"])
+            .arg(path)
+            .env_remove("KEYRACK_REDIS_URL")
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{path:?} was reused");
+        assert!(stderr.contains("must be a new file"), "{path:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "no token printed: {path:?}");
+        std::net::TcpListener::bind(&listen).expect("port still free");
+    }
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "someone else's\n");
+    assert!(!dir.path().join("nowhere").exists());
+}
+
 #[test]
 fn bad_configuration_exits_with_one_line_before_binding() {
     let dir = tempfile::tempdir().unwrap();

@@ -775,10 +775,13 @@ async fn check_carries_the_identity_in_dynamic_metadata_and_honours_the_client_a
     server.stop().await;
 }
 
+/// Wrong guesses never refuse a key (they are only held back), so a 429
+/// comes from capacity: every argon2 slot busy past the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_answers_429_with_retry_after_for_a_throttled_key() {
+async fn check_answers_429_with_retry_after_when_argon2_is_saturated() {
     let mut authority_options = AuthorityOptions::default();
-    authority_options.guard.failures_per_window = 2;
+    authority_options.guard.hash_slots = 1;
+    authority_options.guard.hash_slot_wait = Duration::ZERO;
     authority_options.guard.failure_window = Duration::from_secs(30);
     authority_options.guard.refusal_delay = Duration::ZERO;
     let server = TestServer::start_with(
@@ -790,20 +793,23 @@ async fn check_answers_429_with_retry_after_for_a_throttled_key() {
     let created = server.create_service("target").await;
     let key_id = keyrack::domain::KeyId::parse(&created.key.unwrap().id).unwrap();
     let mut throttled = None;
-    for _ in 0..6 {
-        let guess = keyrack::domain::token::mint(&Default::default(), &key_id);
-        let answer = check(
-            &server,
-            check_request(&[("authorization", &bearer(guess.token.expose()))], &[]),
-        )
-        .await
-        .unwrap();
-        if denied_status(&answer).1 == 429 {
-            throttled = Some(answer);
+    for _ in 0..20 {
+        // Fresh guesses at once: each needs argon2, and there is one slot.
+        let answers = futures_util::future::join_all((0..16).map(|_| {
+            let guess = keyrack::domain::token::mint(&Default::default(), &key_id);
+            let request = check_request(&[("authorization", &bearer(guess.token.expose()))], &[]);
+            check(&server, request)
+        }))
+        .await;
+        throttled = answers
+            .into_iter()
+            .map(Result::unwrap)
+            .find(|answer| denied_status(answer).1 == 429);
+        if throttled.is_some() {
             break;
         }
     }
-    let throttled = throttled.expect("wrong guesses are throttled");
+    let throttled = throttled.expect("a saturated argon2 pool answers 429");
     let Some(HttpResponse::DeniedResponse(denied)) = throttled.http_response else {
         unreachable!()
     };

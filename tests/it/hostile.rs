@@ -1324,6 +1324,17 @@ fn battery(f: &Fixture) -> Vec<Row> {
             Invalid(&["old_key_expire_time"]),
         ),
         row(
+            // The grace-period cap, written as a time, caps this too.
+            "old_key_expire_time 800 days out",
+            RollKey(roll(Some(OldKeyEnd::OldKeyExpireTime(
+                prost_types::Timestamp {
+                    seconds: keyrack::domain::UnixMillis::now().0 / 1000 + 800 * 86_400,
+                    nanos: 0,
+                },
+            )))),
+            Invalid(&["old_key_expire_time"]),
+        ),
+        row(
             "old_key_expire_time after year 9999",
             RollKey(roll(Some(OldKeyEnd::OldKeyExpireTime(
                 prost_types::Timestamp {
@@ -1842,7 +1853,10 @@ fn battery(f: &Fixture) -> Vec<Row> {
             Json(
                 "keyrack.v1.AdminService/RollKey",
                 format!(
-                    r#"{{"keyId": "{key}", "gracePeriod": "60s", "oldKeyExpireTime": "2030-01-01T00:00:00Z"}}"#
+                    r#"{{"keyId": "{key}", "gracePeriod": "60s", "oldKeyExpireTime": "{}"}}"#,
+                    humantime::format_rfc3339_seconds(
+                        std::time::SystemTime::now() + Duration::from_secs(100 * 86_400)
+                    )
                 ),
             ),
             // grpcurl 1.8 sends it (one member wins); either is valid, so the

@@ -1,6 +1,7 @@
 //! keyrack's integration tests: one binary, real servers on port 0, real
 //! redis-servers the tests start themselves.
 
+mod adversary;
 mod api;
 mod audit;
 mod cli;

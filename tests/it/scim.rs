@@ -16,14 +16,14 @@ const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
 /// What one SCIM call answered.
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: Value,
 }
 
 /// Calls the SCIM API of `server` as `token` (none when empty).
-async fn call_as(
+pub(crate) async fn call_as(
     server: &TestServer,
     token: &str,
     method: Method,

@@ -670,22 +670,25 @@ async fn totp_codes_are_accepted_once_and_failures_lock_out(store: &dyn Store) {
         Err(StoreError::Conflict)
     ));
 
-    let lockout = Duration::from_secs(60);
+    // The failures come from a replica whose clock runs an hour behind: the
+    // lockout still starts from the store's clock.
+    let lockout = Duration::from_secs(1);
+    let behind = UnixMillis(now.0 - 3_600_000);
     for _ in 0..4 {
         assert_eq!(
             store
-                .record_totp_failure(&admin.id, now, 5, lockout)
+                .record_totp_failure(&admin.id, behind, 5, lockout)
                 .await
                 .unwrap(),
             None
         );
     }
     let until = store
-        .record_totp_failure(&admin.id, now, 5, lockout)
+        .record_totp_failure(&admin.id, behind, 5, lockout)
         .await
         .unwrap()
         .expect("fifth failure locks");
-    assert_eq!(until, now.plus(lockout));
+    assert!(until >= now.plus(lockout), "{until:?} starts from the store's clock");
     assert_eq!(
         store
             .accept_totp_step(&admin.id, 12, false, now)
@@ -693,11 +696,23 @@ async fn totp_codes_are_accepted_once_and_failures_lock_out(store: &dyn Store) {
             .unwrap(),
         StepOutcome::Locked(until)
     );
-    // After the lockout the right code works again, and resets the count.
-    let later = UnixMillis(until.0 + 1);
+    // A replica whose clock runs a day ahead cannot end the lockout early.
+    let ahead = UnixMillis(now.0 + 86_400_000);
     assert_eq!(
         store
-            .accept_totp_step(&admin.id, 12, false, later)
+            .accept_totp_step(&admin.id, 12, false, ahead)
+            .await
+            .unwrap(),
+        StepOutcome::Locked(until)
+    );
+    // After the lockout the right code works again, and resets the count.
+    crate::support::eventually("the lockout ends", Duration::from_secs(10), || async {
+        UnixMillis::now() > until
+    })
+    .await;
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 12, false, UnixMillis::now())
             .await
             .unwrap(),
         StepOutcome::Accepted

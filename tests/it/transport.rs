@@ -284,3 +284,48 @@ async fn a_stalled_store_cannot_hang_a_call() {
     );
     server.stop().await;
 }
+
+/// Reflection over TLS sees the caller's address, so an admin whose identity
+/// is limited to an address range may use it from inside that range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_over_tls_admits_an_address_restricted_admin() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_response};
+    let (server, ca) = tls_server(None).await;
+    let admin_key = keyrack::domain::token::parse(&Default::default(), &server.admin_token)
+        .unwrap()
+        .key_id;
+    let mut admin = server
+        .store
+        .get_identity(&admin_key.identity_id())
+        .await
+        .unwrap()
+        .unwrap();
+    admin.allowed_cidrs = vec!["127.0.0.1/32".parse().unwrap()];
+    server.store.update_identity(&admin).await.unwrap();
+
+    let channel = tls_client(&server, &ca.pem(), None).await.unwrap();
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(authed(&server.admin_token, tokio_stream::once(list)))
+        .await
+        .expect("reflection admits the admin from its allowed range")
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(server_reflection_response::MessageResponse::ListServicesResponse(services)) =
+        answer.message_response
+    else {
+        panic!("not a service list: {answer:?}");
+    };
+    assert!(
+        services
+            .service
+            .iter()
+            .any(|service| service.name == "keyrack.v1.VerifyService")
+    );
+    server.stop().await;
+}

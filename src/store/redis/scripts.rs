@@ -270,16 +270,27 @@ return 'OK'
     )
 });
 
+/// Redis's own clock in ms, so that the TOTP lockout does not rest on one
+/// replica's clock alone (see `domain::totp::lockout_checked_at`).
+const REDIS_NOW_MS: &str = r#"
+local function redis_now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+"#;
+
 /// KEYS: totp. ARGV: step, confirm ('1' or '0'), now (ms). Replies OK,
-/// REPLAYED, NOTENROLLED or LOCKED:<until ms>.
+/// REPLAYED, NOTENROLLED or LOCKED:<until ms>. The lockout is checked at the
+/// earlier of `now` and Redis's clock.
 pub static ACCEPT_TOTP_STEP: LazyLock<Script> = LazyLock::new(|| {
-    audited(
-        r#"
+    audited(&format!(
+        r#"{REDIS_NOW_MS}
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'NOTENROLLED' end
 local totp = cjson.decode(raw)
 if ARGV[2] ~= '1' and not totp.confirmed then return 'NOTENROLLED' end
-if type(totp.locked_until) == 'number' and totp.locked_until > tonumber(ARGV[3]) then
+local now = math.min(tonumber(ARGV[3]), redis_now_ms())
+if type(totp.locked_until) == 'number' and totp.locked_until > now then
   return 'LOCKED:' .. string.format('%d', totp.locked_until)
 end
 if tonumber(ARGV[1]) <= totp.last_step then return 'REPLAYED' end
@@ -290,14 +301,15 @@ if ARGV[2] == '1' then totp.confirmed = true end
 redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
 return 'OK'
 "#,
-    )
+    ))
 });
 
 /// KEYS: totp. ARGV: now (ms), max failures, lockout (ms). Returns the
-/// lockout's end when this failure starts one, else 0.
+/// lockout's end when this failure starts one, else 0. A lockout starts at
+/// the later of `now` and Redis's clock.
 pub static RECORD_TOTP_FAILURE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{REDIS_NOW_MS}
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local totp = cjson.decode(raw)
@@ -305,13 +317,13 @@ totp.failures = totp.failures + 1
 local locked = 0
 if totp.failures >= tonumber(ARGV[2]) then
   totp.failures = 0
-  locked = tonumber(ARGV[1]) + tonumber(ARGV[3])
+  locked = math.max(tonumber(ARGV[1]), redis_now_ms()) + tonumber(ARGV[3])
   totp.locked_until = locked
 end
 redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
 return locked
 "#,
-    )
+    ))
 });
 
 /// KEYS: identity, last use, key record. ARGV: key id, when (ms). Records a
