@@ -11,6 +11,7 @@ pub mod key;
 pub mod names;
 pub mod scope;
 pub mod secret;
+pub mod session;
 pub mod time;
 pub mod token;
 pub mod totp;

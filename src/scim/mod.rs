@@ -6,7 +6,7 @@
 mod discovery;
 mod error;
 mod filter;
-mod listener;
+pub(crate) mod listener;
 mod user;
 
 pub use error::ScimError;

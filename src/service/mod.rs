@@ -12,6 +12,7 @@ mod keys;
 mod last_use;
 mod people;
 pub mod sealing;
+pub mod sessions;
 mod totp;
 mod verify;
 
