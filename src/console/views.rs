@@ -313,7 +313,7 @@ pub fn identity(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey]) -> Ma
                         @let key_id = key.id.as_str();
                         tr data-key=(key.name) {
                             td { (key.name) @if !key.description.is_empty() { br; small { (key.description) } } }
-                            td { code { (key_id) } br; small { "…" (key.token_hint) } }
+                            td { code { (key_id) } br; small { (key.token_hint) } }
                             td {
                                 (state_name(key.state))
                                 @if let Some(successor) = &key.rolled_to { br; small { "rolled to " (successor.as_str()) "; stops " (optional_time(key.grace_expire_time)) } }
