@@ -1,12 +1,13 @@
 """Drives keyrack's admin console in headless Chromium, as an admin would.
 
-Usage: browser.py CONSOLE_URL WORK_DIR, with the admin token in
+Usage: browser.py CONSOLE_URL WORK_DIR SCIM_URL, with the admin token in
 KEYRACK_ADMIN_TOKEN. Writes every token the console minted to
 WORK_DIR/minted (so the caller can check the server never logged one) and,
 when KEYRACK_CONSOLE_SCREENSHOTS names a directory, a PNG of each panel there.
 Prints "ok <step>" per step; any failed check exits non-zero.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 URL = sys.argv[1].rstrip("/")
 WORK = sys.argv[2]
+SCIM = sys.argv[3].rstrip("/")
 TOKEN = os.environ["KEYRACK_ADMIN_TOKEN"]
 SHOTS = os.environ.get("KEYRACK_CONSOLE_SCREENSHOTS")
 minted = []
@@ -64,6 +66,20 @@ def raw(path, cookie, data=None):
             return response.status, response.headers, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read().decode()
+
+
+def provision_person(user_name):
+    """Creates a PERSON identity the way an identity provider does: SCIM."""
+    body = json.dumps({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": user_name,
+        "active": True,
+    }).encode()
+    request = urllib.request.Request(SCIM + "/Users", data=body, method="POST")
+    request.add_header("Authorization", "Bearer " + TOKEN)
+    request.add_header("Content-Type", "application/scim+json")
+    with urllib.request.urlopen(request) as response:
+        check(response.status == 201, "SCIM did not create the person")
 
 
 def totp_code(seed, not_this=None):
@@ -197,8 +213,20 @@ def run(driver):
     driver.get(URL + "/identities?kind=service&state=active")
     check(driver.find_elements(By.CSS_SELECTOR, "tr[data-identity=billing_svc]"),
           "the filters dropped a matching service")
-    shoot(driver, "identities")
     step("identity filters")
+
+    # A person from SCIM: no Roll or Disable, and a tooltip says why.
+    provision_person("ada.lovelace")
+    driver.get(URL + "/identities")
+    row = driver.find_element(By.CSS_SELECTOR, "tr[data-identity='ada.lovelace']")
+    check(row.find_elements(By.CSS_SELECTOR, "svg[aria-label=person]"), "no person icon")
+    check(not row.find_elements(By.LINK_TEXT, "Roll"), "a person can be rolled")
+    check(not row.find_elements(By.CSS_SELECTOR, "form[action$='/disable']"), "a person can be disabled")
+    reasons = [span.get_attribute("title") for span in row.find_elements(By.CSS_SELECTOR, ".unavailable")]
+    check(len(reasons) == 2 and all("identity provider" in reason for reason in reasons),
+          "no tooltip on the missing actions: %r" % reasons)
+    shoot(driver, "identities")
+    step("people have no Roll or Disable")
 
     # Enroll TOTP with the QR code, confirm with oathtool's code.
     driver.get(URL + "/totp")

@@ -94,8 +94,8 @@ crate::on_both_stores!(sessions_follow_their_admin_on, sessions_follow_their_adm
 
 /// Every check of the brief, in a real browser: sign in, create an identity
 /// and copy its token once, roll with a TOTP code from oathtool, revoke and
-/// find the audit entry, the dataset wizard, sign out, cookie flags, CSRF
-/// and CSP. The script writes each panel's screenshot to
+/// find the audit entry, the dataset wizard, a SCIM person without Roll or
+/// Disable, sign out, cookie flags, CSRF and CSP. The script writes each panel's screenshot to
 /// `KEYRACK_CONSOLE_SCREENSHOTS` when set (how docs/console/ is made).
 #[test]
 fn the_console_works_in_headless_chromium() {
@@ -105,13 +105,20 @@ fn the_console_works_in_headless_chromium() {
     let python = require_program("python3");
     let dir = tempfile::tempdir().unwrap();
     let console = format!("127.0.0.1:{}", free_port());
-    let served = Served::start(dir.path(), &["--console-listen", &console], &[], true);
+    let scim = format!("127.0.0.1:{}", free_port());
+    let served = Served::start(
+        dir.path(),
+        &["--console-listen", &console, "--scim-listen", &scim],
+        &[],
+        true,
+    );
     let token = served.dev_admin_token();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/browser.py");
     let run = Command::new(python)
         .arg(script)
         .arg(format!("http://{console}"))
         .arg(dir.path())
+        .arg(format!("http://{scim}/scim/v2"))
         .env("KEYRACK_ADMIN_TOKEN", &token)
         .output()
         .expect("run the browser script");
@@ -128,6 +135,7 @@ fn the_console_works_in_headless_chromium() {
         "POST without CSRF token refused",
         "create identity, token copied once",
         "identity filters",
+        "people have no Roll or Disable",
         "TOTP enrolled",
         "roll with TOTP",
         "revoke, then the audit entry",
