@@ -15,7 +15,7 @@ mod panels;
 mod views;
 
 use crate::domain::{Error, SecretString};
-use crate::scim::listener::{Peer, TlsListener};
+use crate::scim::listener::{self, Peer};
 use crate::service::{Authority, Caller, audit, sessions};
 use axum::Router;
 use axum::body::Body;
@@ -138,16 +138,11 @@ pub fn router(authority: Arc<Authority>, options: ConsoleOptions) -> Router {
             require_session,
         ));
     Router::new()
-        .route(
-            "/sign-in",
-            get(panels::sign_in_page).post(panels::sign_in),
-        )
+        .route("/sign-in", get(panels::sign_in_page).post(panels::sign_in))
         .route("/static/console.css", get(stylesheet))
         .route("/static/copy.js", get(copy_script))
         .merge(signed_in)
-        .fallback(|| async {
-            Failure::status(StatusCode::NOT_FOUND, "There is no such page.")
-        })
+        .fallback(|| async { Failure::status(StatusCode::NOT_FOUND, "There is no such page.") })
         .layer(middleware::from_fn_with_state(state.clone(), harden))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(state)
@@ -162,23 +157,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = options.tls.clone();
-    let app = router(authority, options).into_make_service_with_connect_info::<Peer>();
-    match tls {
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
+    listener::serve(listener, router(authority, options), tls, shutdown).await
 }
 
 async fn stylesheet() -> Response {
-    asset("text/css; charset=utf-8", include_str!("assets/console.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    )
 }
 
 async fn copy_script() -> Response {
@@ -202,11 +188,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Bounds every request's duration and puts the security headers on every
 /// response; pages are never cached (some show a token once).
 async fn harden(State(state): Shared, request: Request, next: Next) -> Response {
-    let mut response = match tokio::time::timeout(state.options.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => Failure::status(StatusCode::SERVICE_UNAVAILABLE, "The request timed out.")
-            .into_response(),
-    };
+    let mut response =
+        match tokio::time::timeout(state.options.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => Failure::status(StatusCode::SERVICE_UNAVAILABLE, "The request timed out.")
+                .into_response(),
+        };
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -388,10 +375,6 @@ impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Refused");
         let page = views::failure(None, title, &self.message, &self.fields);
-        (
-            self.status,
-            axum::response::Html(page.into_string()),
-        )
-            .into_response()
+        (self.status, axum::response::Html(page.into_string())).into_response()
     }
 }

@@ -13,8 +13,8 @@ use crate::domain::{
 };
 use crate::scim::listener::Peer;
 use crate::service::{
-    Authority, IdentityChanges, MintedKey, NewDataset, NewIdentity, NewKey, OldKeyEnd,
-    PageRequest, RollRequest,
+    Authority, IdentityChanges, MintedKey, NewDataset, NewIdentity, NewKey, OldKeyEnd, PageRequest,
+    RollRequest,
 };
 use axum::Form;
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
@@ -48,7 +48,9 @@ fn check_names(violations: &mut Violations, field: &str, text: &str) -> Vec<Stri
     entries(text)
         .iter()
         .enumerate()
-        .filter_map(|(index, entry)| violations.check(&format!("{field}[{index}]"), parse_name(entry)))
+        .filter_map(|(index, entry)| {
+            violations.check(&format!("{field}[{index}]"), parse_name(entry))
+        })
         .collect()
 }
 
@@ -77,13 +79,20 @@ fn check_time(violations: &mut Violations, field: &str, text: &str) -> Option<Un
         return None;
     }
     // The input gives minutes, sometimes seconds; RFC 3339 wants seconds.
-    let full = if text.len() == 16 { format!("{text}:00") } else { text.to_owned() };
+    let full = if text.len() == 16 {
+        format!("{text}:00")
+    } else {
+        text.to_owned()
+    };
     let parsed = humantime::parse_rfc3339_weak(&full)
         .ok()
         .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|since| i64::try_from(since.as_millis()).ok());
     if parsed.is_none() {
-        violations.add(field, "is not a date and time such as 2030-01-31T12:00 (UTC)");
+        violations.add(
+            field,
+            "is not a date and time such as 2030-01-31T12:00 (UTC)",
+        );
     }
     parsed.map(UnixMillis)
 }
@@ -157,12 +166,18 @@ pub(super) async fn sign_in(
                 crate::service::audit::request_id(None),
             );
             let _ = authority
-                .audited(event, async { Ok::<_, Error>(()) }, |error| error.code_name().to_owned())
+                .audited(event, async { Ok::<_, Error>(()) }, |error| {
+                    error.code_name().to_owned()
+                })
                 .await;
             let mut response = Redirect::to("/identities").into_response();
             response.headers_mut().insert(
                 header::SET_COOKIE,
-                set_cookie(opened.cookie.expose(), options.session_ttl, options.tls.is_some()),
+                set_cookie(
+                    opened.cookie.expose(),
+                    options.session_ttl,
+                    options.tls.is_some(),
+                ),
             );
             response
         }
@@ -239,7 +254,9 @@ pub(super) async fn identities(
     };
     let page = state
         .authority
-        .list_identities(&page_request(query.page_token), |identity| filter.matches(identity))
+        .list_identities(&page_request(query.page_token), |identity| {
+            filter.matches(identity)
+        })
         .await?;
     let datasets = dataset_suggestions(&state.authority).await?;
     let filters = IdentityFilters {
@@ -256,8 +273,10 @@ pub(super) async fn identities(
     )))
 }
 
+/// The fields an identity or key form shares; `admin` is on the create
+/// identity form only.
 #[derive(Deserialize)]
-pub(super) struct IdentityForm {
+pub(super) struct RecordForm {
     name: String,
     #[serde(default)]
     description: String,
@@ -273,31 +292,61 @@ pub(super) struct IdentityForm {
     admin: Option<String>,
 }
 
+/// A [`RecordForm`] that passed every check.
+struct CheckedRecord {
+    name: String,
+    description: String,
+    datasets: Vec<String>,
+    allowed_cidrs: Vec<IpNet>,
+    scopes: Vec<String>,
+    expire_time: Option<UnixMillis>,
+}
+
+impl RecordForm {
+    /// Checks every field, reporting all bad ones at once.
+    fn checked(&self) -> Result<CheckedRecord, Error> {
+        let mut violations = Violations::new();
+        let name = violations.check("name", parse_name(&self.name));
+        let description = violations.check("description", parse_description(&self.description));
+        let datasets = check_names(&mut violations, "datasets", &self.datasets);
+        let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &self.allowed_cidrs);
+        let scopes = check_scopes(&mut violations, "scopes", &self.scopes);
+        let expire_time = check_time(&mut violations, "expire_time", &self.expire_time);
+        violations.finish()?;
+        Ok(CheckedRecord {
+            name: name.unwrap_or_default(),
+            description: description.unwrap_or_default(),
+            datasets,
+            allowed_cidrs,
+            scopes,
+            expire_time,
+        })
+    }
+}
+
 pub(super) async fn create_identity(
     State(state): Shared,
     Extension(admin): Extension<Admin>,
-    Form(form): Form<IdentityForm>,
+    Form(form): Form<RecordForm>,
 ) -> Reply {
-    let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&form.name));
-    let description = violations.check("description", parse_description(&form.description));
-    let datasets = check_names(&mut violations, "datasets", &form.datasets);
-    let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &form.allowed_cidrs);
-    let scopes = check_scopes(&mut violations, "scopes", &form.scopes);
-    let expire_time = check_time(&mut violations, "expire_time", &form.expire_time);
-    violations.finish()?;
+    let record = form.checked()?;
     let request = NewIdentity {
-        name: name.unwrap_or_default(),
-        description: description.unwrap_or_default(),
-        datasets,
-        allowed_cidrs,
-        scopes,
+        name: record.name,
+        description: record.description,
+        datasets: record.datasets,
+        allowed_cidrs: record.allowed_cidrs,
+        scopes: record.scopes,
         admin: form.admin.is_some(),
-        expire_time,
+        expire_time: record.expire_time,
     };
     let authority = &state.authority;
     let (_, minted) = admin
-        .change(authority, "CreateIdentity", None, authority.create_identity(request))
+        .change(
+            authority,
+            "CreateIdentity",
+            None,
+            authority.create_identity(request),
+        )
         .await?;
     show_minted(authority, &admin, "Identity created", &minted).await
 }
@@ -314,7 +363,10 @@ pub(super) async fn identity(
 }
 
 /// Every key of an identity (an identity has few).
-async fn all_keys(authority: &Authority, id: &IdentityId) -> Result<Vec<crate::domain::ApiKey>, Error> {
+async fn all_keys(
+    authority: &Authority,
+    id: &IdentityId,
+) -> Result<Vec<crate::domain::ApiKey>, Error> {
     let mut keys = Vec::new();
     let mut page = page_request(None);
     loop {
@@ -331,27 +383,20 @@ pub(super) async fn edit_identity(
     State(state): Shared,
     Extension(admin): Extension<Admin>,
     Path(id): Path<String>,
-    Form(form): Form<IdentityForm>,
+    Form(form): Form<RecordForm>,
 ) -> Reply {
     let id = identity_id(&id)?;
-    let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&form.name));
-    let description = violations.check("description", parse_description(&form.description));
-    let datasets = check_names(&mut violations, "datasets", &form.datasets);
-    let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &form.allowed_cidrs);
-    let scopes = check_scopes(&mut violations, "scopes", &form.scopes);
-    let expire_time = check_time(&mut violations, "expire_time", &form.expire_time);
-    violations.finish()?;
-    // The admin flag is not on the form: changing who is an admin stays
-    // with the Admin API.
+    let record = form.checked()?;
+    // The admin flag is not on the edit form: who is an admin changes
+    // through the Admin API only.
     let changes = IdentityChanges {
-        name,
-        description,
-        datasets: Some(datasets),
-        allowed_cidrs: Some(allowed_cidrs),
-        scopes: Some(scopes),
+        name: Some(record.name),
+        description: Some(record.description),
+        datasets: Some(record.datasets),
+        allowed_cidrs: Some(record.allowed_cidrs),
+        scopes: Some(record.scopes),
         admin: None,
-        expire_time: Some(expire_time),
+        expire_time: Some(record.expire_time),
     };
     let authority = &state.authority;
     admin
@@ -373,12 +418,22 @@ pub(super) async fn delete_identity(
     let id = identity_id(&id)?;
     let authority = &state.authority;
     admin
-        .change(authority, "DeleteIdentity", Some(id.as_str()), authority.delete_identity(&id))
+        .change(
+            authority,
+            "DeleteIdentity",
+            Some(id.as_str()),
+            authority.delete_identity(&id),
+        )
         .await?;
     Ok(Redirect::to("/identities").into_response())
 }
 
-async fn set_identity_state(state: &ConsoleState, admin: &Admin, id: &str, life: LifeState) -> Reply {
+async fn set_identity_state(
+    state: &ConsoleState,
+    admin: &Admin,
+    id: &str,
+    life: LifeState,
+) -> Reply {
     let id = identity_id(id)?;
     let action = match life {
         LifeState::Active => "EnableIdentity",
@@ -386,7 +441,12 @@ async fn set_identity_state(state: &ConsoleState, admin: &Admin, id: &str, life:
     };
     let authority = &state.authority;
     admin
-        .change(authority, action, Some(id.as_str()), authority.set_identity_state(&id, life))
+        .change(
+            authority,
+            action,
+            Some(id.as_str()),
+            authority.set_identity_state(&id, life),
+        )
         .await?;
     Ok(Redirect::to("/identities").into_response())
 }
@@ -407,48 +467,31 @@ pub(super) async fn enable_identity(
     set_identity_state(&state, &admin, &id, LifeState::Active).await
 }
 
-#[derive(Deserialize)]
-pub(super) struct KeyForm {
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    datasets: String,
-    #[serde(default)]
-    scopes: String,
-    #[serde(default)]
-    allowed_cidrs: String,
-    #[serde(default)]
-    expire_time: String,
-}
-
 pub(super) async fn create_key(
     State(state): Shared,
     Extension(admin): Extension<Admin>,
     Path(id): Path<String>,
-    Form(form): Form<KeyForm>,
+    Form(form): Form<RecordForm>,
 ) -> Reply {
     let identity_id = identity_id(&id)?;
-    let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&form.name));
-    let description = violations.check("description", parse_description(&form.description));
-    let datasets = check_names(&mut violations, "datasets", &form.datasets);
-    let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &form.allowed_cidrs);
-    let scopes = check_scopes(&mut violations, "scopes", &form.scopes);
-    let expire_time = check_time(&mut violations, "expire_time", &form.expire_time);
-    violations.finish()?;
+    let record = form.checked()?;
     let request = NewKey {
         identity_id: identity_id.clone(),
-        name: name.unwrap_or_default(),
-        description: description.unwrap_or_default(),
-        expire_time,
-        allowed_cidrs,
-        scopes,
-        datasets,
+        name: record.name,
+        description: record.description,
+        expire_time: record.expire_time,
+        allowed_cidrs: record.allowed_cidrs,
+        scopes: record.scopes,
+        datasets: record.datasets,
     };
     let authority = &state.authority;
     let minted = admin
-        .change(authority, "CreateKey", Some(identity_id.as_str()), authority.create_key(request))
+        .change(
+            authority,
+            "CreateKey",
+            Some(identity_id.as_str()),
+            authority.create_key(request),
+        )
         .await?;
     show_minted(authority, &admin, "Key created", &minted).await
 }
@@ -461,7 +504,12 @@ async fn set_key_state(state: &ConsoleState, admin: &Admin, id: &str, life: Life
     };
     let authority = &state.authority;
     admin
-        .change(authority, action, Some(id.as_str()), authority.set_key_state(&id, life))
+        .change(
+            authority,
+            action,
+            Some(id.as_str()),
+            authority.set_key_state(&id, life),
+        )
         .await?;
     Ok(back_to_identity(&id.identity_id()))
 }
@@ -490,7 +538,12 @@ pub(super) async fn revoke_key(
     let id = key_id(&id)?;
     let authority = &state.authority;
     admin
-        .change(authority, "RevokeKey", Some(id.as_str()), authority.revoke_key(&id))
+        .change(
+            authority,
+            "RevokeKey",
+            Some(id.as_str()),
+            authority.revoke_key(&id),
+        )
         .await?;
     Ok(back_to_identity(&id.identity_id()))
 }
@@ -542,13 +595,18 @@ pub(super) async fn roll(
     let totp_code = SecretString::new(form.totp_code);
     let mut violations = Violations::new();
     let key = violations.check("key_id", KeyId::parse(&form.key_id));
-    if key.as_ref().is_some_and(|key| key.identity_id() != identity_id) {
+    if key
+        .as_ref()
+        .is_some_and(|key| key.identity_id() != identity_id)
+    {
         violations.add("key_id", format!("is not a key of identity {identity_id}"));
     }
     let old_key_end = match form.old_key_end.as_str() {
         "now" => Some(OldKeyEnd::Now),
         "grace" => match humantime::parse_duration(form.grace_period.trim()) {
-            Ok(period) if period <= crate::service::MAX_GRACE_PERIOD => Some(OldKeyEnd::After(period)),
+            Ok(period) if period <= crate::service::MAX_GRACE_PERIOD => {
+                Some(OldKeyEnd::After(period))
+            }
             Ok(_) => {
                 violations.add("grace_period", "is longer than a year");
                 None
@@ -558,10 +616,17 @@ pub(super) async fn roll(
                 None
             }
         },
-        "date" => match check_time(&mut violations, "old_key_expire_time", &form.old_key_expire_time) {
+        "date" => match check_time(
+            &mut violations,
+            "old_key_expire_time",
+            &form.old_key_expire_time,
+        ) {
             Some(at) => Some(OldKeyEnd::At(at)),
             None => {
-                violations.add("old_key_expire_time", "is required to stop the old key at a date");
+                violations.add(
+                    "old_key_expire_time",
+                    "is required to stop the old key at a date",
+                );
                 None
             }
         },
@@ -622,7 +687,12 @@ pub(super) async fn create_dataset(
     };
     let authority = &state.authority;
     let created = admin
-        .change(authority, "CreateDataset", None, authority.create_dataset(request))
+        .change(
+            authority,
+            "CreateDataset",
+            None,
+            authority.create_dataset(request),
+        )
         .await?;
     match created.access {
         Some((_, minted)) => show_minted(authority, &admin, "Dataset created", &minted).await,
@@ -660,8 +730,15 @@ pub(super) struct TotpQuery {
     confirmed: Option<String>,
 }
 
-pub(super) async fn totp(Extension(admin): Extension<Admin>, Query(query): Query<TotpQuery>) -> Reply {
-    Ok(html(views::totp(&admin.viewer(), None, query.confirmed.is_some())))
+pub(super) async fn totp(
+    Extension(admin): Extension<Admin>,
+    Query(query): Query<TotpQuery>,
+) -> Reply {
+    Ok(html(views::totp(
+        &admin.viewer(),
+        None,
+        query.confirmed.is_some(),
+    )))
 }
 
 /// The QR code of an `otpauth://` URL, as an SVG element.
@@ -687,7 +764,12 @@ pub(super) async fn enroll_totp(State(state): Shared, Extension(admin): Extensio
     let authority = &state.authority;
     let caller_id = admin.caller.identity.id.to_string();
     let enrollment = admin
-        .change(authority, "EnrollTotp", Some(&caller_id), authority.enroll_totp(&admin.caller))
+        .change(
+            authority,
+            "EnrollTotp",
+            Some(&caller_id),
+            authority.enroll_totp(&admin.caller),
+        )
         .await?;
     let svg = qr_svg(enrollment.otpauth_url.expose())?;
     Ok(html(views::totp(

@@ -126,6 +126,31 @@ fn unavailable(label: &str, why: &str) -> Markup {
     }
 }
 
+/// Disable or Enable (a POST to `base` + `/disable` or `/enable`) and Roll
+/// (a link to `roll`, when the record can be rolled); for a person, both are
+/// shown unavailable with the reason.
+fn lifecycle_actions(
+    viewer: &Viewer<'_>,
+    person: bool,
+    state: State,
+    base: &str,
+    roll: Option<String>,
+) -> Markup {
+    let (label, change) = match state {
+        State::Active => ("Disable", "disable"),
+        State::Disabled => ("Enable", "enable"),
+    };
+    html! {
+        @if person {
+            (unavailable(label, PERSON_LIFECYCLE))
+            (unavailable("Roll", PERSON_LIFECYCLE))
+        } @else {
+            (action_button(viewer, &format!("{base}/{change}"), label, ""))
+            @if let Some(roll) = roll { a href=(roll) { "Roll" } }
+        }
+    }
+}
+
 /// A server or person icon (inline SVG, no styles), labelled for readers.
 fn kind_icon(kind: IdentityKind) -> Markup {
     let (label, path) = match kind {
@@ -231,17 +256,7 @@ pub fn identities(
                             td.actions {
                                 a href={ "/identities/" (id) "#edit" } { "Edit" }
                                 (action_button(viewer, &format!("/identities/{id}/delete"), "Delete", "danger"))
-                                @if person {
-                                    (unavailable(if identity.state == State::Active { "Disable" } else { "Enable" }, PERSON_LIFECYCLE))
-                                    (unavailable("Roll", PERSON_LIFECYCLE))
-                                } @else {
-                                    @if identity.state == State::Active {
-                                        (action_button(viewer, &format!("/identities/{id}/disable"), "Disable", ""))
-                                    } @else {
-                                        (action_button(viewer, &format!("/identities/{id}/enable"), "Enable", ""))
-                                    }
-                                    a href={ "/identities/" (id) "/roll" } { "Roll" }
-                                }
+                                (lifecycle_actions(viewer, person, identity.state, &format!("/identities/{id}"), Some(format!("/identities/{id}/roll"))))
                             }
                         }
                     }
@@ -284,7 +299,10 @@ fn list_fields(prefix: &str, datasets: &str, scopes: &str, cidrs: &str) -> Marku
 }
 
 fn nets(list: &[ipnet::IpNet]) -> String {
-    list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An identity with its keys, the edit form and the create-key form.
@@ -324,19 +342,13 @@ pub fn identity(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey]) -> Ma
                             td { (key.datasets.join(", ")) }
                             td { (nets(&key.allowed_cidrs)) }
                             td.actions {
-                                @if person {
-                                    (unavailable(if key.state == State::Active { "Disable" } else { "Enable" }, PERSON_LIFECYCLE))
-                                    (unavailable("Roll", PERSON_LIFECYCLE))
-                                } @else {
-                                    @if key.state == State::Active {
-                                        (action_button(viewer, &format!("/keys/{key_id}/disable"), "Disable", ""))
-                                    } @else {
-                                        (action_button(viewer, &format!("/keys/{key_id}/enable"), "Enable", ""))
-                                    }
-                                    @if key.rolled_to.is_none() {
-                                        a href={ "/identities/" (id) "/roll?key=" (key_id) } { "Roll" }
-                                    }
-                                }
+                                (lifecycle_actions(
+                                    viewer,
+                                    person,
+                                    key.state,
+                                    &format!("/keys/{key_id}"),
+                                    key.rolled_to.is_none().then(|| format!("/identities/{id}/roll?key={key_id}")),
+                                ))
                                 (action_button(viewer, &format!("/keys/{key_id}/revoke"), "Revoke", "danger"))
                             }
                         }
@@ -377,7 +389,12 @@ pub fn identity(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey]) -> Ma
 }
 
 /// The Roll dialog for one of an identity's keys.
-pub fn roll(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey], chosen: Option<&str>) -> Markup {
+pub fn roll(
+    viewer: &Viewer<'_>,
+    identity: &Identity,
+    keys: &[ApiKey],
+    chosen: Option<&str>,
+) -> Markup {
     let id = identity.id.as_str();
     page(
         &format!("Roll a key of {}", identity.name),
@@ -410,7 +427,13 @@ pub fn roll(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey], chosen: O
 }
 
 /// A freshly minted token, shown this once.
-pub fn minted(viewer: &Viewer<'_>, title: &str, identity: &Identity, key_id: &str, token: &str) -> Markup {
+pub fn minted(
+    viewer: &Viewer<'_>,
+    title: &str,
+    identity: &Identity,
+    key_id: &str,
+    token: &str,
+) -> Markup {
     page(
         title,
         Panel::Identities,
@@ -518,7 +541,12 @@ pub struct AuditFilters {
 }
 
 /// The audit log, newest first.
-pub fn audit(viewer: &Viewer<'_>, filters: &AuditFilters, events: &[AuditEvent], next_page: Option<String>) -> Markup {
+pub fn audit(
+    viewer: &Viewer<'_>,
+    filters: &AuditFilters,
+    events: &[AuditEvent],
+    next_page: Option<String>,
+) -> Markup {
     page(
         "Audit log",
         Panel::Audit,
@@ -555,7 +583,12 @@ pub fn audit(viewer: &Viewer<'_>, filters: &AuditFilters, events: &[AuditEvent],
 }
 
 /// A page for a refused or failed request.
-pub fn failure(viewer: Option<&Viewer<'_>>, title: &str, message: &str, fields: &[(String, String)]) -> Markup {
+pub fn failure(
+    viewer: Option<&Viewer<'_>>,
+    title: &str,
+    message: &str,
+    fields: &[(String, String)],
+) -> Markup {
     page(
         title,
         Panel::None,

@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use filter::Filter;
-use listener::{Peer, TlsListener};
+use listener::Peer;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -121,19 +121,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = options.tls.clone();
-    let app = router(authority, options).into_make_service_with_connect_info::<Peer>();
-    match tls {
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
+    listener::serve(listener, router(authority, options), tls, shutdown).await
 }
 
 /// Admits admin callers only, and bounds every request's duration.

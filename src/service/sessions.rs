@@ -38,8 +38,8 @@ fn hex(bytes: &[u8]) -> String {
 /// The form token of the session whose cookie is `cookie`: a MAC of a fixed
 /// label under the cookie's secret, so only the session's own pages know it.
 pub fn csrf_token(cookie: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(cookie.as_bytes())
-        .expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(cookie.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(b"keyrack console form");
     hex(&mac.finalize().into_bytes())
 }
@@ -65,9 +65,8 @@ impl Authority {
         let caller = self.authenticate_admin(Some(token), peer).await?;
         let mut secret = [0u8; SESSION_SECRET_BYTES];
         rand::fill(&mut secret);
-        let cookie = SecretString::new(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        );
+        let cookie =
+            SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
         let now = UnixMillis::now();
         let session = ConsoleSession {
             identity_id: caller.identity.id.clone(),
@@ -85,7 +84,11 @@ impl Authority {
     /// The admin behind a session cookie, checked afresh: the session must
     /// be live, and its key and identity must still admit an admin from
     /// `peer`, as an admin token would be.
-    pub async fn console_caller(&self, cookie: &str, peer: Option<IpAddr>) -> Result<Caller, Error> {
+    pub async fn console_caller(
+        &self,
+        cookie: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, Error> {
         let session = self
             .store
             .get_session(&handle(cookie))
@@ -128,6 +131,10 @@ mod tests {
         assert!(csrf_matches("cookie-one", &token));
         assert!(!csrf_matches("cookie-two", &token));
         assert!(!csrf_matches("cookie-one", ""));
-        assert_ne!(handle("cookie-one"), token, "the store handle is not the form token");
+        assert_ne!(
+            handle("cookie-one"),
+            token,
+            "the store handle is not the form token"
+        );
     }
 }

@@ -63,7 +63,12 @@ async fn sessions_follow_their_admin(server: TestServer) {
         .await
         .unwrap()
         .cookie;
-    assert!(authority.console_caller(cookie.expose(), peer).await.is_ok());
+    assert!(
+        authority
+            .console_caller(cookie.expose(), peer)
+            .await
+            .is_ok()
+    );
     let key_id = second.key.unwrap().id;
     server
         .admin()
@@ -85,8 +90,14 @@ async fn sessions_follow_their_admin(server: TestServer) {
         .await
         .unwrap()
         .cookie;
-    assert!(sessions::csrf_matches(other.expose(), &sessions::csrf_token(other.expose())));
-    assert!(!sessions::csrf_matches(other.expose(), &sessions::csrf_token(&cookie.expose())));
+    assert!(sessions::csrf_matches(
+        other.expose(),
+        &sessions::csrf_token(other.expose())
+    ));
+    assert!(!sessions::csrf_matches(
+        other.expose(),
+        &sessions::csrf_token(&cookie.expose())
+    ));
     server.stop().await;
 }
 
@@ -142,11 +153,18 @@ fn the_console_works_in_headless_chromium() {
         "dataset wizard",
         "sign out",
     ] {
-        assert!(report.contains(&format!("ok {step}\n")), "step {step:?} did not pass:\n{report}");
+        assert!(
+            report.contains(&format!("ok {step}\n")),
+            "step {step:?} did not pass:\n{report}"
+        );
     }
     let minted = std::fs::read_to_string(dir.path().join("minted")).unwrap();
     let minted: Vec<&str> = minted.lines().collect();
-    assert_eq!(minted.len(), 3, "identity, roll and wizard each minted one token");
+    assert_eq!(
+        minted.len(),
+        3,
+        "identity, roll and wizard each minted one token"
+    );
     let (exit, logged) = served.terminate();
     assert!(exit.success(), "{logged}");
     assert!(logged.contains("admin console listening"), "{logged}");
@@ -161,16 +179,7 @@ fn the_console_works_in_headless_chromium() {
 fn the_console_cookie_is_secure_under_tls() {
     let python = require_program("python3");
     let dir = tempfile::tempdir().unwrap();
-    let authority = crate::transport::certificate_authority("keyrack test CA");
-    let (certificate, key) = crate::transport::leaf(&authority, "127.0.0.1");
-    let write = |name: &str, content: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca_file = write("ca.pem", &authority.pem());
-    let cert_file = write("server.pem", &certificate);
-    let key_file = write("server.key", &key);
+    let (ca_file, cert_file, key_file) = crate::transport::tls_files(dir.path());
     let console = format!("127.0.0.1:{}", free_port());
     let served = Served::start(
         dir.path(),
