@@ -289,12 +289,12 @@ pub fn identities(
 fn list_fields(prefix: &str, datasets: &str, scopes: &str, cidrs: &str) -> Markup {
     html! {
         label for={ (prefix) "-datasets" } { "Datasets" }
-        input id={ (prefix) "-datasets" } type="text" name="datasets" value=(datasets) list="dataset-names" aria-describedby="lists-hint";
+        input id={ (prefix) "-datasets" } type="text" name="datasets" value=(datasets) list="dataset-names" aria-describedby={ (prefix) "-lists-hint" };
         label for={ (prefix) "-scopes" } { "Scopes" }
-        input id={ (prefix) "-scopes" } type="text" name="scopes" value=(scopes) aria-describedby="lists-hint";
+        input id={ (prefix) "-scopes" } type="text" name="scopes" value=(scopes) aria-describedby={ (prefix) "-lists-hint" };
         label for={ (prefix) "-cidrs" } { "Allowed CIDRs" }
-        input id={ (prefix) "-cidrs" } type="text" name="allowed_cidrs" value=(cidrs) aria-describedby="lists-hint";
-        p.hint #lists-hint { "Separate entries with commas or spaces; empty means no restriction." }
+        input id={ (prefix) "-cidrs" } type="text" name="allowed_cidrs" value=(cidrs) aria-describedby={ (prefix) "-lists-hint" };
+        p.hint id={ (prefix) "-lists-hint" } { "Separate entries with commas or spaces; empty means no restriction." }
     }
 }
 
