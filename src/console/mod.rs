@@ -185,15 +185,47 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Bounds every request's duration and puts the security headers on every
-/// response; pages are never cached (some show a token once).
+/// Whether a browser sent this request from another site: its `Origin`
+/// names another host than the one it addressed. (Clients that send no
+/// `Origin` are not browsers acting for a page; the session's form token
+/// still guards their changes.) This is what stops a foreign page from
+/// signing a browser in to the attacker's own session.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    origin_host.is_none() || origin_host != host
+}
+
+/// Bounds every request's duration, refuses cross-site changes, and puts the
+/// security headers on every response; pages are never cached (some show a
+/// token once).
 async fn harden(State(state): Shared, request: Request, next: Next) -> Response {
-    let mut response =
-        match tokio::time::timeout(state.options.request_timeout, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => Failure::status(StatusCode::SERVICE_UNAVAILABLE, "The request timed out.")
-                .into_response(),
-        };
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let refused = changes && cross_site(request.headers());
+    let work = async {
+        if refused {
+            return Failure::status(
+                StatusCode::FORBIDDEN,
+                "This form was sent from another site.",
+            )
+            .into_response();
+        }
+        next.run(request).await
+    };
+    let mut response = match tokio::time::timeout(state.options.request_timeout, work).await {
+        Ok(response) => response,
+        Err(_) => Failure::status(StatusCode::SERVICE_UNAVAILABLE, "The request timed out.")
+            .into_response(),
+    };
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -206,7 +238,9 @@ async fn harden(State(state): Shared, request: Request, next: Next) -> Response 
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not no-referrer: under it browsers send `Origin: null` on the
+        // console's own form posts, which the cross-site check refuses.
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)

@@ -56,10 +56,12 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def raw(path, cookie, data=None):
+def raw(path, cookie, data=None, origin=None):
     """A request outside the browser: (status, headers, body)."""
     request = urllib.request.Request(URL + path, data=data)
     request.add_header("Cookie", "keyrack_session=" + cookie)
+    if origin:
+        request.add_header("Origin", origin)
     opener = urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(request) as response:
@@ -178,6 +180,10 @@ def run(driver):
         status, _, body = raw("/identities", session, form)
         check(status == 403 and "CSRF" in body, "a POST without its CSRF token got %d" % status)
     check("csrf_probe" not in raw("/identities", session)[2], "the refused POST created an identity")
+    # Nor may another site sign a browser in (to the attacker's session).
+    form = urllib.parse.urlencode({"token": TOKEN}).encode()
+    status, headers, _ = raw("/sign-in", "", form, origin="https://attacker.example")
+    check(status == 403 and "Set-Cookie" not in headers, "a cross-site sign-in got %d" % status)
     step("POST without CSRF token refused")
 
     # Create an identity; its token is shown once, with a working Copy button.

@@ -96,7 +96,7 @@ async fn sessions_follow_their_admin(server: TestServer) {
     ));
     assert!(!sessions::csrf_matches(
         other.expose(),
-        &sessions::csrf_token(&cookie.expose())
+        &sessions::csrf_token(cookie.expose())
     ));
     server.stop().await;
 }
