@@ -15,6 +15,8 @@ const MESSAGES_WITH_SECRETS: &[&str] = &[
     ".keyrack.v1.CreateDatasetResponse",
     ".keyrack.v1.EnrollTotpResponse",
     ".keyrack.v1.ConfirmTotpRequest",
+    ".keyrack.v1.BatchRevokeKeysRequest",
+    ".keyrack.v1.ImportedKey",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

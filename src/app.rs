@@ -2,7 +2,8 @@
 //! configuration and runs the chosen command.
 
 use crate::config::{
-    BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ProtosetArgs, ServeArgs, StoreArgs,
+    BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs, ServeArgs,
+    StoreArgs,
     StoreChoice,
 };
 use crate::server::{self, ServerOptions};
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Some(Command::Protoset(args)) => protoset(args),
         Some(Command::Bench(args)) => crate::bench::run(args).await.map_err(RunError::Refused),
         Some(Command::Health(args)) => health(args).await,
+        Some(Command::Import(args)) => import(args).await,
     }
 }
 
@@ -308,6 +310,90 @@ async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
         .map_err(refused)?;
     tracing::info!(identity_id = %identity.id, name = %identity.name, "admin created");
     println!("{}", minted.token.expose());
+    Ok(())
+}
+
+/// Reads an AWS API Gateway API key file: a header naming at least `Name`
+/// and `Key` (`Description` and `Enabled` optional; other columns ignored).
+fn read_api_key_file(path: &std::path::Path) -> Result<Vec<crate::service::ImportedKey>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|header| header.eq_ignore_ascii_case(name))
+    };
+    let (Some(name_at), Some(key_at)) = (column("Name"), column("Key")) else {
+        return Err(format!(
+            "{}: the header must name the columns Name and Key (Name,Key,Description,Enabled)",
+            path.display()
+        ));
+    };
+    let (description_at, enabled_at) = (column("Description"), column("Enabled"));
+    let mut keys = Vec::new();
+    for (row, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| format!("row {}: {e}", row + 2))?;
+        let field = |at: Option<usize>| at.and_then(|at| record.get(at)).unwrap_or("");
+        let disabled = match field(enabled_at).to_ascii_lowercase().as_str() {
+            "" | "true" => false,
+            "false" => true,
+            other => {
+                return Err(format!(
+                    "row {}: Enabled must be true or false, not {other:?}",
+                    row + 2
+                ));
+            }
+        };
+        keys.push(crate::service::ImportedKey {
+            name: field(Some(name_at)).to_owned(),
+            description: field(description_at).to_owned(),
+            expire_time: None,
+            token: crate::domain::SecretString::new(field(Some(key_at)).to_owned()),
+            disabled,
+        });
+    }
+    Ok(keys)
+}
+
+async fn import(args: ImportArgs) -> Result<(), RunError> {
+    let identity = crate::domain::IdentityId::parse(&args.identity)
+        .map_err(|e| ConfigError(format!("--identity {e}")))?;
+    let keys = read_api_key_file(&args.csv).map_err(ConfigError)?;
+    let mut violations = crate::domain::Violations::new();
+    for (index, key) in keys.iter().enumerate() {
+        violations.check(
+            &format!("row {} Name", index + 2),
+            crate::domain::names::parse_name(&key.name),
+        );
+        violations.check(
+            &format!("row {} Description", index + 2),
+            crate::domain::names::parse_description(&key.description),
+        );
+    }
+    violations
+        .finish()
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let (authority, _) = open_authority(&args.store, AuthorityOptions::default()).await?;
+    // No caller: the operator of the host ran it, as with bootstrap-admin.
+    let event = crate::service::audit::event(
+        "ImportKeys",
+        None,
+        None,
+        crate::service::audit::request_id(None),
+    );
+    let imported = authority
+        .audited(event, authority.import_keys(&identity, keys), |error| {
+            error.code_name().to_owned()
+        })
+        .await
+        .map_err(|e| RunError::Refused(e.to_string()))?;
+    for key in &imported {
+        println!("{}\t{}", key.id, key.name);
+    }
+    tracing::info!(count = imported.len(), identity_id = %identity, "keys imported");
     Ok(())
 }
 

@@ -64,6 +64,24 @@ pub enum Command {
     /// Ask a running keyrack's grpc.health.v1 whether it serves; exit 0 only
     /// when it does (for container health checks).
     Health(HealthArgs),
+    /// Import the tokens of an AWS API Gateway API key file
+    /// (`Name,Key,Description,Enabled`) as keys of one identity.
+    Import(ImportArgs),
+}
+
+/// Flags of `keyrack import`.
+#[derive(Clone, Args)]
+pub struct ImportArgs {
+    /// The CSV file: a header `Name,Key,Description,Enabled` (further columns
+    /// ignored); `Enabled=false` imports a disabled key.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// The identity the keys will belong to.
+    #[arg(long)]
+    pub identity: String,
+    /// Store and secret flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Flags of `keyrack health`.

@@ -338,6 +338,7 @@ pub(super) async fn create_identity(
         scopes: record.scopes,
         admin: form.admin.is_some(),
         expire_time: record.expire_time,
+        labels: Default::default(),
     };
     let authority = &state.authority;
     let (_, minted) = admin
@@ -362,21 +363,16 @@ pub(super) async fn identity(
     Ok(html(views::identity(&admin.viewer(), &identity, &keys)))
 }
 
-/// Every key of an identity (an identity has few).
+/// Every key of an identity (an identity has few), ordered by id.
 async fn all_keys(
     authority: &Authority,
     id: &IdentityId,
 ) -> Result<Vec<crate::domain::ApiKey>, Error> {
-    let mut keys = Vec::new();
-    let mut page = page_request(None);
-    loop {
-        let listed = authority.list_keys(id, &page, |_, _| true).await?;
-        keys.extend(listed.items);
-        match listed.next_page_token {
-            Some(next) => page.page_token = next,
-            None => return Ok(keys),
-        }
-    }
+    let query = crate::service::KeyQuery {
+        identity_id: Some(id.clone()),
+        ..Default::default()
+    };
+    authority.matching_keys(&query).await
 }
 
 pub(super) async fn edit_identity(
@@ -397,6 +393,7 @@ pub(super) async fn edit_identity(
         scopes: Some(record.scopes),
         admin: None,
         expire_time: Some(record.expire_time),
+        labels: None,
     };
     let authority = &state.authority;
     admin
@@ -483,6 +480,7 @@ pub(super) async fn create_key(
         allowed_cidrs: record.allowed_cidrs,
         scopes: record.scopes,
         datasets: record.datasets,
+        labels: Default::default(),
     };
     let authority = &state.authority;
     let minted = admin
@@ -643,6 +641,7 @@ pub(super) async fn roll(
         key_id: key.expect("checked above"),
         old_key_end: old_key_end.expect("checked above"),
         totp_code,
+        new_key_expire_time: None,
     };
     let authority = &state.authority;
     let target = request.key_id.to_string();

@@ -2,6 +2,7 @@
 
 use super::cidr;
 use super::ids::IdentityId;
+use super::labels::Labels;
 use super::time::UnixMillis;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,12 @@ pub struct Identity {
     /// existed read as none.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Operator-chosen facts returned by Verify (see `labels`).
+    #[serde(default)]
+    pub labels: Labels,
+    /// How many keys it holds, as read with it (never stored in its record).
+    #[serde(skip)]
+    pub key_count: u64,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it and all its keys stop working.
@@ -92,6 +99,8 @@ impl Identity {
             datasets: Vec::new(),
             allowed_cidrs: Vec::new(),
             scopes: Vec::new(),
+            labels: Labels::new(),
+            key_count: 0,
             admin: false,
             expire_time: None,
             create_time: now,
@@ -144,6 +153,8 @@ pub struct IdentityFilter {
     pub admin: Option<bool>,
     /// Only identities granted this scope.
     pub scope: Option<String>,
+    /// Only identities carrying every one of these labels.
+    pub labels: Vec<(String, String)>,
 }
 
 impl IdentityFilter {
@@ -160,5 +171,6 @@ impl IdentityFilter {
                 .scope
                 .as_ref()
                 .is_none_or(|scope| super::scope::any_covers(&identity.scopes, scope))
+            && super::labels::matches_all(&identity.labels, &self.labels)
     }
 }

@@ -1,11 +1,28 @@
 //! API keys: credentials of one identity, stored as argon2id hashes only.
 
 use super::identity::{Identity, State};
+use super::labels::{self, Labels};
 use super::scope;
 use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+/// How a key came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The first key of CreateIdentity.
+    CreateIdentity,
+    /// CreateKey.
+    CreateKey,
+    /// The first key of a dataset's identity (the dataset wizard).
+    Dataset,
+    /// The replacement minted by RollKey.
+    Roll,
+    /// A token of another system brought in by ImportKeys.
+    Import,
+}
 
 /// An API key as stored. There is no secret here, only its hash.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +59,13 @@ pub struct ApiKey {
     /// Narrows the identity's datasets; empty means no narrowing.
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// Operator-chosen facts; Verify lays them over the identity's.
+    #[serde(default)]
+    pub labels: Labels,
+    /// How the key came to be (`None` for keys written before origins were
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
     /// The argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Incremented by every write (see `Identity::revision`).
@@ -68,6 +92,11 @@ impl ApiKey {
     /// The datasets this key may access as a key of `identity`.
     pub fn effective_datasets(&self, identity: &Identity) -> Vec<String> {
         scope::effective_datasets(&identity.datasets, &self.datasets)
+    }
+
+    /// The labels Verify answers with: the identity's, the key's winning.
+    pub fn effective_labels(&self, identity: &Identity) -> Labels {
+        labels::merged(&identity.labels, &self.labels)
     }
 
     /// Whether this key, as a key of `identity`, holds `wanted`.
@@ -117,15 +146,53 @@ pub struct KeyFilter {
     pub state: Option<State>,
     /// Only keys that hold this scope (as keys of their identity).
     pub scope: Option<String>,
+    /// Only keys of this origin.
+    pub origin: Option<Origin>,
+    /// Only keys in (or out of) a grace period.
+    pub in_grace: Option<bool>,
+    /// Only keys of this identity.
+    pub identity_id: Option<IdentityId>,
+    /// Only keys carrying every one of these labels (their own).
+    pub labels: Vec<(String, String)>,
+    /// Only keys that expire, before / after these instants.
+    pub expire_before: Option<UnixMillis>,
+    /// See `expire_before`.
+    pub expire_after: Option<UnixMillis>,
+    /// Only keys used, before / after these instants.
+    pub last_use_before: Option<UnixMillis>,
+    /// See `last_use_before`.
+    pub last_use_after: Option<UnixMillis>,
+}
+
+fn within(time: Option<UnixMillis>, before: Option<UnixMillis>, after: Option<UnixMillis>) -> bool {
+    if before.is_none() && after.is_none() {
+        return true;
+    }
+    time.is_some_and(|time| {
+        before.is_none_or(|before| time < before) && after.is_none_or(|after| time > after)
+    })
 }
 
 impl KeyFilter {
+    /// Whether the filter needs each key's identity (to judge scopes).
+    pub fn needs_identity(&self) -> bool {
+        self.scope.is_some()
+    }
+
     /// Whether `key`, a key of `identity`, passes.
-    pub fn matches(&self, key: &ApiKey, identity: &Identity) -> bool {
+    pub fn matches(&self, key: &ApiKey, identity: Option<&Identity>) -> bool {
         self.state.is_none_or(|state| key.state == state)
+            && self.origin.is_none_or(|origin| key.origin == Some(origin))
+            && self.in_grace.is_none_or(|in_grace| key.in_grace() == in_grace)
             && self
-                .scope
+                .identity_id
                 .as_ref()
-                .is_none_or(|wanted| key.holds_scope(identity, wanted))
+                .is_none_or(|id| key.identity_id == *id)
+            && labels::matches_all(&key.labels, &self.labels)
+            && within(key.expire_time, self.expire_before, self.expire_after)
+            && within(key.last_use_time, self.last_use_before, self.last_use_after)
+            && self.scope.as_ref().is_none_or(|wanted| {
+                identity.is_some_and(|identity| key.holds_scope(identity, wanted))
+            })
     }
 }

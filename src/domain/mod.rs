@@ -8,6 +8,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod key;
+pub mod labels;
 pub mod names;
 pub mod scope;
 pub mod secret;

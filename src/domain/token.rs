@@ -100,9 +100,9 @@ impl std::fmt::Debug for ParsedToken<'_> {
     }
 }
 
-impl ParsedToken<'_> {
+impl<'a> ParsedToken<'a> {
     /// The secret part, to be checked against the stored hash.
-    pub fn secret(&self) -> &str {
+    pub fn secret(&self) -> &'a str {
         self.secret
     }
 }

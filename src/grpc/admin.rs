@@ -2,7 +2,7 @@
 
 use super::telemetry::{code_name, field};
 use super::{bearer_token, convert, filter};
-use crate::domain::{Error, SecretString, State};
+use crate::domain::{Error, Identity, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::service::{Authority, Caller, audit};
 use std::future::Future;
@@ -37,6 +37,12 @@ impl AdminApi {
     /// `action`: its change carries the event, or the event is appended with
     /// the call's outcome. Calls refused before authentication have no actor
     /// and change nothing; they are counted in the metrics, not audited.
+    /// An identity as the API shows it, with its key count.
+    async fn identity_out(&self, identity: Identity) -> Result<proto::Identity, Status> {
+        let mut counted = self.authority.with_key_counts(vec![identity]).await?;
+        Ok(convert::identity_out(counted.remove(0)))
+    }
+
     async fn mutate<M, T, F, Fut>(&self, request: Request<M>, action: &str, work: F) -> Reply<T>
     where
         F: FnOnce(Caller, M) -> Fut,
@@ -86,9 +92,8 @@ impl AdminService for AdminApi {
     ) -> Reply<proto::Identity> {
         self.authorize(&request).await?;
         let id = convert::identity_id_in("identity_id", &request.into_inner().identity_id)?;
-        Ok(Response::new(convert::identity_out(
-            self.authority.get_identity(&id).await?,
-        )))
+        let identity = self.authority.get_identity(&id).await?;
+        Ok(Response::new(self.identity_out(identity).await?))
     }
 
     async fn list_identities(
@@ -104,8 +109,9 @@ impl AdminService for AdminApi {
             .authority
             .list_identities(&page, |identity| filter.matches(identity))
             .await?;
+        let identities = self.authority.with_key_counts(page.items).await?;
         Ok(Response::new(proto::ListIdentitiesResponse {
-            identities: page.items.into_iter().map(convert::identity_out).collect(),
+            identities: identities.into_iter().map(convert::identity_out).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -117,9 +123,8 @@ impl AdminService for AdminApi {
         self.mutate(request, "UpdateIdentity", |_, message| async move {
             let (id, changes) = convert::identity_changes_in(message)?;
             audit::target(id.as_str());
-            Ok(convert::identity_out(
-                self.authority.update_identity(&id, changes).await?,
-            ))
+            self.identity_out(self.authority.update_identity(&id, changes).await?)
+                .await
         })
         .await
     }
@@ -131,11 +136,12 @@ impl AdminService for AdminApi {
         self.mutate(request, "DisableIdentity", |_, message| async move {
             let id = convert::identity_id_in("identity_id", &message.identity_id)?;
             audit::target(id.as_str());
-            Ok(convert::identity_out(
+            self.identity_out(
                 self.authority
                     .set_identity_state(&id, State::Disabled)
                     .await?,
-            ))
+            )
+            .await
         })
         .await
     }
@@ -147,11 +153,12 @@ impl AdminService for AdminApi {
         self.mutate(request, "EnableIdentity", |_, message| async move {
             let id = convert::identity_id_in("identity_id", &message.identity_id)?;
             audit::target(id.as_str());
-            Ok(convert::identity_out(
+            self.identity_out(
                 self.authority
                     .set_identity_state(&id, State::Active)
                     .await?,
-            ))
+            )
+            .await
         })
         .await
     }
@@ -199,18 +206,47 @@ impl AdminService for AdminApi {
     ) -> Reply<proto::ListKeysResponse> {
         self.authorize(&request).await?;
         let request = request.into_inner();
-        let identity = convert::identity_id_in("identity_id", &request.identity_id)?;
-        let filter = filter::parse_key_filter(&request.filter)
-            .map_err(|why| Error::invalid("filter", why))?;
+        let query = convert::key_query_in(&request)?;
         let page = convert::page_in(request.page_size, request.page_token)?;
-        let page = self
-            .authority
-            .list_keys(&identity, &page, |key, owner| filter.matches(key, owner))
-            .await?;
+        let page = self.authority.list_keys_page(&query, &page).await?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: page.items.into_iter().map(convert::key_out).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
+            total_size: i32::try_from(page.total_size).unwrap_or(i32::MAX),
         }))
+    }
+
+    async fn batch_revoke_keys(
+        &self,
+        request: Request<proto::BatchRevokeKeysRequest>,
+    ) -> Reply<proto::BatchRevokeKeysResponse> {
+        self.mutate(request, "BatchRevokeKeys", |caller, message| async move {
+            let (filter, totp_code) = convert::batch_revoke_in(message.filter, message.totp_code)?;
+            let (keys, revoked) = self
+                .authority
+                .batch_revoke_keys(&caller, filter, message.validate_only, &totp_code)
+                .await?;
+            Ok(proto::BatchRevokeKeysResponse {
+                keys: keys.into_iter().map(convert::key_out).collect(),
+                revoked_count: i32::try_from(revoked).unwrap_or(i32::MAX),
+            })
+        })
+        .await
+    }
+
+    async fn import_keys(
+        &self,
+        request: Request<proto::ImportKeysRequest>,
+    ) -> Reply<proto::ImportKeysResponse> {
+        self.mutate(request, "ImportKeys", |_, message| async move {
+            let (identity_id, keys) = convert::import_in(message)?;
+            audit::target(identity_id.as_str());
+            let keys = self.authority.import_keys(&identity_id, keys).await?;
+            Ok(proto::ImportKeysResponse {
+                keys: keys.into_iter().map(convert::key_out).collect(),
+            })
+        })
+        .await
     }
 
     async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Reply<proto::ApiKey> {

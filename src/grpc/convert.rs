@@ -3,6 +3,8 @@
 
 use crate::domain::SecretString;
 use crate::domain::cidr;
+use crate::domain::key::Origin;
+use crate::domain::labels::{self, Labels};
 use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
 use crate::domain::{
@@ -75,6 +77,8 @@ pub fn identity_out(identity: Identity) -> proto::Identity {
         update_time: Some(timestamp_out(identity.update_time)),
         external_id: identity.external_id.unwrap_or_default(),
         scopes: identity.scopes,
+        labels: identity.labels.into_iter().collect(),
+        key_count: identity.key_count as i64,
     }
 }
 
@@ -97,6 +101,36 @@ pub fn key_out(key: ApiKey) -> proto::ApiKey {
         allowed_cidrs: key.allowed_cidrs.iter().map(IpNet::to_string).collect(),
         scopes: key.scopes,
         datasets: key.datasets,
+        labels: key.labels.into_iter().collect(),
+        origin: origin_out(key.origin).into(),
+    }
+}
+
+fn origin_out(origin: Option<Origin>) -> proto::Origin {
+    match origin {
+        None => proto::Origin::Unspecified,
+        Some(Origin::CreateIdentity) => proto::Origin::CreateIdentity,
+        Some(Origin::CreateKey) => proto::Origin::CreateKey,
+        Some(Origin::Dataset) => proto::Origin::Dataset,
+        Some(Origin::Roll) => proto::Origin::Roll,
+        Some(Origin::Import) => proto::Origin::Import,
+    }
+}
+
+/// Checks a label map, reporting each bad entry.
+pub fn check_labels(
+    violations: &mut Violations,
+    field: &str,
+    entries: &std::collections::HashMap<String, String>,
+) -> Labels {
+    match labels::parse_labels(field, entries.iter()) {
+        Ok(labels) => labels,
+        Err(errors) => {
+            for (field, why) in errors {
+                violations.add(field, why);
+            }
+            Labels::new()
+        }
     }
 }
 
@@ -189,9 +223,11 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
     let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
+    let labels = check_labels(&mut violations, "labels", &request.labels);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewIdentity {
+        labels,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         datasets,
@@ -211,9 +247,11 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
     let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
+    let labels = check_labels(&mut violations, "labels", &request.labels);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewKey {
+        labels,
         scopes,
         datasets,
         identity_id: identity_id.expect("checked above"),
@@ -281,6 +319,7 @@ pub const IDENTITY_MASK_PATHS: &[&str] = &[
     "datasets",
     "allowed_cidrs",
     "scopes",
+    "labels",
     "admin",
     "expire_time",
 ];
@@ -293,6 +332,7 @@ pub const KEY_MASK_PATHS: &[&str] = &[
     "allowed_cidrs",
     "scopes",
     "datasets",
+    "labels",
 ];
 
 /// Checks an UpdateIdentityRequest; the name's rule depends on the identity's
@@ -336,6 +376,13 @@ pub fn identity_changes_in(
                     &mut violations,
                     "identity.scopes",
                     &identity.scopes,
+                ))
+            }
+            "labels" => {
+                changes.labels = Some(check_labels(
+                    &mut violations,
+                    "identity.labels",
+                    &identity.labels,
                 ))
             }
             "admin" => changes.admin = Some(identity.admin),
@@ -393,6 +440,9 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
                     "key.datasets",
                     &key.datasets,
                 ))
+            }
+            "labels" => {
+                changes.labels = Some(check_labels(&mut violations, "key.labels", &key.labels))
             }
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
@@ -453,8 +503,14 @@ pub fn roll_in(request: proto::RollKeyRequest) -> Result<RollRequest, Error> {
     if request.totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
         violations.add("totp_code", "is not a TOTP code");
     }
+    let new_key_expire_time = check_expire(
+        &mut violations,
+        "new_key_expire_time",
+        request.new_key_expire_time.as_ref(),
+    );
     violations.finish()?;
     Ok(RollRequest {
+        new_key_expire_time,
         key_id: key_id.expect("checked above"),
         old_key_end: old_key_end.expect("checked above"),
         totp_code: SecretString::new(request.totp_code),
@@ -611,4 +667,103 @@ mod tests {
             matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
         );
     }
+}
+
+/// Checks a ListKeysRequest: the identity (optional), filter and order.
+pub fn key_query_in(request: &proto::ListKeysRequest) -> Result<crate::service::KeyQuery, Error> {
+    let mut violations = Violations::new();
+    let identity_id = match request.identity_id.as_str() {
+        "" => None,
+        id => violations.check("identity_id", IdentityId::parse(id)),
+    };
+    let filter = violations.check("filter", super::filter::parse_key_filter(&request.filter));
+    let order = violations.check("order_by", key_order_in(&request.order_by));
+    violations.finish()?;
+    Ok(crate::service::KeyQuery {
+        identity_id,
+        filter: filter.unwrap_or_default(),
+        order: order.unwrap_or_default(),
+    })
+}
+
+/// Parses `order_by`: a field, optionally followed by `desc` (or `asc`).
+fn key_order_in(text: &str) -> Result<crate::service::KeyOrder, String> {
+    use crate::service::{KeyOrder, KeyOrderField};
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (field, descending) = match words.as_slice() {
+        [] => return Ok(KeyOrder::default()),
+        [field] => (*field, false),
+        [field, "desc"] => (*field, true),
+        [field, "asc"] => (*field, false),
+        _ => return Err(format!("{text:?} is not `<field>` or `<field> desc`")),
+    };
+    let field = KeyOrderField::parse(field).filter(|f| *f != KeyOrderField::Id).ok_or_else(|| {
+        format!("cannot order by {field:?}; order by create_time, expire_time, last_use_time or name")
+    })?;
+    Ok(KeyOrder { field, descending })
+}
+
+/// Checks a BatchRevokeKeysRequest's filter (required) and TOTP code.
+pub fn batch_revoke_in(
+    filter: String,
+    totp_code: String,
+) -> Result<(crate::domain::key::KeyFilter, SecretString), Error> {
+    let mut violations = Violations::new();
+    if filter.trim().is_empty() {
+        violations.add(
+            "filter",
+            "is required: a batch revoke names what it selects, e.g. `labels.team = \"old\"`",
+        );
+    }
+    let parsed = violations.check("filter", super::filter::parse_key_filter(&filter));
+    if totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
+        violations.add("totp_code", "is not a TOTP code");
+    }
+    violations.finish()?;
+    Ok((parsed.unwrap_or_default(), SecretString::new(totp_code)))
+}
+
+/// Checks an ImportKeysRequest's own fields (the tokens' rules need the
+/// store, so the service checks them).
+pub fn import_in(
+    request: proto::ImportKeysRequest,
+) -> Result<(IdentityId, Vec<crate::service::ImportedKey>), Error> {
+    use crate::service::MAX_IMPORTED_KEYS;
+    let mut violations = Violations::new();
+    let identity_id = violations.check("identity_id", IdentityId::parse(&request.identity_id));
+    if request.keys.is_empty() || request.keys.len() > MAX_IMPORTED_KEYS {
+        violations.add("keys", format!("must hold 1 to {MAX_IMPORTED_KEYS} keys"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut keys = Vec::with_capacity(request.keys.len());
+    for (index, key) in request.keys.into_iter().enumerate() {
+        let name = violations.check(&format!("keys[{index}].name"), parse_name(&key.name));
+        if let Some(name) = &name {
+            if names.contains(name) {
+                violations.add(format!("keys[{index}].name"), format!("{name:?} is listed twice"));
+            }
+            names.push(name.clone());
+        }
+        let description = violations.check(
+            &format!("keys[{index}].description"),
+            parse_description(&key.description),
+        );
+        let expire_time = check_expire(
+            &mut violations,
+            &format!("keys[{index}].expire_time"),
+            key.expire_time.as_ref(),
+        );
+        keys.push(crate::service::ImportedKey {
+            name: name.unwrap_or_default(),
+            description: description.unwrap_or_default(),
+            expire_time,
+            token: SecretString::new(key.token),
+            disabled: key.disabled,
+        });
+    }
+    violations.finish()?;
+    let Some(identity_id) = identity_id else {
+        return Err(Error::invalid("identity_id", "is required"));
+    };
+    Ok((identity_id, keys))
 }

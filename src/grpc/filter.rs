@@ -13,7 +13,9 @@
 //! most once.
 
 use crate::domain::identity::IdentityFilter;
-use crate::domain::key::KeyFilter;
+use crate::domain::key::{KeyFilter, Origin};
+use crate::domain::labels;
+use crate::domain::{IdentityId, UnixMillis};
 use crate::domain::names::parse_name;
 use crate::domain::scope::parse_scope;
 use crate::domain::{IdentityKind, State};
@@ -25,13 +27,21 @@ const MAX_FILTER_CHARS: usize = 512;
 enum Token {
     Word(String),
     Quoted(String),
+    Operator(Op),
+}
+
+/// A term's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
     Equals,
+    Less,
+    Greater,
 }
 
 /// Characters of a bare word: a field name, or a value such as a name or a
 /// scope (`billing:read`, `/pkg.Service/*`) that needs no quotes.
 fn is_word_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_.:/-*".contains(c)
+    c.is_ascii_alphanumeric() || "_.:/-*+".contains(c)
 }
 
 fn tokenize(text: &str) -> Result<Vec<Token>, String> {
@@ -40,9 +50,14 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     while let Some(&c) = chars.peek() {
         if c.is_whitespace() {
             chars.next();
-        } else if c == '=' {
+        } else if let Some(op) = match c {
+            '=' => Some(Op::Equals),
+            '<' => Some(Op::Less),
+            '>' => Some(Op::Greater),
+            _ => None,
+        } {
             chars.next();
-            tokens.push(Token::Equals);
+            tokens.push(Token::Operator(op));
         } else if c == '"' {
             chars.next();
             let mut value = String::new();
@@ -77,13 +92,13 @@ fn value_of(token: Option<Token>, field: &str) -> Result<String, String> {
     }
 }
 
-/// Splits a filter into its `field = value` terms, refusing a field named
-/// twice; the empty filter has no terms.
-fn terms(text: &str) -> Result<Vec<(String, String)>, String> {
+/// Splits a filter into its `field op value` terms, refusing a field named
+/// twice with the same operator; the empty filter has no terms.
+fn terms(text: &str) -> Result<Vec<(String, Op, String)>, String> {
     if text.chars().count() > MAX_FILTER_CHARS {
         return Err(format!("at most {MAX_FILTER_CHARS} characters"));
     }
-    let mut terms: Vec<(String, String)> = Vec::new();
+    let mut terms: Vec<(String, Op, String)> = Vec::new();
     let mut tokens = tokenize(text)?.into_iter();
     loop {
         let field = match tokens.next() {
@@ -92,22 +107,59 @@ fn terms(text: &str) -> Result<Vec<(String, String)>, String> {
             Some(Token::Word(field)) => field,
             Some(other) => return Err(format!("expected a field name, found {other:?}")),
         };
-        if tokens.next() != Some(Token::Equals) {
-            return Err(format!(
-                "expected `=` after {field} (only equality is supported)"
-            ));
-        }
+        let Some(Token::Operator(op)) = tokens.next() else {
+            return Err(format!("expected `=`, `<` or `>` after {field}"));
+        };
         let value = value_of(tokens.next(), &field)?;
-        if terms.iter().any(|(seen, _)| *seen == field) {
+        if terms.iter().any(|(seen, seen_op, _)| *seen == field && *seen_op == op) {
             return Err(format!("{field} appears twice"));
         }
-        terms.push((field, value));
+        terms.push((field, op, value));
         match tokens.next() {
             None => return Ok(terms),
             Some(Token::Word(and)) if and == "AND" => continue,
             Some(other) => return Err(format!("expected AND, found {other:?}")),
         }
     }
+}
+
+/// Only equality is defined on most fields.
+fn equality(field: &str, op: Op) -> Result<(), String> {
+    if op == Op::Equals {
+        Ok(())
+    } else {
+        Err(format!("{field} supports only `=`"))
+    }
+}
+
+fn bool_value(field: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{field} must be true or false, not {value:?}")),
+    }
+}
+
+/// A `labels.<key> = value` term, if `field` names a label.
+fn label_term(field: &str, op: Op, value: &str) -> Option<Result<(String, String), String>> {
+    let key = field.strip_prefix("labels.")?;
+    Some(equality(field, op).and_then(|()| {
+        Ok((
+            labels::parse_label_key(key)?,
+            labels::parse_label_value(value)?,
+        ))
+    }))
+}
+
+fn time_value(field: &str, value: &str) -> Result<UnixMillis, String> {
+    let time = humantime::parse_rfc3339_weak(value).map_err(|_| {
+        format!("{field} needs an RFC 3339 time in UTC, e.g. 2027-01-01T00:00:00Z, not {value:?}")
+    })?;
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{field} must be after 1970"))?
+        .as_millis();
+    Ok(UnixMillis(i64::try_from(millis).unwrap_or(i64::MAX)))
 }
 
 fn state_value(value: &str) -> Result<State, String> {
@@ -129,7 +181,12 @@ fn scope_value(value: &str) -> Result<String, String> {
 /// Parses a ListIdentities filter; the empty filter matches everything.
 pub fn parse_identity_filter(text: &str) -> Result<IdentityFilter, String> {
     let mut filter = IdentityFilter::default();
-    for (field, value) in terms(text)? {
+    for (field, op, value) in terms(text)? {
+        if let Some(label) = label_term(&field, op, &value) {
+            filter.labels.push(label?);
+            continue;
+        }
+        equality(&field, op)?;
         match field.as_str() {
             "kind" => {
                 filter.kind = Some(
@@ -145,20 +202,14 @@ pub fn parse_identity_filter(text: &str) -> Result<IdentityFilter, String> {
                 )
             }
             "state" => filter.state = Some(state_value(&value)?),
-            "admin" => {
-                filter.admin = Some(match value.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("admin must be true or false, not {value:?}")),
-                })
-            }
+            "admin" => filter.admin = Some(bool_value("admin", &value)?),
             "dataset" => {
                 filter.dataset = Some(parse_name(&value).map_err(|e| format!("dataset {e}"))?)
             }
             "scope" => filter.scope = Some(scope_value(&value)?),
             other => {
                 return Err(format!(
-                    "unknown field {other:?}; filter on kind, state, dataset, admin or scope"
+                    "unknown field {other:?}; filter on kind, state, dataset, admin, scope or labels.<key>"
                 ));
             }
         }
@@ -169,18 +220,58 @@ pub fn parse_identity_filter(text: &str) -> Result<IdentityFilter, String> {
 /// Parses a ListKeys filter; the empty filter matches everything.
 pub fn parse_key_filter(text: &str) -> Result<KeyFilter, String> {
     let mut filter = KeyFilter::default();
-    for (field, value) in terms(text)? {
-        match field.as_str() {
-            "state" => filter.state = Some(state_value(&value)?),
-            "scope" => filter.scope = Some(scope_value(&value)?),
-            other => {
+    for (field, op, value) in terms(text)? {
+        if let Some(label) = label_term(&field, op, &value) {
+            filter.labels.push(label?);
+            continue;
+        }
+        match (field.as_str(), op) {
+            ("expire_time", Op::Less) => filter.expire_before = Some(time_value(&field, &value)?),
+            ("expire_time", Op::Greater) => filter.expire_after = Some(time_value(&field, &value)?),
+            ("last_use_time", Op::Less) => {
+                filter.last_use_before = Some(time_value(&field, &value)?)
+            }
+            ("last_use_time", Op::Greater) => {
+                filter.last_use_after = Some(time_value(&field, &value)?)
+            }
+            ("expire_time" | "last_use_time", Op::Equals) => {
+                return Err(format!("{field} supports `<` and `>`"));
+            }
+            (_, Op::Less | Op::Greater) => return Err(format!("{field} supports only `=`")),
+            ("state", _) => filter.state = Some(state_value(&value)?),
+            ("scope", _) => filter.scope = Some(scope_value(&value)?),
+            ("in_grace", _) => filter.in_grace = Some(bool_value("in_grace", &value)?),
+            ("origin", _) => filter.origin = Some(origin_value(&value)?),
+            ("identity_id", _) => {
+                filter.identity_id = Some(
+                    IdentityId::parse(&value).map_err(|e| format!("identity_id {e}"))?,
+                )
+            }
+            (other, _) => {
                 return Err(format!(
-                    "unknown field {other:?}; filter on state or scope"
+                    "unknown field {other:?}; filter on state, origin, in_grace, identity_id, scope, labels.<key>, expire_time or last_use_time"
                 ));
             }
         }
     }
     Ok(filter)
+}
+
+fn origin_value(value: &str) -> Result<Origin, String> {
+    match value
+        .trim_start_matches("ORIGIN_")
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "CREATE_IDENTITY" => Ok(Origin::CreateIdentity),
+        "CREATE_KEY" => Ok(Origin::CreateKey),
+        "DATASET" => Ok(Origin::Dataset),
+        "ROLL" => Ok(Origin::Roll),
+        "IMPORT" => Ok(Origin::Import),
+        _ => Err(format!(
+            "origin must be CREATE_IDENTITY, CREATE_KEY, DATASET, ROLL or IMPORT, not {value:?}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +309,30 @@ mod tests {
         assert_eq!(keys.scope.as_deref(), Some("billing:*"));
         assert_eq!(keys.state, Some(State::Active));
         assert!(parse_key_filter("kind = SERVICE").is_err());
+        let keys = parse_key_filter(
+            r#"origin = ROLL AND in_grace = true AND labels.team = "pay ments" AND expire_time > 2027-01-01T00:00:00Z AND expire_time < "2028-01-01T00:00:00Z""#,
+        )
+        .unwrap();
+        assert_eq!(keys.origin, Some(Origin::Roll));
+        assert_eq!(keys.in_grace, Some(true));
+        assert_eq!(keys.labels, [("team".to_string(), "pay ments".to_string())]);
+        assert_eq!(keys.expire_after, Some(UnixMillis(1_798_761_600_000)));
+        assert_eq!(keys.expire_before, Some(UnixMillis(1_830_297_600_000)));
+        for bad in [
+            "expire_time = 2027-01-01T00:00:00Z",
+            "state < ACTIVE",
+            "labels.Team = x",
+            "labels.team > x",
+            "last_use_time > yesterday",
+            "origin = MAGIC",
+            "identity_id = short",
+        ] {
+            assert!(parse_key_filter(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            parse_identity_filter("labels.tenant = acme").unwrap().labels,
+            [("tenant".to_string(), "acme".to_string())]
+        );
         assert!(parse_key_filter("scope = a AND scope = b").is_err());
     }
 

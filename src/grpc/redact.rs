@@ -16,6 +16,7 @@ impl fmt::Debug for proto::VerifyRequest {
             .field("token", &redacted(&self.token))
             .field("dataset", &self.dataset)
             .field("client_ip", &self.client_ip)
+            .field("required_scopes", &self.required_scopes)
             .finish()
     }
 }
@@ -58,6 +59,29 @@ impl fmt::Debug for proto::RollKeyRequest {
                 },
             )
             .field("totp_code", &redacted(&self.totp_code))
+            .field("new_key_expire_time", &self.new_key_expire_time)
+            .finish()
+    }
+}
+
+impl fmt::Debug for proto::BatchRevokeKeysRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchRevokeKeysRequest")
+            .field("filter", &self.filter)
+            .field("validate_only", &self.validate_only)
+            .field("totp_code", &redacted(&self.totp_code))
+            .finish()
+    }
+}
+
+impl fmt::Debug for proto::ImportedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportedKey")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("expire_time", &self.expire_time)
+            .field("token", &redacted(&self.token))
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -118,7 +142,15 @@ mod tests {
             secret: "JBSWY3DP".into(),
             otpauth_url: "otpauth://totp/x?secret=JBSWY3DP".into(),
         };
+        let imported = proto::ImportKeysRequest {
+            identity_id: "abc".into(),
+            keys: vec![proto::ImportedKey {
+                token: "legacy-supersecret-token".into(),
+                ..Default::default()
+            }],
+        };
         for printed in [
+            format!("{imported:?}"),
             format!("{request:?}"),
             format!("{response:?}"),
             format!("{enroll:?}"),

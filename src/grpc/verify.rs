@@ -49,6 +49,7 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
         response.key_id = key.id.to_string();
         response.datasets = key.effective_datasets(&identity);
         response.scopes = key.effective_scopes(&identity);
+        response.labels = key.effective_labels(&identity).into_iter().collect();
         response.identity = Some(proto::VerifiedIdentity {
             id: identity.id.to_string(),
             name: identity.name,

@@ -133,6 +133,31 @@ impl SecretHasher {
             .map_err(|e| Error::Internal(format!("argon2 setup: {e}")))
     }
 
+    /// Keyed digests of an imported token (HMAC-SHA-256 under a key derived
+    /// from each configured server secret with HKDF), current version first:
+    /// the import index is keyed by them, so a copy of Redis cannot be
+    /// searched for a token, and imports survive a secret rotation while the
+    /// previous secret is configured.
+    pub fn import_digests(&self, token: &SecretString) -> Vec<String> {
+        use hmac::Mac;
+        let mut versions: Vec<u32> = self.secrets.keys().copied().collect();
+        versions.sort_by_key(|version| (*version != self.current_version, *version));
+        versions
+            .into_iter()
+            .filter_map(|version| {
+                let secret = self.secrets.get(&version)?;
+                let mut key = Zeroizing::new([0u8; 32]);
+                hkdf::Hkdf::<sha2::Sha256>::new(None, &secret.bytes)
+                    .expand(b"keyrack import index v1", key.as_mut())
+                    .ok()?;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).ok()?;
+                mac.update(token.expose().as_bytes());
+                let digest = mac.finalize().into_bytes();
+                Some(format!("{version}:{}", hex(&digest)))
+            })
+            .collect()
+    }
+
     /// The PHC string of `secret` under the current server secret.
     pub fn hash(&self, secret: &SecretString) -> Result<String, Error> {
         let keyid = KeyId::new(&self.current_version.to_be_bytes())
@@ -323,4 +348,8 @@ mod tests {
             .is_err()
         );
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,6 +2,8 @@
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::domain::key::Origin;
+use crate::domain::labels::Labels;
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -21,6 +23,8 @@ pub struct NewIdentity {
     pub allowed_cidrs: Vec<IpNet>,
     /// Scopes its keys may be granted.
     pub scopes: Vec<String>,
+    /// Labels.
+    pub labels: Labels,
     /// Whether it may call AdminService.
     pub admin: bool,
     /// When it stops working.
@@ -40,6 +44,8 @@ pub struct IdentityChanges {
     pub allowed_cidrs: Option<Vec<IpNet>>,
     /// A new scope list.
     pub scopes: Option<Vec<String>>,
+    /// New labels (replacing all).
+    pub labels: Option<Labels>,
     /// A new admin flag.
     pub admin: Option<bool>,
     /// A new expiry; `Some(None)` clears it.
@@ -52,6 +58,16 @@ impl Authority {
         &self,
         request: NewIdentity,
     ) -> Result<(Identity, MintedKey), Error> {
+        self.create_identity_minting(request, Origin::CreateIdentity)
+            .await
+    }
+
+    /// Creates a service identity whose first key has `origin`.
+    pub(super) async fn create_identity_minting(
+        &self,
+        request: NewIdentity,
+        origin: Origin,
+    ) -> Result<(Identity, MintedKey), Error> {
         let now = UnixMillis::now();
         require_future("expire_time", request.expire_time, now)?;
         self.require_datasets_exist("datasets", &request.datasets)
@@ -60,10 +76,11 @@ impl Authority {
         identity.datasets = request.datasets;
         identity.allowed_cidrs = request.allowed_cidrs;
         identity.scopes = request.scopes;
+        identity.labels = request.labels;
         identity.admin = request.admin;
         identity.expire_time = request.expire_time;
         let first = self
-            .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now)
+            .mint(&identity.id, FIRST_KEY_NAME.to_owned(), now, origin)
             .await?;
         journal::add_target(identity.id.as_str());
         journal::add_target(first.key.id.as_str());
@@ -72,6 +89,7 @@ impl Authority {
             .create_identity(&identity, std::slice::from_ref(&first.key))
             .await?;
         tracing::info!(identity_id = %identity.id, name = %identity.name, admin = identity.admin, "identity created");
+        identity.key_count = 1;
         Ok((identity, first))
     }
 
@@ -144,10 +162,14 @@ impl Authority {
             if let Some(scopes) = &changes.scopes {
                 identity.scopes = scopes.clone();
             }
+            if let Some(labels) = &changes.labels {
+                identity.labels = labels.clone();
+            }
             if let Some(admin) = changes.admin {
                 identity.admin = admin;
             }
             if let Some(expire_time) = changes.expire_time {
+                super::keys::require_lifetime_owned_by_admins(&identity)?;
                 identity.expire_time = expire_time;
             }
             identity.update_time = now;

@@ -18,12 +18,16 @@ mod verify;
 
 pub use datasets::{CreatedDataset, NewDataset};
 pub use identities::{IdentityChanges, NewIdentity};
-pub use keys::{KeyChanges, MAX_GRACE_PERIOD, NewKey, OldKeyEnd, RollRequest, Rolled};
+pub use keys::{
+    ImportedKey, KeyChanges, KeyOrder, KeyOrderField, KeyPage, KeyQuery, MAX_BATCH_REVOKE,
+    MAX_GRACE_PERIOD, MAX_IMPORTED_KEYS, NewKey, OldKeyEnd, RollRequest, Rolled,
+};
 pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
 pub use verify::{Caller, VerifyQuery};
 
 use crate::domain::token::{self, TokenPrefix};
+use crate::domain::key::Origin;
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
@@ -215,6 +219,7 @@ impl Authority {
         identity: &IdentityId,
         name: String,
         now: UnixMillis,
+        origin: Origin,
     ) -> Result<MintedKey, Error> {
         let id = KeyId::generate(identity);
         let minted = token::mint(&self.options.token_prefix, &id);
@@ -241,6 +246,8 @@ impl Authority {
             allowed_cidrs: Vec::new(),
             scopes: Vec::new(),
             datasets: Vec::new(),
+            labels: Default::default(),
+            origin: Some(origin),
             secret_hash,
             revision: 0,
         };

@@ -4,7 +4,7 @@
 
 use super::Authority;
 use super::guard::{TokenDigest, VerifyGuard};
-use crate::domain::token::{self, ParsedToken};
+use crate::domain::token;
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use crate::metrics::metrics;
 use std::net::IpAddr;
@@ -46,9 +46,14 @@ impl Authority {
     /// Decides whether a token is valid. A bad token is a verdict, not an
     /// error; only a store outage is an error (fail closed).
     pub async fn verify(&self, query: VerifyQuery<'_>) -> Result<Verdict, Error> {
-        let parsed = match token::parse(&self.options.token_prefix, query.token) {
-            Ok(parsed) => parsed,
-            Err(_) => return Ok(Verdict::refused(VerifyCode::Malformed)),
+        // A keyrack token names its key; a token of another system may have
+        // been imported, and then the import index names it.
+        let (key_id, secret) = match token::parse(&self.options.token_prefix, query.token) {
+            Ok(parsed) => (parsed.key_id.clone(), parsed.secret()),
+            Err(_) => match self.imported_key(query.token).await? {
+                Some(key_id) => (key_id, query.token),
+                None => return Ok(Verdict::refused(VerifyCode::Malformed)),
+            },
         };
         // What the guard already knows decides whether the store is worth a
         // round trip: a token argon2 refused stays wrong (a key id never gets
@@ -62,12 +67,12 @@ impl Authority {
                 self.guard.slow_down().await;
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
-            if let Err(throttled) = self.guard.check_throttle(&parsed.key_id) {
+            if let Err(throttled) = self.guard.check_throttle(&key_id) {
                 self.guard.slow_down().await;
                 return Err(throttled);
             }
         }
-        let Some((key, identity)) = self.store.key_with_identity(&parsed.key_id).await? else {
+        let Some((key, identity)) = self.store.key_with_identity(&key_id).await? else {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         };
         if !self.is_current(&key, &identity) {
@@ -82,7 +87,7 @@ impl Authority {
             }
             _ => {
                 metrics().verify_cache_misses.inc();
-                self.check_with_argon2(digest, &parsed, &key).await?
+                self.check_with_argon2(digest, secret, &key).await?
             }
         };
         if !matched {
@@ -120,17 +125,27 @@ impl Authority {
     async fn check_with_argon2(
         &self,
         digest: TokenDigest,
-        parsed: &ParsedToken<'_>,
+        secret: &str,
         key: &ApiKey,
     ) -> Result<bool, Error> {
         self.guard.check_throttle(&key.id)?;
         let _slot = self.guard.hash_slot().await?;
-        let matched = self
-            .secret_matches(parsed.secret(), &key.secret_hash)
-            .await?;
+        let matched = self.secret_matches(secret, &key.secret_hash).await?;
         self.guard
             .remember(&key.id, digest, &key.secret_hash, matched);
         Ok(matched)
+    }
+
+    /// The key an imported token belongs to, found through the import index
+    /// (one store read, only for tokens of an importable shape).
+    async fn imported_key(&self, token: &str) -> Result<Option<KeyId>, Error> {
+        if !super::keys::importable_shape(token) {
+            return Ok(None);
+        }
+        let digests = self
+            .hasher
+            .import_digests(&crate::domain::SecretString::new(token.to_owned()));
+        Ok(self.store.find_imported(&digests).await?)
     }
 
     /// The store drops records at their deadline; this also refuses one read

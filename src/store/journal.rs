@@ -106,3 +106,9 @@ mod tests {
         assert_eq!(armed_event(), None, "outside a scope nothing is armed");
     }
 }
+
+/// The event of the scope under way, as a template for the events of the
+/// operations it runs one by one (a batch revoke audits each revoke).
+pub fn current_event() -> Option<AuditEvent> {
+    with_slot(|slot| slot.event.clone()).flatten()
+}

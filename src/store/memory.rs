@@ -35,6 +35,8 @@ struct State {
     last_use: HashMap<KeyId, UnixMillis>,
     /// Console sessions by handle, each gone at its `expire_time`.
     sessions: HashMap<String, ConsoleSession>,
+    /// Keyed digests of imported tokens -> their keys.
+    imports: HashMap<String, KeyId>,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -561,6 +563,31 @@ impl Store for MemoryStore {
             |state| Ok(state.datasets.remove(name).is_some()),
             |deleted| *deleted,
         )
+    }
+
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
+        self.with_state(|state| {
+            if state.imports.contains_key(digest) {
+                return Ok(false);
+            }
+            state.imports.insert(digest.to_owned(), key.clone());
+            Ok(true)
+        })
+    }
+
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>> {
+        self.with_state(|state| {
+            Ok(digests
+                .iter()
+                .find_map(|digest| state.imports.get(digest).cloned()))
+        })
+    }
+
+    async fn release_import(&self, digest: &str) -> StoreResult<()> {
+        self.with_state(|state| {
+            state.imports.remove(digest);
+            Ok(())
+        })
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {

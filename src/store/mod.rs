@@ -166,6 +166,18 @@ pub trait Store: Send + Sync + 'static {
     /// longer exists is skipped. `get_key` and `list_keys` report it.
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()>;
 
+    /// Points the import index entry `digest` (a keyed digest of an imported
+    /// token) at `key`, unless it already points somewhere: false then.
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool>;
+
+    /// The key the first of `digests` that is indexed points at. One round
+    /// trip on Redis.
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>>;
+
+    /// Drops an import index entry (an import that failed, or one whose key
+    /// is gone).
+    async fn release_import(&self, digest: &str) -> StoreResult<()>;
+
     /// Appends an audit event that no change carried (a refusal, a failure,
     /// a no-op), and assigns its id.
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;

@@ -497,6 +497,81 @@ fn run_readme_block(name: &str) -> (String, Vec<String>) {
     (stdout, codes)
 }
 
+/// `keyrack import --csv` reads an AWS API Gateway API key file into keys of
+/// one identity; the tokens verify, and Redis holds nothing of them.
+#[test]
+fn import_reads_an_api_gateway_key_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let store_args = [
+        "--redis-url",
+        &redis.url(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let admin = bootstrap_admin("ops", &store_args);
+    let served = Served::start(dir.path(), &store_args, &[], false);
+    let created = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {admin}"),
+        "-d",
+        r#"{"name": "gateway"}"#,
+        &served.address(),
+        "keyrack.v1.AdminService/CreateIdentity",
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let identity = created["identity"]["id"].as_str().unwrap().to_owned();
+    let csv = dir.path().join("keys.csv");
+    std::fs::write(
+        &csv,
+        "Name,Key,Description,Enabled,usageplanIds\n\
+         mobile,GwKeyMobile0123456789abcdefXYZ,\"mobile app, v2\",true,plan1\n\
+         retired,GwKeyRetired0123456789abcdefXY,,false,\n",
+    )
+    .unwrap();
+    let imported = keyrack()
+        .arg("import")
+        .args(["--csv", csv.to_str().unwrap(), "--identity", &identity])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let stdout = text(&imported.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(!stdout.contains("GwKey"), "a token was printed: {stdout}");
+    let verify = |token: &str| {
+        let answer = grpcurl(&[
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {admin}"),
+            "-d",
+            &format!(r#"{{"token": "{token}"}}"#),
+            &served.address(),
+            "keyrack.v1.VerifyService/Verify",
+        ]);
+        assert!(answer.status.success(), "{}", text(&answer.stderr));
+        text(&answer.stdout)
+    };
+    assert!(verify("GwKeyMobile0123456789abcdefXYZ").contains("VERIFY_CODE_VALID"));
+    assert!(verify("GwKeyRetired0123456789abcdefXY").contains("VERIFY_CODE_DISABLED"));
+    assert!(verify("GwKeyMobile0123456789abcdefXYY").contains("VERIFY_CODE_MALFORMED"));
+    for (name, value) in redis.dump() {
+        assert!(!value.contains("GwKey") && !name.contains("GwKey"), "{name}");
+    }
+    // The same file again is refused: the tokens are imported already.
+    let again = keyrack()
+        .arg("import")
+        .args(["--csv", csv.to_str().unwrap(), "--identity", &identity])
+        .args(store_args)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("imported already"), "{}", text(&again.stderr));
+}
+
 /// The README's walkthrough, run as written.
 #[test]
 fn readme_walkthrough_runs_as_written() {
@@ -773,6 +848,7 @@ async fn trace_logs_never_contain_totp_seeds_or_codes() {
                 key_id: created.key.unwrap().id,
                 old_key_end: None,
                 totp_code: roll_code.clone(),
+                new_key_expire_time: None,
             },
         ))
         .await
@@ -785,6 +861,7 @@ async fn trace_logs_never_contain_totp_seeds_or_codes() {
                 key_id: rolled.key.unwrap().id,
                 old_key_end: None,
                 totp_code: roll_code.clone(),
+                new_key_expire_time: None,
             },
         ))
         .await

@@ -47,6 +47,7 @@ async fn verify_roll_and_audit_work_across_shards() {
             proto::RollKeyRequest {
                 key_id: target.key.unwrap().id,
                 totp_code: admin.next_code(),
+                new_key_expire_time: None,
                 old_key_end: Some(proto::roll_key_request::OldKeyEnd::GracePeriod(
                     prost_types::Duration {
                         seconds: 60,

@@ -72,6 +72,7 @@ async fn replica_durability_acknowledges_only_what_a_replica_has() {
             allowed_cidrs: Vec::new(),
             scopes: Vec::new(),
             datasets: Vec::new(),
+            labels: Default::default(),
         })
         .await
         .unwrap();

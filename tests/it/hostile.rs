@@ -500,6 +500,7 @@ fn battery(f: &Fixture) -> Vec<Row> {
         key_id: f.key_id.clone(),
         old_key_end,
         totp_code: "123456".into(),
+        new_key_expire_time: None,
     };
     let verify = |token: &str, dataset: &str, client_ip: &str| proto::VerifyRequest {
         token: token.into(),
@@ -756,6 +757,7 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 datasets: strings(&["a", "a"]),
                 allowed_cidrs: strings(&["300.1.1.1/8"]),
                 scopes: strings(&["bad scope"]),
+                labels: [("Bad Key".to_string(), String::new())].into_iter().collect(),
                 admin: true,
                 expire_time: at(0, 1_000_000_000),
             }),
@@ -765,6 +767,7 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 "datasets[1]",
                 "allowed_cidrs[0]",
                 "scopes[0]",
+                "labels[\"Bad Key\"]",
                 "expire_time",
             ]),
         ),

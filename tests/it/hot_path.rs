@@ -208,6 +208,7 @@ async fn last_use_is_recorded_without_touching_ttls() {
             &server.admin_token,
             proto::RollKeyRequest {
                 key_id: key_id.clone(),
+                new_key_expire_time: None,
                 old_key_end: Some(proto::roll_key_request::OldKeyEnd::GracePeriod(
                     prost_types::Duration {
                         seconds: 3,

@@ -13,6 +13,7 @@ mod hostile;
 mod hot_path;
 mod observability;
 mod roll;
+mod scale;
 mod scim;
 mod scopes;
 mod sentinel;

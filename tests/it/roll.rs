@@ -119,6 +119,7 @@ fn roll(key_id: &str, end: Option<OldKeyEnd>, code: String) -> proto::RollKeyReq
         key_id: key_id.into(),
         old_key_end: end,
         totp_code: code,
+        new_key_expire_time: None,
     }
 }
 

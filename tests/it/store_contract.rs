@@ -28,6 +28,8 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         allowed_cidrs: Vec::new(),
         scopes: Vec::new(),
         datasets: Vec::new(),
+        labels: Default::default(),
+        origin: None,
         secret_hash: "$argon2id$placeholder".into(),
         revision: 0,
     }

@@ -109,6 +109,12 @@ impl Keyspace {
     pub fn console_session(&self, handle: &str) -> String {
         format!("{}console-session:{handle}", self.prefix)
     }
+
+    /// The import index entry of one imported token's keyed digest: the id
+    /// of its key. Its own slot, so written around the key record.
+    pub fn import(&self, digest: &str) -> String {
+        format!("{}import:{{{digest}}}", self.prefix)
+    }
 }
 
 #[cfg(test)]

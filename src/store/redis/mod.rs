@@ -1071,6 +1071,38 @@ where
         Ok(deleted == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.claim_import", skip_all)]
+    async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
+        let claimed: bool = self
+            .writer()
+            .set_nx(self.keyspace.import(digest), key.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.find_imported", skip_all)]
+    async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>> {
+        // One GET per digest, sent at once (each is its own slot).
+        let found = self
+            .get_each(digests.iter().map(|digest| self.keyspace.import(digest)))
+            .await?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .find_map(|id| KeyId::parse(&id).ok()))
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.release_import", skip_all)]
+    async fn release_import(&self, digest: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .writer()
+            .del(self.keyspace.import(digest))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.append_audit", skip_all)]
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         self.append_encoded_audit(&encode(event)?).await?;

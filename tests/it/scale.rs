@@ -1,0 +1,564 @@
+//! Operating at scale: authority-wide key listing with filters, orders and
+//! totals; labels; batch revoke; rolls with a new expiry; imports.
+
+use crate::support::{Backend, RedisServer, TestServer, authed, eventually};
+use keyrack::proto::{self, Origin, VerifyCode};
+use keyrack::service::AuthorityOptions;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn labels(entries: &[(&str, &str)]) -> HashMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn in_days(days: i64) -> Option<prost_types::Timestamp> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    Some(prost_types::Timestamp {
+        seconds: now + days * 86_400,
+        nanos: 0,
+    })
+}
+
+/// A server on each backend that rolls without TOTP (the codes are covered by
+/// the roll tests) and flushes last-use times quickly.
+async fn servers() -> Vec<TestServer> {
+    let mut servers = Vec::new();
+    for backend in [Backend::Memory, Backend::Redis(RedisServer::start())] {
+        servers.push(
+            TestServer::start_with(
+                backend,
+                AuthorityOptions {
+                    totp_for_roll: false,
+                    ..Default::default()
+                },
+                Duration::from_millis(100),
+            )
+            .await,
+        );
+    }
+    servers
+}
+
+async fn list(server: &TestServer, request: proto::ListKeysRequest) -> proto::ListKeysResponse {
+    server
+        .admin()
+        .await
+        .list_keys(authed(&server.admin_token, request))
+        .await
+        .unwrap_or_else(|status| panic!("ListKeys: {status:?}"))
+        .into_inner()
+}
+
+async fn names(server: &TestServer, filter: &str, order_by: &str) -> Vec<String> {
+    list(
+        server,
+        proto::ListKeysRequest {
+            filter: filter.into(),
+            order_by: order_by.into(),
+            page_size: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .keys
+    .into_iter()
+    .map(|key| key.name)
+    .collect()
+}
+
+async fn create_key(server: &TestServer, request: proto::CreateKeyRequest) -> proto::CreateKeyResponse {
+    server
+        .admin()
+        .await
+        .create_key(authed(&server.admin_token, request))
+        .await
+        .expect("create key")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authority_wide_listing_filters_orders_and_counts() {
+    for server in servers().await {
+        let team = server
+            .create_identity(proto::CreateIdentityRequest {
+                name: "team".into(),
+                labels: labels(&[("tenant", "acme"), ("team", "billing")]),
+                ..Default::default()
+            })
+            .await;
+        let team_id = team.identity.unwrap().id;
+        let other = server.create_service("other").await;
+        let soon = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: team_id.clone(),
+                name: "soon".into(),
+                expire_time: in_days(1),
+                labels: labels(&[("team", "payments")]),
+                ..Default::default()
+            },
+        )
+        .await;
+        create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: team_id.clone(),
+                name: "later".into(),
+                expire_time: in_days(30),
+                ..Default::default()
+            },
+        )
+        .await;
+        // A roll with a grace period: the old key is in grace, the new one is ORIGIN_ROLL.
+        let rolled = server
+            .admin()
+            .await
+            .roll_key(authed(
+                &server.admin_token,
+                proto::RollKeyRequest {
+                    key_id: other.key.unwrap().id,
+                    old_key_end: Some(proto::roll_key_request::OldKeyEnd::GracePeriod(
+                        prost_types::Duration {
+                            seconds: 3600,
+                            nanos: 0,
+                        },
+                    )),
+                    new_key_expire_time: in_days(7),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let replacement = rolled.key.unwrap();
+        assert_eq!(replacement.origin(), Origin::Roll);
+        assert!(replacement.expire_time.is_some(), "new_key_expire_time applies");
+        server
+            .admin()
+            .await
+            .disable_key(authed(
+                &server.admin_token,
+                proto::DisableKeyRequest {
+                    key_id: soon.key.as_ref().unwrap().id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+
+        // Everything: root's key, team's three, other's old and new key.
+        let everything = list(&server, proto::ListKeysRequest::default()).await;
+        assert_eq!(everything.total_size, 6, "{:?}", everything.keys);
+        assert_eq!(everything.keys.len(), 6);
+        let mut ids: Vec<&str> = everything.keys.iter().map(|k| k.id.as_str()).collect();
+        let listed = ids.clone();
+        ids.sort();
+        assert_eq!(ids, listed, "the default order is by key id");
+
+        assert_eq!(names(&server, "state = DISABLED", "").await, ["soon"]);
+        assert_eq!(names(&server, "in_grace = true", "").await, ["default"]);
+        assert_eq!(
+            names(&server, "origin = ROLL", "").await,
+            [replacement.name.clone()]
+        );
+        assert_eq!(
+            names(&server, "origin = ORIGIN_CREATE_KEY", "name").await,
+            ["later", "soon"]
+        );
+        assert_eq!(
+            names(&server, &format!("identity_id = {team_id}"), "name desc").await,
+            ["soon", "later", "default"]
+        );
+        assert_eq!(names(&server, "labels.team = payments", "").await, ["soon"]);
+        // Expiry comparisons and order: keys without expiry never match a
+        // comparison and sort last.
+        let in_3_days = {
+            let t = in_days(3).unwrap();
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.seconds as u64))
+                .to_string()
+        };
+        assert_eq!(
+            names(&server, &format!("expire_time < \"{in_3_days}\""), "").await,
+            ["soon"]
+        );
+        assert_eq!(
+            names(&server, &format!("expire_time > {in_3_days}"), "expire_time").await,
+            [replacement.name.as_str(), "later"]
+        );
+        let by_expiry = names(&server, "", "expire_time").await;
+        assert_eq!(&by_expiry[..3], ["soon", replacement.name.as_str(), "later"]);
+        let by_creation = names(&server, "", "create_time desc").await;
+        assert_eq!(by_creation.len(), 6);
+
+        // last_use_time: used keys only, once the flush has written them.
+        let verifier = |token: String| async {
+            server
+                .verifier()
+                .await
+                .verify(proto::VerifyRequest {
+                    token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        };
+        assert_eq!(verifier(rolled.token.clone()).await.code(), VerifyCode::Valid);
+        let an_hour_ago = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3600)).to_string();
+        eventually("the use is flushed", Duration::from_secs(10), || async {
+            names(&server, &format!("last_use_time > {an_hour_ago}"), "").await.contains(&replacement.name)
+        })
+        .await;
+
+        // Labels reach Verify merged, the key's value winning.
+        let answer = verifier(soon.token.clone()).await;
+        assert_eq!(answer.code(), VerifyCode::Disabled);
+        server
+            .admin()
+            .await
+            .enable_key(authed(
+                &server.admin_token,
+                proto::EnableKeyRequest {
+                    key_id: soon.key.as_ref().unwrap().id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        let answer = verifier(soon.token.clone()).await;
+        assert_eq!(answer.code(), VerifyCode::Valid);
+        assert_eq!(answer.labels, labels(&[("tenant", "acme"), ("team", "payments")]));
+        let identities = server
+            .admin()
+            .await
+            .list_identities(authed(
+                &server.admin_token,
+                proto::ListIdentitiesRequest {
+                    filter: "labels.tenant = acme".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .identities;
+        assert_eq!(identities.len(), 1);
+        assert_eq!(identities[0].key_count, 3);
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_stable_while_keys_are_created() {
+    for server in servers().await {
+        let identity = server.create_service("pager").await.identity.unwrap().id;
+        for i in 0..9 {
+            create_key(
+                &server,
+                proto::CreateKeyRequest {
+                    identity_id: identity.clone(),
+                    name: format!("k{i}"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        for order_by in ["", "name", "create_time desc"] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut token = String::new();
+            let mut round = 0;
+            loop {
+                let page = list(
+                    &server,
+                    proto::ListKeysRequest {
+                        page_size: 4,
+                        page_token: token.clone(),
+                        order_by: order_by.into(),
+                        filter: format!("identity_id = {identity}"),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                seen.extend(page.keys.iter().map(|k| k.id.clone()));
+                // A key created between pages must not make any other key
+                // appear twice or go missing.
+                create_key(
+                    &server,
+                    proto::CreateKeyRequest {
+                        identity_id: identity.clone(),
+                        name: format!("x{}{round}", order_by.len()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                round += 1;
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), seen.len(), "{order_by}: a key came twice");
+            assert!(seen.len() >= 10, "{order_by}: keys went missing: {}", seen.len());
+        }
+        // A token of one order is refused under another.
+        let first = list(
+            &server,
+            proto::ListKeysRequest {
+                page_size: 2,
+                order_by: "name".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let refused = server
+            .admin()
+            .await
+            .list_keys(authed(
+                &server.admin_token,
+                proto::ListKeysRequest {
+                    page_size: 2,
+                    page_token: first.next_page_token,
+                    order_by: "expire_time".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_revoke_previews_then_revokes_each_with_an_audit_event() {
+    // TOTP enforced: the real revoke needs a code, the preview does not.
+    let guarded = TestServer::memory().await;
+    let refused = guarded
+        .admin()
+        .await
+        .batch_revoke_keys(authed(
+            &guarded.admin_token,
+            proto::BatchRevokeKeysRequest {
+                filter: "origin = CREATE_KEY".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    guarded.stop().await;
+
+    for server in servers().await {
+        let identity = server.create_service("batch").await.identity.unwrap().id;
+        let mut tokens = Vec::new();
+        for (name, team) in [("a", "old"), ("b", "old"), ("c", "new")] {
+            let created = create_key(
+                &server,
+                proto::CreateKeyRequest {
+                    identity_id: identity.clone(),
+                    name: name.into(),
+                    labels: labels(&[("team", team)]),
+                    ..Default::default()
+                },
+            )
+            .await;
+            tokens.push(created.token);
+        }
+        let batch = |filter: &str, validate_only: bool| {
+            let request = proto::BatchRevokeKeysRequest {
+                filter: filter.into(),
+                validate_only,
+                ..Default::default()
+            };
+            let server = &server;
+            async move {
+                server
+                    .admin()
+                    .await
+                    .batch_revoke_keys(authed(&server.admin_token, request))
+                    .await
+            }
+        };
+        let empty = batch("  ", false).await.unwrap_err();
+        assert_eq!(empty.code(), Code::InvalidArgument);
+        assert_eq!(
+            empty.get_details_bad_request().unwrap().field_violations[0].field,
+            "filter"
+        );
+        let before = server.store.list_audit(None, 1000).await.unwrap().len();
+        let preview = batch("labels.team = old", true).await.unwrap().into_inner();
+        assert_eq!(preview.revoked_count, 0);
+        assert_eq!(preview.keys.len(), 2);
+        for token in &tokens {
+            assert_eq!(server.verify_code(token).await, Ok(VerifyCode::Valid));
+        }
+        let done = batch("labels.team = old", false).await.unwrap().into_inner();
+        assert_eq!(done.revoked_count, 2);
+        assert_eq!(server.verify_code(&tokens[0]).await, Ok(VerifyCode::Unknown));
+        assert_eq!(server.verify_code(&tokens[1]).await, Ok(VerifyCode::Unknown));
+        assert_eq!(server.verify_code(&tokens[2]).await, Ok(VerifyCode::Valid));
+        let events = server.store.list_audit(None, 1000).await.unwrap();
+        let revokes: Vec<_> = events[..events.len() - before]
+            .iter()
+            .filter(|event| event.action == "RevokeKey")
+            .collect();
+        assert_eq!(revokes.len(), 2, "{events:?}");
+        let mut revoked: Vec<&String> = revokes.iter().flat_map(|e| &e.target_ids).collect();
+        let mut previewed: Vec<&String> = preview.keys.iter().map(|k| &k.id).collect();
+        revoked.sort();
+        previewed.sort();
+        assert_eq!(revoked, previewed);
+        assert!(revokes.iter().all(|e| e.outcome == "OK" && e.actor_identity_id.is_some()));
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_lifetimes_belong_to_the_identity_provider() {
+    for server in servers().await {
+        let person = server
+            .authority
+            .provision_person(keyrack::service::PersonProfile {
+                user_name: "grace@example.com".into(),
+                external_id: None,
+                display_name: "Grace".into(),
+                active: Some(true),
+            })
+            .await
+            .unwrap();
+        let refused = server
+            .admin()
+            .await
+            .update_identity(authed(
+                &server.admin_token,
+                proto::UpdateIdentityRequest {
+                    identity: Some(proto::Identity {
+                        id: person.id.to_string(),
+                        expire_time: in_days(3),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["expire_time".into()],
+                    }),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let refused = server
+            .admin()
+            .await
+            .create_key(authed(
+                &server.admin_token,
+                proto::CreateKeyRequest {
+                    identity_id: person.id.to_string(),
+                    name: "laptop".into(),
+                    expire_time: in_days(3),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        server.stop().await;
+    }
+}
+
+const LEGACY_TOKEN: &str = "AbCdEf0123456789legacyGatewayKey42";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
+    for server in servers().await {
+        let identity = server.create_service("importer").await.identity.unwrap().id;
+        let import = |keys: Vec<proto::ImportedKey>| {
+            let request = proto::ImportKeysRequest {
+                identity_id: identity.clone(),
+                keys,
+            };
+            let server = &server;
+            async move {
+                server
+                    .admin()
+                    .await
+                    .import_keys(authed(&server.admin_token, request))
+                    .await
+            }
+        };
+        let key = |name: &str, token: &str| proto::ImportedKey {
+            name: name.into(),
+            token: token.into(),
+            ..Default::default()
+        };
+        // Bad input: too short, too long, twice, keyrack's own format.
+        let own = server.create_service("own").await.token;
+        let refused = import(vec![
+            key("a", "short"),
+            key("b", &"x".repeat(257)),
+            key("c", "duplicate-token-0123456789"),
+            key("d", "duplicate-token-0123456789"),
+            key("e", &own),
+        ])
+        .await
+        .unwrap_err();
+        let fields: Vec<String> = refused
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["keys[0].token", "keys[1].token", "keys[3].token", "keys[4].token"]
+        );
+        let imported = import(vec![key("gateway", LEGACY_TOKEN), proto::ImportedKey {
+            disabled: true,
+            ..key("off", "another-legacy-token-0000")
+        }])
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+        assert_eq!(imported[0].origin(), Origin::Import);
+        assert_eq!(imported[1].state(), proto::State::Disabled);
+        assert_eq!(server.verify_code(LEGACY_TOKEN).await, Ok(VerifyCode::Valid));
+        assert_eq!(
+            server.verify_code("another-legacy-token-0000").await,
+            Ok(VerifyCode::Disabled)
+        );
+        // A near miss is not a key.
+        let near = format!("{}3", &LEGACY_TOKEN[..LEGACY_TOKEN.len() - 1]);
+        assert_ne!(server.verify_code(&near).await, Ok(VerifyCode::Valid));
+        // Importing the same token again is refused.
+        let again = import(vec![key("twice", LEGACY_TOKEN)]).await.unwrap_err();
+        assert_eq!(again.code(), Code::InvalidArgument);
+        // An imported key is a key like any other: revoke ends it.
+        server
+            .admin()
+            .await
+            .revoke_key(authed(
+                &server.admin_token,
+                proto::RevokeKeyRequest {
+                    key_id: imported[0].id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert_ne!(server.verify_code(LEGACY_TOKEN).await, Ok(VerifyCode::Valid));
+        if let Backend::Redis(redis) = &server.backend {
+            for (name, value) in redis.dump() {
+                assert!(
+                    !name.contains("legacy") && !value.contains("legacy") && !value.contains("another-legacy"),
+                    "{name} holds an imported token"
+                );
+            }
+        }
+        server.stop().await;
+    }
+}
