@@ -120,6 +120,11 @@ pub fn router(authority: Arc<Authority>, options: ConsoleOptions) -> Router {
             "/identities/{id}/roll",
             get(panels::roll_dialog).post(panels::roll),
         )
+        .route("/keys", get(panels::keys))
+        .route(
+            "/keys/batch-revoke",
+            get(panels::batch_revoke_preview).post(panels::batch_revoke),
+        )
         .route("/keys/{id}/disable", post(panels::disable_key))
         .route("/keys/{id}/enable", post(panels::enable_key))
         .route("/keys/{id}/revoke", post(panels::revoke_key))

@@ -842,3 +842,146 @@ pub(super) async fn audit(
         page.next_page_token,
     )))
 }
+
+#[derive(Deserialize, Default)]
+pub(super) struct KeyFilterForm {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    origin: String,
+    #[serde(default)]
+    in_grace: String,
+    page_token: Option<String>,
+    #[serde(default)]
+    totp_code: String,
+}
+
+impl KeyFilterForm {
+    /// The domain filter the form names, every bad field reported at once.
+    fn filter(&self) -> Result<crate::domain::key::KeyFilter, Error> {
+        let mut violations = Violations::new();
+        let state = match self.state.as_str() {
+            "" => None,
+            "active" => Some(LifeState::Active),
+            "disabled" => Some(LifeState::Disabled),
+            _ => {
+                violations.add("state", "is active or disabled");
+                None
+            }
+        };
+        let origin = match self.origin.as_str() {
+            "" => None,
+            name => {
+                let known = views::ORIGINS.iter().find(|(_, known)| *known == name);
+                if known.is_none() {
+                    violations.add("origin", "is not a key origin");
+                }
+                known.map(|(origin, _)| *origin)
+            }
+        };
+        let in_grace = match self.in_grace.as_str() {
+            "" => None,
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => {
+                violations.add("in_grace", "is yes or no");
+                None
+            }
+        };
+        violations.finish()?;
+        Ok(crate::domain::key::KeyFilter {
+            state,
+            origin,
+            in_grace,
+            ..Default::default()
+        })
+    }
+
+    fn shown(&self) -> views::KeyFilters {
+        views::KeyFilters {
+            state: self.state.clone(),
+            origin: self.origin.clone(),
+            in_grace: self.in_grace.clone(),
+        }
+    }
+}
+
+pub(super) async fn keys(
+    State(state): Shared,
+    Extension(admin): Extension<Admin>,
+    Query(form): Query<KeyFilterForm>,
+) -> Reply {
+    let query = crate::service::KeyQuery {
+        filter: form.filter()?,
+        ..Default::default()
+    };
+    let page = state
+        .authority
+        .list_keys_page(&query, &page_request(form.page_token.clone()))
+        .await?;
+    Ok(html(views::keys(
+        &admin.viewer(),
+        &form.shown(),
+        &page.items,
+        page.total_size,
+        page.next_page_token,
+    )))
+}
+
+/// A batch revoke without any filter would take every key of the
+/// authority, the admins' own included: the console asks for one.
+fn require_some_filter(filter: &crate::domain::key::KeyFilter) -> Result<(), Error> {
+    if *filter == crate::domain::key::KeyFilter::default() {
+        return Err(Error::invalid(
+            "filter",
+            "choose at least one filter before revoking in bulk",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn batch_revoke_preview(
+    State(state): Shared,
+    Extension(admin): Extension<Admin>,
+    Query(form): Query<KeyFilterForm>,
+) -> Reply {
+    let filter = form.filter()?;
+    require_some_filter(&filter)?;
+    let (keys, _) = state
+        .authority
+        .batch_revoke_keys(
+            &admin.caller,
+            filter,
+            true,
+            &SecretString::new(String::new()),
+        )
+        .await?;
+    Ok(html(views::batch_revoke(
+        &admin.viewer(),
+        &form.shown(),
+        &keys,
+    )))
+}
+
+pub(super) async fn batch_revoke(
+    State(state): Shared,
+    Extension(admin): Extension<Admin>,
+    Form(form): Form<KeyFilterForm>,
+) -> Reply {
+    let filter = form.filter()?;
+    require_some_filter(&filter)?;
+    if form.totp_code.chars().count() > MAX_TOTP_CODE_CHARS {
+        return Err(Error::invalid("totp_code", "is not a TOTP code").into());
+    }
+    let totp_code = SecretString::new(form.totp_code.clone());
+    let authority = &state.authority;
+    let (_, revoked) = admin
+        .change(
+            authority,
+            "BatchRevokeKeys",
+            None,
+            authority.batch_revoke_keys(&admin.caller, filter, false, &totp_code),
+        )
+        .await?;
+    Ok(html(views::batch_revoked(&admin.viewer(), revoked)))
+}

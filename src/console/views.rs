@@ -4,6 +4,7 @@
 //! No element carries a `style` attribute, so the CSP needs no
 //! `unsafe-inline`.
 
+use crate::domain::key::Origin;
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityKind, State, UnixMillis};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,7 @@ pub const PERSON_LIFECYCLE: &str =
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Panel {
     Identities,
+    Keys,
     Datasets,
     Totp,
     Audit,
@@ -82,6 +84,7 @@ pub fn page(title: &str, panel: Panel, viewer: Option<&Viewer<'_>>, body: Markup
                     @if let Some(viewer) = viewer {
                         nav aria-label="Panels" {
                             (link("/identities", "Identities", Panel::Identities))
+                            (link("/keys", "API Keys", Panel::Keys))
                             (link("/datasets", "Datasets", Panel::Datasets))
                             (link("/totp", "TOTP", Panel::Totp))
                             (link("/audit", "Audit log", Panel::Audit))
@@ -596,6 +599,145 @@ pub fn failure(
         html! {
             (problems(message, fields))
             p { a href="/identities" { "Back to the console" } }
+        },
+    )
+}
+
+/// Every key origin, as the filter names it.
+pub const ORIGINS: [(Origin, &str); 5] = [
+    (Origin::CreateIdentity, "create_identity"),
+    (Origin::CreateKey, "create_key"),
+    (Origin::Dataset, "dataset"),
+    (Origin::Roll, "roll"),
+    (Origin::Import, "import"),
+];
+
+fn origin_name(origin: Option<Origin>) -> &'static str {
+    ORIGINS
+        .iter()
+        .find(|(known, _)| Some(*known) == origin)
+        .map_or("unknown", |(_, name)| name)
+}
+
+/// What a key listing is filtered by, as the form shows it.
+#[derive(Default)]
+pub struct KeyFilters {
+    pub state: String,
+    pub origin: String,
+    pub in_grace: String,
+}
+
+impl KeyFilters {
+    /// The filters as a query string.
+    pub fn query(&self) -> String {
+        format!(
+            "state={}&origin={}&in_grace={}",
+            self.state, self.origin, self.in_grace
+        )
+    }
+}
+
+fn keys_table(keys: &[ApiKey]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Identity" } th { "Key" } th { "Origin" } th { "State" } th { "Expires" } th { "Last used" } th { "Grace until" } } }
+            tbody {
+                @for key in keys {
+                    tr data-key-id=(key.id.as_str()) {
+                        td { a href={ "/identities/" (key.identity_id.as_str()) "#keys" } { code { (key.identity_id.as_str()) } } }
+                        td { (key.name) br; small { (key.id.as_str()) } }
+                        td { (origin_name(key.origin)) }
+                        td { (state_name(key.state)) }
+                        td { (optional_time(key.expire_time)) }
+                        td { (optional_time(key.last_use_time)) }
+                        td { @if key.rolled_to.is_some() { (optional_time(key.grace_expire_time)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The API Keys panel: every key of the authority, filtered.
+pub fn keys(
+    viewer: &Viewer<'_>,
+    filters: &KeyFilters,
+    keys: &[ApiKey],
+    total: usize,
+    next_page: Option<String>,
+) -> Markup {
+    let option = |value: &str, label: &str, current: &str| {
+        html! { option value=(value) selected[value == current] { (label) } }
+    };
+    page(
+        "API Keys",
+        Panel::Keys,
+        Some(viewer),
+        html! {
+            form.filters method="get" action="/keys" {
+                label { "State " select name="state" {
+                    (option("", "any", &filters.state))
+                    (option("active", "active", &filters.state))
+                    (option("disabled", "disabled", &filters.state))
+                } }
+                label { "Origin " select name="origin" {
+                    (option("", "any", &filters.origin))
+                    @for (_, name) in ORIGINS { (option(name, name, &filters.origin)) }
+                } }
+                label { "In grace " select name="in_grace" {
+                    (option("", "any", &filters.in_grace))
+                    (option("yes", "yes", &filters.in_grace))
+                    (option("no", "no", &filters.in_grace))
+                } }
+                button type="submit" { "Filter" }
+                a href={ "/keys/batch-revoke?" (filters.query()) } { "Revoke all matching…" }
+            }
+            p { (total) " keys match." }
+            (keys_table(keys))
+            @if let Some(next) = next_page {
+                a.next href={ "/keys?" (filters.query()) "&page_token=" (next) } { "Next page" }
+            }
+        },
+    )
+}
+
+/// The batch revoke's preview: exactly what the revoke would remove.
+pub fn batch_revoke(viewer: &Viewer<'_>, filters: &KeyFilters, keys: &[ApiKey]) -> Markup {
+    page(
+        "Revoke keys",
+        Panel::Keys,
+        Some(viewer),
+        html! {
+            div.warning role="alert" {
+                strong { "These " (keys.len()) " keys will be removed for good." }
+                " Services using them will be refused at once."
+            }
+            (keys_table(keys))
+            @if !keys.is_empty() {
+                form.card method="post" action="/keys/batch-revoke" {
+                    (csrf(viewer))
+                    input type="hidden" name="state" value=(filters.state);
+                    input type="hidden" name="origin" value=(filters.origin);
+                    input type="hidden" name="in_grace" value=(filters.in_grace);
+                    label for="batch-totp" { "TOTP code" }
+                    input #batch-totp type="text" name="totp_code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" required;
+                    button.danger type="submit" { "Revoke " (keys.len()) " keys" }
+                }
+            }
+            p { a href={ "/keys?" (filters.query()) } { "Back to the keys" } }
+        },
+    )
+}
+
+/// What a batch revoke did.
+pub fn batch_revoked(viewer: &Viewer<'_>, revoked: usize) -> Markup {
+    page(
+        "Keys revoked",
+        Panel::Keys,
+        Some(viewer),
+        html! {
+            p.notice role="status" { "Revoked " (revoked) " keys; each has its RevokeKey event in the audit log." }
+            p { a href="/keys" { "Back to the keys" } }
         },
     )
 }

@@ -195,8 +195,10 @@ def run(driver):
     driver.execute_cdp_cmd("Browser.grantPermissions", {
         "origin": URL, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
     driver.find_element(By.CSS_SELECTOR, "button[data-copy=minted-token]").click()
-    check(driver.find_element(By.CSS_SELECTOR, "button[data-copy=minted-token]").text == "Copied",
-          "the Copy button did not copy")
+    # The clipboard write is asynchronous: the label changes when it is done.
+    WebDriverWait(driver, 10).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "button[data-copy=minted-token]").text == "Copied",
+        "the Copy button did not copy")
     copied = driver.execute_async_script(
         "const done = arguments[0]; navigator.clipboard.readText().then(done, () => done(null));")
     check(copied == first_token, "the clipboard does not hold the token")
@@ -263,7 +265,8 @@ def run(driver):
     driver.find_element(By.CSS_SELECTOR, "input[name=old_key_end][value=grace]").click()
     code_field = driver.find_element(By.ID, "roll-totp")
     code_field.clear()
-    code_field.send_keys(totp_code(seed, not_this=used))
+    roll_code = totp_code(seed, not_this=used)
+    code_field.send_keys(roll_code)
     follow(driver, driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]"))
     second_token, second_key = take_minted(driver, "Key rolled")
     check(second_token != first_token and second_key != first_key, "the roll minted nothing new")
@@ -285,6 +288,23 @@ def run(driver):
         check(action in actions, "no %s event in the audit log" % action)
     shoot(driver, "audit-log")
     step("revoke, then the audit entry")
+
+    # The API Keys panel across the authority: the roll's replacement by its
+    # origin, then a batch revoke, previewed first, with a fresh TOTP code.
+    driver.get(URL + "/keys?origin=roll")
+    listed = [row.get_attribute("data-key-id") for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-key-id]")]
+    check(listed == [second_key], "the origin filter lists %r" % listed)
+    shoot(driver, "api-keys")
+    follow(driver, driver.find_element(By.PARTIAL_LINK_TEXT, "Revoke all matching"))
+    previewed = [row.get_attribute("data-key-id") for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-key-id]")]
+    check(previewed == [second_key], "the preview lists %r" % previewed)
+    shoot(driver, "batch-revoke-preview")
+    driver.find_element(By.ID, "batch-totp").send_keys(totp_code(seed, not_this=roll_code))
+    follow(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/keys/batch-revoke'] button"))
+    check("Revoked 1 keys" in driver.page_source, "the batch revoke did not revoke the key")
+    driver.get(URL + "/keys?origin=roll")
+    check(not driver.find_elements(By.CSS_SELECTOR, "tr[data-key-id]"), "the revoked key is still listed")
+    step("API keys panel, batch revoke with preview")
 
     # The dataset wizard: dataset, identity and key, token shown once.
     driver.get(URL + "/datasets")

@@ -150,6 +150,7 @@ fn the_console_works_in_headless_chromium() {
         "TOTP enrolled",
         "roll with TOTP",
         "revoke, then the audit entry",
+        "API keys panel, batch revoke with preview",
         "dataset wizard",
         "sign out",
     ] {
