@@ -97,6 +97,19 @@ fn check_time(violations: &mut Violations, field: &str, text: &str) -> Option<Un
     parsed.map(UnixMillis)
 }
 
+/// A `state` filter: empty for any.
+fn check_state(violations: &mut Violations, text: &str) -> Option<LifeState> {
+    match text {
+        "" => None,
+        "active" => Some(LifeState::Active),
+        "disabled" => Some(LifeState::Disabled),
+        _ => {
+            violations.add("state", "is active or disabled");
+            None
+        }
+    }
+}
+
 fn identity_id(text: &str) -> Result<IdentityId, Failure> {
     IdentityId::parse(text).map_err(|e| Error::invalid("identity_id", e.to_string()).into())
 }
@@ -236,15 +249,7 @@ pub(super) async fn identities(
             None
         }
     };
-    let life = match query.state.as_str() {
-        "" => None,
-        "active" => Some(LifeState::Active),
-        "disabled" => Some(LifeState::Disabled),
-        _ => {
-            violations.add("state", "is active or disabled");
-            None
-        }
-    };
+    let life = check_state(&mut violations, &query.state);
     violations.finish()?;
     let filter = IdentityFilter {
         kind,
@@ -860,15 +865,7 @@ impl KeyFilterForm {
     /// The domain filter the form names, every bad field reported at once.
     fn filter(&self) -> Result<crate::domain::key::KeyFilter, Error> {
         let mut violations = Violations::new();
-        let state = match self.state.as_str() {
-            "" => None,
-            "active" => Some(LifeState::Active),
-            "disabled" => Some(LifeState::Disabled),
-            _ => {
-                violations.add("state", "is active or disabled");
-                None
-            }
-        };
+        let state = check_state(&mut violations, &self.state);
         let origin = match self.origin.as_str() {
             "" => None,
             name => {

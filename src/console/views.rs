@@ -154,6 +154,17 @@ fn lifecycle_actions(
     }
 }
 
+/// The `state` filter's select, showing `current`.
+fn state_select(current: &str) -> Markup {
+    html! {
+        label { "State " select name="state" {
+            @for (value, label) in [("", "any"), ("active", "active"), ("disabled", "disabled")] {
+                option value=(value) selected[value == current] { (label) }
+            }
+        } }
+    }
+}
+
 /// A server or person icon (inline SVG, no styles), labelled for readers.
 fn kind_icon(kind: IdentityKind) -> Markup {
     let (label, path) = match kind {
@@ -234,11 +245,7 @@ pub fn identities(
                     (option("service", "service", &filters.kind))
                     (option("person", "person", &filters.kind))
                 } }
-                label { "State " select name="state" {
-                    (option("", "any", &filters.state))
-                    (option("active", "active", &filters.state))
-                    (option("disabled", "disabled", &filters.state))
-                } }
+                (state_select(&filters.state))
                 label { "Dataset " input type="text" name="dataset" list="dataset-names" value=(filters.dataset); }
                 datalist #dataset-names { @for dataset in datasets { option value=(dataset.name) {} } }
                 button type="submit" { "Filter" }
@@ -675,11 +682,7 @@ pub fn keys(
         Some(viewer),
         html! {
             form.filters method="get" action="/keys" {
-                label { "State " select name="state" {
-                    (option("", "any", &filters.state))
-                    (option("active", "active", &filters.state))
-                    (option("disabled", "disabled", &filters.state))
-                } }
+                (state_select(&filters.state))
                 label { "Origin " select name="origin" {
                     (option("", "any", &filters.origin))
                     @for (_, name) in ORIGINS { (option(name, name, &filters.origin)) }
