@@ -156,6 +156,11 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
     };
+    // The console speaks HTTP/1.1 with the same certificate as SCIM.
+    let console_tls = match (&tls, args.console_listen) {
+        (Some(material), Some(_)) => Some(material.scim()?),
+        _ => None,
+    };
     let (authority, dev_mode) = open_authority(&args.store, options).await?;
     if args.no_totp_for_roll {
         tracing::warn!(
@@ -182,6 +187,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", args.listen)))?;
     let scim_listener = bind_optional("--scim-listen", args.scim_listen).await?;
+    let console_listener = bind_optional("--console-listen", args.console_listen).await?;
     let metrics_listener = bind_optional("--metrics-listen", args.metrics_listen).await?;
     if dev_mode {
         tracing::warn!(
@@ -243,6 +249,26 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         }
         None => None,
     };
+    let console = match console_listener {
+        Some(console_listener) => {
+            let address = console_listener
+                .local_addr()
+                .map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(%address, "admin console listening");
+            let console_options = crate::console::ConsoleOptions {
+                request_timeout: args.request_timeout,
+                session_ttl: args.console_session_ttl,
+                tls: console_tls,
+            };
+            Some(tokio::spawn(crate::console::serve(
+                console_listener,
+                Arc::clone(&authority),
+                console_options,
+                stopped(stopping.clone()),
+            )))
+        }
+        None => None,
+    };
     if let Some(metrics_listener) = metrics_listener {
         let address = metrics_listener
             .local_addr()
@@ -262,6 +288,14 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             Ok(Ok(Err(error))) => tracing::error!(%error, "SCIM server failed"),
             Ok(Err(error)) => tracing::error!(%error, "SCIM server task failed"),
             Err(_) => tracing::warn!("SCIM requests still running at the shutdown timeout"),
+        }
+    }
+    if let Some(console) = console {
+        match tokio::time::timeout(args.shutdown_timeout, console).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "console server failed"),
+            Ok(Err(error)) => tracing::error!(%error, "console server task failed"),
+            Err(_) => tracing::warn!("console requests still running at the shutdown timeout"),
         }
     }
     tracing::info!("keyrack stopped");

@@ -278,6 +278,12 @@ pub struct ServeArgs {
     /// Also serve SCIM 2.0 provisioning (HTTP, under /scim/v2) on this address.
     #[arg(long, env = "KEYRACK_SCIM_LISTEN")]
     pub scim_listen: Option<SocketAddr>,
+    /// Also serve the admin web console (HTTP, TLS with --tls-cert-file) on this address.
+    #[arg(long, env = "KEYRACK_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+    /// How long a console sign-in lasts.
+    #[arg(long, env = "KEYRACK_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
+    pub console_session_ttl: Duration,
     /// Drop audit events older than this (checked with each last-use flush);
     /// without it only --audit-max-events bounds the log.
     #[arg(long, env = "KEYRACK_AUDIT_MAX_AGE", value_parser = humantime::parse_duration)]

@@ -18,6 +18,7 @@
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod grpc;
 pub mod http_listener;

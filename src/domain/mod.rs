@@ -12,6 +12,7 @@ pub mod labels;
 pub mod names;
 pub mod scope;
 pub mod secret;
+pub mod session;
 pub mod time;
 pub mod token;
 pub mod totp;

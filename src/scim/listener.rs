@@ -10,6 +10,29 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+/// The caller's address, as handlers see it in `ConnectInfo<Peer>`.
+pub type Peer = SocketAddr;
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) with the
+/// bounds of `crate::http_listener` (header-read and idle timeouts, a
+/// connection cap) until `shutdown` completes, then lets requests in flight
+/// finish. SCIM and the console both serve through it.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = crate::http_listener::HttpLimits::default();
+    match tls {
+        Some(config) => {
+            let listener = TlsListener::new(listener, config)?;
+            crate::http_listener::serve(listener, app, limits, shutdown).await
+        }
+        None => crate::http_listener::serve(listener, app, limits, shutdown).await,
+    }
+}
+
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.

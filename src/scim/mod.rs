@@ -6,7 +6,7 @@
 mod discovery;
 mod error;
 mod filter;
-mod listener;
+pub(crate) mod listener;
 mod user;
 
 pub use error::ScimError;
@@ -22,7 +22,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use filter::Filter;
-use listener::TlsListener;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -121,15 +120,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = options.tls.clone();
-    let app = router(authority, options);
-    let limits = crate::http_listener::HttpLimits::default();
-    match tls {
-        Some(config) => {
-            let listener = TlsListener::new(listener, config)?;
-            crate::http_listener::serve(listener, app, limits, shutdown).await
-        }
-        None => crate::http_listener::serve(listener, app, limits, shutdown).await,
-    }
+    listener::serve(listener, router(authority, options), tls, shutdown).await
 }
 
 /// Admits admin callers only, and bounds every request's duration.

@@ -15,6 +15,7 @@ mod people;
 mod rotation;
 pub mod sealing;
 pub mod tarpit;
+pub mod sessions;
 mod totp;
 mod verify;
 pub mod webhooks;

@@ -3,6 +3,7 @@
 
 use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
+use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
@@ -33,6 +34,8 @@ struct State {
     datasets: BTreeMap<String, Dataset>,
     /// When keys were last used; kept apart from the key records.
     last_use: HashMap<KeyId, UnixMillis>,
+    /// Console sessions by handle, each gone at its `expire_time`.
+    sessions: HashMap<String, ConsoleSession>,
     /// Keyed digests of imported tokens -> their keys.
     imports: HashMap<String, KeyId>,
     /// The time of the operation under way: every read honours deadlines at it.
@@ -138,6 +141,7 @@ impl State {
         self.keys.retain(|_, entry| entry.live(now));
         let keys = &self.keys;
         self.last_use.retain(|id, _| keys.contains_key(id));
+        self.sessions.retain(|_, session| session.expire_time > now);
     }
 
     fn remove_identity(&mut self, id: &IdentityId) -> bool {
@@ -774,6 +778,33 @@ impl Store for MemoryStore {
                 }
             }
             Ok(())
+        })
+    }
+
+    async fn create_session(&self, handle: &str, session: &ConsoleSession) -> StoreResult<()> {
+        self.with_state(|state| {
+            state.sessions.insert(handle.to_owned(), session.clone());
+            Ok(())
+        })
+    }
+
+    async fn get_session(&self, handle: &str) -> StoreResult<Option<ConsoleSession>> {
+        self.with_state(|state| {
+            Ok(state
+                .sessions
+                .get(handle)
+                .filter(|session| session.expire_time > state.now)
+                .cloned())
+        })
+    }
+
+    async fn delete_session(&self, handle: &str) -> StoreResult<bool> {
+        self.with_state(|state| {
+            let now = state.now;
+            Ok(state
+                .sessions
+                .remove(handle)
+                .is_some_and(|session| session.expire_time > now))
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod memory;
 pub mod redis;
 
+use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
@@ -225,4 +226,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks an event delivered: it leaves the group's pending entries.
     async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()>;
+
+    /// Stores a console session under `handle` (a digest of its cookie)
+    /// until its `expire_time`.
+    async fn create_session(&self, handle: &str, session: &ConsoleSession) -> StoreResult<()>;
+
+    /// The console session filed under `handle`, unless it ended.
+    async fn get_session(&self, handle: &str) -> StoreResult<Option<ConsoleSession>>;
+
+    /// Ends a console session; false when there was none.
+    async fn delete_session(&self, handle: &str) -> StoreResult<bool>;
 }

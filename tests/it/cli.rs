@@ -1101,16 +1101,7 @@ fn scim2_tester_finds_no_error_against_a_live_keyrack() {
 #[test]
 fn scim_and_grpc_share_the_tls_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let authority = crate::transport::certificate_authority("keyrack test CA");
-    let (certificate, key) = crate::transport::leaf(&authority, "127.0.0.1");
-    let write = |name: &str, content: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca_file = write("ca.pem", &authority.pem());
-    let cert_file = write("server.pem", &certificate);
-    let key_file = write("server.key", &key);
+    let (ca_file, cert_file, key_file) = crate::transport::tls_files(dir.path());
     let scim_listen = format!("127.0.0.1:{}", free_port());
     let served = Served::start(
         dir.path(),

@@ -6,6 +6,7 @@ mod api;
 mod audit;
 mod cli;
 mod cluster;
+mod console;
 mod datasets;
 mod deploy;
 mod durability;

@@ -2,6 +2,7 @@
 //! redis-server, so both backends mean the same thing.
 
 use crate::support::{Backend, RedisServer, eventually, open_store};
+use keyrack::domain::session::ConsoleSession;
 use keyrack::domain::{ApiKey, Identity, IdentityId, KeyId, State, UnixMillis};
 use keyrack::store::{Store, StoreError};
 use std::time::Duration;
@@ -88,6 +89,7 @@ contract!(
     totp_state_lives_and_dies_with_its_identity,
     datasets_are_unique_and_listed_by_name,
     the_audit_log_is_followed_and_shared_by_a_delivery_group,
+    console_sessions_end_at_their_deadline_or_on_delete,
 );
 
 /// The actions of `events`, in order.
@@ -816,4 +818,32 @@ async fn datasets_are_unique_and_listed_by_name(store: &dyn Store) {
         .collect();
     assert_eq!(names, ["billing", "metrics", "sales"]);
     store.create_dataset(&dataset("audit")).await.unwrap();
+}
+
+async fn console_sessions_end_at_their_deadline_or_on_delete(store: &dyn Store) {
+    let admin = identity("console_admin");
+    let admin_key = key(&admin, "default");
+    let now = UnixMillis::now();
+    let long = ConsoleSession {
+        identity_id: admin.id.clone(),
+        key_id: admin_key.id.clone(),
+        create_time: now,
+        expire_time: UnixMillis(now.0 + 60_000),
+    };
+    store.create_session("handle-long", &long).await.unwrap();
+    assert_eq!(store.get_session("handle-long").await.unwrap(), Some(long.clone()));
+    assert_eq!(store.get_session("handle-unknown").await.unwrap(), None);
+    let short = ConsoleSession {
+        expire_time: soon(800).unwrap(),
+        ..long.clone()
+    };
+    store.create_session("handle-short", &short).await.unwrap();
+    assert!(store.get_session("handle-short").await.unwrap().is_some());
+    eventually("the short session ends", Duration::from_secs(5), || async {
+        store.get_session("handle-short").await.unwrap().is_none()
+    })
+    .await;
+    assert!(store.delete_session("handle-long").await.unwrap());
+    assert!(!store.delete_session("handle-long").await.unwrap());
+    assert_eq!(store.get_session("handle-long").await.unwrap(), None);
 }

@@ -26,6 +26,23 @@ pub(crate) fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, name: &str) -> (S
     (certificate.pem(), key.serialize_pem())
 }
 
+/// A test CA and a certificate for 127.0.0.1 signed by it, written to `dir`:
+/// the paths of (CA PEM, certificate PEM, key PEM).
+pub(crate) fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let authority = certificate_authority("keyrack test CA");
+    let (certificate, key) = leaf(&authority, "127.0.0.1");
+    let write = |name: &str, content: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (
+        write("ca.pem", &authority.pem()),
+        write("server.pem", &certificate),
+        write("server.key", &key),
+    )
+}
+
 async fn tls_client(
     server: &TestServer,
     ca_pem: &str,

@@ -16,6 +16,7 @@
 //! <prefix>identities                        ZSET of identity ids (score 0)
 //! <prefix>dataset:{<name>}                  JSON Dataset
 //! <prefix>datasets                          ZSET of dataset names (score 0)
+//! <prefix>console-session:<handle>          JSON console session, PEXPIREAT its end
 //! ```
 
 use crate::domain::{IdentityId, KeyId};
@@ -102,6 +103,11 @@ impl Keyspace {
     /// Identity ids across the authority.
     pub fn identities(&self) -> String {
         format!("{}identities", self.prefix)
+    }
+
+    /// A console session, filed under the digest of its cookie.
+    pub fn console_session(&self, handle: &str) -> String {
+        format!("{}console-session:{handle}", self.prefix)
     }
 
     /// The import index entry of one imported token's keyed digest: the id

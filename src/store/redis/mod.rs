@@ -13,6 +13,7 @@ pub use sentinel::SentinelConnection;
 pub use keys::Keyspace;
 
 use super::{Store, StoreError, StoreResult, journal};
+use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
@@ -1439,5 +1440,37 @@ where
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+    #[tracing::instrument(level = "debug", name = "redis.create_session", skip_all)]
+    async fn create_session(&self, handle: &str, session: &ConsoleSession) -> StoreResult<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keyspace.console_session(handle))
+            .arg(encode(session)?)
+            .arg("PXAT")
+            .arg(session.expire_time.0)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.get_session", skip_all)]
+    async fn get_session(&self, handle: &str) -> StoreResult<Option<ConsoleSession>> {
+        let raw: Option<String> = self
+            .connection()
+            .get(self.keyspace.console_session(handle))
+            .await
+            .map_err(unavailable)?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.delete_session", skip_all)]
+    async fn delete_session(&self, handle: &str) -> StoreResult<bool> {
+        let deleted: i64 = self
+            .connection()
+            .del(self.keyspace.console_session(handle))
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
     }
 }
