@@ -594,10 +594,8 @@ impl Authority {
             }),
         };
         let limit = page.limit();
-        let items: Vec<ApiKey> = matching.into_iter().skip(start).take(limit + 1).collect();
-        let more = items.len() > limit;
-        let mut items = items;
-        items.truncate(limit);
+        let more = matching.len() - start > limit;
+        let items: Vec<ApiKey> = matching.into_iter().skip(start).take(limit).collect();
         let next_page_token = more
             .then(|| items.last())
             .flatten()
