@@ -344,6 +344,7 @@ pub(super) async fn create_identity(
         admin: form.admin.is_some(),
         expire_time: record.expire_time,
         labels: Default::default(),
+        rate_limits: Vec::new(),
     };
     let authority = &state.authority;
     let (_, minted) = admin
@@ -399,6 +400,7 @@ pub(super) async fn edit_identity(
         admin: None,
         expire_time: Some(record.expire_time),
         labels: None,
+        rate_limits: None,
     };
     let authority = &state.authority;
     admin
@@ -487,6 +489,8 @@ pub(super) async fn create_key(
         datasets: record.datasets,
         labels: Default::default(),
         honeytoken: false,
+        rate_limits: Vec::new(),
+        credits: None,
     };
     let authority = &state.authority;
     let minted = admin

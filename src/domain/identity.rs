@@ -4,6 +4,7 @@ use super::cidr;
 use super::ids::IdentityId;
 use super::labels::Labels;
 use super::time::UnixMillis;
+use super::usage::RateLimit;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,9 @@ pub struct Identity {
     /// Operator-chosen facts returned by Verify (see `labels`).
     #[serde(default)]
     pub labels: Labels,
+    /// One budget shared by all its keys (see `usage`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
     /// How many keys it holds, as read with it (never stored in its record).
     #[serde(skip)]
     pub key_count: u64,
@@ -100,6 +104,7 @@ impl Identity {
             allowed_cidrs: Vec::new(),
             scopes: Vec::new(),
             labels: Labels::new(),
+            rate_limits: Vec::new(),
             key_count: 0,
             admin: false,
             expire_time: None,

@@ -1,10 +1,11 @@
 //! API keys: credentials of one identity, stored as argon2id hashes only.
 
 use super::identity::{Identity, State};
+use super::ids::{IdentityId, KeyId};
 use super::labels::{self, Labels};
 use super::scope;
-use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
+use super::usage::{self, Credits, LimitCheck, RateLimit, UsageCheck};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,18 @@ pub struct ApiKey {
     /// A decoy: Verify answers it as an unknown token and records its use.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub honeytoken: bool,
+    /// The key's own rate limits, on top of its identity's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+    /// The key's balance of uses, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
+    /// The key whose budget (own rate limits and credits) this key draws on,
+    /// when not its own: a replacement minted by RollKey keeps drawing on the
+    /// budget of the key it replaced, which the old key, in its grace period,
+    /// shares. Rolling never grants a fresh budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_account: Option<KeyId>,
     /// The argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Incremented by every write (see `Identity::revision`).
@@ -110,6 +123,63 @@ impl ApiKey {
     /// Whether this key, as a key of `identity`, may access `dataset`.
     pub fn may_access_dataset(&self, identity: &Identity, dataset: &str) -> bool {
         scope::may_access(&identity.datasets, &self.datasets, dataset)
+    }
+
+    /// The key whose budget this key draws on (see `usage_account`).
+    pub fn budget_key(&self) -> &KeyId {
+        self.usage_account.as_ref().unwrap_or(&self.id)
+    }
+
+    /// The keys that may draw on this key's budget besides itself: the key
+    /// it replaced, its replacement, and the budget's first key. Deleting a
+    /// key drops its budget's states (`budget_fields`) unless one of them is
+    /// still alive.
+    pub fn budget_sharers(&self) -> impl Iterator<Item = &KeyId> {
+        [&self.rolled_from, &self.rolled_to, &self.usage_account]
+            .into_iter()
+            .flatten()
+            .filter(|other| **other != self.id)
+    }
+
+    /// The fields of the identity's usage map that hold this key's budget.
+    pub fn budget_fields(&self) -> Vec<String> {
+        let account = self.budget_key().as_str();
+        std::iter::once(usage::credits_field(account))
+            .chain(
+                self.rate_limits
+                    .iter()
+                    .map(|limit| usage::key_limit_field(account, &limit.name)),
+            )
+            .collect()
+    }
+
+    /// What a Verify of this key, as a key of `identity`, must be settled
+    /// against; `None` when neither has limits or credits (such a Verify
+    /// costs the store nothing).
+    pub fn usage_check<'a>(&'a self, identity: &'a Identity, cost: u64) -> Option<UsageCheck<'a>> {
+        if self.rate_limits.is_empty() && self.credits.is_none() && identity.rate_limits.is_empty()
+        {
+            return None;
+        }
+        let account = self.budget_key().as_str();
+        let shared = identity.rate_limits.iter().map(|limit| LimitCheck {
+            field: usage::identity_limit_field(&limit.name),
+            limit,
+            shared: true,
+        });
+        let own = self.rate_limits.iter().map(|limit| LimitCheck {
+            field: usage::key_limit_field(account, &limit.name),
+            limit,
+            shared: false,
+        });
+        Some(UsageCheck {
+            cost,
+            credits: self
+                .credits
+                .as_ref()
+                .map(|credits| (usage::credits_field(account), credits)),
+            limits: shared.chain(own).collect(),
+        })
     }
 
     /// Whether the key was rolled and still works until its grace deadline.
@@ -188,7 +258,9 @@ impl KeyFilter {
     pub fn matches(&self, key: &ApiKey, identity: Option<&Identity>) -> bool {
         self.state.is_none_or(|state| key.state == state)
             && self.origin.is_none_or(|origin| key.origin == Some(origin))
-            && self.in_grace.is_none_or(|in_grace| key.in_grace() == in_grace)
+            && self
+                .in_grace
+                .is_none_or(|in_grace| key.in_grace() == in_grace)
             && self
                 .honeytoken
                 .is_none_or(|honeytoken| key.honeytoken == honeytoken)

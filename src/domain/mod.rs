@@ -16,6 +16,7 @@ pub mod session;
 pub mod time;
 pub mod token;
 pub mod totp;
+pub mod usage;
 pub mod verdict;
 
 pub use audit::{AuditEvent, AuditFilter, EventKind};

@@ -1,5 +1,6 @@
 //! Verify's decision on a token.
 
+use super::usage::Settlement;
 use super::{ApiKey, Identity, UnixMillis};
 
 /// Why a token was accepted or refused. Reasons after `Unknown` are given only
@@ -20,6 +21,10 @@ pub enum VerifyCode {
     DatasetNotAllowed,
     /// The key does not hold every required scope.
     ScopeNotAllowed,
+    /// A rate limit of the key or its identity refused the call.
+    RateLimited,
+    /// The key's credits are spent.
+    UsageExceeded,
 }
 
 impl VerifyCode {
@@ -34,6 +39,8 @@ impl VerifyCode {
             VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
             VerifyCode::DatasetNotAllowed => "DATASET_NOT_ALLOWED",
             VerifyCode::ScopeNotAllowed => "SCOPE_NOT_ALLOWED",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+            VerifyCode::UsageExceeded => "USAGE_EXCEEDED",
         }
     }
 }
@@ -45,6 +52,9 @@ pub struct Verdict {
     pub code: VerifyCode,
     /// The key and its identity, present once the secret matched.
     pub subject: Option<(ApiKey, Identity)>,
+    /// What the key's limits and credits say after this call, for a key
+    /// that has any (and only once everything else admitted the call).
+    pub usage: Option<Settlement>,
 }
 
 impl Verdict {
@@ -53,6 +63,7 @@ impl Verdict {
         Self {
             code,
             subject: None,
+            usage: None,
         }
     }
 

@@ -5,8 +5,9 @@ use crate::domain::SecretString;
 use crate::domain::cidr;
 use crate::domain::key::Origin;
 use crate::domain::labels::{self, Labels};
-use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
+use crate::domain::scope;
+use crate::domain::usage::{self, Credits, RateLimit, Refill, Settlement};
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
 };
@@ -78,6 +79,7 @@ pub fn identity_out(identity: Identity) -> proto::Identity {
         external_id: identity.external_id.unwrap_or_default(),
         scopes: identity.scopes,
         labels: identity.labels.into_iter().collect(),
+        rate_limits: rate_limits_out(&identity.rate_limits),
         key_count: identity.key_count as i64,
     }
 }
@@ -104,7 +106,168 @@ pub fn key_out(key: ApiKey) -> proto::ApiKey {
         labels: key.labels.into_iter().collect(),
         origin: origin_out(key.origin).into(),
         honeytoken: key.honeytoken,
+        rate_limits: rate_limits_out(&key.rate_limits),
+        credits: key.credits.as_ref().map(credits_out),
     }
+}
+
+fn duration_out(millis: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (millis / 1_000) as i64,
+        nanos: (millis % 1_000) as i32 * 1_000_000,
+    }
+}
+
+fn rate_limits_out(limits: &[RateLimit]) -> Vec<proto::RateLimit> {
+    limits
+        .iter()
+        .map(|limit| proto::RateLimit {
+            name: limit.name.clone(),
+            limit: limit.limit as i64,
+            duration: Some(duration_out(limit.duration_ms)),
+        })
+        .collect()
+}
+
+fn credits_out(credits: &Credits) -> proto::Credits {
+    proto::Credits {
+        remaining: credits.remaining as i64,
+        refill: credits.refill.map(|refill| proto::CreditRefill {
+            amount: refill.amount as i64,
+            interval: Some(duration_out(refill.interval_ms)),
+        }),
+    }
+}
+
+/// What Verify's answer says of the key's usage controls: the limits, the
+/// credits left and when to retry.
+pub fn usage_out(
+    usage: &Settlement,
+) -> (
+    Vec<proto::RateLimitState>,
+    Option<i64>,
+    Option<prost_types::Duration>,
+) {
+    let limits = usage
+        .limits
+        .iter()
+        .map(|limit| proto::RateLimitState {
+            name: limit.name.clone(),
+            limit: limit.limit as i64,
+            remaining: limit.remaining as i64,
+            reset_time: Some(timestamp_out(limit.reset_time)),
+            shared: limit.shared,
+        })
+        .collect();
+    let retry_after = usage.refusal.and(usage.retry_after_ms).map(duration_out);
+    (
+        limits,
+        usage.credits_remaining.map(|left| left as i64),
+        retry_after,
+    )
+}
+
+/// A request's duration in whole milliseconds, refusing negative or
+/// malformed ones and sub-millisecond parts.
+fn millis_in(duration: &prost_types::Duration) -> Result<u64, String> {
+    let value = duration_in(duration, std::time::Duration::MAX)?;
+    if value.subsec_nanos() % 1_000_000 != 0 {
+        return Err("must be a whole number of milliseconds".into());
+    }
+    u64::try_from(value.as_millis()).map_err(|_| "is too long".to_owned())
+}
+
+/// Checks a list of rate limits, reporting each bad entry.
+pub fn check_rate_limits(
+    violations: &mut Violations,
+    field: &str,
+    entries: &[proto::RateLimit],
+) -> Vec<RateLimit> {
+    let mut limits = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let at = format!("{field}[{index}]");
+        let name = violations.check(&format!("{at}.name"), usage::parse_limit_name(&entry.name));
+        let duration_ms = match &entry.duration {
+            Some(duration) => violations.check(&format!("{at}.duration"), millis_in(duration)),
+            None => {
+                violations.add(format!("{at}.duration"), "is required");
+                None
+            }
+        };
+        let limit = u64::try_from(entry.limit).unwrap_or(0);
+        let (Some(name), Some(duration_ms)) = (name, duration_ms) else {
+            continue;
+        };
+        match usage::check_rate_limit(limit, duration_ms) {
+            Ok(()) => limits.push(RateLimit {
+                name,
+                limit,
+                duration_ms,
+            }),
+            Err(why) if why.starts_with("limit") => violations.add(format!("{at}.limit"), why),
+            Err(why) => violations.add(format!("{at}.duration"), why),
+        }
+    }
+    let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
+    for (field, why) in usage::check_rate_limits(field, &names) {
+        violations.add(field, why);
+    }
+    limits
+}
+
+/// Checks a Verify's cost.
+pub fn cost_in(cost: i64) -> Result<u64, String> {
+    u64::try_from(cost)
+        .ok()
+        .filter(|cost| *cost <= usage::MAX_COST)
+        .ok_or_else(|| format!("must be between 0 and {}", usage::MAX_COST))
+}
+
+/// Checks credits, granting their balance now.
+pub fn check_credits(
+    violations: &mut Violations,
+    field: &str,
+    entry: Option<&proto::Credits>,
+) -> Option<Credits> {
+    let entry = entry?;
+    let remaining =
+        check_credit_balance(violations, &format!("{field}.remaining"), entry.remaining);
+    let refill = match &entry.refill {
+        None => Some(None),
+        Some(refill) => {
+            let at = format!("{field}.refill");
+            let amount = violations.check(
+                &format!("{at}.amount"),
+                usage::check_refill_amount(refill.amount),
+            );
+            let interval_ms = match &refill.interval {
+                Some(interval) => violations.check(
+                    &format!("{at}.interval"),
+                    millis_in(interval).and_then(usage::check_refill_interval),
+                ),
+                None => {
+                    violations.add(format!("{at}.interval"), "is required");
+                    None
+                }
+            };
+            amount.zip(interval_ms).map(|(amount, interval_ms)| {
+                Some(Refill {
+                    amount,
+                    interval_ms,
+                })
+            })
+        }
+    };
+    Some(Credits {
+        remaining: remaining?,
+        granted_at: UnixMillis::now(),
+        refill: refill?,
+    })
+}
+
+/// Checks a credit balance.
+fn check_credit_balance(violations: &mut Violations, field: &str, remaining: i64) -> Option<u64> {
+    violations.check(field, usage::check_balance(remaining))
 }
 
 fn origin_out(origin: Option<Origin>) -> proto::Origin {
@@ -225,10 +388,12 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
     let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
     let labels = check_labels(&mut violations, "labels", &request.labels);
+    let rate_limits = check_rate_limits(&mut violations, "rate_limits", &request.rate_limits);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewIdentity {
         labels,
+        rate_limits,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         datasets,
@@ -249,10 +414,14 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let scopes = check_scopes(&mut violations, "scopes", &request.scopes);
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let labels = check_labels(&mut violations, "labels", &request.labels);
+    let rate_limits = check_rate_limits(&mut violations, "rate_limits", &request.rate_limits);
+    let credits = check_credits(&mut violations, "credits", request.credits.as_ref());
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
     Ok(NewKey {
         labels,
+        rate_limits,
+        credits,
         scopes,
         datasets,
         identity_id: identity_id.expect("checked above"),
@@ -324,6 +493,7 @@ pub const IDENTITY_MASK_PATHS: &[&str] = &[
     "labels",
     "admin",
     "expire_time",
+    "rate_limits",
 ];
 
 /// Fields of a key that UpdateKey may change.
@@ -335,6 +505,9 @@ pub const KEY_MASK_PATHS: &[&str] = &[
     "scopes",
     "datasets",
     "labels",
+    "rate_limits",
+    "credits",
+    "credits.remaining",
 ];
 
 /// Checks an UpdateIdentityRequest; the name's rule depends on the identity's
@@ -388,6 +561,13 @@ pub fn identity_changes_in(
                 ))
             }
             "admin" => changes.admin = Some(identity.admin),
+            "rate_limits" => {
+                changes.rate_limits = Some(check_rate_limits(
+                    &mut violations,
+                    "identity.rate_limits",
+                    &identity.rate_limits,
+                ))
+            }
             "expire_time" => {
                 changes.expire_time = Some(check_expire(
                     &mut violations,
@@ -445,6 +625,27 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
             }
             "labels" => {
                 changes.labels = Some(check_labels(&mut violations, "key.labels", &key.labels))
+            }
+            "rate_limits" => {
+                changes.rate_limits = Some(check_rate_limits(
+                    &mut violations,
+                    "key.rate_limits",
+                    &key.rate_limits,
+                ))
+            }
+            "credits" => {
+                changes.credits = Some(check_credits(
+                    &mut violations,
+                    "key.credits",
+                    key.credits.as_ref(),
+                ))
+            }
+            "credits.remaining" => {
+                changes.credits_remaining = check_credit_balance(
+                    &mut violations,
+                    "key.credits.remaining",
+                    key.credits.as_ref().map_or(0, |credits| credits.remaining),
+                )
             }
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
@@ -804,7 +1005,10 @@ pub fn import_in(
         let name = violations.check(&format!("keys[{index}].name"), parse_name(&key.name));
         if let Some(name) = &name {
             if names.contains(name) {
-                violations.add(format!("keys[{index}].name"), format!("{name:?} is listed twice"));
+                violations.add(
+                    format!("keys[{index}].name"),
+                    format!("{name:?} is listed twice"),
+                );
             }
             names.push(name.clone());
         }

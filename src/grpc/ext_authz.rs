@@ -44,8 +44,10 @@ const KEYRACK_HEADER_PREFIX: &str = "x-keyrack-";
 const DATASET_EXTENSION: &str = "keyrack-dataset";
 /// scopes it must hold (space-separated),
 const SCOPES_EXTENSION: &str = "keyrack-scopes";
-/// and `"true"` when the request's path is itself a scope it must hold.
+/// `"true"` when the request's path is itself a scope it must hold,
 const SCOPE_FROM_PATH_EXTENSION: &str = "keyrack-scope-from-path";
+/// and what the request spends of the key's rate limits and credits.
+const COST_EXTENSION: &str = "keyrack-cost";
 /// Every route setting this keyrack understands. Any other `keyrack-*`
 /// extension is a requirement it cannot enforce (a typo, or a setting of a
 /// newer keyrack), so the request is refused rather than the setting ignored.
@@ -53,8 +55,12 @@ const KNOWN_EXTENSIONS: &[&str] = &[
     DATASET_EXTENSION,
     SCOPES_EXTENSION,
     SCOPE_FROM_PATH_EXTENSION,
+    COST_EXTENSION,
 ];
 const EXTENSION_PREFIX: &str = "keyrack-";
+
+/// `retry-after` for spent credits that no refill will restore.
+const NO_REFILL_RETRY_AFTER_MS: u64 = 86_400_000;
 
 /// The default credential header, which carries `Bearer <token>`.
 pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
@@ -167,6 +173,7 @@ fn request_header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
 struct RouteRequirements<'a> {
     dataset: Option<&'a str>,
     scopes: Vec<String>,
+    cost: u64,
 }
 
 /// Reads the route's settings. A bad one is the operator's mistake: the
@@ -231,7 +238,19 @@ fn route_requirements<'a>(
             ));
         }
     }
-    Ok(RouteRequirements { dataset, scopes })
+    let cost = match extensions.get(COST_EXTENSION) {
+        None => 1,
+        Some(text) => text
+            .parse::<i64>()
+            .map_err(|_| "is not a whole number".to_owned())
+            .and_then(super::convert::cost_in)
+            .map_err(|reason| invalid(COST_EXTENSION, &reason))?,
+    };
+    Ok(RouteRequirements {
+        dataset,
+        scopes,
+        cost,
+    })
 }
 
 /// The downstream client's address as Envoy saw it.
@@ -301,7 +320,9 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn of_verdict(code: VerifyCode, dataset: Option<&str>) -> Self {
+    fn of_verdict(verdict: &Verdict, dataset: Option<&str>) -> Self {
+        let code = verdict.code;
+        let mut retry_after = None;
         let (status, grpc_code, message) = match code {
             VerifyCode::Valid => unreachable!("a valid verdict is not refused"),
             VerifyCode::Malformed => (
@@ -337,13 +358,40 @@ impl Refusal {
                 tonic::Code::PermissionDenied,
                 "the key does not hold every scope this route requires".to_owned(),
             ),
+            VerifyCode::RateLimited => {
+                retry_after = verdict
+                    .usage
+                    .as_ref()
+                    .and_then(|usage| usage.retry_after_ms);
+                (
+                    HttpStatusCode::TooManyRequests,
+                    tonic::Code::ResourceExhausted,
+                    "a rate limit of the key or its identity is reached".to_owned(),
+                )
+            }
+            VerifyCode::UsageExceeded => {
+                // Without a refill only an admin's top-up helps: a day is a
+                // polite pause for a client that retries anyway.
+                retry_after = Some(
+                    verdict
+                        .usage
+                        .as_ref()
+                        .and_then(|usage| usage.retry_after_ms)
+                        .unwrap_or(NO_REFILL_RETRY_AFTER_MS),
+                );
+                (
+                    HttpStatusCode::TooManyRequests,
+                    tonic::Code::ResourceExhausted,
+                    "the key's credits are spent".to_owned(),
+                )
+            }
         };
         Self {
             status,
             grpc_code,
             code: code.name(),
             message,
-            retry_after: None,
+            retry_after: retry_after.map(Duration::from_millis),
         }
     }
 
@@ -353,10 +401,9 @@ impl Refusal {
             headers.push(overwrite("www-authenticate", r#"Bearer realm="keyrack""#));
         }
         if let Some(retry_after) = self.retry_after {
-            headers.push(overwrite(
-                "retry-after",
-                retry_after.as_secs().max(1).to_string(),
-            ));
+            // Whole seconds, rounded up: a client that waits this long passes.
+            let seconds = retry_after.as_millis().div_ceil(1_000).max(1);
+            headers.push(overwrite("retry-after", seconds.to_string()));
         }
         let body = serde_json::json!({ "code": self.code, "message": self.message }).to_string();
         CheckResponse {
@@ -464,6 +511,7 @@ impl Authorization for ExtAuthzApi {
             client_ip: client_ip(attributes),
             required_scopes: &route.scopes,
             context,
+            cost: route.cost,
         };
         let verdict = match self.authority.verify(query).await {
             Ok(verdict) => verdict,
@@ -490,7 +538,7 @@ impl Authorization for ExtAuthzApi {
         let response = if verdict.is_valid() {
             allowed(&verdict, self.headers_to_remove(http))
         } else {
-            Refusal::of_verdict(verdict.code, route.dataset).into_response()
+            Refusal::of_verdict(&verdict, route.dataset).into_response()
         };
         Ok(Response::new(response))
     }

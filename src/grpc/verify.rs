@@ -33,6 +33,8 @@ fn code_out(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::IpNotAllowed => proto::VerifyCode::IpNotAllowed,
         VerifyCode::DatasetNotAllowed => proto::VerifyCode::DatasetNotAllowed,
         VerifyCode::ScopeNotAllowed => proto::VerifyCode::ScopeNotAllowed,
+        VerifyCode::RateLimited => proto::VerifyCode::RateLimited,
+        VerifyCode::UsageExceeded => proto::VerifyCode::UsageExceeded,
     }
 }
 
@@ -44,6 +46,13 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
         expire_time,
         ..Default::default()
     };
+    if let Some(usage) = &verdict.usage {
+        (
+            response.rate_limits,
+            response.credits_remaining,
+            response.retry_after,
+        ) = convert::usage_out(usage);
+    }
     if let Some((key, identity)) = verdict.subject {
         response.in_grace = key.in_grace();
         response.key_id = key.id.to_string();
@@ -114,11 +123,8 @@ impl VerifyService for VerifyApi {
         if !request.dataset.is_empty() {
             violations.check("dataset", parse_name(&request.dataset));
         }
-        let required_scopes = convert::check_scopes(
-            &mut violations,
-            "required_scopes",
-            &request.required_scopes,
-        );
+        let required_scopes =
+            convert::check_scopes(&mut violations, "required_scopes", &request.required_scopes);
         let client_ip = match request.client_ip.as_str() {
             "" => None,
             text => violations.check(
@@ -127,8 +133,15 @@ impl VerifyService for VerifyApi {
                     .map_err(|_| "is not an IPv4 or IPv6 address"),
             ),
         };
+        let cost = match request.cost {
+            None => 1,
+            Some(cost) => violations
+                .check("cost", convert::cost_in(cost))
+                .unwrap_or_default(),
+        };
         violations.finish()?;
         let query = VerifyQuery {
+            cost,
             token: &token,
             dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
             client_ip,

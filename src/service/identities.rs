@@ -1,9 +1,10 @@
 //! Operations on identities.
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
+use crate::domain::usage::RateLimit;
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -29,6 +30,8 @@ pub struct NewIdentity {
     pub admin: bool,
     /// When it stops working.
     pub expire_time: Option<UnixMillis>,
+    /// One budget shared by all its keys.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Fields to change on an identity; `None` leaves a field as it is.
@@ -50,6 +53,8 @@ pub struct IdentityChanges {
     pub admin: Option<bool>,
     /// A new expiry; `Some(None)` clears it.
     pub expire_time: Option<Option<UnixMillis>>,
+    /// New rate limits (replacing all).
+    pub rate_limits: Option<Vec<RateLimit>>,
 }
 
 impl Authority {
@@ -77,6 +82,7 @@ impl Authority {
         identity.allowed_cidrs = request.allowed_cidrs;
         identity.scopes = request.scopes;
         identity.labels = request.labels;
+        identity.rate_limits = request.rate_limits;
         identity.admin = request.admin;
         identity.expire_time = request.expire_time;
         let first = self
@@ -107,12 +113,13 @@ impl Authority {
         page: &PageRequest,
         filter: impl Fn(&Identity) -> bool,
     ) -> Result<Page<Identity>, Error> {
-        let after = match page.page_token.as_str() {
-            "" => None,
-            token => Some(IdentityId::parse(token).map_err(|_| {
-                Error::invalid("page_token", "is not a token this API returned")
-            })?),
-        };
+        let after =
+            match page.page_token.as_str() {
+                "" => None,
+                token => Some(IdentityId::parse(token).map_err(|_| {
+                    Error::invalid("page_token", "is not a token this API returned")
+                })?),
+            };
         super::filtered_page(
             page.limit(),
             after,
@@ -167,6 +174,9 @@ impl Authority {
             }
             if let Some(admin) = changes.admin {
                 identity.admin = admin;
+            }
+            if let Some(rate_limits) = &changes.rate_limits {
+                identity.rate_limits = rate_limits.clone();
             }
             if let Some(expire_time) = changes.expire_time {
                 super::keys::require_lifetime_owned_by_admins(&identity)?;

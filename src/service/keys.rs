@@ -1,9 +1,12 @@
 //! Operations on API keys.
 
-use super::{Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries};
+use super::{
+    Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries,
+};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
 use crate::domain::scope;
+use crate::domain::usage::{Credits, RateLimit};
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, SecretString, State, UnixMillis,
     Violations,
@@ -71,6 +74,10 @@ pub struct NewKey {
     pub labels: Labels,
     /// Mints a decoy (see `ApiKey::honeytoken`).
     pub honeytoken: bool,
+    /// The key's own rate limits.
+    pub rate_limits: Vec<RateLimit>,
+    /// The key's starting balance of uses.
+    pub credits: Option<Credits>,
 }
 
 /// Fields to change on a key; `None` leaves a field as it is.
@@ -90,6 +97,12 @@ pub struct KeyChanges {
     pub datasets: Option<Vec<String>>,
     /// New labels (replacing all).
     pub labels: Option<Labels>,
+    /// New rate limits (replacing all).
+    pub rate_limits: Option<Vec<RateLimit>>,
+    /// New credits (a new grant, or none); `Some(None)` removes them.
+    pub credits: Option<Option<Credits>>,
+    /// A new balance for the key's credits (a top-up), granted now.
+    pub credits_remaining: Option<u64>,
 }
 
 /// A key may narrow its identity's scopes and datasets, never widen them:
@@ -160,6 +173,8 @@ impl Authority {
         minted.key.datasets = request.datasets;
         minted.key.labels = request.labels;
         minted.key.honeytoken = request.honeytoken;
+        minted.key.rate_limits = request.rate_limits;
+        minted.key.credits = request.credits;
         journal::add_target(minted.key.id.as_str());
         journal::arm();
         self.store
@@ -219,6 +234,25 @@ impl Authority {
             }
             if let Some(labels) = &changes.labels {
                 key.labels = labels.clone();
+            }
+            if let Some(rate_limits) = &changes.rate_limits {
+                key.rate_limits = rate_limits.clone();
+            }
+            if let Some(credits) = &changes.credits {
+                key.credits = credits.clone();
+            }
+            // A whole new `credits` already grants its own balance.
+            if let Some(remaining) = changes
+                .credits_remaining
+                .filter(|_| changes.credits.is_none())
+            {
+                let Some(credits) = &mut key.credits else {
+                    return Err(Error::FailedPrecondition(format!(
+                        "key {id} has no credits; set `credits` to give it a balance"
+                    )));
+                };
+                credits.remaining = remaining;
+                credits.granted_at = now;
             }
             journal::arm();
             Ok(self.store.update_key(&key).await?)
@@ -322,6 +356,12 @@ impl Authority {
         minted.key.labels = old.labels.clone();
         minted.key.expire_time = request.new_key_expire_time;
         minted.key.rolled_from = Some(old.id.clone());
+        // The replacement keeps the limits and draws on the old key's very
+        // budget, which the old key shares while in grace: a roll is never a
+        // way to a fresh budget.
+        minted.key.rate_limits = old.rate_limits.clone();
+        minted.key.credits = old.credits.clone();
+        minted.key.usage_account = Some(old.budget_key().clone());
         let mut retiring = old.clone();
         retiring.rolled_to = Some(minted.key.id.clone());
         retiring.grace_expire_time = grace_deadline;
@@ -463,9 +503,7 @@ fn sort_value(key: &ApiKey, field: KeyOrderField) -> SortValue {
         KeyOrderField::Id => SortValue::Text(String::new()),
         KeyOrderField::CreateTime => SortValue::Time(key.create_time.0),
         KeyOrderField::ExpireTime => SortValue::Time(key.expire_time.map_or(i64::MAX, |t| t.0)),
-        KeyOrderField::LastUseTime => {
-            SortValue::Time(key.last_use_time.map_or(i64::MIN, |t| t.0))
-        }
+        KeyOrderField::LastUseTime => SortValue::Time(key.last_use_time.map_or(i64::MIN, |t| t.0)),
         KeyOrderField::Name => SortValue::Text(key.name.clone()),
     }
 }
@@ -540,7 +578,9 @@ impl Authority {
                     after = identities.last().map(|identity| identity.id.clone());
                     // The multiplexed connection pipelines these reads.
                     let keys = futures_util::future::try_join_all(
-                        identities.iter().map(|identity| self.all_keys_of(&identity.id)),
+                        identities
+                            .iter()
+                            .map(|identity| self.all_keys_of(&identity.id)),
                     )
                     .await?;
                     for (identity, keys) in identities.iter().zip(keys) {
@@ -596,18 +636,15 @@ impl Authority {
         let limit = page.limit();
         let more = matching.len() - start > limit;
         let items: Vec<ApiKey> = matching.into_iter().skip(start).take(limit).collect();
-        let next_page_token = more
-            .then(|| items.last())
-            .flatten()
-            .map(|last| {
-                KeyCursor {
-                    order: order.field.name().to_owned(),
-                    descending: order.descending,
-                    value: sort_value(last, order.field),
-                    id: last.id.to_string(),
-                }
-                .encode()
-            });
+        let next_page_token = more.then(|| items.last()).flatten().map(|last| {
+            KeyCursor {
+                order: order.field.name().to_owned(),
+                descending: order.descending,
+                value: sort_value(last, order.field),
+                id: last.id.to_string(),
+            }
+            .encode()
+        });
         Ok(KeyPage {
             items,
             next_page_token,
@@ -621,7 +658,11 @@ impl Authority {
         loop {
             let batch = self
                 .store
-                .list_keys(identity, keys.last().map(|key: &ApiKey| &key.id), MAX_PAGE_SIZE)
+                .list_keys(
+                    identity,
+                    keys.last().map(|key: &ApiKey| &key.id),
+                    MAX_PAGE_SIZE,
+                )
                 .await?;
             let exhausted = batch.len() < MAX_PAGE_SIZE;
             keys.extend(batch);
@@ -634,7 +675,9 @@ impl Authority {
     /// The identities with how many keys each holds (read concurrently).
     pub async fn with_key_counts(&self, identities: Vec<Identity>) -> Result<Vec<Identity>, Error> {
         let counts = futures_util::future::try_join_all(
-            identities.iter().map(|identity| self.all_keys_of(&identity.id)),
+            identities
+                .iter()
+                .map(|identity| self.all_keys_of(&identity.id)),
         )
         .await?;
         Ok(identities
@@ -781,7 +824,10 @@ impl Authority {
                 );
             }
             if key.expire_time.is_some_and(|time| time <= now) {
-                violations.add(format!("keys[{index}].expire_time"), "must be in the future");
+                violations.add(
+                    format!("keys[{index}].expire_time"),
+                    "must be in the future",
+                );
             }
             digests.push(self.hasher.import_digests(&key.token));
         }
@@ -791,10 +837,7 @@ impl Authority {
             let token = key.token;
             let hasher = Arc::clone(&self.hasher);
             let hashed = token.clone();
-            let secret_hash = self
-                .hash_pool
-                .run(move || hasher.hash(&hashed))
-                .await??;
+            let secret_hash = self.hash_pool.run(move || hasher.hash(&hashed)).await??;
             let id = KeyId::generate(identity_id);
             let hint: String = token.expose().chars().take(4).collect();
             let record = ApiKey {
@@ -820,6 +863,9 @@ impl Authority {
                 labels: Labels::new(),
                 origin: Some(Origin::Import),
                 honeytoken: false,
+                rate_limits: Vec::new(),
+                credits: None,
+                usage_account: None,
                 secret_hash,
                 revision: 0,
             };

@@ -6,9 +6,15 @@ use super::guard::{TokenDigest, VerifyGuard};
 use super::{Authority, audit};
 use crate::domain::audit::HONEYTOKEN_USED;
 use crate::domain::token;
+use crate::domain::usage::Refusal;
 use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
 use crate::metrics::metrics;
+use crate::store::Charge;
 use std::net::{IpAddr, SocketAddr};
+
+/// How many times in a row Verify decides again when a charge finds the
+/// records it read changed (see `Store::charge_usage`).
+const MAX_STALE_CHARGES: usize = 3;
 
 /// What Verify is asked. Its `Debug` leaves the token out.
 pub struct VerifyQuery<'a> {
@@ -23,6 +29,9 @@ pub struct VerifyQuery<'a> {
     pub required_scopes: &'a [String],
     /// Where the call came from, recorded when the token is a honeytoken.
     pub context: CallContext,
+    /// What a valid call spends of the key's rate limits and credits (0
+    /// only checks that a call of 1 would pass).
+    pub cost: u64,
 }
 
 /// Where a Verify call came from: what a honeytoken's use records.
@@ -44,6 +53,7 @@ impl std::fmt::Debug for VerifyQuery<'_> {
             .field("client_ip", &self.client_ip)
             .field("required_scopes", &self.required_scopes)
             .field("context", &self.context)
+            .field("cost", &self.cost)
             .finish()
     }
 }
@@ -73,76 +83,119 @@ impl Authority {
         // A token argon2 refused stays wrong (a key id never gets another
         // secret): its answer costs neither Redis nor argon2.
         let digest = self.guard.digest(query.token);
-        let previously_matched = self.guard.verified_fingerprint(&digest);
-        if previously_matched.is_none() && self.guard.was_rejected(&digest) {
+        if self.guard.verified_fingerprint(&digest).is_none() && self.guard.was_rejected(&digest) {
             self.guard.hold_back().await;
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
-        let record = self
-            .store
-            .key_with_identity(&key_id)
-            .await?
-            .filter(|(key, identity)| self.is_current(key, identity));
-        let Some((key, identity)) = record else {
-            // A key id that does not exist gets the work and the answers a
-            // wrong secret for a live one gets, so neither tells whether it
-            // exists.
-            self.check_with_argon2(digest, secret, &key_id, &self.decoy_hash)
-                .await?;
-            return Ok(Verdict::refused(VerifyCode::Unknown));
-        };
+        let mut record = self.store.key_with_identity(&key_id).await?;
+        // A charge finds the records changed since they were read (a cached
+        // copy within its staleness bound, or a change in between) at most a
+        // few times in a row; each time Verify decides again on a fresh read.
+        for _ in 0..MAX_STALE_CHARGES {
+            let Some((key, identity)) = record
+                .take()
+                .filter(|(key, identity)| self.is_current(key, identity))
+            else {
+                // A key id that does not exist gets the work and the answers a
+                // wrong secret for a live one gets, so neither tells whether it
+                // exists.
+                self.check_with_argon2(digest, secret, &key_id, &self.decoy_hash)
+                    .await?;
+                return Ok(Verdict::refused(VerifyCode::Unknown));
+            };
+            if !self.secret_matches_record(digest, secret, &key).await? {
+                return Ok(Verdict::refused(VerifyCode::Unknown));
+            }
+            if key.honeytoken {
+                // The very answer an unknown token gets: nothing else is said,
+                // whatever the key's state or settings.
+                self.record_honeytoken_use(&key, &query);
+                return Ok(Verdict::refused(VerifyCode::Unknown));
+            }
+            let mut code = Self::decide(&key, &identity, &query);
+            // Only a call that is otherwise valid is charged.
+            let mut usage = None;
+            if code == VerifyCode::Valid
+                && let Some(check) = key.usage_check(&identity, query.cost)
+            {
+                match self.store.charge_usage(&key, &identity, &check).await? {
+                    Charge::Stale => {
+                        record = self.store.key_with_identity_uncached(&key_id).await?;
+                        continue;
+                    }
+                    Charge::Settled(settlement) => {
+                        code = match settlement.refusal {
+                            None => VerifyCode::Valid,
+                            Some(Refusal::RateLimited) => VerifyCode::RateLimited,
+                            Some(Refusal::UsageExceeded) => VerifyCode::UsageExceeded,
+                        };
+                        usage = Some(settlement);
+                    }
+                }
+            }
+            if code == VerifyCode::Valid {
+                self.last_use.note(&key.id, UnixMillis::now());
+            }
+            return Ok(Verdict {
+                code,
+                subject: Some((key, identity)),
+                usage,
+            });
+        }
+        Err(Error::Unavailable(
+            "the key kept changing while its use was being charged; retry".into(),
+        ))
+    }
+
+    /// Whether `secret` is the one `key` was minted with: from the guard's
+    /// memory of this very hash when it has one, else by argon2.
+    async fn secret_matches_record(
+        &self,
+        digest: TokenDigest,
+        secret: &str,
+        key: &ApiKey,
+    ) -> Result<bool, Error> {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
-        let matched = match previously_matched {
-            Some(fingerprint) if fingerprint == VerifyGuard::fingerprint(&key.secret_hash) => {
-                metrics().verify_cache_hits.inc();
-                true
-            }
-            _ => {
-                metrics().verify_cache_misses.inc();
-                let matched = self
-                    .check_with_argon2(digest, secret, &key.id, &key.secret_hash)
-                    .await?;
-                if matched {
-                    self.rehash_if_outdated(&key, secret, digest).await;
-                }
-                matched
-            }
-        };
-        if !matched {
-            return Ok(Verdict::refused(VerifyCode::Unknown));
+        if self
+            .guard
+            .verified_fingerprint(&digest)
+            .is_some_and(|fingerprint| fingerprint == VerifyGuard::fingerprint(&key.secret_hash))
+        {
+            metrics().verify_cache_hits.inc();
+            return Ok(true);
         }
-        if key.honeytoken {
-            // The very answer an unknown token gets: nothing else is said,
-            // whatever the key's state or settings.
-            self.record_honeytoken_use(&key, &query);
-            return Ok(Verdict::refused(VerifyCode::Unknown));
+        metrics().verify_cache_misses.inc();
+        let matched = self
+            .check_with_argon2(digest, secret, &key.id, &key.secret_hash)
+            .await?;
+        if matched {
+            self.rehash_if_outdated(key, secret, digest).await;
         }
-        let code = if key.state == State::Disabled || identity.state == State::Disabled {
+        Ok(matched)
+    }
+
+    /// The reasons a matching secret is still refused, in the order the
+    /// spec gives them; usage control comes after all of them.
+    fn decide(key: &ApiKey, identity: &Identity, query: &VerifyQuery<'_>) -> VerifyCode {
+        if key.state == State::Disabled || identity.state == State::Disabled {
             VerifyCode::Disabled
         } else if !identity.permits_address(&key.allowed_cidrs, query.client_ip) {
             VerifyCode::IpNotAllowed
         } else if query
             .dataset
-            .is_some_and(|wanted| !key.may_access_dataset(&identity, wanted))
+            .is_some_and(|wanted| !key.may_access_dataset(identity, wanted))
         {
             VerifyCode::DatasetNotAllowed
         } else if query
             .required_scopes
             .iter()
-            .any(|wanted| !key.holds_scope(&identity, wanted))
+            .any(|wanted| !key.holds_scope(identity, wanted))
         {
             VerifyCode::ScopeNotAllowed
         } else {
             VerifyCode::Valid
-        };
-        if code == VerifyCode::Valid {
-            self.last_use.note(&key.id, UnixMillis::now());
         }
-        Ok(Verdict {
-            code,
-            subject: Some((key, identity)),
-        })
     }
 
     /// How long a key under the failure throttle takes no new guesses.
@@ -232,6 +285,7 @@ impl Authority {
                 client_ip: peer,
                 required_scopes: &[],
                 context: CallContext::default(),
+                cost: 1,
             })
             .await?;
         match (verdict.code, verdict.subject) {

@@ -1,10 +1,11 @@
 //! The embedded store: all state in one mutex-guarded structure, deadlines
 //! honoured on every read. Dev mode and tests run on it.
 
-use super::{Store, StoreError, StoreResult, journal};
+use super::{Charge, Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
+use crate::domain::usage::{self, UsageCheck};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -36,6 +37,9 @@ struct State {
     last_use: HashMap<KeyId, UnixMillis>,
     /// Console sessions by handle, each gone at its `expire_time`.
     sessions: HashMap<String, ConsoleSession>,
+    /// Each identity's rate limit and credit states (`domain::usage`), as
+    /// Redis keeps them in one hash per identity.
+    usage: HashMap<IdentityId, HashMap<String, String>>,
     /// Keyed digests of imported tokens -> their keys.
     imports: HashMap<String, KeyId>,
     /// The time of the operation under way: every read honours deadlines at it.
@@ -150,6 +154,7 @@ impl State {
         };
         let was_live = entry.live(self.now);
         self.totp.remove(id);
+        self.usage.remove(id);
         if self.names.get(&entry.value.name) == Some(id) {
             self.names.remove(&entry.value.name);
         }
@@ -430,7 +435,20 @@ impl Store for MemoryStore {
 
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         self.audited(
-            |state| Ok(state.keys.remove(id).is_some_and(|e| e.live(state.now))),
+            |state| {
+                let Some(entry) = state.keys.remove(id).filter(|e| e.live(state.now)) else {
+                    return Ok(false);
+                };
+                let key = entry.value;
+                if !key.budget_sharers().any(|other| state.key(other).is_some())
+                    && let Some(usage) = state.usage.get_mut(&key.identity_id)
+                {
+                    for field in key.budget_fields() {
+                        usage.remove(&field);
+                    }
+                }
+                Ok(true)
+            },
             |deleted| *deleted,
         )
     }
@@ -468,6 +486,28 @@ impl Store for MemoryStore {
             let key = state.key(id).cloned();
             let identity = state.identity(&id.identity_id()).cloned();
             Ok(key.zip(identity))
+        })
+    }
+
+    async fn charge_usage(
+        &self,
+        key: &ApiKey,
+        identity: &Identity,
+        check: &UsageCheck<'_>,
+    ) -> StoreResult<Charge> {
+        self.with_state(|state| {
+            let current = state
+                .key(&key.id)
+                .map(|stored| stored.revision)
+                .zip(state.identity(&identity.id).map(|stored| stored.revision));
+            if current != Some((key.revision, identity.revision)) {
+                return Ok(Charge::Stale);
+            }
+            let usage = state.usage.entry(identity.id.clone()).or_default();
+            let (settlement, writes) =
+                usage::settle(state.now, check, |field| usage.get(field).cloned());
+            usage.extend(writes);
+            Ok(Charge::Settled(settlement))
         })
     }
 

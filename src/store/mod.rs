@@ -23,6 +23,7 @@ pub mod redis;
 
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
+use crate::domain::usage::{Settlement, UsageCheck};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
 
@@ -48,6 +49,16 @@ pub enum StoreError {
     /// A stored record could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+}
+
+/// The outcome of settling a Verify against its key's usage controls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charge {
+    /// Settled (and charged, unless refused).
+    Settled(Settlement),
+    /// The key or its identity changed since Verify read them: nothing was
+    /// charged; read them again.
+    Stale,
 }
 
 /// Audit events kept when no other bound is configured.
@@ -117,6 +128,26 @@ pub trait Store: Send + Sync + 'static {
     /// A key and its identity, read together (one round trip on Redis): the
     /// lookup behind Verify.
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>>;
+
+    /// [`Store::key_with_identity`] from the system of record itself, past
+    /// any cache: what Verify reads after a [`Charge::Stale`].
+    async fn key_with_identity_uncached(
+        &self,
+        id: &KeyId,
+    ) -> StoreResult<Option<(ApiKey, Identity)>> {
+        self.key_with_identity(id).await
+    }
+
+    /// Settles a Verify of `key`, a key of `identity` as Verify read them,
+    /// against `check` (see `domain::usage::settle`), atomically and exactly
+    /// across replicas: one round trip on Redis. `Stale` when either record
+    /// changed since (nothing is charged then).
+    async fn charge_usage(
+        &self,
+        key: &ApiKey,
+        identity: &Identity,
+        check: &UsageCheck<'_>,
+    ) -> StoreResult<Charge>;
 
     /// Stores a new, unconfirmed authenticator for an identity, replacing an
     /// unconfirmed one. `Conflict` when a confirmed one exists; `NotFound`

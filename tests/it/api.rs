@@ -34,7 +34,7 @@ async fn verify_token(server: &TestServer, token: &str) -> VerifyCode {
 }
 
 /// The field names of an INVALID_ARGUMENT's BadRequest details.
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     status
         .get_details_bad_request()

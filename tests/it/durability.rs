@@ -74,6 +74,8 @@ async fn replica_durability_acknowledges_only_what_a_replica_has() {
             datasets: Vec::new(),
             labels: Default::default(),
             honeytoken: false,
+            rate_limits: Vec::new(),
+            credits: None,
         })
         .await
         .unwrap();

@@ -757,9 +757,16 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 datasets: strings(&["a", "a"]),
                 allowed_cidrs: strings(&["300.1.1.1/8"]),
                 scopes: strings(&["bad scope"]),
-                labels: [("Bad Key".to_string(), String::new())].into_iter().collect(),
+                labels: [("Bad Key".to_string(), String::new())]
+                    .into_iter()
+                    .collect(),
                 admin: true,
                 expire_time: at(0, 1_000_000_000),
+                rate_limits: vec![proto::RateLimit {
+                    name: "Bad Name".into(),
+                    limit: 1,
+                    duration: None,
+                }],
             }),
             Invalid(&[
                 "name",
@@ -769,6 +776,8 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 "scopes[0]",
                 "labels[\"Bad Key\"]",
                 "expire_time",
+                "rate_limits[0].name",
+                "rate_limits[0].duration",
             ]),
         ),
         // Identity ids.

@@ -23,5 +23,6 @@ mod sentinel;
 mod store_contract;
 mod support;
 mod transport;
+mod usage;
 mod verify_cache;
 mod webhooks;

@@ -31,6 +31,9 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         labels: Default::default(),
         origin: None,
         honeytoken: false,
+        rate_limits: Vec::new(),
+        credits: None,
+        usage_account: None,
         secret_hash: "$argon2id$placeholder".into(),
         revision: 0,
     }
@@ -690,7 +693,10 @@ async fn totp_codes_are_accepted_once_and_failures_lock_out(store: &dyn Store) {
         .await
         .unwrap()
         .expect("fifth failure locks");
-    assert!(until >= now.plus(lockout), "{until:?} starts from the store's clock");
+    assert!(
+        until >= now.plus(lockout),
+        "{until:?} starts from the store's clock"
+    );
     assert_eq!(
         store
             .accept_totp_step(&admin.id, 12, false, now)
@@ -831,7 +837,10 @@ async fn console_sessions_end_at_their_deadline_or_on_delete(store: &dyn Store) 
         expire_time: UnixMillis(now.0 + 60_000),
     };
     store.create_session("handle-long", &long).await.unwrap();
-    assert_eq!(store.get_session("handle-long").await.unwrap(), Some(long.clone()));
+    assert_eq!(
+        store.get_session("handle-long").await.unwrap(),
+        Some(long.clone())
+    );
     assert_eq!(store.get_session("handle-unknown").await.unwrap(), None);
     let short = ConsoleSession {
         expire_time: soon(800).unwrap(),

@@ -3,18 +3,20 @@
 
 use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
+use keyrack::proto::{self, VerifyCode};
 use keyrack::server::{self, ServerOptions};
 use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use keyrack::service::sealing::SeedSealer;
 use keyrack::service::{Authority, AuthorityOptions};
 use keyrack::store::Store;
 use keyrack::store::memory::MemoryStore;
-use keyrack::store::redis::{Keyspace, RedisOptions, RedisStore};
+use keyrack::store::redis::{Durability, Keyspace, RedisOptions, RedisStore, VerifyCacheStats};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::Code;
 use tonic::transport::Channel;
 
 /// Finds a program on PATH; a test that needs one fails without it.
@@ -941,4 +943,130 @@ impl Drop for RedisSentinels {
             let _ = child.wait();
         }
     }
+}
+
+/// Replica B: a second keyrack on replica A's Redis (see `two_replicas`), with its record cache
+/// on, and a handle on its store to read what the cache did.
+pub struct Replica {
+    /// B's store, to read what its record cache did.
+    pub store: Arc<RedisStore>,
+    /// B's VerifyService.
+    pub verifier: VerifyServiceClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    pub async fn start(redis_url: String) -> Self {
+        capture_logs();
+        let options = redis_options(redis_url, Duration::from_millis(500));
+        let mut store = RedisStore::connect(&options, Duration::from_secs(5))
+            .await
+            .expect("connect replica B");
+        store
+            .enable_verify_cache(test_verify_cache_options())
+            .await
+            .expect("start B's record cache");
+        let store = Arc::new(store);
+        let authority = Arc::new(test_authority(
+            Arc::clone(&store) as Arc<dyn Store>,
+            AuthorityOptions::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            keyrack::server::serve(listener, authority, test_server_options(), async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("replica B serves");
+        });
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            store,
+            verifier: VerifyServiceClient::new(channel),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn stats(&self) -> VerifyCacheStats {
+        self.store.verify_cache_stats().expect("B's cache is on")
+    }
+
+    pub async fn verify_with(&self, request: proto::VerifyRequest) -> Result<VerifyCode, Code> {
+        self.verifier
+            .clone()
+            .verify(request)
+            .await
+            .map(|answer| answer.into_inner().code())
+            .map_err(|status| status.code())
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<VerifyCode, Code> {
+        self.verify_with(proto::VerifyRequest {
+            token: token.into(),
+            client_ip: "192.0.2.7".into(),
+            dataset: "sales".into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Verifies `token` until B answers it from its cache (the first call
+    /// may read Redis and run argon2), and checks the answer is VALID.
+    pub async fn warm(&self, token: &str) {
+        assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
+        let before = self.stats().hits;
+        eventually(
+            "B answers from its cache",
+            Duration::from_secs(5),
+            || async {
+                assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
+                self.stats().hits > before
+            },
+        )
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap();
+        assert_no_secret_logged();
+    }
+}
+
+/// How the tests' own stores reach Redis: no durability wait, the tests'
+/// key prefix.
+pub fn redis_options(url: String, response_timeout: Duration) -> RedisOptions {
+    RedisOptions {
+        url,
+        key_prefix: "keyrack:".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout,
+        durability: Durability::None,
+        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+    }
+}
+
+/// Replica A (the test server, rolls without TOTP) and replica B.
+pub async fn two_replicas() -> (TestServer, Replica) {
+    let a = TestServer::start_with(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions {
+            totp_for_roll: false,
+            ..AuthorityOptions::default()
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    let b = Replica::start(a.backend.redis().url()).await;
+    (a, b)
 }

@@ -5,15 +5,14 @@
 //! Redis no longer vouches for.
 
 use crate::support::{
-    Backend, RedisSentinels, RedisServer, TestServer, authed, capture_logs, eventually,
-    test_authority, test_server_options, test_verify_cache_options,
+    RedisSentinels, RedisServer, TestServer, authed, capture_logs, eventually, redis_options,
+    test_authority, test_verify_cache_options, two_replicas,
 };
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
-use keyrack::service::AuthorityOptions;
 use keyrack::service::VerifyQuery;
 use keyrack::store::Store;
-use keyrack::store::redis::{Durability, RedisOptions, RedisStore, VerifyCacheStats};
+use keyrack::store::redis::RedisStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -21,130 +20,6 @@ use tonic::transport::Channel;
 
 /// The bound the replicas run with (the product default).
 const BOUND: Duration = Duration::from_millis(100);
-
-/// Replica B: a second keyrack on replica A's Redis, with its record cache
-/// on, and a handle on its store to read what the cache did.
-struct Replica {
-    store: Arc<RedisStore>,
-    verifier: VerifyServiceClient<Channel>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Replica {
-    async fn start(redis_url: String) -> Self {
-        capture_logs();
-        let options = redis_options(redis_url, Duration::from_millis(500));
-        let mut store = RedisStore::connect(&options, Duration::from_secs(5))
-            .await
-            .expect("connect replica B");
-        store
-            .enable_verify_cache(test_verify_cache_options())
-            .await
-            .expect("start B's record cache");
-        let store = Arc::new(store);
-        let authority = Arc::new(test_authority(
-            Arc::clone(&store) as Arc<dyn Store>,
-            AuthorityOptions::default(),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            keyrack::server::serve(listener, authority, test_server_options(), async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("replica B serves");
-        });
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            store,
-            verifier: VerifyServiceClient::new(channel),
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn stats(&self) -> VerifyCacheStats {
-        self.store.verify_cache_stats().expect("B's cache is on")
-    }
-
-    async fn verify_with(&self, request: proto::VerifyRequest) -> Result<VerifyCode, Code> {
-        self.verifier
-            .clone()
-            .verify(request)
-            .await
-            .map(|answer| answer.into_inner().code())
-            .map_err(|status| status.code())
-    }
-
-    async fn verify(&self, token: &str) -> Result<VerifyCode, Code> {
-        self.verify_with(proto::VerifyRequest {
-            token: token.into(),
-            client_ip: "192.0.2.7".into(),
-            dataset: "sales".into(),
-            ..Default::default()
-        })
-        .await
-    }
-
-    /// Verifies `token` until B answers it from its cache (the first call
-    /// may read Redis and run argon2), and checks the answer is VALID.
-    async fn warm(&self, token: &str) {
-        assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
-        let before = self.stats().hits;
-        eventually(
-            "B answers from its cache",
-            Duration::from_secs(5),
-            || async {
-                assert_eq!(self.verify(token).await, Ok(VerifyCode::Valid));
-                self.stats().hits > before
-            },
-        )
-        .await;
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap();
-        crate::support::assert_no_secret_logged();
-    }
-}
-
-/// How the tests' own stores reach Redis: no durability wait, the tests'
-/// key prefix.
-fn redis_options(url: String, response_timeout: Duration) -> RedisOptions {
-    RedisOptions {
-        url,
-        key_prefix: "keyrack:".into(),
-        connect_timeout: Duration::from_millis(500),
-        response_timeout,
-        durability: Durability::None,
-        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
-    }
-}
-
-/// Replica A (the test server, rolls without TOTP) and replica B.
-async fn two_replicas() -> (TestServer, Replica) {
-    let a = TestServer::start_with(
-        Backend::Redis(RedisServer::start()),
-        AuthorityOptions {
-            totp_for_roll: false,
-            ..AuthorityOptions::default()
-        },
-        Duration::from_secs(60),
-    )
-    .await;
-    let b = Replica::start(a.backend.redis().url()).await;
-    (a, b)
-}
 
 /// A fresh identity (dataset `sales`, any address) and its first key.
 async fn service(a: &TestServer, name: &str) -> proto::CreateIdentityResponse {
@@ -507,6 +382,7 @@ async fn a_sentinel_failover_empties_the_cache() {
                 client_ip: None,
                 required_scopes: &[],
                 context: Default::default(),
+                cost: 1,
             })
             .await
             .map(|verdict| verdict.code)

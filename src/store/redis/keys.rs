@@ -12,6 +12,7 @@
 //! <prefix>{<identity id>}:key-names         HASH key name -> key id
 //! <prefix>{<identity id>}:totp              JSON TotpRecord (sealed seed)
 //! <prefix>{<identity id>}:last-use          HASH key id -> last use (unix ms)
+//! <prefix>{<identity id>}:usage             HASH rate limit / credit states (domain::usage)
 //! <prefix>identity-names                    HASH identity name -> identity id
 //! <prefix>identities                        ZSET of identity ids (score 0)
 //! <prefix>dataset:{<name>}                  JSON Dataset
@@ -80,6 +81,11 @@ impl Keyspace {
         self.tagged(identity) + "last-use"
     }
 
+    /// The states of the identity's and its keys' rate limits and credits.
+    pub fn usage(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "usage"
+    }
+
     /// Identity names across the authority.
     pub fn identity_names(&self) -> String {
         format!("{}identity-names", self.prefix)
@@ -134,6 +140,7 @@ mod tests {
             keyspace.key_names(&identity),
             keyspace.totp(&identity),
             keyspace.last_use(&identity),
+            keyspace.usage(&identity),
         ] {
             assert!(name.starts_with("keyrack:") && name.contains(tag), "{name}");
         }

@@ -5,6 +5,7 @@ mod keys;
 mod record_cache;
 mod scripts;
 mod sentinel;
+mod usage;
 
 pub use record_cache::{VerifyCacheOptions, VerifyCacheStats};
 
@@ -643,6 +644,7 @@ where
             .key(self.keyspace.key_names(&identity.id))
             .key(self.keyspace.totp(&identity.id))
             .key(self.keyspace.last_use(&identity.id))
+            .key(self.keyspace.usage(&identity.id))
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
@@ -665,6 +667,7 @@ where
             .key(self.keyspace.key_names(id))
             .key(self.keyspace.totp(id))
             .key(self.keyspace.last_use(id))
+            .key(self.keyspace.usage(id))
             .arg(self.keyspace.key_prefix(id))
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
@@ -1001,7 +1004,9 @@ where
             .key(self.keyspace.key_names(&identity))
             .key(self.keyspace.key(id))
             .key(self.keyspace.last_use(&identity))
+            .key(self.keyspace.usage(&identity))
             .arg(id.as_str())
+            .arg(self.keyspace.key_prefix(&identity))
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await;
@@ -1047,6 +1052,13 @@ where
         {
             return found;
         }
+        self.key_with_identity_uncached(id).await
+    }
+
+    async fn key_with_identity_uncached(
+        &self,
+        id: &KeyId,
+    ) -> StoreResult<Option<(ApiKey, Identity)>> {
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
             .mget(&self.keyspace.verify_records(id))
@@ -1056,6 +1068,16 @@ where
             (Some(key), Some(identity)) => Ok(Some((decode(&key)?, decode(&identity)?))),
             _ => Ok(None),
         }
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.charge_usage", skip_all)]
+    async fn charge_usage(
+        &self,
+        key: &ApiKey,
+        identity: &Identity,
+        check: &crate::domain::usage::UsageCheck<'_>,
+    ) -> StoreResult<super::Charge> {
+        self.run_charge_usage(key, identity, check).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.enroll_totp", skip_all)]

@@ -87,8 +87,8 @@ return 'OK'
     )
 });
 
-/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix,
-/// new JSON, expected revision.
+/// KEYS: identity, key index, key names, totp, last use, usage. ARGV: key
+/// prefix, new JSON, expected revision.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -108,13 +108,14 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   end
 end
 expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time, KEYS[4], KEYS[5])
+expire_at(KEYS[6], earliest(nil, identity.expire_time))
 return 'OK'
 "#,
     )
 });
 
-/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix.
-/// Returns 1 if it existed.
+/// KEYS: identity, key index, key names, totp, last use, usage. ARGV: key
+/// prefix. Returns 1 if it existed.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -122,7 +123,7 @@ local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[1] .. id)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return existed
 "#,
     )
@@ -177,8 +178,11 @@ return 'OK'
     )
 });
 
-/// KEYS: key index, key names, key record, last use. ARGV: key id. Returns 1
-/// if it existed.
+/// KEYS: key index, key names, key record, last use, usage. ARGV: key id,
+/// key prefix. Returns 1 if it existed. The key's budget (its credits and
+/// own rate limits) goes with it unless a key drawing on the same budget is
+/// still alive; the rule and the field names are `ApiKey::budget_sharers`
+/// and `domain::usage`'s.
 pub static DELETE_KEY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -189,6 +193,20 @@ if not raw then return 0 end
 local key = cjson.decode(raw)
 if redis.call('HGET', KEYS[2], key.name) == ARGV[1] then redis.call('HDEL', KEYS[2], key.name) end
 redis.call('DEL', KEYS[3])
+local account = key.id
+if type(key.usage_account) == 'string' then account = key.usage_account end
+local shared = false
+for _, other in ipairs({key.rolled_from, key.rolled_to, key.usage_account}) do
+  if type(other) == 'string' and other ~= key.id and redis.call('EXISTS', ARGV[2] .. other) == 1 then
+    shared = true
+  end
+end
+if not shared then
+  redis.call('HDEL', KEYS[5], 'credits:' .. account)
+  for _, limit in ipairs(key.rate_limits or {}) do
+    redis.call('HDEL', KEYS[5], 'rate:key:' .. account .. ':' .. limit.name)
+  end
+end
 return 1
 "#,
     )
@@ -358,4 +376,115 @@ pub static DELETE_DATASET: LazyLock<Script> = LazyLock::new(|| {
 return redis.call('DEL', KEYS[1])
 "#,
     )
+});
+
+/// KEYS: key record, identity record, usage. ARGV: the key's and the
+/// identity's revisions as read, cost, credits field ('' for none), granted
+/// balance, granted_at, refill amount, refill interval (0 for none), the
+/// number of limits, then each limit's field, limit and duration (ms).
+///
+/// The Lua mirror of `domain::usage::settle` (read that first): it settles
+/// a Verify against the credits and limits atomically, at Redis's clock, so
+/// replicas share one exact budget. Replies `{'STALE'}` when either record
+/// changed since Verify read it (Verify then reads again), else
+/// `{status, retry_after_ms or -1, credits or -1, remaining, reset_ms, ...}`
+/// with status `OK`, `RATE_LIMITED` or `USAGE_EXCEEDED`.
+pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{REDIS_NOW_MS}
+local raw_key = redis.call('GET', KEYS[1])
+local raw_identity = redis.call('GET', KEYS[2])
+if not raw_key or not raw_identity
+  or cjson.decode(raw_key).revision ~= tonumber(ARGV[1])
+  or cjson.decode(raw_identity).revision ~= tonumber(ARGV[2]) then
+  return {{'STALE'}}
+end
+-- Every quantity is an integer below 2^53 (see domain::usage), so doubles
+-- are exact; divmod corrects the rounding of the one division.
+local function divmod(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then q = q - 1; r = r + b elseif r >= b then q = q + 1; r = r - b end
+  return q, r
+end
+local function ceil_div(a, b)
+  local q, r = divmod(a, b)
+  if r > 0 then q = q + 1 end
+  return q
+end
+local function numbers(text)
+  local parts = {{}}
+  if text then
+    for part in string.gmatch(text, '%S+') do parts[#parts + 1] = tonumber(part) end
+  end
+  return parts
+end
+local now = redis_now_ms()
+local cost = tonumber(ARGV[3])
+local needed = math.max(cost, 1)
+local refusal = nil
+local retry = -1
+local balance = nil
+if ARGV[4] ~= '' then
+  local granted_at = tonumber(ARGV[6])
+  local amount, interval = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local stored = numbers(redis.call('HGET', KEYS[3], ARGV[4]) or nil)
+  if #stored == 3 and stored[3] >= granted_at then
+    balance = stored
+  else
+    balance = {{tonumber(ARGV[5]), granted_at, granted_at}}
+  end
+  if interval > 0 and now - balance[2] >= interval then
+    local periods = divmod(now - balance[2], interval)
+    balance[2] = balance[2] + periods * interval
+    if balance[1] < amount then balance[1] = amount end
+  end
+  if balance[1] < needed then
+    refusal = 'USAGE_EXCEEDED'
+    if interval > 0 then retry = balance[2] + interval - now end
+  end
+end
+local limits = {{}}
+for i = 0, tonumber(ARGV[9]) - 1 do
+  local field = ARGV[10 + 3 * i]
+  local limit, duration = tonumber(ARGV[11 + 3 * i]), tonumber(ARGV[12 + 3 * i])
+  local stored = numbers(redis.call('HGET', KEYS[3], field) or nil)
+  local units = 0
+  if #stored == 4 and stored[1] == limit and stored[2] == duration then
+    units = math.max(0, (stored[3] - now) * limit + stored[4])
+  end
+  local capacity = limit * duration
+  local wanted = units + needed * duration
+  if wanted > capacity and refusal ~= 'USAGE_EXCEEDED' then
+    refusal = 'RATE_LIMITED'
+    retry = math.max(retry, ceil_div(wanted - capacity, limit))
+  end
+  limits[#limits + 1] = {{field, limit, duration, units}}
+end
+local reply = {{refusal or 'OK', retry, -1}}
+if balance then reply[3] = balance[1] end
+local function report(limit, units)
+  reply[#reply + 1] = (divmod(math.max(0, limit[2] * limit[3] - units), limit[3]))
+  reply[#reply + 1] = now + ceil_div(units, limit[2])
+end
+if refusal then
+  for _, limit in ipairs(limits) do report(limit, limit[4]) end
+  return reply
+end
+if balance then
+  balance[1] = balance[1] - cost
+  reply[3] = balance[1]
+  redis.call('HSET', KEYS[3], ARGV[4], string.format('%d %d %d', balance[1], balance[2], balance[3]))
+end
+for _, limit in ipairs(limits) do
+  local after = limit[4] + cost * limit[3]
+  local whole, rest = divmod(after, limit[2])
+  redis.call('HSET', KEYS[3], limit[1], string.format('%d %d %d %d', limit[2], limit[3], now + whole, rest))
+  report(limit, after)
+end
+local deadline = redis.call('PEXPIRETIME', KEYS[2])
+if deadline > 0 then redis.call('PEXPIREAT', KEYS[3], deadline) end
+return reply
+"#,
+    ))
 });

@@ -1,0 +1,101 @@
+//! Verify's check-and-charge of rate limits and credits: one call of
+//! [`scripts::CHARGE_USAGE`] on the identity's hash tag, and the live
+//! credit balances admins read.
+
+use super::{RedisStore, scripts, unavailable};
+use crate::domain::usage::{self, LimitReport, Refusal, Settlement, UsageCheck};
+use crate::domain::{ApiKey, Identity, UnixMillis};
+use crate::store::{Charge, StoreError, StoreResult};
+use redis::aio::ConnectionLike;
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// See `Store::charge_usage`.
+    pub(super) async fn run_charge_usage(
+        &self,
+        key: &ApiKey,
+        identity: &Identity,
+        check: &UsageCheck<'_>,
+    ) -> StoreResult<Charge> {
+        let tag = &identity.id;
+        let mut invocation = scripts::CHARGE_USAGE.key(self.keyspace.key(&key.id));
+        invocation
+            .key(self.keyspace.identity(tag))
+            .key(self.keyspace.usage(tag))
+            .arg(key.revision)
+            .arg(identity.revision)
+            .arg(check.cost);
+        match &check.credits {
+            Some((field, credits)) => {
+                let refill = credits.refill.unwrap_or(usage::Refill {
+                    amount: 0,
+                    interval_ms: 0,
+                });
+                invocation
+                    .arg(field)
+                    .arg(credits.remaining)
+                    .arg(credits.granted_at.0)
+                    .arg(refill.amount)
+                    .arg(refill.interval_ms);
+            }
+            None => {
+                invocation.arg("").arg(0).arg(0).arg(0).arg(0);
+            }
+        }
+        invocation.arg(check.limits.len());
+        for limit in &check.limits {
+            invocation
+                .arg(&limit.field)
+                .arg(limit.limit.limit)
+                .arg(limit.limit.duration_ms);
+        }
+        // A charge is not an audited change: no durability wait on Verify.
+        let reply: Vec<redis::Value> = invocation
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        settlement_of(&reply, check)
+    }
+}
+
+/// Reads CHARGE_USAGE's reply.
+fn settlement_of(reply: &[redis::Value], check: &UsageCheck<'_>) -> StoreResult<Charge> {
+    let corrupt = || StoreError::Corrupt("an unexpected reply to the usage charge".into());
+    let text = |value: &redis::Value| -> Option<String> { redis::from_redis_value_ref(value).ok() };
+    let number = |index: usize| -> StoreResult<i64> {
+        reply
+            .get(index)
+            .and_then(|value| redis::from_redis_value_ref::<i64>(value).ok())
+            .ok_or_else(corrupt)
+    };
+    let status = reply.first().and_then(text).ok_or_else(corrupt)?;
+    let refusal = match status.as_str() {
+        "STALE" => return Ok(Charge::Stale),
+        "OK" => None,
+        "RATE_LIMITED" => Some(Refusal::RateLimited),
+        "USAGE_EXCEEDED" => Some(Refusal::UsageExceeded),
+        _ => return Err(corrupt()),
+    };
+    if reply.len() != 3 + 2 * check.limits.len() {
+        return Err(corrupt());
+    }
+    let optional = |value: i64| u64::try_from(value).ok();
+    let mut limits = Vec::with_capacity(check.limits.len());
+    for (index, limit) in check.limits.iter().enumerate() {
+        limits.push(LimitReport {
+            name: limit.limit.name.clone(),
+            limit: limit.limit.limit,
+            remaining: optional(number(3 + 2 * index)?).ok_or_else(corrupt)?,
+            reset_time: UnixMillis(number(4 + 2 * index)?),
+            shared: limit.shared,
+        });
+    }
+    Ok(Charge::Settled(Settlement {
+        refusal,
+        retry_after_ms: optional(number(1)?),
+        limits,
+        credits_remaining: optional(number(2)?),
+    }))
+}

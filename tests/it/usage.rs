@@ -1,0 +1,750 @@
+//! Usage control: rate limits and credits, exact across two replicas of one
+//! Redis (replica A, the test server, and replica B with its record cache
+//! on), and the same rules on the embedded store.
+
+use crate::support::{Backend, RedisServer, Replica, TestServer, authed, two_replicas};
+use keyrack::proto::verify_service_client::VerifyServiceClient;
+use keyrack::proto::{self, VerifyCode};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn per(limit: i64, name: &str, seconds: i64) -> proto::RateLimit {
+    proto::RateLimit {
+        name: name.into(),
+        limit,
+        duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+    }
+}
+
+fn credits(remaining: i64, refill: Option<(i64, Duration)>) -> proto::Credits {
+    proto::Credits {
+        remaining,
+        refill: refill.map(|(amount, interval)| proto::CreditRefill {
+            amount,
+            interval: Some(prost_types::Duration {
+                seconds: interval.as_secs() as i64,
+                nanos: interval.subsec_nanos() as i32,
+            }),
+        }),
+    }
+}
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+    })
+}
+
+async fn verify(
+    client: &VerifyServiceClient<Channel>,
+    request: proto::VerifyRequest,
+) -> proto::VerifyResponse {
+    client
+        .clone()
+        .verify(request)
+        .await
+        .expect("Verify answers")
+        .into_inner()
+}
+
+async fn verify_token(client: &VerifyServiceClient<Channel>, token: &str) -> proto::VerifyResponse {
+    verify(
+        client,
+        proto::VerifyRequest {
+            token: token.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// A second key of an identity, with its token.
+async fn create_key(
+    server: &TestServer,
+    request: proto::CreateKeyRequest,
+) -> (proto::ApiKey, String) {
+    let created = server
+        .admin()
+        .await
+        .create_key(authed(&server.admin_token, request))
+        .await
+        .expect("create key")
+        .into_inner();
+    (created.key.unwrap(), created.token)
+}
+
+/// Sends `calls` Verify calls of `token` at once, alternating between the
+/// two replicas, and counts the answers by code.
+async fn concurrent_verifies(
+    a: &VerifyServiceClient<Channel>,
+    b: &VerifyServiceClient<Channel>,
+    token: &str,
+    calls: usize,
+) -> Vec<proto::VerifyResponse> {
+    let tasks: Vec<_> = (0..calls)
+        .map(|index| {
+            let client = if index % 2 == 0 { a.clone() } else { b.clone() };
+            let token = token.to_owned();
+            tokio::spawn(async move { verify_token(&client, &token).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(calls);
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+fn count(answers: &[proto::VerifyResponse], code: VerifyCode) -> usize {
+    answers
+        .iter()
+        .filter(|answer| answer.code() == code)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_identity_limit_is_one_exact_budget_across_replicas_and_keys() {
+    let (a, b) = two_replicas().await;
+    let created = a
+        .create_identity(proto::CreateIdentityRequest {
+            name: "metered".into(),
+            rate_limits: vec![per(10, "hourly", 3_600)],
+            ..Default::default()
+        })
+        .await;
+    // The second key exists before the first call, so its record is read
+    // while the budget is still whole.
+    let (_, second) = create_key(
+        &a,
+        proto::CreateKeyRequest {
+            identity_id: created.identity.as_ref().unwrap().id.clone(),
+            name: "second".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let answers = concurrent_verifies(&a.verifier().await, &b.verifier, &created.token, 40).await;
+    assert_eq!(count(&answers, VerifyCode::Valid), 10, "{answers:?}");
+    assert_eq!(count(&answers, VerifyCode::RateLimited), 30);
+    for refused in answers
+        .iter()
+        .filter(|answer| answer.code() == VerifyCode::RateLimited)
+    {
+        let retry = refused
+            .retry_after
+            .expect("RATE_LIMITED carries retry_after");
+        // One call in ten per hour: the next one is due within six minutes.
+        assert!(retry.seconds > 0 && retry.seconds <= 360, "{retry:?}");
+        assert!(!refused.valid);
+        let state = &refused.rate_limits[0];
+        assert_eq!(
+            (
+                state.name.as_str(),
+                state.limit,
+                state.remaining,
+                state.shared
+            ),
+            ("hourly", 10, 0, true)
+        );
+    }
+    let remaining: Vec<i64> = answers
+        .iter()
+        .filter(|answer| answer.valid)
+        .map(|answer| answer.rate_limits[0].remaining)
+        .collect();
+    let mut sorted = remaining.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (0..10).collect::<Vec<_>>(),
+        "each valid call saw its own place in the budget"
+    );
+    // The identity's other key draws on the same budget.
+    assert_eq!(
+        verify_token(&b.verifier, &second).await.code(),
+        VerifyCode::RateLimited
+    );
+    assert_eq!(
+        verify_token(&a.verifier().await, &second).await.code(),
+        VerifyCode::RateLimited
+    );
+    let metrics = keyrack::metrics::metrics().render();
+    assert!(metrics.contains(r#"code="RATE_LIMITED""#), "{metrics}");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stricter_of_a_key_and_an_identity_limit_wins_and_charges_nothing_else() {
+    let (a, b) = two_replicas().await;
+    let created = a
+        .create_identity(proto::CreateIdentityRequest {
+            name: "layered".into(),
+            rate_limits: vec![per(5, "shared", 3_600)],
+            ..Default::default()
+        })
+        .await;
+    let identity_id = created.identity.as_ref().unwrap().id.clone();
+    let (narrow_key, narrow) = create_key(
+        &a,
+        proto::CreateKeyRequest {
+            identity_id: identity_id.clone(),
+            name: "narrow".into(),
+            rate_limits: vec![per(2, "own", 3_600)],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(narrow_key.rate_limits, vec![per(2, "own", 3_600)]);
+    let first = verify_token(&a.verifier().await, &narrow).await;
+    assert_eq!(first.code(), VerifyCode::Valid);
+    let reported: Vec<(&str, i64, bool)> = first
+        .rate_limits
+        .iter()
+        .map(|state| (state.name.as_str(), state.remaining, state.shared))
+        .collect();
+    assert_eq!(reported, vec![("shared", 4, true), ("own", 1, false)]);
+    assert_eq!(
+        verify_token(&b.verifier, &narrow).await.code(),
+        VerifyCode::Valid
+    );
+    // The key's own limit refuses; the identity's budget is not charged.
+    for _ in 0..3 {
+        let refused = verify_token(&b.verifier, &narrow).await;
+        assert_eq!(refused.code(), VerifyCode::RateLimited);
+        assert_eq!(refused.rate_limits[0].remaining, 3);
+    }
+    // The first key, without limits of its own, has the identity's 3 left.
+    for left in (0..3).rev() {
+        let answer = verify_token(&a.verifier().await, &created.token).await;
+        assert_eq!(answer.code(), VerifyCode::Valid);
+        assert_eq!(answer.rate_limits.len(), 1);
+        assert_eq!(answer.rate_limits[0].remaining, left);
+    }
+    assert_eq!(
+        verify_token(&b.verifier, &created.token).await.code(),
+        VerifyCode::RateLimited
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credits_are_exact_under_concurrency_across_replicas() {
+    const CREDITS: i64 = 12;
+    let (a, b) = two_replicas().await;
+    let created = a.create_service("prepaid").await;
+    let (key, token) = create_key(
+        &a,
+        proto::CreateKeyRequest {
+            identity_id: created.identity.as_ref().unwrap().id.clone(),
+            name: "prepaid".into(),
+            credits: Some(credits(CREDITS, None)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(key.credits, Some(credits(CREDITS, None)));
+    let answers = concurrent_verifies(
+        &a.verifier().await,
+        &b.verifier,
+        &token,
+        4 * CREDITS as usize,
+    )
+    .await;
+    assert_eq!(
+        count(&answers, VerifyCode::Valid),
+        CREDITS as usize,
+        "{answers:?}"
+    );
+    assert_eq!(
+        count(&answers, VerifyCode::UsageExceeded),
+        3 * CREDITS as usize
+    );
+    let mut left: Vec<i64> = answers
+        .iter()
+        .filter(|answer| answer.valid)
+        .map(|answer| answer.credits_remaining.unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, (0..CREDITS).collect::<Vec<_>>());
+    let exhausted = answers
+        .iter()
+        .find(|answer| answer.code() == VerifyCode::UsageExceeded)
+        .unwrap();
+    assert_eq!(exhausted.credits_remaining, Some(0));
+    assert_eq!(exhausted.retry_after, None, "no refill will come");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_for_its_dataset_or_scope_is_not_charged() {
+    for backend in [Backend::Memory, Backend::Redis(RedisServer::start())] {
+        let server = TestServer::start(backend).await;
+        let admin = server.admin().await;
+        admin
+            .clone()
+            .create_dataset(authed(
+                &server.admin_token,
+                proto::CreateDatasetRequest {
+                    name: "sales".into(),
+                    skip_key: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        let created = server
+            .create_identity(proto::CreateIdentityRequest {
+                name: "careful".into(),
+                datasets: vec!["sales".into()],
+                scopes: vec!["invoices:read".into()],
+                ..Default::default()
+            })
+            .await;
+        let (_, token) = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: created.identity.as_ref().unwrap().id.clone(),
+                name: "one_use".into(),
+                credits: Some(credits(1, None)),
+                rate_limits: vec![per(1, "once", 3_600)],
+                ..Default::default()
+            },
+        )
+        .await;
+        let verifier = server.verifier().await;
+        let wrong_dataset = verify(
+            &verifier,
+            proto::VerifyRequest {
+                token: token.clone(),
+                dataset: "hr".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(wrong_dataset.code(), VerifyCode::DatasetNotAllowed);
+        assert_eq!(wrong_dataset.credits_remaining, None, "nothing was settled");
+        let wrong_scope = verify(
+            &verifier,
+            proto::VerifyRequest {
+                token: token.clone(),
+                required_scopes: vec!["invoices:write".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(wrong_scope.code(), VerifyCode::ScopeNotAllowed);
+        // A check (cost 0) is not a use either.
+        let checked = verify(
+            &verifier,
+            proto::VerifyRequest {
+                token: token.clone(),
+                cost: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            (checked.code(), checked.credits_remaining),
+            (VerifyCode::Valid, Some(1))
+        );
+        assert_eq!(checked.rate_limits[0].remaining, 1);
+        let used = verify(
+            &verifier,
+            proto::VerifyRequest {
+                token: token.clone(),
+                dataset: "sales".into(),
+                required_scopes: vec!["invoices:read".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            (used.code(), used.credits_remaining),
+            (VerifyCode::Valid, Some(0))
+        );
+        // Spent credits refuse first: waiting would not help.
+        assert_eq!(
+            verify_token(&verifier, &token).await.code(),
+            VerifyCode::UsageExceeded
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_refill_after_their_interval_and_costs_spend_several() {
+    for backend in [Backend::Memory, Backend::Redis(RedisServer::start())] {
+        let server = TestServer::start(backend).await;
+        let created = server.create_service("refilled").await;
+        let (_, token) = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: created.identity.as_ref().unwrap().id.clone(),
+                name: "refilled".into(),
+                credits: Some(credits(3, Some((5, Duration::from_secs(1))))),
+                ..Default::default()
+            },
+        )
+        .await;
+        let verifier = server.verifier().await;
+        let costly = |cost| proto::VerifyRequest {
+            token: token.clone(),
+            cost: Some(cost),
+            ..Default::default()
+        };
+        let spent = verify(&verifier, costly(3)).await;
+        assert_eq!(
+            (spent.code(), spent.credits_remaining),
+            (VerifyCode::Valid, Some(0))
+        );
+        let refused = verify(&verifier, costly(1)).await;
+        assert_eq!(refused.code(), VerifyCode::UsageExceeded);
+        let wait = refused.retry_after.expect("the refill's time");
+        let wait = Duration::new(wait.seconds as u64, wait.nanos as u32);
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        tokio::time::sleep(wait + Duration::from_millis(50)).await;
+        let refilled = verify(&verifier, costly(2)).await;
+        assert_eq!(
+            (refilled.code(), refilled.credits_remaining),
+            (VerifyCode::Valid, Some(3))
+        );
+        // A cost above the balance is refused whole, and charges nothing.
+        assert_eq!(
+            verify(&verifier, costly(4)).await.code(),
+            VerifyCode::UsageExceeded
+        );
+        assert_eq!(
+            verify(&verifier, costly(0)).await.credits_remaining,
+            Some(3)
+        );
+        // A cost out of range is the caller's mistake.
+        let status = verifier.clone().verify(costly(-1)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("cost"), "{}", status.message());
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_top_up_through_update_key_is_seen_by_the_other_replica() {
+    let (a, b) = two_replicas().await;
+    let created = a.create_service("topped").await;
+    let (key, token) = create_key(
+        &a,
+        proto::CreateKeyRequest {
+            identity_id: created.identity.as_ref().unwrap().id.clone(),
+            name: "topped".into(),
+            credits: Some(credits(1, None)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        verify_token(&b.verifier, &token).await.code(),
+        VerifyCode::Valid
+    );
+    assert_eq!(
+        verify_token(&b.verifier, &token).await.code(),
+        VerifyCode::UsageExceeded
+    );
+    let updated = a
+        .admin()
+        .await
+        .update_key(authed(
+            &a.admin_token,
+            proto::UpdateKeyRequest {
+                key: Some(proto::ApiKey {
+                    id: key.id.clone(),
+                    credits: Some(credits(5, None)),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["credits.remaining"]),
+            },
+        ))
+        .await
+        .expect("top up")
+        .into_inner();
+    assert_eq!(updated.credits.unwrap().remaining, 5);
+    // B may still hold the old record in its cache: the charge notices and
+    // B decides again on the record Redis has now.
+    let answer = verify_token(&b.verifier, &token).await;
+    assert_eq!(
+        (answer.code(), answer.credits_remaining),
+        (VerifyCode::Valid, Some(4))
+    );
+    assert_eq!(
+        verify_token(&a.verifier().await, &token)
+            .await
+            .credits_remaining,
+        Some(3)
+    );
+    // A key without credits cannot be topped up.
+    let status = a
+        .admin()
+        .await
+        .update_key(authed(
+            &a.admin_token,
+            proto::UpdateKeyRequest {
+                key: Some(proto::ApiKey {
+                    id: created.key.as_ref().unwrap().id.clone(),
+                    credits: Some(credits(5, None)),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["credits.remaining"]),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_key_and_its_replacement_draw_on_one_budget() {
+    let (a, b) = two_replicas().await;
+    let created = a.create_service("rolling").await;
+    let (key, old_token) = create_key(
+        &a,
+        proto::CreateKeyRequest {
+            identity_id: created.identity.as_ref().unwrap().id.clone(),
+            name: "rolling".into(),
+            credits: Some(credits(4, None)),
+            rate_limits: vec![per(100, "minute", 60)],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        verify_token(&b.verifier, &old_token)
+            .await
+            .credits_remaining,
+        Some(3)
+    );
+    let rolled = a
+        .admin()
+        .await
+        .roll_key(authed(
+            &a.admin_token,
+            proto::RollKeyRequest {
+                key_id: key.id.clone(),
+                old_key_end: Some(proto::roll_key_request::OldKeyEnd::GracePeriod(
+                    prost_types::Duration {
+                        seconds: 600,
+                        nanos: 0,
+                    },
+                )),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("roll")
+        .into_inner();
+    let replacement = rolled.key.unwrap();
+    assert_eq!(
+        replacement.rate_limits, key.rate_limits,
+        "the limits carry over"
+    );
+    let new = verify_token(&a.verifier().await, &rolled.token).await;
+    assert_eq!(
+        (new.code(), new.credits_remaining),
+        (VerifyCode::Valid, Some(2))
+    );
+    assert_eq!(new.rate_limits[0].remaining, 98, "the old key's use counts");
+    let old = verify_token(&b.verifier, &old_token).await;
+    assert_eq!(
+        (old.code(), old.credits_remaining),
+        (VerifyCode::Valid, Some(1))
+    );
+    assert_eq!(
+        verify_token(&b.verifier, &rolled.token)
+            .await
+            .credits_remaining,
+        Some(0)
+    );
+    assert_eq!(
+        verify_token(&a.verifier().await, &old_token).await.code(),
+        VerifyCode::UsageExceeded
+    );
+    // Revoking the old key leaves the budget to the replacement.
+    a.admin()
+        .await
+        .revoke_key(authed(
+            &a.admin_token,
+            proto::RevokeKeyRequest {
+                key_id: key.id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        verify_token(&a.verifier().await, &rolled.token)
+            .await
+            .code(),
+        VerifyCode::UsageExceeded
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_credits_are_checked_field_by_field() {
+    let server = TestServer::memory().await;
+    let status = server
+        .admin()
+        .await
+        .create_identity(authed(
+            &server.admin_token,
+            proto::CreateIdentityRequest {
+                name: "bad_limits".into(),
+                rate_limits: vec![
+                    per(0, "zero", 60),
+                    per(10, "Upper", 60),
+                    per(10, "short", 0),
+                    per(10, "dup", 60),
+                    per(10, "dup", 120),
+                ],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = crate::api::violated_fields(&status);
+    for expected in [
+        "rate_limits[0].limit",
+        "rate_limits[1].name",
+        "rate_limits[2].duration",
+        "rate_limits[4].name",
+    ] {
+        assert!(
+            fields.iter().any(|field| field == expected),
+            "{expected} in {fields:?}"
+        );
+    }
+    let created = server.create_service("good").await;
+    let status = server
+        .admin()
+        .await
+        .create_key(authed(
+            &server.admin_token,
+            proto::CreateKeyRequest {
+                identity_id: created.identity.unwrap().id,
+                name: "bad_credits".into(),
+                credits: Some(credits(-1, Some((0, Duration::from_millis(10))))),
+                rate_limits: (0..9).map(|i| per(1, &format!("l{i}"), 60)).collect(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    let fields = crate::api::violated_fields(&status);
+    for expected in [
+        "credits.remaining",
+        "credits.refill.amount",
+        "credits.refill.interval",
+        "rate_limits",
+    ] {
+        assert!(
+            fields.iter().any(|field| field == expected),
+            "{expected} in {fields:?}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Calls of `command` Redis has served so far (INFO commandstats).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// Every command Redis has served so far but the record cache's fence
+/// (PING) and these tests' own INFO.
+fn all_calls(redis: &RedisServer) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection())
+        .unwrap();
+    stats
+        .lines()
+        .filter(|line| !line.starts_with("cmdstat_ping:") && !line.starts_with("cmdstat_info:"))
+        .filter_map(|line| line.split_once(":calls=").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlimited_keys_keep_zero_redis_commands_and_limited_ones_take_one_script() {
+    const CALLS: u64 = 50;
+    let (a, b) = two_replicas().await;
+    let redis = a.backend.redis();
+    let free = a.create_service("free").await;
+    let metered = a
+        .create_identity(proto::CreateIdentityRequest {
+            name: "metered_cmds".into(),
+            rate_limits: vec![per(1_000, "minute", 60)],
+            ..Default::default()
+        })
+        .await;
+    // The first calls run argon2 and fill B's caches.
+    let hits = b.stats().hits;
+    crate::support::eventually(
+        "B answers from its cache",
+        Duration::from_secs(5),
+        || async {
+            assert_eq!(
+                verify_token(&b.verifier, &free.token).await.code(),
+                VerifyCode::Valid
+            );
+            b.stats().hits > hits
+        },
+    )
+    .await;
+    let steady = |b: &Replica, token: String| {
+        let client = b.verifier.clone();
+        async move {
+            for _ in 0..CALLS {
+                assert_eq!(
+                    verify_token(&client, &token).await.code(),
+                    VerifyCode::Valid
+                );
+            }
+        }
+    };
+    // A stall of the shared test machine past the staleness bound may cost
+    // a read or two; there is no script for an unlimited key at all.
+    let (before, scripts_before) = (all_calls(redis), command_calls(redis, "evalsha"));
+    steady(&b, free.token.clone()).await;
+    let (after, scripts_after) = (all_calls(redis), command_calls(redis, "evalsha"));
+    assert_eq!(
+        scripts_after, scripts_before,
+        "no charge for an unlimited key"
+    );
+    assert!(
+        after - before <= CALLS / 10,
+        "{} commands for {CALLS} Verify calls",
+        after - before
+    );
+    // A limited key: its charge is its one round trip.
+    verify_token(&b.verifier, &metered.token).await;
+    let scripts_before = command_calls(redis, "evalsha") + command_calls(redis, "eval");
+    let reads_before = command_calls(redis, "mget");
+    steady(&b, metered.token.clone()).await;
+    let scripts = command_calls(redis, "evalsha") + command_calls(redis, "eval") - scripts_before;
+    assert_eq!(scripts, CALLS, "one charge per Verify");
+    assert!(command_calls(redis, "mget") - reads_before <= CALLS / 10);
+    b.stop().await;
+    a.stop().await;
+}
