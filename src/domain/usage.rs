@@ -332,6 +332,12 @@ impl Balance {
     }
 }
 
+/// The balance `credits` hold at `now`, from its stored state: what admins
+/// are shown as `remaining`.
+pub fn credits_left(state: Option<&str>, credits: &Credits, now: UnixMillis) -> u64 {
+    Balance::current(state, credits, now.0).remaining
+}
+
 /// Settles a call against its credits and limits, reading each state with
 /// `read` and returning the states to write (none when refused). The store
 /// runs this, or its Lua mirror, atomically: read, decide, write.

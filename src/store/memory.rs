@@ -124,6 +124,14 @@ impl State {
     fn key_with_use(&self, key: &ApiKey) -> ApiKey {
         let mut key = key.clone();
         key.last_use_time = self.last_use.get(&key.id).copied();
+        let field = usage::credits_field(key.budget_key().as_str());
+        let stored = self
+            .usage
+            .get(&key.identity_id)
+            .and_then(|usage| usage.get(&field));
+        if let Some(credits) = &mut key.credits {
+            credits.remaining = usage::credits_left(stored.map(String::as_str), credits, self.now);
+        }
         key
     }
 

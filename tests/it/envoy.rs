@@ -829,6 +829,114 @@ async fn check_answers_429_with_retry_after_when_argon2_is_saturated() {
     server.stop().await;
 }
 
+/// A denial's header `name`, and its JSON body's `code`.
+fn denial_header_and_code(response: &CheckResponse, name: &str) -> (Option<String>, String) {
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("expected a denial, got {response:?}");
+    };
+    let header = denied
+        .headers
+        .iter()
+        .filter_map(|option| option.header.as_ref())
+        .find(|header| header.key == name)
+        .map(|header| header.value.clone());
+    let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+    (header, body["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_spends_keyrack_cost_and_answers_429_when_limited_or_spent() {
+    let server = TestServer::redis().await;
+    let created = server
+        .create_identity(proto::CreateIdentityRequest {
+            name: "metered".into(),
+            rate_limits: vec![proto::RateLimit {
+                name: "hourly".into(),
+                limit: 3,
+                duration: Some(prost_types::Duration {
+                    seconds: 3_600,
+                    nanos: 0,
+                }),
+            }],
+            ..Default::default()
+        })
+        .await;
+    let authorization = bearer(&created.token);
+    let costing = |cost: &str| {
+        check_request(
+            &[("authorization", &authorization)],
+            &[("keyrack-cost", cost)],
+        )
+    };
+    let allowed = check(&server, costing("2")).await.unwrap();
+    assert!(
+        matches!(allowed.http_response, Some(HttpResponse::OkResponse(_))),
+        "{allowed:?}"
+    );
+    let limited = check(&server, costing("2")).await.unwrap();
+    assert_eq!(
+        denied_status(&limited),
+        (tonic::Code::ResourceExhausted as i32, 429)
+    );
+    let (retry_after, code) = denial_header_and_code(&limited, "retry-after");
+    assert_eq!(code, "RATE_LIMITED");
+    // 3 an hour: a call of cost 2 with 1 left waits for one more unit (20 min).
+    assert_eq!(retry_after.as_deref(), Some("1200"));
+    // What is left still admits a call of cost 1; cost 0 only checks.
+    let checked = check(&server, costing("0")).await.unwrap();
+    assert!(matches!(
+        checked.http_response,
+        Some(HttpResponse::OkResponse(_))
+    ));
+    let last = check(&server, costing("1")).await.unwrap();
+    assert!(matches!(
+        last.http_response,
+        Some(HttpResponse::OkResponse(_))
+    ));
+    // A route with a bad cost is the operator's mistake: refused, not guessed.
+    for bad in ["-1", "two", "1000001"] {
+        let status = check(&server, costing(bad)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        assert!(
+            status.message().contains("keyrack-cost"),
+            "{}",
+            status.message()
+        );
+    }
+
+    // Spent credits without a refill: 429, and a day before trying again.
+    let prepaid = server
+        .admin()
+        .await
+        .create_key(authed(
+            &server.admin_token,
+            proto::CreateKeyRequest {
+                identity_id: created.identity.as_ref().unwrap().id.clone(),
+                name: "prepaid".into(),
+                credits: Some(proto::Credits {
+                    remaining: 0,
+                    refill: None,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let spent = check(
+        &server,
+        check_request(&[("authorization", &bearer(&prepaid.token))], &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied_status(&spent).1, 429);
+    assert_eq!(
+        denial_header_and_code(&spent, "retry-after"),
+        (Some("86400".to_owned()), "USAGE_EXCEEDED".to_owned())
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_is_unavailable_while_the_store_is_down() {
     let mut server = TestServer::redis().await;

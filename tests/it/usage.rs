@@ -74,6 +74,28 @@ async fn create_key(
     (created.key.unwrap(), created.token)
 }
 
+/// Has each replica check `token` once (cost 0 spends nothing), so the
+/// concurrent calls that follow find it verified rather than all queueing
+/// for argon2 at once.
+async fn warm_both(
+    a: &VerifyServiceClient<Channel>,
+    b: &VerifyServiceClient<Channel>,
+    token: &str,
+) {
+    for client in [a, b] {
+        let checked = verify(
+            client,
+            proto::VerifyRequest {
+                token: token.into(),
+                cost: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(checked.code(), VerifyCode::Valid);
+    }
+}
+
 /// Sends `calls` Verify calls of `token` at once, alternating between the
 /// two replicas, and counts the answers by code.
 async fn concurrent_verifies(
@@ -82,6 +104,7 @@ async fn concurrent_verifies(
     token: &str,
     calls: usize,
 ) -> Vec<proto::VerifyResponse> {
+    warm_both(a, b, token).await;
     let tasks: Vec<_> = (0..calls)
         .map(|index| {
             let client = if index % 2 == 0 { a.clone() } else { b.clone() };
@@ -275,6 +298,20 @@ async fn credits_are_exact_under_concurrency_across_replicas() {
         .unwrap();
     assert_eq!(exhausted.credits_remaining, Some(0));
     assert_eq!(exhausted.retry_after, None, "no refill will come");
+    // Admins read the live balance.
+    let read = a
+        .admin()
+        .await
+        .get_key(authed(
+            &a.admin_token,
+            proto::GetKeyRequest {
+                key_id: key.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.credits.unwrap().remaining, 0);
     b.stop().await;
     a.stop().await;
 }

@@ -909,11 +909,13 @@ where
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        let key: Option<ApiKey> = raw.as_deref().map(decode).transpose()?;
-        Ok(key.map(|mut key| {
-            key.last_use_time = last_use.map(UnixMillis);
-            key
-        }))
+        let Some(mut key) = raw.as_deref().map(decode::<ApiKey>).transpose()? else {
+            return Ok(None);
+        };
+        key.last_use_time = last_use.map(UnixMillis);
+        self.with_live_credits(std::slice::from_mut(&mut key))
+            .await?;
+        Ok(Some(key))
     }
 
     #[tracing::instrument(level = "debug", name = "redis.list_keys", skip_all)]
@@ -967,6 +969,7 @@ where
                 break;
             }
         }
+        self.with_live_credits(&mut found).await?;
         Ok(found)
     }
 

@@ -60,6 +60,40 @@ where
     }
 }
 
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Puts each key's live credit balance in `credits.remaining` (keys of
+    /// one identity: one round trip, only when some key has credits).
+    pub(super) async fn with_live_credits(&self, keys: &mut [ApiKey]) -> StoreResult<()> {
+        let Some(identity) = keys
+            .iter()
+            .find(|key| key.credits.is_some())
+            .map(|key| key.identity_id.clone())
+        else {
+            return Ok(());
+        };
+        let fields: Vec<String> = keys
+            .iter()
+            .filter(|key| key.credits.is_some())
+            .map(|key| usage::credits_field(key.budget_key().as_str()))
+            .collect();
+        let states: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keyspace.usage(&identity))
+            .arg(&fields)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let now = UnixMillis::now();
+        let with_credits = keys.iter_mut().filter_map(|key| key.credits.as_mut());
+        for (credits, state) in with_credits.zip(states) {
+            credits.remaining = usage::credits_left(state.as_deref(), credits, now);
+        }
+        Ok(())
+    }
+}
+
 /// Reads CHARGE_USAGE's reply.
 fn settlement_of(reply: &[redis::Value], check: &UsageCheck<'_>) -> StoreResult<Charge> {
     let corrupt = || StoreError::Corrupt("an unexpected reply to the usage charge".into());
