@@ -5,8 +5,8 @@ use crate::domain::SecretString;
 use crate::domain::cidr;
 use crate::domain::key::Origin;
 use crate::domain::labels::{self, Labels};
-use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
+use crate::domain::scope;
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
 };
@@ -804,7 +804,10 @@ pub fn import_in(
         let name = violations.check(&format!("keys[{index}].name"), parse_name(&key.name));
         if let Some(name) = &name {
             if names.contains(name) {
-                violations.add(format!("keys[{index}].name"), format!("{name:?} is listed twice"));
+                violations.add(
+                    format!("keys[{index}].name"),
+                    format!("{name:?} is listed twice"),
+                );
             }
             names.push(name.clone());
         }

@@ -1,9 +1,9 @@
 //! Operations on identities.
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -70,8 +70,6 @@ impl Authority {
     ) -> Result<(Identity, MintedKey), Error> {
         let now = UnixMillis::now();
         require_future("expire_time", request.expire_time, now)?;
-        self.require_datasets_exist("datasets", &request.datasets)
-            .await?;
         let mut identity = Identity::new_service(request.name, request.description, now);
         identity.datasets = request.datasets;
         identity.allowed_cidrs = request.allowed_cidrs;
@@ -87,7 +85,8 @@ impl Authority {
         journal::arm();
         self.store
             .create_identity(&identity, std::slice::from_ref(&first.key))
-            .await?;
+            .await
+            .map_err(super::datasets::refused_grant("datasets"))?;
         tracing::info!(identity_id = %identity.id, name = %identity.name, admin = identity.admin, "identity created");
         identity.key_count = 1;
         Ok((identity, first))
@@ -107,12 +106,13 @@ impl Authority {
         page: &PageRequest,
         filter: impl Fn(&Identity) -> bool,
     ) -> Result<Page<Identity>, Error> {
-        let after = match page.page_token.as_str() {
-            "" => None,
-            token => Some(IdentityId::parse(token).map_err(|_| {
-                Error::invalid("page_token", "is not a token this API returned")
-            })?),
-        };
+        let after =
+            match page.page_token.as_str() {
+                "" => None,
+                token => Some(IdentityId::parse(token).map_err(|_| {
+                    Error::invalid("page_token", "is not a token this API returned")
+                })?),
+            };
         super::filtered_page(
             page.limit(),
             after,
@@ -132,10 +132,6 @@ impl Authority {
         let now = UnixMillis::now();
         if let Some(expire_time) = changes.expire_time {
             require_future("identity.expire_time", expire_time, now)?;
-        }
-        if let Some(datasets) = &changes.datasets {
-            self.require_datasets_exist("identity.datasets", datasets)
-                .await?;
         }
         with_retries("identity", || async {
             let mut identity = self.get_identity(id).await?;
@@ -174,7 +170,10 @@ impl Authority {
             }
             identity.update_time = now;
             journal::arm();
-            Ok(self.store.update_identity(&identity).await?)
+            self.store
+                .update_identity(&identity)
+                .await
+                .map_err(super::datasets::refused_grant("identity.datasets"))
         })
         .await
     }

@@ -14,8 +14,8 @@ mod last_use;
 mod people;
 mod rotation;
 pub mod sealing;
-pub mod tarpit;
 pub mod sessions;
+pub mod tarpit;
 mod totp;
 mod verify;
 pub mod webhooks;
@@ -30,8 +30,8 @@ pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
 pub use totp::TotpEnrollment;
 pub use verify::{CallContext, Caller, VerifyQuery};
 
-use crate::domain::token::{self, TokenPrefix};
 use crate::domain::key::Origin;
+use crate::domain::token::{self, TokenPrefix};
 use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
 use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
@@ -58,6 +58,9 @@ impl From<StoreError> for Error {
             StoreError::Conflict => Error::Aborted("the record".to_owned()),
             StoreError::Corrupt(cause) => Error::Internal(cause),
             StoreError::NotDurable(why) => Error::NotDurable(why),
+            refused @ StoreError::DatasetUnavailable(_) => {
+                datasets::refused_grant("datasets")(refused)
+            }
         }
     }
 }
