@@ -206,8 +206,18 @@ impl Authority {
 
     /// Deletes an identity and all its keys.
     pub async fn delete_identity(&self, id: &IdentityId) -> Result<(), Error> {
+        self.delete_identity_at(id, None).await
+    }
+
+    /// Deletes an identity, only at `if_revision` when given (checked in
+    /// the same atomic step as the delete: `Aborted` when it moved on).
+    pub(super) async fn delete_identity_at(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> Result<(), Error> {
         journal::arm();
-        if self.store.delete_identity(id).await? {
+        if self.store.delete_identity(id, if_revision).await? {
             tracing::info!(identity_id = %id, "identity deleted");
             Ok(())
         } else {

@@ -374,8 +374,22 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
-        self.audited(|state| Ok(state.remove_identity(id)), |deleted| *deleted)
+    async fn delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
+        self.audited(
+            |state| {
+                if let (Some(current), Some(revision)) = (state.identity(id), if_revision)
+                    && current.revision != revision
+                {
+                    return Err(StoreError::Conflict);
+                }
+                Ok(state.remove_identity(id))
+            },
+            |deleted| *deleted,
+        )
     }
 
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {

@@ -96,7 +96,10 @@ pub trait Store: Send + Sync + 'static {
     async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity>;
 
     /// Deletes an identity and all its keys; false when it did not exist.
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool>;
+    /// With `if_revision`, only the identity at that revision, checked in
+    /// the same atomic step: `Conflict` when it changed since.
+    async fn delete_identity(&self, id: &IdentityId, if_revision: Option<u64>)
+    -> StoreResult<bool>;
 
     /// Stores a new key. `NotFound` without its identity; `NameTaken` when
     /// another of the identity's keys holds the name.

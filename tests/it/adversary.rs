@@ -563,3 +563,72 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
     assert!(survivors < DATASET_RACE_ROUNDS, "every delete was refused");
     server.stop().await;
 }
+
+/// Rounds of the SCIM delete race, each with the DELETE a little later.
+const SCIM_DELETE_RACE_ROUNDS: usize = 40;
+
+/// How much later each round's DELETE starts than the last one's.
+const DELETE_LAG_YIELDS: usize = 3;
+
+/// Finding 6: DELETE with If-Match checks the version and deletes in one
+/// atomic step. Each round races a PATCH against a DELETE carrying the
+/// version read before it: both may not succeed, since a DELETE that comes
+/// after the PATCH names a version that is gone (412), and a PATCH that
+/// comes after the DELETE finds nobody (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scim_delete_if_match_never_deletes_a_changed_user() {
+    use axum::http::Method;
+    use serde_json::json;
+    let server = TestServer::redis().await;
+    let admin = server.admin_token.clone();
+    let rename = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Renamed"}],
+    });
+    let mut precondition_failures = 0;
+    for round in 0..SCIM_DELETE_RACE_ROUNDS {
+        let user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": format!("racer{round}"),
+        });
+        let created =
+            crate::scim::call_as(&server, &admin, Method::POST, "/Users", Some(user), &[]).await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let path = format!("/Users/{}", created.body["id"].as_str().unwrap());
+        let version = created.headers[header::ETAG].to_str().unwrap().to_owned();
+        let patch = crate::scim::call_as(
+            &server,
+            &admin,
+            Method::PATCH,
+            &path,
+            Some(rename.clone()),
+            &[],
+        );
+        // The DELETE starts a little later each round, so that its read
+        // and its write fall on either side of the PATCH in some rounds.
+        let delete = async {
+            for _ in 0..round * DELETE_LAG_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            crate::scim::call_as(
+                &server,
+                &admin,
+                Method::DELETE,
+                &path,
+                None,
+                &[(header::IF_MATCH, version.as_str())],
+            )
+            .await
+        };
+        let (patched, deleted) = tokio::join!(patch, delete);
+        assert!(
+            !(patched.status == StatusCode::OK && deleted.status == StatusCode::NO_CONTENT),
+            "round {round}: a user changed after version {version} was deleted under it"
+        );
+        if deleted.status == StatusCode::PRECONDITION_FAILED {
+            precondition_failures += 1;
+        }
+    }
+    assert!(precondition_failures > 0, "the race never happened");
+    server.stop().await;
+}

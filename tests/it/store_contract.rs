@@ -303,8 +303,32 @@ async fn deleting_an_identity_removes_its_keys(store: &dyn Store) {
         .unwrap();
     let second = key(&alpha, "second");
     store.create_key(&second).await.unwrap();
-    assert!(store.delete_identity(&alpha.id).await.unwrap());
-    assert!(!store.delete_identity(&alpha.id).await.unwrap());
+    // A delete pinned to a revision is checked in the same step: the
+    // identity changed since, so it stays, keys and all.
+    let mut changed = alpha.clone();
+    changed.description = "changed".into();
+    let changed = store.update_identity(&changed).await.unwrap();
+    assert!(matches!(
+        store.delete_identity(&alpha.id, Some(alpha.revision)).await,
+        Err(StoreError::Conflict)
+    ));
+    let kept = store.get_identity(&alpha.id).await.unwrap().unwrap();
+    assert_eq!(kept.description, "changed");
+    assert!(store.get_key(&second.id).await.unwrap().is_some());
+    assert!(
+        store
+            .delete_identity(&alpha.id, Some(changed.revision))
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete_identity(&alpha.id, None).await.unwrap());
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    store.create_key(&second).await.unwrap();
+    assert!(store.delete_identity(&alpha.id, None).await.unwrap());
+    assert!(!store.delete_identity(&alpha.id, None).await.unwrap());
     assert_eq!(store.get_identity(&alpha.id).await.unwrap(), None);
     assert_eq!(store.get_key(&first.id).await.unwrap(), None);
     assert_eq!(store.get_key(&second.id).await.unwrap(), None);
@@ -758,7 +782,7 @@ async fn totp_state_lives_and_dies_with_its_identity(store: &dyn Store) {
             .sealed_seed,
         "1.y"
     );
-    assert!(store.delete_identity(&admin.id).await.unwrap());
+    assert!(store.delete_identity(&admin.id, None).await.unwrap());
     assert_eq!(store.get_totp(&admin.id).await.unwrap(), None);
 
     let mut brief = identity("brief");

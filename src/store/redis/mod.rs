@@ -753,7 +753,11 @@ where
         Ok(stored)
     }
 
-    async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+    async fn run_delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
         let audit = self.armed_audit(self.keyspace.identity(id))?;
         let existed: Result<i64, _> = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
@@ -762,11 +766,19 @@ where
             .key(self.keyspace.totp(id))
             .key(self.keyspace.last_use(id))
             .arg(self.keyspace.key_prefix(id))
+            .arg(
+                if_revision
+                    .map(|revision| revision.to_string())
+                    .unwrap_or_default(),
+            )
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await;
         self.forget_cached(id);
         let existed = existed.map_err(unavailable)?;
+        if existed == -1 {
+            return Err(StoreError::Conflict);
+        }
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -861,12 +873,12 @@ where
             .confirm_identity_name(&identity.name, &identity.id)
             .await?
         {
-            self.run_delete_identity(&identity.id).await?;
+            self.run_delete_identity(&identity.id, None).await?;
             self.forget_listed_identity(&identity.id).await;
             return Err(StoreError::NameTaken(identity.name.clone()));
         }
         if let Some(refused) = self.ungrantable_after_write(&[], identity).await? {
-            self.run_delete_identity(&identity.id).await?;
+            self.run_delete_identity(&identity.id, None).await?;
             self.release_identity_name(&identity.name, &identity.id)
                 .await;
             self.forget_listed_identity(&identity.id).await;
@@ -976,9 +988,13 @@ where
     }
 
     #[tracing::instrument(level = "debug", name = "redis.delete_identity", skip_all)]
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+    async fn delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
         let name = self.get_identity(id).await?.map(|identity| identity.name);
-        let existed = self.run_delete_identity(id).await?;
+        let existed = self.run_delete_identity(id, if_revision).await?;
         if let Some(name) = name {
             self.release_identity_name(&name, id).await;
         }

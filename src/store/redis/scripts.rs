@@ -141,11 +141,14 @@ return 'OK'
     )
 });
 
-/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix.
-/// Returns 1 if it existed.
+/// KEYS: identity, key index, key names, totp, last use. ARGV: key prefix,
+/// the revision it must be at ('' for any). Returns 1 if it existed, -1 (and
+/// deletes nothing) if it is at another revision.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
+local raw = redis.call('GET', KEYS[1])
+if raw and ARGV[2] ~= '' and cjson.decode(raw).revision ~= tonumber(ARGV[2]) then return -1 end
 local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[1] .. id)
