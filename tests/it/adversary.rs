@@ -632,3 +632,75 @@ async fn scim_delete_if_match_never_deletes_a_changed_user() {
     assert!(precondition_failures > 0, "the race never happened");
     server.stop().await;
 }
+
+/// Finding 2, the gRPC listener: connections that never send the HTTP/2
+/// preface are closed after the idle timeout (HTTP/2 keepalive only starts
+/// after the preface), and past the connection cap a health check gets in as
+/// soon as a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_grpc_connections_are_closed_and_health_gets_through() {
+    use tokio::io::AsyncReadExt;
+    use tonic_health::pb::health_client::HealthClient;
+    const CAP: usize = 4;
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+    // Generous for a loaded machine, far below "never".
+    const CLOSED_WITHIN: Duration = Duration::from_secs(8);
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions::default(),
+        ServerOptions {
+            max_connections: CAP,
+            connection_idle_timeout: IDLE_TIMEOUT,
+            http2_keepalive_interval: Duration::from_millis(300),
+            ..test_server_options()
+        },
+    )
+    .await;
+    let health_check = |address: std::net::SocketAddr| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?;
+        Some(answer.into_inner().status())
+    };
+    eventually(
+        "the server reports SERVING",
+        Duration::from_secs(10),
+        || async { health_check(server.address).await == Some(ServingStatus::Serving) },
+    )
+    .await;
+
+    // Twice the cap: half take every slot, half wait in the backlog.
+    let mut silent = Vec::new();
+    for _ in 0..2 * CAP {
+        silent.push(
+            tokio::net::TcpStream::connect(server.address)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let answered = tokio::time::timeout(CLOSED_WITHIN, health_check(server.address))
+        .await
+        .expect("a health check gets a slot once silent connections are closed");
+    assert_eq!(answered, Some(ServingStatus::Serving));
+    for (index, socket) in silent.iter_mut().enumerate() {
+        // The server's SETTINGS frame may come first; then the close.
+        let mut sent = Vec::new();
+        tokio::time::timeout(CLOSED_WITHIN, socket.read_to_end(&mut sent))
+            .await
+            .unwrap_or_else(|_| panic!("silent connection {index} still open"))
+            .ok();
+    }
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT / 2,
+        "closed too early to be the idle timeout: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
