@@ -151,6 +151,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     options.guard.verified_entries = args.verify_cache_entries;
     let tls = args.tls()?;
     let webhooks = args.webhooks()?;
+    let (grpc_max_connections, grpc_idle_timeout) = args.grpc_connection_limits()?;
     let scim_tls = match (&tls, args.scim_listen) {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
@@ -212,6 +213,8 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         request_timeout: args.request_timeout,
         max_concurrent_streams: args.max_concurrent_streams,
         http2_keepalive_interval: args.http2_keepalive_interval,
+        max_connections: grpc_max_connections,
+        connection_idle_timeout: grpc_idle_timeout,
         tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
         audit_max_age: args.audit_max_age,
         ext_authz: crate::grpc::ExtAuthzOptions {

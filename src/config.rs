@@ -266,6 +266,16 @@ pub struct ServeArgs {
     /// Interval of HTTP/2 keepalive pings; a peer silent for 10 s more is dropped.
     #[arg(long, env = "KEYRACK_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_interval: Duration,
+    /// Most gRPC connections open at once; past it, further clients wait in
+    /// the kernel's accept backlog until one closes.
+    #[arg(long, env = "KEYRACK_GRPC_MAX_CONNECTIONS", default_value_t = 512)]
+    pub grpc_max_connections: usize,
+    /// A gRPC connection that moves no byte either way for this long is
+    /// closed (one that never sends the HTTP/2 preface, say). Must exceed
+    /// --http2-keepalive-interval: the pings keep live clients' connections
+    /// moving.
+    #[arg(long, env = "KEYRACK_GRPC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub grpc_idle_timeout: Duration,
     /// PEM certificate chain: serve TLS (with --tls-key-file).
     #[arg(long, env = "KEYRACK_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
@@ -537,6 +547,21 @@ impl TlsMaterial {
 }
 
 impl ServeArgs {
+    /// The gRPC listener's connection bounds, checked against each other.
+    pub fn grpc_connection_limits(&self) -> Result<(usize, Duration), ConfigError> {
+        if self.grpc_max_connections == 0 {
+            return Err(ConfigError(
+                "--grpc-max-connections must be at least 1".into(),
+            ));
+        }
+        if self.grpc_idle_timeout <= self.http2_keepalive_interval {
+            return Err(ConfigError(
+                "--grpc-idle-timeout must exceed --http2-keepalive-interval, or idle clients' connections are closed between pings".into(),
+            ));
+        }
+        Ok((self.grpc_max_connections, self.grpc_idle_timeout))
+    }
+
     /// Webhook delivery as the flags ask for it; `None` without a URL.
     pub fn webhooks(&self) -> Result<Option<WebhookOptions>, ConfigError> {
         let (Some(url), Some(secret_file)) = (&self.webhook_url, &self.webhook_secret_file) else {

@@ -106,20 +106,25 @@ where
 }
 
 /// A connection that fails with `TimedOut` once it has moved no byte either
-/// way for `timeout`.
-struct IdleTimeout<T> {
+/// way for `timeout`. The gRPC listener uses it too (`server.rs`).
+pub(crate) struct IdleTimeout<T> {
     io: T,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<T> IdleTimeout<T> {
-    fn new(io: T, timeout: Duration) -> Self {
+    pub(crate) fn new(io: T, timeout: Duration) -> Self {
         Self {
             io,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
+    }
+
+    /// The connection it watches.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.io
     }
 
     /// Pushes the deadline back after progress.

@@ -4,17 +4,22 @@
 
 use crate::grpc::reflection::{AdminGate, ReflectionAccess};
 use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, VerifyApi};
+use crate::http_listener::IdleTimeout;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::verify_service_server::VerifyServiceServer;
 use crate::service::Authority;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -49,6 +54,14 @@ pub struct ServerOptions {
     pub http2_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
     pub http2_keepalive_timeout: Duration,
+    /// Connections open at once; past it, further clients wait in the
+    /// kernel's accept backlog (holding no descriptor) until one closes.
+    pub max_connections: usize,
+    /// A connection that moves no byte either way for this long is closed:
+    /// one that never sends the HTTP/2 preface or stalls a TLS handshake
+    /// (HTTP/2 keepalive starts only after the preface). Longer than
+    /// `http2_keepalive_interval`, whose pings keep live connections moving.
+    pub connection_idle_timeout: Duration,
     /// TLS (and, with a client CA, mutual TLS); plaintext without it.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Audit events older than this are dropped (checked with each
@@ -73,6 +86,10 @@ impl Default for ServerOptions {
             max_concurrent_streams: 1024,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            // Leaves room under a 1024-descriptor limit for the HTTP
+            // listeners' own caps and Redis; raise it with the limit.
+            max_connections: 512,
+            connection_idle_timeout: Duration::from_secs(60),
             tls: None,
             audit_max_age: None,
             ext_authz: ExtAuthzOptions::default(),
@@ -237,8 +254,11 @@ pub async fn serve(
         };
     }
 
-    // Nagle's algorithm would hold small gRPC frames back for an ACK.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = bounded_incoming(
+        listener,
+        options.max_connections,
+        options.connection_idle_timeout,
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = routes.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
@@ -296,5 +316,88 @@ async fn flush_last_use_periodically(
         {
             tracing::warn!(%error, "could not trim the audit log");
         }
+    }
+}
+
+/// How long accepting pauses after an accept error (out of descriptors, say),
+/// rather than spinning on it.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The connections of `listener`, at most `max_connections` open at once, each
+/// closed once it moves no byte for `idle_timeout`. A connection is accepted
+/// only when a slot is free, so clients past the cap wait in the kernel's
+/// backlog and get in as soon as one closes, instead of being refused or
+/// taking a descriptor; the idle timeout frees slots that clients hold
+/// without speaking (no preface, a stalled TLS handshake), which HTTP/2
+/// keepalive does not cover.
+fn bounded_incoming(
+    listener: TcpListener,
+    max_connections: usize,
+    idle_timeout: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<BoundedConnection>> + Send + 'static {
+    let open = Arc::new(Semaphore::new(max_connections.max(1)));
+    futures_util::stream::unfold((listener, open), move |(listener, open)| async move {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let slot = Arc::clone(&open).acquire_owned().await.ok()?;
+        let accepted = match listener.accept().await {
+            Ok((stream, _)) => {
+                // Nagle's algorithm would hold small gRPC frames back for an ACK.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY");
+                }
+                Ok(BoundedConnection {
+                    io: IdleTimeout::new(stream, idle_timeout),
+                    _slot: slot,
+                })
+            }
+            Err(error) => {
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                Err(error)
+            }
+        };
+        Some((accepted, (listener, open)))
+    })
+}
+
+/// An accepted gRPC connection: frees its slot when dropped, and reports its
+/// peer like a plain TCP stream (reflection's gate and the CIDR checks read it).
+struct BoundedConnection {
+    io: IdleTimeout<tokio::net::TcpStream>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for BoundedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.get_ref().connect_info()
+    }
+}
+
+impl AsyncRead for BoundedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

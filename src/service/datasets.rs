@@ -7,7 +7,7 @@ use crate::domain::identity::IdentityFilter;
 use crate::domain::key::Origin;
 use crate::domain::names::parse_name;
 use crate::domain::{Dataset, Error, Identity, UnixMillis};
-use crate::store::journal;
+use crate::store::{StoreError, journal};
 
 /// A dataset to create, already validated at the edge.
 #[derive(Debug, Clone)]
@@ -32,24 +32,21 @@ pub struct CreatedDataset {
 /// Identities named in a refusal to delete a referenced dataset.
 const REFERENCES_NAMED: usize = 5;
 
-impl Authority {
-    /// Refuses references to datasets that do not exist, naming the first.
-    pub(super) async fn require_datasets_exist(
-        &self,
-        field: &str,
-        datasets: &[String],
-    ) -> Result<(), Error> {
-        for name in datasets {
-            if self.store.get_dataset(name).await?.is_none() {
-                return Err(Error::invalid(
-                    field,
-                    format!("dataset {name:?} does not exist"),
-                ));
-            }
-        }
-        Ok(())
+/// The store's refusal of a write that newly grants a dataset that does not
+/// exist or is being deleted, as a violation of the request's `field`; other
+/// store errors as usual. The store checks in the same atomic step as the
+/// write, so a grant cannot slip in while the dataset is deleted.
+pub(super) fn refused_grant(field: &'static str) -> impl Fn(StoreError) -> Error {
+    move |error| match error {
+        StoreError::DatasetUnavailable(name) => Error::invalid(
+            field,
+            format!("dataset {name:?} does not exist or is being deleted"),
+        ),
+        other => other.into(),
     }
+}
 
+impl Authority {
     /// Creates a dataset and, unless `skip_key`, a service identity of the
     /// same name with access to it and its first key. Nothing stays behind
     /// when the identity cannot be created.
@@ -133,8 +130,26 @@ impl Authority {
     /// Deletes a dataset. While identities reference it this is refused,
     /// naming some of them, unless `force`, which first detaches it from each;
     /// the record goes last, so an interrupted forced delete can be re-run.
+    ///
+    /// The dataset is marked first: from then on no write may newly grant
+    /// it, so the scan that follows sees every grant that can exist, and
+    /// none appears between the scan and the delete.
     pub async fn delete_dataset(&self, name: &str, force: bool) -> Result<(), Error> {
-        self.get_dataset(name).await?;
+        if !self.store.begin_dataset_delete(name).await? {
+            return Err(Error::NotFound(format!("dataset {name:?}")));
+        }
+        let outcome = self.delete_marked_dataset(name, force).await;
+        if outcome.is_err()
+            && let Err(error) = self.store.cancel_dataset_delete(name).await
+        {
+            // The mark stays: the dataset refuses new grants until a
+            // DeleteDataset of it runs again.
+            tracing::error!(dataset = %name, %error, "could not lift a refused dataset delete's mark");
+        }
+        outcome
+    }
+
+    async fn delete_marked_dataset(&self, name: &str, force: bool) -> Result<(), Error> {
         let filter = IdentityFilter {
             dataset: Some(name.to_owned()),
             ..IdentityFilter::default()

@@ -75,8 +75,6 @@ impl Authority {
     ) -> Result<(Identity, MintedKey), Error> {
         let now = UnixMillis::now();
         require_future("expire_time", request.expire_time, now)?;
-        self.require_datasets_exist("datasets", &request.datasets)
-            .await?;
         let mut identity = Identity::new_service(request.name, request.description, now);
         identity.datasets = request.datasets;
         identity.allowed_cidrs = request.allowed_cidrs;
@@ -93,7 +91,8 @@ impl Authority {
         journal::arm();
         self.store
             .create_identity(&identity, std::slice::from_ref(&first.key))
-            .await?;
+            .await
+            .map_err(super::datasets::refused_grant("datasets"))?;
         tracing::info!(identity_id = %identity.id, name = %identity.name, admin = identity.admin, "identity created");
         identity.key_count = 1;
         Ok((identity, first))
@@ -140,10 +139,6 @@ impl Authority {
         if let Some(expire_time) = changes.expire_time {
             require_future("identity.expire_time", expire_time, now)?;
         }
-        if let Some(datasets) = &changes.datasets {
-            self.require_datasets_exist("identity.datasets", datasets)
-                .await?;
-        }
         with_retries("identity", || async {
             let mut identity = self.get_identity(id).await?;
             if let Some(name) = &changes.name {
@@ -184,7 +179,10 @@ impl Authority {
             }
             identity.update_time = now;
             journal::arm();
-            Ok(self.store.update_identity(&identity).await?)
+            self.store
+                .update_identity(&identity)
+                .await
+                .map_err(super::datasets::refused_grant("identity.datasets"))
         })
         .await
     }
@@ -217,8 +215,18 @@ impl Authority {
 
     /// Deletes an identity and all its keys.
     pub async fn delete_identity(&self, id: &IdentityId) -> Result<(), Error> {
+        self.delete_identity_at(id, None).await
+    }
+
+    /// Deletes an identity, only at `if_revision` when given (checked in
+    /// the same atomic step as the delete: `Aborted` when it moved on).
+    pub(super) async fn delete_identity_at(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> Result<(), Error> {
         journal::arm();
-        if self.store.delete_identity(id).await? {
+        if self.store.delete_identity(id, if_revision).await? {
             tracing::info!(identity_id = %id, "identity deleted");
             Ok(())
         } else {

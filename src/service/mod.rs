@@ -58,6 +58,9 @@ impl From<StoreError> for Error {
             StoreError::Conflict => Error::Aborted("the record".to_owned()),
             StoreError::Corrupt(cause) => Error::Internal(cause),
             StoreError::NotDurable(why) => Error::NotDurable(why),
+            refused @ StoreError::DatasetUnavailable(_) => {
+                datasets::refused_grant("datasets")(refused)
+            }
         }
     }
 }

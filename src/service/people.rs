@@ -139,7 +139,9 @@ impl Authority {
         .await
     }
 
-    /// Deletes a person and all its keys.
+    /// Deletes a person and all its keys; with `if_revision`, only at that
+    /// revision, checked in the same atomic step as the delete, so a change
+    /// that lands in between is FAILED_PRECONDITION, not silently deleted.
     pub async fn delete_person(
         &self,
         id: &IdentityId,
@@ -149,7 +151,10 @@ impl Authority {
         if if_revision.is_some_and(|revision| revision != person.revision) {
             return Err(stale_version(id));
         }
-        self.delete_identity(id).await
+        match self.delete_identity_at(id, if_revision).await {
+            Err(Error::Aborted(_)) if if_revision.is_some() => Err(stale_version(id)),
+            outcome => outcome,
+        }
     }
 
     /// The people that pass `filter`, in id order: how many there are, and

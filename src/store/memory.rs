@@ -3,12 +3,13 @@
 
 use super::{Charge, Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
+use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::usage::{self, UsageCheck};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 /// A record with the instant it disappears, like a Redis key with a TTL.
@@ -33,6 +34,8 @@ struct State {
     /// Authenticators; they live and die with their identity.
     totp: HashMap<IdentityId, TotpRecord>,
     datasets: BTreeMap<String, Dataset>,
+    /// Datasets a DeleteDataset has marked: no new grants of them.
+    datasets_being_deleted: HashSet<String>,
     /// When keys were last used; kept apart from the key records.
     last_use: HashMap<KeyId, UnixMillis>,
     /// Console sessions by handle, each gone at its `expire_time`.
@@ -106,6 +109,19 @@ impl State {
 const PURGE_INTERVAL_MILLIS: i64 = 1_000;
 
 impl State {
+    /// Refuses a write of `identity` that newly grants a dataset that does
+    /// not exist or is being deleted; `held` is what it held before.
+    fn require_grantable(&self, held: &[String], identity: &Identity) -> StoreResult<()> {
+        match dataset::newly_granted(held, &identity.datasets)
+            .into_iter()
+            .find(|name| {
+                !self.datasets.contains_key(*name) || self.datasets_being_deleted.contains(*name)
+            }) {
+            Some(name) => Err(StoreError::DatasetUnavailable(name.to_owned())),
+            None => Ok(()),
+        }
+    }
+
     fn identity(&self, id: &IdentityId) -> Option<&Identity> {
         self.identities
             .get(id)
@@ -288,6 +304,7 @@ impl Store for MemoryStore {
                 if state.identity(&identity.id).is_some() {
                     return Err(StoreError::Conflict);
                 }
+                state.require_grantable(&[], identity)?;
                 state
                     .names
                     .insert(identity.name.clone(), identity.id.clone());
@@ -340,6 +357,7 @@ impl Store for MemoryStore {
                 if current.revision != identity.revision {
                     return Err(StoreError::Conflict);
                 }
+                state.require_grantable(&current.datasets, identity)?;
                 let old_name = current.name.clone();
                 if old_name != identity.name {
                     if state.identity_named(&identity.name).is_some() {
@@ -369,8 +387,22 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
-        self.audited(|state| Ok(state.remove_identity(id)), |deleted| *deleted)
+    async fn delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
+        self.audited(
+            |state| {
+                if let (Some(current), Some(revision)) = (state.identity(id), if_revision)
+                    && current.revision != revision
+                {
+                    return Err(StoreError::Conflict);
+                }
+                Ok(state.remove_identity(id))
+            },
+            |deleted| *deleted,
+        )
     }
 
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
@@ -634,9 +666,29 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn begin_dataset_delete(&self, name: &str) -> StoreResult<bool> {
+        self.with_state(|state| {
+            let exists = state.datasets.contains_key(name);
+            if exists {
+                state.datasets_being_deleted.insert(name.to_owned());
+            }
+            Ok(exists)
+        })
+    }
+
+    async fn cancel_dataset_delete(&self, name: &str) -> StoreResult<()> {
+        self.with_state(|state| {
+            state.datasets_being_deleted.remove(name);
+            Ok(())
+        })
+    }
+
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
         self.audited(
-            |state| Ok(state.datasets.remove(name).is_some()),
+            |state| {
+                state.datasets_being_deleted.remove(name);
+                Ok(state.datasets.remove(name).is_some())
+            },
             |deleted| *deleted,
         )
     }

@@ -14,6 +14,11 @@
 //! - Identity names are unique; key names are unique among an identity's keys
 //!   that have not been rolled.
 //! - Every change to one identity's records is atomic.
+//! - An identity write that newly grants a dataset checks, in the same atomic
+//!   step, that the dataset exists and is not being deleted
+//!   ([`StoreError::DatasetUnavailable`] otherwise), so a grant never outlives
+//!   the dataset it named: DeleteDataset marks the dataset first and then
+//!   finds every grant that can still exist.
 //! - A change made inside an armed audit scope ([`journal`]) appends its
 //!   audit event in the same atomic step.
 
@@ -46,6 +51,10 @@ pub enum StoreError {
     /// (replicas or AOF fsync did not acknowledge it in time).
     #[error("the change may not be durable: {0}")]
     NotDurable(String),
+    /// A write would newly grant a dataset that does not exist or is being
+    /// deleted (named).
+    #[error("dataset {0:?} does not exist or is being deleted")]
+    DatasetUnavailable(String),
     /// A stored record could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -74,7 +83,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     /// Stores a new identity together with its first keys, atomically.
-    /// `NameTaken` when another identity has the name.
+    /// `NameTaken` when another identity has the name; `DatasetUnavailable`
+    /// when one of its datasets does not exist or is being deleted.
     async fn create_identity(&self, identity: &Identity, keys: &[ApiKey]) -> StoreResult<()>;
 
     /// One identity, if it exists.
@@ -92,10 +102,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces an identity read at `identity.revision`; returns it as stored
     /// (next revision). Re-applies the deadlines of all its keys.
+    /// `DatasetUnavailable` when it newly grants a dataset that does not
+    /// exist or is being deleted.
     async fn update_identity(&self, identity: &Identity) -> StoreResult<Identity>;
 
     /// Deletes an identity and all its keys; false when it did not exist.
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool>;
+    /// With `if_revision`, only the identity at that revision, checked in
+    /// the same atomic step: `Conflict` when it changed since.
+    async fn delete_identity(&self, id: &IdentityId, if_revision: Option<u64>)
+    -> StoreResult<bool>;
 
     /// Stores a new key. `NotFound` without its identity; `NameTaken` when
     /// another of the identity's keys holds the name.
@@ -188,8 +203,18 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` datasets with names after `after`, ordered by name.
     async fn list_datasets(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Dataset>>;
 
-    /// Deletes a dataset record; false when it did not exist. Detaching it
-    /// from identities is the caller's business (the records are elsewhere).
+    /// Marks a dataset as being deleted: from now on no identity write may
+    /// newly grant it. False when it does not exist. The mark goes with the
+    /// record, or with [`Store::cancel_dataset_delete`].
+    async fn begin_dataset_delete(&self, name: &str) -> StoreResult<bool>;
+
+    /// Lifts the mark of [`Store::begin_dataset_delete`]: the delete was
+    /// refused or failed.
+    async fn cancel_dataset_delete(&self, name: &str) -> StoreResult<()>;
+
+    /// Deletes a dataset record and its delete mark; false when it did not
+    /// exist. Detaching it from identities is the caller's business (the
+    /// records are elsewhere).
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool>;
 
     /// Records when keys were last used (approximate, batched by the caller).

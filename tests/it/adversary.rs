@@ -487,3 +487,221 @@ async fn scim_if_match_garbage_is_412_and_writes_nothing() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     server.stop().await;
 }
+
+/// Rounds of the dataset delete race: enough that the old check-then-write
+/// window is hit several times (it was, about one round in three).
+const DATASET_RACE_ROUNDS: usize = 40;
+
+/// Finding 7: a grant written while its dataset is deleted must not outlive
+/// the dataset, or re-creating a dataset of that name would silently grant it.
+/// Each round races UpdateIdentity (granting the dataset) against
+/// DeleteDataset; whichever wins, a deleted dataset is held by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
+    use keyrack::service::{IdentityChanges, NewDataset, NewIdentity};
+    let server = TestServer::redis().await;
+    let authority = server.authority.clone();
+    let mut survivors = 0;
+    for round in 0..DATASET_RACE_ROUNDS {
+        let name = format!("raced_{round}");
+        authority
+            .create_dataset(NewDataset {
+                name: name.clone(),
+                description: String::new(),
+                skip_key: true,
+            })
+            .await
+            .unwrap();
+        let (holder, _) = authority
+            .create_identity(NewIdentity {
+                name: format!("holder_{round}"),
+                ..NewIdentity::default()
+            })
+            .await
+            .unwrap();
+        let grant = authority.update_identity(
+            &holder.id,
+            IdentityChanges {
+                datasets: Some(vec![name.clone()]),
+                ..IdentityChanges::default()
+            },
+        );
+        let delete = authority.delete_dataset(&name, false);
+        let (granted, deleted) = tokio::join!(grant, delete);
+        let held = authority.get_identity(&holder.id).await.unwrap().datasets;
+        if deleted.is_ok() {
+            assert!(
+                held.is_empty(),
+                "round {round}: dataset deleted but still granted (update answered {granted:?})"
+            );
+            authority
+                .create_dataset(NewDataset {
+                    name: name.clone(),
+                    description: String::new(),
+                    skip_key: true,
+                })
+                .await
+                .unwrap();
+            assert!(
+                authority
+                    .get_identity(&holder.id)
+                    .await
+                    .unwrap()
+                    .datasets
+                    .is_empty(),
+                "round {round}: the re-created dataset is granted to nobody"
+            );
+        } else {
+            survivors += 1;
+            assert!(
+                granted.is_ok(),
+                "round {round}: neither the grant nor the delete happened"
+            );
+            assert_eq!(held, [name.clone()]);
+        }
+    }
+    // Both outcomes happen; a test where one side always wins proves little.
+    assert!(survivors < DATASET_RACE_ROUNDS, "every delete was refused");
+    server.stop().await;
+}
+
+/// Rounds of the SCIM delete race, each with the DELETE a little later.
+const SCIM_DELETE_RACE_ROUNDS: usize = 40;
+
+/// How much later each round's DELETE starts than the last one's.
+const DELETE_LAG_YIELDS: usize = 3;
+
+/// Finding 6: DELETE with If-Match checks the version and deletes in one
+/// atomic step. Each round races a PATCH against a DELETE carrying the
+/// version read before it: both may not succeed, since a DELETE that comes
+/// after the PATCH names a version that is gone (412), and a PATCH that
+/// comes after the DELETE finds nobody (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scim_delete_if_match_never_deletes_a_changed_user() {
+    use axum::http::Method;
+    use serde_json::json;
+    let server = TestServer::redis().await;
+    let admin = server.admin_token.clone();
+    let rename = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Renamed"}],
+    });
+    let mut precondition_failures = 0;
+    for round in 0..SCIM_DELETE_RACE_ROUNDS {
+        let user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": format!("racer{round}"),
+        });
+        let created =
+            crate::scim::call_as(&server, &admin, Method::POST, "/Users", Some(user), &[]).await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let path = format!("/Users/{}", created.body["id"].as_str().unwrap());
+        let version = created.headers[header::ETAG].to_str().unwrap().to_owned();
+        let patch = crate::scim::call_as(
+            &server,
+            &admin,
+            Method::PATCH,
+            &path,
+            Some(rename.clone()),
+            &[],
+        );
+        // The DELETE starts a little later each round, so that its read
+        // and its write fall on either side of the PATCH in some rounds.
+        let delete = async {
+            for _ in 0..round * DELETE_LAG_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            crate::scim::call_as(
+                &server,
+                &admin,
+                Method::DELETE,
+                &path,
+                None,
+                &[(header::IF_MATCH, version.as_str())],
+            )
+            .await
+        };
+        let (patched, deleted) = tokio::join!(patch, delete);
+        assert!(
+            !(patched.status == StatusCode::OK && deleted.status == StatusCode::NO_CONTENT),
+            "round {round}: a user changed after version {version} was deleted under it"
+        );
+        if deleted.status == StatusCode::PRECONDITION_FAILED {
+            precondition_failures += 1;
+        }
+    }
+    assert!(precondition_failures > 0, "the race never happened");
+    server.stop().await;
+}
+
+/// Finding 2, the gRPC listener: connections that never send the HTTP/2
+/// preface are closed after the idle timeout (HTTP/2 keepalive only starts
+/// after the preface), and past the connection cap a health check gets in as
+/// soon as a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_grpc_connections_are_closed_and_health_gets_through() {
+    use tokio::io::AsyncReadExt;
+    use tonic_health::pb::health_client::HealthClient;
+    const CAP: usize = 4;
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+    // Generous for a loaded machine, far below "never".
+    const CLOSED_WITHIN: Duration = Duration::from_secs(8);
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions::default(),
+        ServerOptions {
+            max_connections: CAP,
+            connection_idle_timeout: IDLE_TIMEOUT,
+            http2_keepalive_interval: Duration::from_millis(300),
+            ..test_server_options()
+        },
+    )
+    .await;
+    let health_check = |address: std::net::SocketAddr| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?;
+        Some(answer.into_inner().status())
+    };
+    eventually(
+        "the server reports SERVING",
+        Duration::from_secs(10),
+        || async { health_check(server.address).await == Some(ServingStatus::Serving) },
+    )
+    .await;
+
+    // Twice the cap: half take every slot, half wait in the backlog.
+    let mut silent = Vec::new();
+    for _ in 0..2 * CAP {
+        silent.push(
+            tokio::net::TcpStream::connect(server.address)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let answered = tokio::time::timeout(CLOSED_WITHIN, health_check(server.address))
+        .await
+        .expect("a health check gets a slot once silent connections are closed");
+    assert_eq!(answered, Some(ServingStatus::Serving));
+    for (index, socket) in silent.iter_mut().enumerate() {
+        // The server's SETTINGS frame may come first; then the close.
+        let mut sent = Vec::new();
+        tokio::time::timeout(CLOSED_WITHIN, socket.read_to_end(&mut sent))
+            .await
+            .unwrap_or_else(|_| panic!("silent connection {index} still open"))
+            .ok();
+    }
+    assert!(
+        started.elapsed() >= IDLE_TIMEOUT / 2,
+        "closed too early to be the idle timeout: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}

@@ -91,6 +91,7 @@ contract!(
     totp_codes_are_accepted_once_and_failures_lock_out,
     totp_state_lives_and_dies_with_its_identity,
     datasets_are_unique_and_listed_by_name,
+    grants_need_a_dataset_that_exists_and_is_not_being_deleted,
     the_audit_log_is_followed_and_shared_by_a_delivery_group,
     console_sessions_end_at_their_deadline_or_on_delete,
 );
@@ -305,8 +306,32 @@ async fn deleting_an_identity_removes_its_keys(store: &dyn Store) {
         .unwrap();
     let second = key(&alpha, "second");
     store.create_key(&second).await.unwrap();
-    assert!(store.delete_identity(&alpha.id).await.unwrap());
-    assert!(!store.delete_identity(&alpha.id).await.unwrap());
+    // A delete pinned to a revision is checked in the same step: the
+    // identity changed since, so it stays, keys and all.
+    let mut changed = alpha.clone();
+    changed.description = "changed".into();
+    let changed = store.update_identity(&changed).await.unwrap();
+    assert!(matches!(
+        store.delete_identity(&alpha.id, Some(alpha.revision)).await,
+        Err(StoreError::Conflict)
+    ));
+    let kept = store.get_identity(&alpha.id).await.unwrap().unwrap();
+    assert_eq!(kept.description, "changed");
+    assert!(store.get_key(&second.id).await.unwrap().is_some());
+    assert!(
+        store
+            .delete_identity(&alpha.id, Some(changed.revision))
+            .await
+            .unwrap()
+    );
+    assert!(!store.delete_identity(&alpha.id, None).await.unwrap());
+    store
+        .create_identity(&alpha, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    store.create_key(&second).await.unwrap();
+    assert!(store.delete_identity(&alpha.id, None).await.unwrap());
+    assert!(!store.delete_identity(&alpha.id, None).await.unwrap());
     assert_eq!(store.get_identity(&alpha.id).await.unwrap(), None);
     assert_eq!(store.get_key(&first.id).await.unwrap(), None);
     assert_eq!(store.get_key(&second.id).await.unwrap(), None);
@@ -760,7 +785,7 @@ async fn totp_state_lives_and_dies_with_its_identity(store: &dyn Store) {
             .sealed_seed,
         "1.y"
     );
-    assert!(store.delete_identity(&admin.id).await.unwrap());
+    assert!(store.delete_identity(&admin.id, None).await.unwrap());
     assert_eq!(store.get_totp(&admin.id).await.unwrap(), None);
 
     let mut brief = identity("brief");
@@ -855,4 +880,77 @@ async fn console_sessions_end_at_their_deadline_or_on_delete(store: &dyn Store) 
     assert!(store.delete_session("handle-long").await.unwrap());
     assert!(!store.delete_session("handle-long").await.unwrap());
     assert_eq!(store.get_session("handle-long").await.unwrap(), None);
+}
+
+/// The check that a granted dataset exists is part of the identity write
+/// itself, and DeleteDataset's mark stops new grants: a grant can neither name
+/// a dataset deleted after a caller looked nor appear while a delete scans
+/// for grants, so a dataset re-created under the same name grants nothing.
+async fn grants_need_a_dataset_that_exists_and_is_not_being_deleted(store: &dyn Store) {
+    use keyrack::domain::Dataset;
+    let dataset = |name: &str| Dataset {
+        name: name.into(),
+        description: String::new(),
+        create_time: UnixMillis::now(),
+    };
+    let refused = |outcome: Result<(), StoreError>, name: &str| match outcome {
+        Err(StoreError::DatasetUnavailable(refused)) => assert_eq!(refused, name),
+        other => panic!("expected {name:?} refused, got {other:?}"),
+    };
+    store.create_dataset(&dataset("held")).await.unwrap();
+    store.create_dataset(&dataset("doomed")).await.unwrap();
+
+    // Deleted between a caller's check and its write: the write is refused,
+    // and leaves nothing behind.
+    let mut orphan = identity("orphan");
+    orphan.datasets = vec!["held".into(), "gone".into()];
+    refused(store.create_identity(&orphan, &[]).await, "gone");
+    assert_eq!(store.get_identity(&orphan.id).await.unwrap(), None);
+    assert_eq!(store.find_identity_by_name("orphan").await.unwrap(), None);
+
+    let mut granted = identity("granted");
+    granted.datasets = vec!["held".into()];
+    store.create_identity(&granted, &[]).await.unwrap();
+
+    // Marked for deletion: no new grant, on create or update.
+    assert!(store.begin_dataset_delete("doomed").await.unwrap());
+    assert!(!store.begin_dataset_delete("never").await.unwrap());
+    let mut late = identity("late");
+    late.datasets = vec!["doomed".into()];
+    refused(store.create_identity(&late, &[]).await, "doomed");
+    let mut widened = granted.clone();
+    widened.datasets.push("doomed".into());
+    refused(store.update_identity(&widened).await.map(drop), "doomed");
+    // (Under Cluster the grant was written and taken back: same datasets,
+    // a later revision.)
+    let granted = store.get_identity(&granted.id).await.unwrap().unwrap();
+    assert_eq!(
+        granted.datasets,
+        ["held"],
+        "a refused update leaves the identity's grants as they were"
+    );
+
+    // A grant the identity already holds does not stop other edits while
+    // its dataset is being deleted.
+    assert!(store.begin_dataset_delete("held").await.unwrap());
+    let mut renamed = granted.clone();
+    renamed.description = "still held".into();
+    let granted = store.update_identity(&renamed).await.unwrap();
+    store.cancel_dataset_delete("held").await.unwrap();
+
+    // A refused delete lifts its mark; a completed one takes it with the
+    // record, so a dataset created again under the name is grantable.
+    store.cancel_dataset_delete("doomed").await.unwrap();
+    let mut widened = granted.clone();
+    widened.datasets.push("doomed".into());
+    let granted = store.update_identity(&widened).await.unwrap();
+    assert_eq!(granted.datasets, ["held", "doomed"]);
+
+    assert!(store.begin_dataset_delete("held").await.unwrap());
+    assert!(store.delete_dataset("held").await.unwrap());
+    let mut regranted = identity("regranted");
+    regranted.datasets = vec!["held".into()];
+    refused(store.create_identity(&regranted, &[]).await, "held");
+    store.create_dataset(&dataset("held")).await.unwrap();
+    store.create_identity(&regranted, &[]).await.unwrap();
 }

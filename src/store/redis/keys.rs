@@ -96,6 +96,12 @@ impl Keyspace {
         format!("{}dataset:{{{}}}", self.prefix, name)
     }
 
+    /// A dataset's delete mark: present while a DeleteDataset runs, so no
+    /// identity write newly grants the dataset (same slot as its record).
+    pub fn dataset_delete_mark(&self, name: &str) -> String {
+        self.dataset(name) + ":deleting"
+    }
+
     /// The audit stream: every audited change, newest last.
     pub fn audit(&self) -> String {
         format!("{}audit", self.prefix)

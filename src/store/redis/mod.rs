@@ -14,6 +14,7 @@ pub use sentinel::SentinelConnection;
 pub use keys::Keyspace;
 
 use super::{Store, StoreError, StoreResult, journal};
+use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
@@ -115,6 +116,10 @@ pub enum Durability {
     },
 }
 
+/// Attempts to take back, under Cluster, a grant written for a dataset being
+/// deleted, when other writes to the identity keep moving its revision.
+const UNDO_ATTEMPTS: usize = 5;
+
 fn unavailable(error: RedisError) -> StoreError {
     crate::metrics::metrics().redis_errors.inc();
     StoreError::Unavailable(error.to_string())
@@ -160,6 +165,9 @@ fn script_outcome(reply: &str, name: &str, missing: &'static str) -> StoreResult
         "NOTFOUND" => Err(StoreError::NotFound(missing)),
         "CONFLICT" | "EXISTS" => Err(StoreError::Conflict),
         "NAMETAKEN" => Err(StoreError::NameTaken(name.to_owned())),
+        other if other.starts_with("NODATASET:") => Err(StoreError::DatasetUnavailable(
+            other["NODATASET:".len()..].to_owned(),
+        )),
         other => Err(StoreError::Corrupt(format!(
             "unexpected script reply {other:?}"
         ))),
@@ -634,17 +642,105 @@ where
         Ok(holder.is_empty())
     }
 
+    /// The dataset keys an identity write script checks its new grants
+    /// against (see `scripts::ungrantable_dataset`): each dataset's record
+    /// and delete mark. None under Cluster, where they sit in other slots
+    /// and [`Self::ungrantable_after_write`] checks instead.
+    fn dataset_gate_keys(&self, identity: &Identity) -> Vec<String> {
+        if self.cluster {
+            return Vec::new();
+        }
+        identity
+            .datasets
+            .iter()
+            .flat_map(|name| {
+                [
+                    self.keyspace.dataset(name),
+                    self.keyspace.dataset_delete_mark(name),
+                ]
+            })
+            .collect()
+    }
+
+    /// Under Cluster, the first dataset a write just newly granted that is
+    /// missing or being deleted, read after the write. DeleteDataset marks
+    /// the dataset before it looks for grants, and this looks at the mark
+    /// after the grant is written, so one of the two always sees the other:
+    /// either DeleteDataset finds the grant or the writer undoes it.
+    async fn ungrantable_after_write(
+        &self,
+        held: &[String],
+        written: &Identity,
+    ) -> StoreResult<Option<String>> {
+        if !self.cluster {
+            return Ok(None);
+        }
+        let granted = dataset::newly_granted(held, &written.datasets);
+        let states = self
+            .get_each(granted.iter().flat_map(|name| {
+                [
+                    self.keyspace.dataset(name),
+                    self.keyspace.dataset_delete_mark(name),
+                ]
+            }))
+            .await?;
+        Ok(granted
+            .iter()
+            .zip(states.chunks(2))
+            .find(|(_, state)| state[0].is_none() || state[1].is_some())
+            .map(|(name, _)| (*name).to_owned()))
+    }
+
+    /// Under Cluster, takes back the grants of a dataset being deleted that
+    /// an update of `current` just wrote (see
+    /// [`Self::ungrantable_after_write`]); otherwise returns `stored`.
+    async fn undo_ungrantable(
+        &self,
+        current: &Identity,
+        stored: Identity,
+    ) -> StoreResult<Identity> {
+        let Some(refused) = self
+            .ungrantable_after_write(&current.datasets, &stored)
+            .await?
+        else {
+            return Ok(stored);
+        };
+        let added: Vec<String> = dataset::newly_granted(&current.datasets, &stored.datasets)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut latest = stored;
+        for _ in 0..UNDO_ATTEMPTS {
+            let mut reverted = latest.clone();
+            reverted.datasets.retain(|name| !added.contains(name));
+            match self.run_update_identity(&reverted).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => break,
+                Err(StoreError::Conflict) => match self.get_identity(&latest.id).await? {
+                    Some(fresh) => latest = fresh,
+                    None => break,
+                },
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::DatasetUnavailable(refused))
+    }
+
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         let mut stored = identity.clone();
         stored.revision += 1;
         let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
-        let reply: Result<String, _> = scripts::UPDATE_IDENTITY
+        let mut invocation = scripts::UPDATE_IDENTITY.prepare_invoke();
+        invocation
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
             .key(self.keyspace.key_names(&identity.id))
             .key(self.keyspace.totp(&identity.id))
             .key(self.keyspace.last_use(&identity.id))
-            .key(self.keyspace.usage(&identity.id))
+            .key(self.keyspace.usage(&identity.id));
+        for dataset_key in self.dataset_gate_keys(identity) {
+            invocation.key(dataset_key);
+        }
+        let reply: Result<String, _> = invocation
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
             .arg(identity.revision)
@@ -659,7 +755,11 @@ where
         Ok(stored)
     }
 
-    async fn run_delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+    async fn run_delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
         let audit = self.armed_audit(self.keyspace.identity(id))?;
         let existed: Result<i64, _> = scripts::DELETE_IDENTITY
             .key(self.keyspace.identity(id))
@@ -669,11 +769,19 @@ where
             .key(self.keyspace.last_use(id))
             .key(self.keyspace.usage(id))
             .arg(self.keyspace.key_prefix(id))
+            .arg(
+                if_revision
+                    .map(|revision| revision.to_string())
+                    .unwrap_or_default(),
+            )
             .with_audit(&audit)
             .invoke_async(&mut self.writer())
             .await;
         self.forget_cached(id);
         let existed = existed.map_err(unavailable)?;
+        if existed == -1 {
+            return Err(StoreError::Conflict);
+        }
         if existed == 1 {
             self.commit_audit(audit).await;
         }
@@ -725,7 +833,11 @@ where
         invocation
             .key(self.keyspace.identity(&identity.id))
             .key(self.keyspace.key_index(&identity.id))
-            .key(self.keyspace.key_names(&identity.id))
+            .key(self.keyspace.key_names(&identity.id));
+        for dataset_key in self.dataset_gate_keys(identity) {
+            invocation.key(dataset_key);
+        }
+        invocation
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(identity)?);
         for key in keys {
@@ -764,9 +876,16 @@ where
             .confirm_identity_name(&identity.name, &identity.id)
             .await?
         {
-            self.run_delete_identity(&identity.id).await?;
+            self.run_delete_identity(&identity.id, None).await?;
             self.forget_listed_identity(&identity.id).await;
             return Err(StoreError::NameTaken(identity.name.clone()));
+        }
+        if let Some(refused) = self.ungrantable_after_write(&[], identity).await? {
+            self.run_delete_identity(&identity.id, None).await?;
+            self.release_identity_name(&identity.name, &identity.id)
+                .await;
+            self.forget_listed_identity(&identity.id).await;
+            return Err(StoreError::DatasetUnavailable(refused));
         }
         Ok(())
     }
@@ -843,7 +962,8 @@ where
             return Err(StoreError::NotFound("identity"));
         };
         if current.name == identity.name {
-            return self.run_update_identity(identity).await;
+            let stored = self.run_update_identity(identity).await?;
+            return self.undo_ungrantable(&current, stored).await;
         }
         self.claim_identity_name(&identity.name, &identity.id)
             .await?;
@@ -867,13 +987,17 @@ where
         }
         self.release_identity_name(&current.name, &identity.id)
             .await;
-        Ok(stored)
+        self.undo_ungrantable(&current, stored).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.delete_identity", skip_all)]
-    async fn delete_identity(&self, id: &IdentityId) -> StoreResult<bool> {
+    async fn delete_identity(
+        &self,
+        id: &IdentityId,
+        if_revision: Option<u64>,
+    ) -> StoreResult<bool> {
         let name = self.get_identity(id).await?.map(|identity| identity.name);
-        let existed = self.run_delete_identity(id).await?;
+        let existed = self.run_delete_identity(id, if_revision).await?;
         if let Some(name) = name {
             self.release_identity_name(&name, id).await;
         }
@@ -1233,11 +1357,33 @@ where
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.begin_dataset_delete", skip_all)]
+    async fn begin_dataset_delete(&self, name: &str) -> StoreResult<bool> {
+        let marked: i64 = scripts::BEGIN_DATASET_DELETE
+            .key(self.keyspace.dataset(name))
+            .key(self.keyspace.dataset_delete_mark(name))
+            .invoke_async(&mut self.writer())
+            .await
+            .map_err(unavailable)?;
+        Ok(marked == 1)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.cancel_dataset_delete", skip_all)]
+    async fn cancel_dataset_delete(&self, name: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .writer()
+            .del(self.keyspace.dataset_delete_mark(name))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.delete_dataset", skip_all)]
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
         let audit = self.armed_audit(self.keyspace.dataset(name))?;
         let deleted: i64 = scripts::DELETE_DATASET
             .key(self.keyspace.dataset(name))
+            .key(self.keyspace.dataset_delete_mark(name))
             .with_audit(&audit)
             .invoke_async(&mut self.connection())
             .await

@@ -30,6 +30,25 @@ local function key_name_taken(names_key, key_prefix, name, id)
   local other = cjson.decode(raw)
   return other.name == name and holds_name(other)
 end
+-- Mirrors `domain::dataset::newly_granted`: a write may newly grant only a
+-- dataset that exists and carries no delete mark. KEYS from `first` on hold,
+-- for each of `identity.datasets` in order, the dataset's record and its
+-- delete mark; under Cluster they are in other slots and are not passed (the
+-- store checks around the script). Returns the first dataset refused, or nil.
+local function ungrantable_dataset(first, held, identity)
+  if #KEYS < first then return nil end
+  local was_held = {}
+  for _, name in ipairs(held or {}) do was_held[name] = true end
+  for i, name in ipairs(identity.datasets or {}) do
+    if not was_held[name] then
+      local record = KEYS[first + 2 * (i - 1)]
+      if redis.call('EXISTS', record) == 0 or redis.call('EXISTS', KEYS[first + 2 * i - 1]) == 1 then
+        return name
+      end
+    end
+  end
+  return nil
+end
 local function expire_identity_indexes(index_key, names_key, identity_expire, totp_key, last_use_key)
   local d = earliest(nil, identity_expire)
   expire_at(index_key, d)
@@ -64,13 +83,17 @@ fn audited(body: &str) -> Script {
     Script::new(&format!("{COMMON}\n{}", AUDIT.replace("%BODY%", body)))
 }
 
-/// KEYS: identity, key index, key names. ARGV: key prefix, identity JSON, key JSON...
-/// (then the audit arguments, as for every `audited` script)
+/// KEYS: identity, key index, key names, then each dataset's record and
+/// delete mark (see `ungrantable_dataset`). ARGV: key prefix, identity JSON,
+/// key JSON... (then the audit arguments, as for every `audited` script).
+/// Replies NODATASET:<name> for a dataset it may not grant.
 pub static CREATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'EXISTS' end
 local identity = cjson.decode(ARGV[2])
+local refused = ungrantable_dataset(4, {}, identity)
+if refused then return 'NODATASET:' .. refused end
 redis.call('SET', KEYS[1], ARGV[2])
 expire_at(KEYS[1], earliest(nil, identity.expire_time))
 for i = 3, #ARGV do
@@ -87,15 +110,20 @@ return 'OK'
     )
 });
 
-/// KEYS: identity, key index, key names, totp, last use, usage. ARGV: key
-/// prefix, new JSON, expected revision.
+/// KEYS: identity, key index, key names, totp, last use, usage, then each
+/// dataset's record and delete mark (see `ungrantable_dataset`). ARGV: key
+/// prefix, new JSON, expected revision. Replies NODATASET:<name> for a
+/// dataset it may not newly grant.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'NOTFOUND' end
-if cjson.decode(raw).revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
+local current = cjson.decode(raw)
+if current.revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
 local identity = cjson.decode(ARGV[2])
+local refused = ungrantable_dataset(7, current.datasets, identity)
+if refused then return 'NODATASET:' .. refused end
 redis.call('SET', KEYS[1], ARGV[2])
 expire_at(KEYS[1], earliest(nil, identity.expire_time))
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -115,10 +143,13 @@ return 'OK'
 });
 
 /// KEYS: identity, key index, key names, totp, last use, usage. ARGV: key
-/// prefix. Returns 1 if it existed.
+/// prefix, the revision it must be at ('' for any). Returns 1 if it existed,
+/// -1 (and deletes nothing) if it is at another revision.
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
+local raw = redis.call('GET', KEYS[1])
+if raw and ARGV[2] ~= '' and cjson.decode(raw).revision ~= tonumber(ARGV[2]) then return -1 end
 local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('DEL', ARGV[1] .. id)
@@ -369,10 +400,23 @@ return 'NAMETAKEN'
     )
 });
 
-/// KEYS: dataset record. Returns 1 if it existed.
+/// KEYS: dataset record, its delete mark. Marks an existing dataset as
+/// being deleted; returns 1 if it existed.
+pub static BEGIN_DATASET_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], '1')
+return 1
+"#,
+    )
+});
+
+/// KEYS: dataset record, its delete mark. Returns 1 if it existed.
 pub static DELETE_DATASET: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
+redis.call('DEL', KEYS[2])
 return redis.call('DEL', KEYS[1])
 "#,
     )
