@@ -701,6 +701,33 @@ fn readme_scopes_walkthrough_runs_as_written() {
     assert!(stdout.contains("\"billing:invoices:read\""), "{stdout}");
 }
 
+/// The README's usage control walkthrough runs as written: a limit refuses
+/// with a retry time, a second key shares its identity's budget, a top-up
+/// sets the balance.
+#[test]
+fn readme_usage_walkthrough_runs_as_written() {
+    let (stdout, codes) = run_readme_block("usage-walkthrough");
+    assert_eq!(
+        codes,
+        [
+            "VERIFY_CODE_VALID",
+            "VERIFY_CODE_RATE_LIMITED",
+            "VERIFY_CODE_VALID",
+        ],
+        "{stdout}"
+    );
+    // 3 a minute: the unit missing for a call of 2 comes within 20 s.
+    let retry_after: f64 = stdout
+        .split("\"retryAfter\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|seconds| seconds.parse().ok())
+        .unwrap_or_else(|| panic!("retryAfter in {stdout}"));
+    assert!(retry_after > 0.0 && retry_after <= 20.0, "{stdout}");
+    assert!(stdout.contains("\"creditsRemaining\": \"1\""), "{stdout}");
+    assert!(stdout.contains("\"remaining\": \"100\""), "{stdout}");
+}
+
 /// At RUST_LOG=trace the server logs a great deal; none of it may be a token,
 /// a secret or a key hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
