@@ -152,6 +152,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     options.guard.verified_entries = args.verify_cache_entries;
     let tls = args.tls()?;
     let webhooks = args.webhooks()?;
+    let expiry = args.expiry()?;
     let scim_tls = match (&tls, args.scim_listen) {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
@@ -221,6 +222,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             keep_credential: args.ext_authz_keep_credential,
         },
         webhooks,
+        expiry,
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM
