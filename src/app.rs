@@ -3,8 +3,7 @@
 
 use crate::config::{
     BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs, ServeArgs,
-    StoreArgs,
-    StoreChoice,
+    StoreArgs, StoreChoice,
 };
 use crate::server::{self, ServerOptions};
 use crate::service::{Authority, AuthorityOptions};
@@ -199,9 +198,8 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             .await
             .map_err(|e| RunError::Refused(format!("cannot create the dev admin: {e}")))?;
         if let Some(mut file) = admin_token_file {
-            writeln!(file, "{}", minted.token.expose()).map_err(|e| {
-                ConfigError(format!("cannot write --admin-token-file: {e}"))
-            })?;
+            writeln!(file, "{}", minted.token.expose())
+                .map_err(|e| ConfigError(format!("cannot write --admin-token-file: {e}")))?;
         }
         println!("dev admin token: {}", minted.token.expose());
         let _ = std::io::stdout().flush();

@@ -4,9 +4,9 @@
 use crate::domain::expiry::LeadTimes;
 use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
+use crate::service::expiry::ExpiryOptions;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
-use crate::service::expiry::ExpiryOptions;
 use crate::service::webhooks::{WebhookOptions, WebhookSecret};
 use crate::store::redis::Durability;
 use clap::{Args, Parser, Subcommand};

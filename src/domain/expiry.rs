@@ -32,7 +32,9 @@ impl LeadTimes {
                 format!("{entry:?} is not a duration (like 14d, 1d, 12h, 30m or 45s)")
             })?;
             if lead < Duration::from_secs(1) || lead.subsec_nanos() != 0 {
-                return Err(format!("{entry:?} must be a whole number of seconds, at least 1s"));
+                return Err(format!(
+                    "{entry:?} must be a whole number of seconds, at least 1s"
+                ));
             }
             if lead > MAX_LEAD_TIME {
                 return Err(format!("{entry:?} is longer than a year"));
@@ -102,7 +104,12 @@ pub fn end_event(end: &KeyEnd) -> AuditEvent {
 pub fn warning_event(end: &KeyEnd, lead: Duration) -> AuditEvent {
     let mut event = AuditEvent::new(
         KEY_EXPIRING,
-        format!("{KEY_EXPIRING}:{}:{}:{}", end.key_id, end.at.0, lead.as_secs()),
+        format!(
+            "{KEY_EXPIRING}:{}:{}:{}",
+            end.key_id,
+            end.at.0,
+            lead.as_secs()
+        ),
     );
     event.target_ids = vec![end.key_id.to_string(), end.key_id.identity_id().to_string()];
     event.deadline = Some(end.at);
@@ -157,10 +164,7 @@ mod tests {
         assert_eq!(leads.warning_due(3 * DAY, sweep), None);
         assert_eq!(leads.warning_due(2 * DAY, sweep), Some(DAY));
         // A key made with a short expiry gets one warning, not both.
-        assert_eq!(
-            leads.warning_due(Duration::from_secs(60), sweep),
-            Some(DAY)
-        );
+        assert_eq!(leads.warning_due(Duration::from_secs(60), sweep), Some(DAY));
         assert_eq!(leads.warning_due(Duration::ZERO, sweep), None);
     }
 

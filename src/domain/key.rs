@@ -1,9 +1,9 @@
 //! API keys: credentials of one identity, stored as argon2id hashes only.
 
 use super::identity::{Identity, State};
+use super::ids::{IdentityId, KeyId};
 use super::labels::{self, Labels};
 use super::scope;
-use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,9 @@ impl KeyFilter {
     pub fn matches(&self, key: &ApiKey, identity: Option<&Identity>) -> bool {
         self.state.is_none_or(|state| key.state == state)
             && self.origin.is_none_or(|origin| key.origin == Some(origin))
-            && self.in_grace.is_none_or(|in_grace| key.in_grace() == in_grace)
+            && self
+                .in_grace
+                .is_none_or(|in_grace| key.in_grace() == in_grace)
             && self
                 .honeytoken
                 .is_none_or(|honeytoken| key.honeytoken == honeytoken)

@@ -32,7 +32,9 @@ pub fn parse_label_key(key: &str) -> Result<String, String> {
 /// Checks a label value: at most 256 printable characters.
 pub fn parse_label_value(value: &str) -> Result<String, String> {
     if value.chars().count() > MAX_LABEL_VALUE_CHARS {
-        return Err(format!("must be at most {MAX_LABEL_VALUE_CHARS} characters"));
+        return Err(format!(
+            "must be at most {MAX_LABEL_VALUE_CHARS} characters"
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -46,7 +48,10 @@ pub fn parse_labels<'a>(
     entries: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
 ) -> Result<Labels, Vec<(String, String)>> {
     if entries.len() > MAX_LABELS {
-        return Err(vec![(field.to_owned(), format!("at most {MAX_LABELS} labels"))]);
+        return Err(vec![(
+            field.to_owned(),
+            format!("at most {MAX_LABELS} labels"),
+        )]);
     }
     let mut labels = Labels::new();
     let mut errors = Vec::new();
@@ -96,7 +101,10 @@ mod tests {
         assert!(parse_label_value("a\nb").is_err());
         let many: BTreeMap<String, String> =
             (0..17).map(|i| (format!("k{i}"), String::new())).collect();
-        assert_eq!(parse_labels("labels", many.iter()).unwrap_err()[0].0, "labels");
+        assert_eq!(
+            parse_labels("labels", many.iter()).unwrap_err()[0].0,
+            "labels"
+        );
         let bad: BTreeMap<String, String> =
             [("Bad".to_string(), "x".to_string())].into_iter().collect();
         assert_eq!(

@@ -43,7 +43,10 @@ pub fn parse_scope(text: &str) -> Result<String, String> {
 /// by its index.
 pub fn parse_scopes(field: &str, entries: &[String]) -> Result<Vec<String>, Vec<(String, String)>> {
     if entries.len() > MAX_SCOPES {
-        return Err(vec![(field.to_owned(), format!("at most {MAX_SCOPES} scopes"))]);
+        return Err(vec![(
+            field.to_owned(),
+            format!("at most {MAX_SCOPES} scopes"),
+        )]);
     }
     let mut errors = Vec::new();
     let mut scopes: Vec<String> = Vec::with_capacity(entries.len());
@@ -152,7 +155,16 @@ mod tests {
         let longest = "a".repeat(MAX_SCOPE_CHARS);
         assert!(parse_scope(&longest).is_ok());
         assert!(parse_scope(&format!("{longest}*")).is_ok());
-        for bad in ["", "*", "**", "a**", "bil ling", "a*b", "é", &format!("{longest}a")] {
+        for bad in [
+            "",
+            "*",
+            "**",
+            "a**",
+            "bil ling",
+            "a*b",
+            "é",
+            &format!("{longest}a"),
+        ] {
             assert!(parse_scope(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -176,7 +188,10 @@ mod tests {
         assert!(!covers("billing:read", "billing:*"));
         assert!(!covers("billing:read", "billing:readonly"));
         assert!(covers("/billing.v1.Invoices/*", "/billing.v1.Invoices/Get"));
-        assert!(!covers("/billing.v1.Invoices/*", "/billing.v1.Payments/Get"));
+        assert!(!covers(
+            "/billing.v1.Invoices/*",
+            "/billing.v1.Payments/Get"
+        ));
     }
 
     #[test]
@@ -197,14 +212,23 @@ mod tests {
     fn effective_grants_are_the_narrower_side() {
         assert_eq!(effective(&list(&["a:*", "b"]), &[]), list(&["a:*", "b"]));
         assert_eq!(
-            effective(&list(&["billing:*", "reports:read"]), &list(&["billing:read"])),
+            effective(
+                &list(&["billing:*", "reports:read"]),
+                &list(&["billing:read"])
+            ),
             list(&["billing:read"])
         );
         assert_eq!(
-            effective(&list(&["billing:read", "billing:write"]), &list(&["billing:*"])),
+            effective(
+                &list(&["billing:read", "billing:write"]),
+                &list(&["billing:*"])
+            ),
             list(&["billing:read", "billing:write"])
         );
-        assert_eq!(effective(&list(&["x"]), &list(&["y"])), Vec::<String>::new());
+        assert_eq!(
+            effective(&list(&["x"]), &list(&["y"])),
+            Vec::<String>::new()
+        );
         assert_eq!(
             effective_datasets(&list(&["sales", "hr"]), &list(&["hr"])),
             list(&["hr"])

@@ -5,8 +5,8 @@ use crate::domain::SecretString;
 use crate::domain::cidr;
 use crate::domain::key::Origin;
 use crate::domain::labels::{self, Labels};
-use crate::domain::scope;
 use crate::domain::names::{parse_description, parse_name};
+use crate::domain::scope;
 use crate::domain::{
     ApiKey, Error, Identity, IdentityId, IdentityKind, KeyId, State, UnixMillis, Violations,
 };
@@ -644,10 +644,12 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
         client_ip: event.client_ip.unwrap_or_default(),
         trace_id: event.trace_id.unwrap_or_default(),
         deadline_time: event.deadline.map(timestamp_out),
-        lead_time: event.lead_time_seconds.map(|seconds| prost_types::Duration {
-            seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
-            nanos: 0,
-        }),
+        lead_time: event
+            .lead_time_seconds
+            .map(|seconds| prost_types::Duration {
+                seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
     }
 }
 
@@ -814,7 +816,10 @@ pub fn import_in(
         let name = violations.check(&format!("keys[{index}].name"), parse_name(&key.name));
         if let Some(name) = &name {
             if names.contains(name) {
-                violations.add(format!("keys[{index}].name"), format!("{name:?} is listed twice"));
+                violations.add(
+                    format!("keys[{index}].name"),
+                    format!("{name:?} is listed twice"),
+                );
             }
             names.push(name.clone());
         }

@@ -15,9 +15,9 @@
 use crate::domain::identity::IdentityFilter;
 use crate::domain::key::{KeyFilter, Origin};
 use crate::domain::labels;
-use crate::domain::{IdentityId, UnixMillis};
 use crate::domain::names::parse_name;
 use crate::domain::scope::parse_scope;
+use crate::domain::{IdentityId, UnixMillis};
 use crate::domain::{IdentityKind, State};
 
 /// Longest filter accepted.
@@ -111,7 +111,10 @@ fn terms(text: &str) -> Result<Vec<(String, Op, String)>, String> {
             return Err(format!("expected `=`, `<` or `>` after {field}"));
         };
         let value = value_of(tokens.next(), &field)?;
-        if terms.iter().any(|(seen, seen_op, _)| *seen == field && *seen_op == op) {
+        if terms
+            .iter()
+            .any(|(seen, seen_op, _)| *seen == field && *seen_op == op)
+        {
             return Err(format!("{field} appears twice"));
         }
         terms.push((field, op, value));
@@ -244,9 +247,8 @@ pub fn parse_key_filter(text: &str) -> Result<KeyFilter, String> {
             ("honeytoken", _) => filter.honeytoken = Some(bool_value("honeytoken", &value)?),
             ("origin", _) => filter.origin = Some(origin_value(&value)?),
             ("identity_id", _) => {
-                filter.identity_id = Some(
-                    IdentityId::parse(&value).map_err(|e| format!("identity_id {e}"))?,
-                )
+                filter.identity_id =
+                    Some(IdentityId::parse(&value).map_err(|e| format!("identity_id {e}"))?)
             }
             (other, _) => {
                 return Err(format!(
@@ -335,7 +337,9 @@ mod tests {
             assert!(parse_key_filter(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(
-            parse_identity_filter("labels.tenant = acme").unwrap().labels,
+            parse_identity_filter("labels.tenant = acme")
+                .unwrap()
+                .labels,
             [("tenant".to_string(), "acme".to_string())]
         );
         assert!(parse_key_filter("scope = a AND scope = b").is_err());

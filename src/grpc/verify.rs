@@ -114,11 +114,8 @@ impl VerifyService for VerifyApi {
         if !request.dataset.is_empty() {
             violations.check("dataset", parse_name(&request.dataset));
         }
-        let required_scopes = convert::check_scopes(
-            &mut violations,
-            "required_scopes",
-            &request.required_scopes,
-        );
+        let required_scopes =
+            convert::check_scopes(&mut violations, "required_scopes", &request.required_scopes);
         let client_ip = match request.client_ip.as_str() {
             "" => None,
             text => violations.check(

@@ -3,8 +3,8 @@
 
 use super::identities::NewIdentity;
 use super::{Authority, MintedKey, Page, PageRequest, with_retries};
-use crate::domain::key::Origin;
 use crate::domain::identity::IdentityFilter;
+use crate::domain::key::Origin;
 use crate::domain::names::parse_name;
 use crate::domain::{Dataset, Error, Identity, UnixMillis};
 use crate::store::journal;
@@ -79,7 +79,10 @@ impl Authority {
             datasets: vec![request.name.clone()],
             ..NewIdentity::default()
         };
-        match self.create_identity_minting(identity, Origin::Dataset).await {
+        match self
+            .create_identity_minting(identity, Origin::Dataset)
+            .await
+        {
             Ok(access) => Ok(CreatedDataset {
                 dataset,
                 access: Some(access),

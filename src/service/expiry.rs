@@ -112,7 +112,10 @@ async fn sweep_periodically(store: Arc<dyn Store>, options: ExpiryOptions) {
                 Ok(count) => {
                     indexed = true;
                     if count > 0 {
-                        tracing::info!(count, "keys written before the deadline index were indexed");
+                        tracing::info!(
+                            count,
+                            "keys written before the deadline index were indexed"
+                        );
                     }
                 }
                 Err(error) => {

@@ -1,9 +1,9 @@
 //! Operations on identities.
 
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -107,12 +107,13 @@ impl Authority {
         page: &PageRequest,
         filter: impl Fn(&Identity) -> bool,
     ) -> Result<Page<Identity>, Error> {
-        let after = match page.page_token.as_str() {
-            "" => None,
-            token => Some(IdentityId::parse(token).map_err(|_| {
-                Error::invalid("page_token", "is not a token this API returned")
-            })?),
-        };
+        let after =
+            match page.page_token.as_str() {
+                "" => None,
+                token => Some(IdentityId::parse(token).map_err(|_| {
+                    Error::invalid("page_token", "is not a token this API returned")
+                })?),
+            };
         super::filtered_page(
             page.limit(),
             after,

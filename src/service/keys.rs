@@ -1,6 +1,8 @@
 //! Operations on API keys.
 
-use super::{Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries};
+use super::{
+    Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries,
+};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
 use crate::domain::scope;
@@ -463,9 +465,7 @@ fn sort_value(key: &ApiKey, field: KeyOrderField) -> SortValue {
         KeyOrderField::Id => SortValue::Text(String::new()),
         KeyOrderField::CreateTime => SortValue::Time(key.create_time.0),
         KeyOrderField::ExpireTime => SortValue::Time(key.expire_time.map_or(i64::MAX, |t| t.0)),
-        KeyOrderField::LastUseTime => {
-            SortValue::Time(key.last_use_time.map_or(i64::MIN, |t| t.0))
-        }
+        KeyOrderField::LastUseTime => SortValue::Time(key.last_use_time.map_or(i64::MIN, |t| t.0)),
         KeyOrderField::Name => SortValue::Text(key.name.clone()),
     }
 }
@@ -540,7 +540,9 @@ impl Authority {
                     after = identities.last().map(|identity| identity.id.clone());
                     // The multiplexed connection pipelines these reads.
                     let keys = futures_util::future::try_join_all(
-                        identities.iter().map(|identity| self.all_keys_of(&identity.id)),
+                        identities
+                            .iter()
+                            .map(|identity| self.all_keys_of(&identity.id)),
                     )
                     .await?;
                     for (identity, keys) in identities.iter().zip(keys) {
@@ -596,18 +598,15 @@ impl Authority {
         let limit = page.limit();
         let more = matching.len() - start > limit;
         let items: Vec<ApiKey> = matching.into_iter().skip(start).take(limit).collect();
-        let next_page_token = more
-            .then(|| items.last())
-            .flatten()
-            .map(|last| {
-                KeyCursor {
-                    order: order.field.name().to_owned(),
-                    descending: order.descending,
-                    value: sort_value(last, order.field),
-                    id: last.id.to_string(),
-                }
-                .encode()
-            });
+        let next_page_token = more.then(|| items.last()).flatten().map(|last| {
+            KeyCursor {
+                order: order.field.name().to_owned(),
+                descending: order.descending,
+                value: sort_value(last, order.field),
+                id: last.id.to_string(),
+            }
+            .encode()
+        });
         Ok(KeyPage {
             items,
             next_page_token,
@@ -621,7 +620,11 @@ impl Authority {
         loop {
             let batch = self
                 .store
-                .list_keys(identity, keys.last().map(|key: &ApiKey| &key.id), MAX_PAGE_SIZE)
+                .list_keys(
+                    identity,
+                    keys.last().map(|key: &ApiKey| &key.id),
+                    MAX_PAGE_SIZE,
+                )
                 .await?;
             let exhausted = batch.len() < MAX_PAGE_SIZE;
             keys.extend(batch);
@@ -634,7 +637,9 @@ impl Authority {
     /// The identities with how many keys each holds (read concurrently).
     pub async fn with_key_counts(&self, identities: Vec<Identity>) -> Result<Vec<Identity>, Error> {
         let counts = futures_util::future::try_join_all(
-            identities.iter().map(|identity| self.all_keys_of(&identity.id)),
+            identities
+                .iter()
+                .map(|identity| self.all_keys_of(&identity.id)),
         )
         .await?;
         Ok(identities
@@ -781,7 +786,10 @@ impl Authority {
                 );
             }
             if key.expire_time.is_some_and(|time| time <= now) {
-                violations.add(format!("keys[{index}].expire_time"), "must be in the future");
+                violations.add(
+                    format!("keys[{index}].expire_time"),
+                    "must be in the future",
+                );
             }
             digests.push(self.hasher.import_digests(&key.token));
         }
@@ -791,10 +799,7 @@ impl Authority {
             let token = key.token;
             let hasher = Arc::clone(&self.hasher);
             let hashed = token.clone();
-            let secret_hash = self
-                .hash_pool
-                .run(move || hasher.hash(&hashed))
-                .await??;
+            let secret_hash = self.hash_pool.run(move || hasher.hash(&hashed)).await??;
             let id = KeyId::generate(identity_id);
             let hint: String = token.expose().chars().take(4).collect();
             let record = ApiKey {

@@ -57,8 +57,14 @@ mod tests {
         })
         .await;
         assert_eq!(answer, 7);
-        assert!(call_took < Duration::from_millis(50), "the call itself did not wait");
-        assert!(start.elapsed() >= Duration::from_millis(50), "its answer did");
+        assert!(
+            call_took < Duration::from_millis(50),
+            "the call itself did not wait"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "its answer did"
+        );
     }
 
     #[tokio::test]

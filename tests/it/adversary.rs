@@ -78,7 +78,10 @@ async fn forged_tokens_never_lock_out_the_real_token() {
     let real = fresh_admin(&server, "third-admin").await;
     for _ in 0..FORGERIES {
         let forged = forged_for(&key_id_of(&real));
-        assert_eq!(scim_status(&server, &forged).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            scim_status(&server, &forged).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
     assert_eq!(scim_status(&server, &real).await, StatusCode::OK);
     server.stop().await;
@@ -131,7 +134,9 @@ async fn live_and_absent_key_ids_answer_forgeries_alike() {
         };
         assert_eq!(codes(&live_answers), codes(&absent_answers));
         assert!(
-            codes(&live_answers).iter().all(|code| *code == Ok(VerifyCode::Unknown)),
+            codes(&live_answers)
+                .iter()
+                .all(|code| *code == Ok(VerifyCode::Unknown)),
             "{live_answers:?}"
         );
         // Past the budget and for the repeat, both are held back.
@@ -170,17 +175,24 @@ async fn health_and_good_calls_pass_during_a_known_wrong_flood() {
     let good_key = KeyId::parse(&good.key.unwrap().id).unwrap();
     assert_eq!(server.verify_code(&good.token).await, Ok(VerifyCode::Valid));
     let known_wrong = forged_for(&good_key);
-    assert_eq!(server.verify_code(&known_wrong).await, Ok(VerifyCode::Unknown));
+    assert_eq!(
+        server.verify_code(&known_wrong).await,
+        Ok(VerifyCode::Unknown)
+    );
     let mut health = server.health().await;
-    eventually("the server reports SERVING", Duration::from_secs(10), || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|answer| answer.into_inner().status() == ServingStatus::Serving)
-        }
-    })
+    eventually(
+        "the server reports SERVING",
+        Duration::from_secs(10),
+        || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok_and(|answer| answer.into_inner().status() == ServingStatus::Serving)
+            }
+        },
+    )
     .await;
 
     let verifier = server.verifier().await;
@@ -319,7 +331,10 @@ async fn slow_header_clients_are_cut_off_while_scim_keeps_answering() {
         let mut rest = Vec::new();
         let remaining = CLOSED_WITHIN.saturating_sub(started.elapsed());
         let closed = tokio::time::timeout(remaining, socket.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "a half-sent request still holds its connection");
+        assert!(
+            closed.is_ok(),
+            "a half-sent request still holds its connection"
+        );
     }
     let _ = stop.send(());
     scim_task.await.unwrap().unwrap();
@@ -355,8 +370,8 @@ fn server_secret(version: u32, fill: u8) -> keyrack::service::hashing::ServerSec
 /// keys left under the previous secret says when that is safe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped() {
-    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
     use keyrack::service::Authority;
+    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
     let backend = Backend::Redis(RedisServer::start());
     let store = crate::support::open_store(&backend).await;
     let authority = |current: ServerSecret, previous: Vec<ServerSecret>| {
@@ -368,18 +383,33 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
     let before = authority(server_secret(1, 1), vec![]);
     let (_, used) = before.create_admin("used", "").await.unwrap();
     let (_, unused) = before.create_admin("unused", "").await.unwrap();
-    let (used, unused) = (used.token.expose().to_owned(), unused.token.expose().to_owned());
+    let (used, unused) = (
+        used.token.expose().to_owned(),
+        unused.token.expose().to_owned(),
+    );
 
     let during = authority(server_secret(2, 2), vec![server_secret(1, 1)]);
     assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 2);
-    assert_eq!(verify_code(&during, &used).await, keyrack::domain::VerifyCode::Valid);
+    assert_eq!(
+        verify_code(&during, &used).await,
+        keyrack::domain::VerifyCode::Valid
+    );
     assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 1);
-    assert_eq!(verify_code(&during, &used).await, keyrack::domain::VerifyCode::Valid);
+    assert_eq!(
+        verify_code(&during, &used).await,
+        keyrack::domain::VerifyCode::Valid
+    );
 
     let after = authority(server_secret(2, 2), vec![]);
-    assert_eq!(verify_code(&after, &used).await, keyrack::domain::VerifyCode::Valid);
+    assert_eq!(
+        verify_code(&after, &used).await,
+        keyrack::domain::VerifyCode::Valid
+    );
     // The key nobody used is still under the dropped secret, as counted.
-    assert_eq!(verify_code(&after, &unused).await, keyrack::domain::VerifyCode::Unknown);
+    assert_eq!(
+        verify_code(&after, &unused).await,
+        keyrack::domain::VerifyCode::Unknown
+    );
 }
 
 /// Finding 6: an If-Match that names no single version is a precondition
@@ -394,7 +424,10 @@ async fn scim_if_match_garbage_is_412_and_writes_nothing() {
         "userName": "ada",
     });
     let admin = server.admin_token.clone();
-    let scim_call = |method: Method, path: String, body: Option<serde_json::Value>, if_match: Option<String>| {
+    let scim_call = |method: Method,
+                     path: String,
+                     body: Option<serde_json::Value>,
+                     if_match: Option<String>| {
         let (server, admin) = (&server, admin.clone());
         async move {
             let extra: Vec<(header::HeaderName, &str)> = if_match
@@ -438,7 +471,11 @@ async fn scim_if_match_garbage_is_412_and_writes_nothing() {
         ] {
             let (status, _, _) =
                 scim_call(method.clone(), path.clone(), body, Some(if_match.clone())).await;
-            assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{method} If-Match {if_match}");
+            assert_eq!(
+                status,
+                StatusCode::PRECONDITION_FAILED,
+                "{method} If-Match {if_match}"
+            );
         }
     }
     let (status, unchanged, _) = scim_call(Method::GET, path.clone(), None, None).await;

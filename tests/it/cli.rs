@@ -207,7 +207,10 @@ fn admin_token_file_must_be_a_new_file() {
         assert!(output.stdout.is_empty(), "no token printed: {path:?}");
         std::net::TcpListener::bind(&listen).expect("port still free");
     }
-    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "someone else's\n");
+    assert_eq!(
+        std::fs::read_to_string(&existing).unwrap(),
+        "someone else's\n"
+    );
     assert!(!dir.path().join("nowhere").exists());
 }
 
@@ -664,7 +667,10 @@ fn import_reads_an_api_gateway_key_file() {
     assert!(verify("GwKeyRetired0123456789abcdefXY").contains("VERIFY_CODE_DISABLED"));
     assert!(verify("GwKeyMobile0123456789abcdefXYY").contains("VERIFY_CODE_MALFORMED"));
     for (name, value) in redis.dump() {
-        assert!(!value.contains("GwKey") && !name.contains("GwKey"), "{name}");
+        assert!(
+            !value.contains("GwKey") && !name.contains("GwKey"),
+            "{name}"
+        );
     }
     // The same file again is refused: the tokens are imported already.
     let again = keyrack()
@@ -674,7 +680,11 @@ fn import_reads_an_api_gateway_key_file() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert!(text(&again.stderr).contains("imported already"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("imported already"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 /// The README's walkthrough, run as written.

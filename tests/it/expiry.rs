@@ -336,7 +336,13 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
     let identity = server.create_service("revoking").await.identity.unwrap();
     let doomed_identity = server.create_service("doomed").await.identity.unwrap();
     let mut stream = watch(&server, "", &[proto::EventKind::KeyExpired]).await;
-    let revoked = create_key(&server, &identity.id, "revoked", Some(Duration::from_secs(1))).await;
+    let revoked = create_key(
+        &server,
+        &identity.id,
+        "revoked",
+        Some(Duration::from_secs(1)),
+    )
+    .await;
     let orphaned = create_key(
         &server,
         &doomed_identity.id,
@@ -344,7 +350,13 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
         Some(Duration::from_secs(1)),
     )
     .await;
-    let control = create_key(&server, &identity.id, "control", Some(Duration::from_secs(3))).await;
+    let control = create_key(
+        &server,
+        &identity.id,
+        "control",
+        Some(Duration::from_secs(3)),
+    )
+    .await;
     let mut admin = server.admin().await;
     admin
         .revoke_key(authed(
@@ -368,7 +380,11 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
     let event = next_event(&mut stream, Duration::from_secs(3) + SHORTLY).await;
     assert_eq!(record(&event).target_ids[0], control.id, "{event:?}");
     assert!(logged(&server, &revoked.id, "KEY_EXPIRED").await.is_empty());
-    assert!(logged(&server, &orphaned.id, "KEY_EXPIRED").await.is_empty());
+    assert!(
+        logged(&server, &orphaned.id, "KEY_EXPIRED")
+            .await
+            .is_empty()
+    );
     if let Backend::Redis(redis) = &server.backend {
         let entries: Vec<String> = ::redis::cmd("ZRANGE")
             .arg("keyrack:key-ends")

@@ -760,7 +760,9 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 datasets: strings(&["a", "a"]),
                 allowed_cidrs: strings(&["300.1.1.1/8"]),
                 scopes: strings(&["bad scope"]),
-                labels: [("Bad Key".to_string(), String::new())].into_iter().collect(),
+                labels: [("Bad Key".to_string(), String::new())]
+                    .into_iter()
+                    .collect(),
                 admin: true,
                 expire_time: at(0, 1_000_000_000),
             }),

@@ -134,7 +134,10 @@ async fn flood_body(server: TestServer) {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
     // Past the budget of 20, wrong answers were held back.
-    assert!(held_back >= 20, "the flood was held back: {held_back} of 40");
+    assert!(
+        held_back >= 20,
+        "the flood was held back: {held_back} of 40"
+    );
     // A repeated wrong token is answered from the rejected cache.
     let wrong = wrong_secret_for(&key_id);
     assert_eq!(server.verify_code(&wrong).await, Ok(VerifyCode::Unknown));

@@ -17,7 +17,10 @@ fn labels(entries: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn in_days(days: i64) -> Option<prost_types::Timestamp> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     Some(prost_types::Timestamp {
         seconds: now + days * 86_400,
         nanos: 0,
@@ -71,7 +74,10 @@ async fn names(server: &TestServer, filter: &str, order_by: &str) -> Vec<String>
     .collect()
 }
 
-async fn create_key(server: &TestServer, request: proto::CreateKeyRequest) -> proto::CreateKeyResponse {
+async fn create_key(
+    server: &TestServer,
+    request: proto::CreateKeyRequest,
+) -> proto::CreateKeyResponse {
     server
         .admin()
         .await
@@ -137,7 +143,10 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
             .into_inner();
         let replacement = rolled.key.unwrap();
         assert_eq!(replacement.origin(), Origin::Roll);
-        assert!(replacement.expire_time.is_some(), "new_key_expire_time applies");
+        assert!(
+            replacement.expire_time.is_some(),
+            "new_key_expire_time applies"
+        );
         server
             .admin()
             .await
@@ -210,11 +219,19 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
             ["soon"]
         );
         assert_eq!(
-            names(&server, &format!("expire_time > {in_3_days}"), "expire_time").await,
+            names(
+                &server,
+                &format!("expire_time > {in_3_days}"),
+                "expire_time"
+            )
+            .await,
             [replacement.name.as_str(), "later"]
         );
         let by_expiry = names(&server, "", "expire_time").await;
-        assert_eq!(&by_expiry[..3], ["soon", replacement.name.as_str(), "later"]);
+        assert_eq!(
+            &by_expiry[..3],
+            ["soon", replacement.name.as_str(), "later"]
+        );
         let by_creation = names(&server, "", "create_time desc").await;
         assert_eq!(by_creation.len(), 6);
 
@@ -231,10 +248,17 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
                 .unwrap()
                 .into_inner()
         };
-        assert_eq!(verifier(rolled.token.clone()).await.code(), VerifyCode::Valid);
-        let an_hour_ago = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3600)).to_string();
+        assert_eq!(
+            verifier(rolled.token.clone()).await.code(),
+            VerifyCode::Valid
+        );
+        let an_hour_ago =
+            humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3600))
+                .to_string();
         eventually("the use is flushed", Duration::from_secs(10), || async {
-            names(&server, &format!("last_use_time > {an_hour_ago}"), "").await.contains(&replacement.name)
+            names(&server, &format!("last_use_time > {an_hour_ago}"), "")
+                .await
+                .contains(&replacement.name)
         })
         .await;
 
@@ -254,7 +278,10 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
             .unwrap();
         let answer = verifier(soon.token.clone()).await;
         assert_eq!(answer.code(), VerifyCode::Valid);
-        assert_eq!(answer.labels, labels(&[("tenant", "acme"), ("team", "payments")]));
+        assert_eq!(
+            answer.labels,
+            labels(&[("tenant", "acme"), ("team", "payments")])
+        );
         let identities = server
             .admin()
             .await
@@ -328,7 +355,11 @@ async fn paging_is_stable_while_keys_are_created() {
             unique.sort();
             unique.dedup();
             assert_eq!(unique.len(), seen.len(), "{order_by}: a key came twice");
-            assert!(seen.len() >= 10, "{order_by}: keys went missing: {}", seen.len());
+            assert!(
+                seen.len() >= 10,
+                "{order_by}: keys went missing: {}",
+                seen.len()
+            );
         }
         // A token of one order is refused under another.
         let first = list(
@@ -422,10 +453,19 @@ async fn batch_revoke_previews_then_revokes_each_with_an_audit_event() {
         for token in &tokens {
             assert_eq!(server.verify_code(token).await, Ok(VerifyCode::Valid));
         }
-        let done = batch("labels.team = old", false).await.unwrap().into_inner();
+        let done = batch("labels.team = old", false)
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(done.revoked_count, 2);
-        assert_eq!(server.verify_code(&tokens[0]).await, Ok(VerifyCode::Unknown));
-        assert_eq!(server.verify_code(&tokens[1]).await, Ok(VerifyCode::Unknown));
+        assert_eq!(
+            server.verify_code(&tokens[0]).await,
+            Ok(VerifyCode::Unknown)
+        );
+        assert_eq!(
+            server.verify_code(&tokens[1]).await,
+            Ok(VerifyCode::Unknown)
+        );
         assert_eq!(server.verify_code(&tokens[2]).await, Ok(VerifyCode::Valid));
         let events = server.store.list_audit(None, 1000).await.unwrap();
         let revokes: Vec<_> = events[..events.len() - before]
@@ -438,7 +478,11 @@ async fn batch_revoke_previews_then_revokes_each_with_an_audit_event() {
         revoked.sort();
         previewed.sort();
         assert_eq!(revoked, previewed);
-        assert!(revokes.iter().all(|e| e.outcome == "OK" && e.actor_identity_id.is_some()));
+        assert!(
+            revokes
+                .iter()
+                .all(|e| e.outcome == "OK" && e.actor_identity_id.is_some())
+        );
         server.stop().await;
     }
 }
@@ -539,19 +583,30 @@ async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
             .collect();
         assert_eq!(
             fields,
-            ["keys[0].token", "keys[1].token", "keys[3].token", "keys[4].token"]
+            [
+                "keys[0].token",
+                "keys[1].token",
+                "keys[3].token",
+                "keys[4].token"
+            ]
         );
-        let imported = import(vec![key("gateway", LEGACY_TOKEN), proto::ImportedKey {
-            disabled: true,
-            ..key("off", "another-legacy-token-0000")
-        }])
+        let imported = import(vec![
+            key("gateway", LEGACY_TOKEN),
+            proto::ImportedKey {
+                disabled: true,
+                ..key("off", "another-legacy-token-0000")
+            },
+        ])
         .await
         .unwrap()
         .into_inner()
         .keys;
         assert_eq!(imported[0].origin(), Origin::Import);
         assert_eq!(imported[1].state(), proto::State::Disabled);
-        assert_eq!(server.verify_code(LEGACY_TOKEN).await, Ok(VerifyCode::Valid));
+        assert_eq!(
+            server.verify_code(LEGACY_TOKEN).await,
+            Ok(VerifyCode::Valid)
+        );
         assert_eq!(
             server.verify_code("another-legacy-token-0000").await,
             Ok(VerifyCode::Disabled)
@@ -574,11 +629,16 @@ async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
             ))
             .await
             .unwrap();
-        assert_ne!(server.verify_code(LEGACY_TOKEN).await, Ok(VerifyCode::Valid));
+        assert_ne!(
+            server.verify_code(LEGACY_TOKEN).await,
+            Ok(VerifyCode::Valid)
+        );
         if let Backend::Redis(redis) = &server.backend {
             for (name, value) in redis.dump() {
                 assert!(
-                    !name.contains("legacy") && !value.contains("legacy") && !value.contains("another-legacy"),
+                    !name.contains("legacy")
+                        && !value.contains("legacy")
+                        && !value.contains("another-legacy"),
                     "{name} holds an imported token"
                 );
             }

@@ -120,10 +120,7 @@ fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
-on_both_stores!(
-    a_key_narrows_its_identitys_scopes,
-    narrowing_body
-);
+on_both_stores!(a_key_narrows_its_identitys_scopes, narrowing_body);
 async fn narrowing_body(server: TestServer) {
     let created = server
         .create_identity(proto::CreateIdentityRequest {
@@ -140,8 +137,16 @@ async fn narrowing_body(server: TestServer) {
     let answer = verify(&server, &broad, "", &["billing:read", "reports:read"]).await;
     assert_eq!(answer.code(), VerifyCode::Valid);
     assert_eq!(answer.scopes, ["billing:*", "reports:read"]);
-    assert_eq!(code(&server, &broad, &["billing:invoices:*"]).await, VerifyCode::Valid);
-    for refused in [&["billingX"][..], &["billing"], &["reports:write"], &["reports:*"]] {
+    assert_eq!(
+        code(&server, &broad, &["billing:invoices:*"]).await,
+        VerifyCode::Valid
+    );
+    for refused in [
+        &["billingX"][..],
+        &["billing"],
+        &["reports:write"],
+        &["reports:*"],
+    ] {
         assert_eq!(
             code(&server, &broad, refused).await,
             VerifyCode::ScopeNotAllowed,
@@ -234,8 +239,14 @@ async fn narrowing_body(server: TestServer) {
         code(&server, &narrow.token, &["billing:read:own"]).await,
         VerifyCode::ScopeNotAllowed
     );
-    assert_eq!(code(&server, &broad, &["billing:read"]).await, VerifyCode::ScopeNotAllowed);
-    assert_eq!(code(&server, &broad, &["reports:read"]).await, VerifyCode::Valid);
+    assert_eq!(
+        code(&server, &broad, &["billing:read"]).await,
+        VerifyCode::ScopeNotAllowed
+    );
+    assert_eq!(
+        code(&server, &broad, &["reports:read"]).await,
+        VerifyCode::Valid
+    );
     server.stop().await;
 }
 
@@ -625,7 +636,10 @@ async fn a_scope_change_through_one_replica_is_seen_by_another() {
             keyrack::domain::VerifyCode::Valid
         );
         let (scopes, expected) = if round % 2 == 0 {
-            (strings(&["jobs:list"]), keyrack::domain::VerifyCode::ScopeNotAllowed)
+            (
+                strings(&["jobs:list"]),
+                keyrack::domain::VerifyCode::ScopeNotAllowed,
+            )
         } else {
             (strings(&["jobs:*"]), keyrack::domain::VerifyCode::Valid)
         };

@@ -209,11 +209,14 @@ mod tests {
             let member = key_end_member(&end);
             assert_eq!(parse_key_end_member(&member), Some((kind, key_id.clone())));
         }
-        assert_eq!(key_end_member(&KeyEnd {
-            key_id: key_id.clone(),
-            kind: KeyEndKind::GraceEnded,
-            at: crate::domain::UnixMillis(5),
-        }), "grace-ended:abcdefghijklXYZ123");
+        assert_eq!(
+            key_end_member(&KeyEnd {
+                key_id: key_id.clone(),
+                kind: KeyEndKind::GraceEnded,
+                at: crate::domain::UnixMillis(5),
+            }),
+            "grace-ended:abcdefghijklXYZ123"
+        );
         assert_eq!(parse_key_end_member("lapsed:abcdefghijklXYZ123"), None);
         assert_eq!(parse_key_end_member("expired:short"), None);
     }

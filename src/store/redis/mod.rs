@@ -15,9 +15,7 @@ pub use keys::Keyspace;
 use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{
-    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis,
-};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
@@ -1455,7 +1453,13 @@ where
     ) -> StoreResult<Vec<KeyEnd>> {
         let entries: Vec<(String, f64)> = self
             .connection()
-            .zrangebyscore_limit_withscores(self.keyspace.key_ends(), from.0, until.0, 0, limit as isize)
+            .zrangebyscore_limit_withscores(
+                self.keyspace.key_ends(),
+                from.0,
+                until.0,
+                0,
+                limit as isize,
+            )
             .await
             .map_err(unavailable)?;
         Ok(entries
@@ -1523,7 +1527,11 @@ where
             .arg(holder)
             .arg("NX")
             .arg("PX")
-            .arg(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(
+                u64::try_from(interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
             .query_async(&mut self.writer())
             .await
             .map_err(unavailable)?;
