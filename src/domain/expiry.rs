@@ -161,7 +161,8 @@ mod tests {
         let sweep = DAY;
         assert_eq!(leads.warning_due(20 * DAY, sweep), None);
         assert_eq!(leads.warning_due(15 * DAY, sweep), Some(14 * DAY));
-        assert_eq!(leads.warning_due(3 * DAY, sweep), None);
+        // Still the two weeks' warning (its marker stops a second one).
+        assert_eq!(leads.warning_due(3 * DAY, sweep), Some(14 * DAY));
         assert_eq!(leads.warning_due(2 * DAY, sweep), Some(DAY));
         // A key made with a short expiry gets one warning, not both.
         assert_eq!(leads.warning_due(Duration::from_secs(60), sweep), Some(DAY));
