@@ -85,14 +85,17 @@ pub async fn report_ends_due(store: &dyn Store) -> StoreResult<usize> {
         let due = store
             .key_ends_between(UnixMillis(i64::MIN), now, BATCH)
             .await?;
+        let mut claimed = 0;
         for end in &due {
             if store.record_key_end(end, &expiry::end_event(end)).await? {
-                reported += 1;
+                claimed += 1;
             }
         }
+        reported += claimed;
         // Claimed entries leave the index, by us or another replica, so
-        // the next read starts after them.
-        if due.len() < BATCH {
+        // the next read starts after them; a full batch none of which we
+        // claimed is left to the next tick rather than read again at once.
+        if due.len() < BATCH || claimed == 0 {
             return Ok(reported);
         }
     }
