@@ -152,6 +152,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let tls = args.tls()?;
     let webhooks = args.webhooks()?;
     let (grpc_max_connections, grpc_idle_timeout) = args.grpc_connection_limits()?;
+    let expiry = args.expiry()?;
     let scim_tls = match (&tls, args.scim_listen) {
         (Some(material), Some(_)) => Some(material.scim()?),
         _ => None,
@@ -222,6 +223,7 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
             keep_credential: args.ext_authz_keep_credential,
         },
         webhooks,
+        expiry,
         ..ServerOptions::default()
     };
     // One signal stops both servers: gRPC drains its calls while SCIM

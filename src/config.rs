@@ -1,8 +1,10 @@
 //! The command line: flags, their `KEYRACK_*` variables, and the checks that
 //! run before anything binds a port.
 
+use crate::domain::expiry::LeadTimes;
 use crate::domain::token::TokenPrefix;
 use crate::grpc::reflection::ReflectionAccess;
+use crate::service::expiry::ExpiryOptions;
 use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
 use crate::service::sealing::SeedSealer;
 use crate::service::webhooks::{WebhookOptions, WebhookSecret};
@@ -316,6 +318,15 @@ pub struct ServeArgs {
     /// The webhook signing secret: a file holding `whsec_<base64>`.
     #[arg(long, env = "KEYRACK_WEBHOOK_SECRET_FILE", requires = "webhook_url")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Lead times of KEY_EXPIRING: a comma-separated list of durations
+    /// (`14d`, `1d`, `12h`, `30m`, `45s`); each key gets one warning per
+    /// lead time, sent by one replica.
+    #[arg(long, env = "KEYRACK_EXPIRY_WARNINGS", default_value = crate::domain::expiry::DEFAULT_LEAD_TIMES)]
+    pub expiry_warnings: String,
+    /// How often one replica sweeps for keys to warn of; a warning comes
+    /// between its lead time and its lead time plus this before the end.
+    #[arg(long, env = "KEYRACK_EXPIRY_SWEEP_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub expiry_sweep_interval: Duration,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -584,6 +595,22 @@ impl ServeArgs {
         let secret = WebhookSecret::parse(content.trim_end())
             .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
         Ok(Some(WebhookOptions::new(uri, secret)))
+    }
+
+    /// Expiry warnings as the flags ask for them.
+    pub fn expiry(&self) -> Result<ExpiryOptions, ConfigError> {
+        let lead_times = LeadTimes::parse(&self.expiry_warnings)
+            .map_err(|why| ConfigError(format!("--expiry-warnings: {why}")))?;
+        if self.expiry_sweep_interval < Duration::from_secs(1) {
+            return Err(ConfigError(
+                "--expiry-sweep-interval must be at least 1s".into(),
+            ));
+        }
+        Ok(ExpiryOptions {
+            lead_times,
+            sweep_interval: self.expiry_sweep_interval,
+            ..ExpiryOptions::default()
+        })
     }
 
     /// The TLS files the flags name, read now; `None` serves plaintext.

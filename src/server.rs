@@ -72,6 +72,9 @@ pub struct ServerOptions {
     pub ext_authz: ExtAuthzOptions,
     /// Where events are POSTed, if anywhere.
     pub webhooks: Option<crate::service::webhooks::WebhookOptions>,
+    /// When KEY_EXPIRING warnings go out, and how soon after a key's end
+    /// its event comes.
+    pub expiry: crate::service::expiry::ExpiryOptions,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +97,7 @@ impl Default for ServerOptions {
             audit_max_age: None,
             ext_authz: ExtAuthzOptions::default(),
             webhooks: None,
+            expiry: crate::service::expiry::ExpiryOptions::default(),
         }
     }
 }
@@ -200,6 +204,11 @@ pub async fn serve(
         ))
     });
 
+    let expiry = tokio::spawn(crate::service::expiry::run(
+        Arc::clone(authority.store()),
+        options.expiry.clone(),
+    ));
+
     let verify = VerifyServiceServer::new(VerifyApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
@@ -290,6 +299,7 @@ pub async fn serve(
     health_task.abort();
     flusher.abort();
     count_keys_under_older_secret.abort();
+    expiry.abort();
     if let Some(webhooks) = webhooks {
         webhooks.abort();
     }

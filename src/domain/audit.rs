@@ -35,6 +35,14 @@ pub struct AuditEvent {
     /// HONEYTOKEN_USED: the W3C trace id of the call, when traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// KEY_EXPIRING, KEY_EXPIRED and GRACE_ENDED: when the key's record
+    /// ends (ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<UnixMillis>,
+    /// KEY_EXPIRING: the lead time of `--expiry-warnings` it was sent for,
+    /// in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_seconds: Option<u64>,
 }
 
 /// An audit entry id's (milliseconds, sequence), the order of entries;
@@ -50,6 +58,12 @@ pub fn entry_position(id: &str) -> Option<(i64, u64)> {
 
 /// The action of the event a honeytoken's use records.
 pub const HONEYTOKEN_USED: &str = "HONEYTOKEN_USED";
+/// The action of a warning that a key's record ends within a lead time.
+pub const KEY_EXPIRING: &str = "KEY_EXPIRING";
+/// The action of the event a key's expiry (or its identity's) records.
+pub const KEY_EXPIRED: &str = "KEY_EXPIRED";
+/// The action of the event the end of a rolled key's grace period records.
+pub const GRACE_ENDED: &str = "GRACE_ENDED";
 
 /// What kind of event an audit entry is, for watchers and their filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +72,25 @@ pub enum EventKind {
     Audit,
     /// A honeytoken was presented to Verify.
     HoneytokenUsed,
+    /// A key's record ends within one of the `--expiry-warnings` lead times.
+    KeyExpiring,
+    /// A key's record ended at its expiry (or its identity's).
+    KeyExpired,
+    /// A rolled key's grace period ended.
+    GraceEnded,
+}
+
+impl EventKind {
+    /// The kind's name, as WatchEvents and webhooks spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Audit => "AUDIT",
+            EventKind::HoneytokenUsed => HONEYTOKEN_USED,
+            EventKind::KeyExpiring => KEY_EXPIRING,
+            EventKind::KeyExpired => KEY_EXPIRED,
+            EventKind::GraceEnded => GRACE_ENDED,
+        }
+    }
 }
 
 impl AuditEvent {
@@ -76,6 +109,8 @@ impl AuditEvent {
             request_id: request_id.into(),
             client_ip: None,
             trace_id: None,
+            deadline: None,
+            lead_time_seconds: None,
         }
     }
 
@@ -83,6 +118,9 @@ impl AuditEvent {
     pub fn kind(&self) -> EventKind {
         match self.action.as_str() {
             HONEYTOKEN_USED => EventKind::HoneytokenUsed,
+            KEY_EXPIRING => EventKind::KeyExpiring,
+            KEY_EXPIRED => EventKind::KeyExpired,
+            GRACE_ENDED => EventKind::GraceEnded,
             _ => EventKind::Audit,
         }
     }

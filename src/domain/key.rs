@@ -25,6 +25,27 @@ pub enum Origin {
     Import,
 }
 
+/// Why a key's record ends on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyEndKind {
+    /// Its `expire_time`, or its identity's, came.
+    Expired,
+    /// The grace period after its roll ended.
+    GraceEnded,
+}
+
+/// When and why a key's record ends on its own: an entry of the deadline
+/// index, from which KEY_EXPIRING, KEY_EXPIRED and GRACE_ENDED come.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyEnd {
+    /// The key.
+    pub key_id: KeyId,
+    /// Why it ends.
+    pub kind: KeyEndKind,
+    /// When.
+    pub at: UnixMillis,
+}
+
 /// An API key as stored. There is no secret here, only its hash.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKey {
@@ -98,6 +119,23 @@ impl ApiKey {
             self.grace_expire_time,
             identity_expire_time,
         ])
+    }
+
+    /// When and why this key's record ends on its own (see
+    /// `record_deadline`): at its grace deadline the grace period ended,
+    /// at any other deadline the key expired. The deadline index holds it.
+    pub fn end(&self, identity_expire_time: Option<UnixMillis>) -> Option<KeyEnd> {
+        let at = self.record_deadline(identity_expire_time)?;
+        let kind = if self.grace_expire_time == Some(at) {
+            KeyEndKind::GraceEnded
+        } else {
+            KeyEndKind::Expired
+        };
+        Some(KeyEnd {
+            key_id: self.id.clone(),
+            kind,
+            at,
+        })
     }
 
     /// The scopes this key grants as a key of `identity`.

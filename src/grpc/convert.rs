@@ -778,14 +778,16 @@ pub fn watch_in(
     }
     let mut kinds = Vec::new();
     for (index, kind) in request.kinds.iter().enumerate() {
+        use crate::domain::EventKind;
         match proto::EventKind::try_from(*kind) {
-            Ok(proto::EventKind::Audit) => kinds.push(crate::domain::EventKind::Audit),
-            Ok(proto::EventKind::HoneytokenUsed) => {
-                kinds.push(crate::domain::EventKind::HoneytokenUsed);
-            }
+            Ok(proto::EventKind::Audit) => kinds.push(EventKind::Audit),
+            Ok(proto::EventKind::HoneytokenUsed) => kinds.push(EventKind::HoneytokenUsed),
+            Ok(proto::EventKind::KeyExpiring) => kinds.push(EventKind::KeyExpiring),
+            Ok(proto::EventKind::KeyExpired) => kinds.push(EventKind::KeyExpired),
+            Ok(proto::EventKind::GraceEnded) => kinds.push(EventKind::GraceEnded),
             Ok(proto::EventKind::Unspecified) | Err(_) => violations.add(
                 format!("kinds[{index}]"),
-                "must be an event kind (AUDIT, HONEYTOKEN_USED)",
+                "must be an event kind (AUDIT, HONEYTOKEN_USED, KEY_EXPIRING, KEY_EXPIRED, GRACE_ENDED)",
             ),
         }
     }
@@ -811,6 +813,9 @@ pub fn watch_item_out(item: crate::service::events::WatchItem) -> proto::WatchEv
             kind: match event.kind() {
                 crate::domain::EventKind::Audit => proto::EventKind::Audit,
                 crate::domain::EventKind::HoneytokenUsed => proto::EventKind::HoneytokenUsed,
+                crate::domain::EventKind::KeyExpiring => proto::EventKind::KeyExpiring,
+                crate::domain::EventKind::KeyExpired => proto::EventKind::KeyExpired,
+                crate::domain::EventKind::GraceEnded => proto::EventKind::GraceEnded,
             }
             .into(),
             audit_event: Some(audit_event_out(event)),
@@ -839,6 +844,13 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
         request_id: event.request_id,
         client_ip: event.client_ip.unwrap_or_default(),
         trace_id: event.trace_id.unwrap_or_default(),
+        deadline_time: event.deadline.map(timestamp_out),
+        lead_time: event
+            .lead_time_seconds
+            .map(|seconds| prost_types::Duration {
+                seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
     }
 }
 

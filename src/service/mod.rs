@@ -5,6 +5,7 @@
 pub mod audit;
 mod datasets;
 pub mod events;
+pub mod expiry;
 pub mod guard;
 mod hash_pool;
 pub mod hashing;

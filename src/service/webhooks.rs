@@ -108,10 +108,7 @@ impl WebhookOptions {
 /// the event's kind as WatchEvents names it and `data` the event with its
 /// cursor.
 pub fn body_of(event: &AuditEvent) -> Vec<u8> {
-    let kind = match event.kind() {
-        crate::domain::EventKind::Audit => "AUDIT",
-        crate::domain::EventKind::HoneytokenUsed => "HONEYTOKEN_USED",
-    };
+    let kind = event.kind().name();
     let mut data = serde_json::to_value(event).unwrap_or_default();
     if let Some(fields) = data.as_object_mut() {
         fields.insert("cursor".into(), event.id.clone().into());

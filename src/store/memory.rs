@@ -7,10 +7,13 @@ use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::usage::{self, UsageCheck};
-use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{
+    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, UnixMillis,
+};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// A record with the instant it disappears, like a Redis key with a TTL.
 struct Expiring<T> {
@@ -55,6 +58,14 @@ struct State {
     last_audit_id: (i64, u64),
     /// Delivery groups on the audit log, by name.
     deliveries: HashMap<String, DeliveryGroup>,
+    /// The deadline index, ordered by when: (end, kind, key).
+    key_ends: BTreeSet<(UnixMillis, KeyEndKind, KeyId)>,
+    /// Each indexed key's entry, to replace or remove it.
+    key_end_of: HashMap<KeyId, (UnixMillis, KeyEndKind)>,
+    /// Warnings sent: (key, its end, lead time); dropped once the end passed.
+    expiry_warned: HashSet<(KeyId, UnixMillis, Duration)>,
+    /// Until when the expiry sweep is taken.
+    expiry_sweep_until: UnixMillis,
 }
 
 /// A consumer group on the audit log, as Redis Streams keeps one.
@@ -167,6 +178,7 @@ impl State {
             self.remove_identity(&id);
         }
         self.keys.retain(|_, entry| entry.live(now));
+        self.expiry_warned.retain(|(_, end, _)| *end > now);
         let keys = &self.keys;
         self.last_use.retain(|id, _| keys.contains_key(id));
         self.sessions.retain(|_, session| session.expire_time > now);
@@ -209,6 +221,11 @@ impl State {
 
     fn put_key(&mut self, key: ApiKey, identity_expire: Option<UnixMillis>) {
         let deadline = key.record_deadline(identity_expire);
+        self.unindex_key_end(&key.id);
+        if let Some(end) = key.end(identity_expire) {
+            self.key_ends.insert((end.at, end.kind, end.key_id.clone()));
+            self.key_end_of.insert(end.key_id, (end.at, end.kind));
+        }
         self.keys.insert(
             key.id.clone(),
             Expiring {
@@ -216,6 +233,30 @@ impl State {
                 deadline,
             },
         );
+    }
+}
+
+impl State {
+    /// Drops `id`'s deadline index entry (the key was deleted while live).
+    fn unindex_key_end(&mut self, id: &KeyId) {
+        if let Some((at, kind)) = self.key_end_of.remove(id) {
+            self.key_ends.remove(&(at, kind, id.clone()));
+        }
+    }
+
+    /// Whether the deadline index holds exactly `end`.
+    fn holds_key_end(&self, end: &KeyEnd) -> bool {
+        self.key_end_of.get(&end.key_id) == Some(&(end.at, end.kind))
+    }
+
+    /// Deletes a key record; true when it was live (its end is then not to
+    /// be reported; a key that ended already keeps its entry).
+    fn delete_key(&mut self, id: &KeyId) -> bool {
+        let live = self.keys.remove(id).is_some_and(|e| e.live(self.now));
+        if live {
+            self.unindex_key_end(id);
+        }
+        live
     }
 }
 
@@ -399,6 +440,10 @@ impl Store for MemoryStore {
                 {
                     return Err(StoreError::Conflict);
                 }
+                let live_keys: Vec<KeyId> = state.keys_of(id).map(|k| k.id.clone()).collect();
+                for key_id in &live_keys {
+                    state.unindex_key_end(key_id);
+                }
                 Ok(state.remove_identity(id))
             },
             |deleted| *deleted,
@@ -476,10 +521,11 @@ impl Store for MemoryStore {
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         self.audited(
             |state| {
-                let Some(entry) = state.keys.remove(id).filter(|e| e.live(state.now)) else {
+                let Some(key) = state.key(id).cloned() else {
                     return Ok(false);
                 };
-                let key = entry.value;
+                state.delete_key(id);
+                // The budget goes with its last key (see `ApiKey::budget_sharers`).
                 if !key.budget_sharers().any(|other| state.key(other).is_some())
                     && let Some(usage) = state.usage.get_mut(&key.identity_id)
                 {
@@ -512,7 +558,7 @@ impl Store for MemoryStore {
                     stored.revision += 1;
                     state.put_key(stored, identity_expire);
                 } else {
-                    state.keys.remove(&old.id);
+                    state.delete_key(&old.id);
                 }
                 state.put_key(replacement.clone(), identity_expire);
                 Ok(())
@@ -867,6 +913,81 @@ impl Store for MemoryStore {
             }
             Ok(())
         })
+    }
+
+    async fn key_ends_between(
+        &self,
+        from: UnixMillis,
+        until: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<Vec<KeyEnd>> {
+        self.with_state(|state| {
+            Ok(state
+                .key_ends
+                .iter()
+                .skip_while(|(at, _, _)| *at < from)
+                .take_while(|(at, _, _)| *at <= until)
+                .take(limit)
+                .map(|(at, kind, key_id)| KeyEnd {
+                    key_id: key_id.clone(),
+                    kind: *kind,
+                    at: *at,
+                })
+                .collect())
+        })
+    }
+
+    async fn record_key_end(&self, end: &KeyEnd, event: &AuditEvent) -> StoreResult<bool> {
+        let claimed = self.with_state(|state| {
+            if !state.holds_key_end(end) {
+                return Ok(false);
+            }
+            state.unindex_key_end(&end.key_id);
+            state.append_audit(event.clone());
+            Ok(true)
+        })?;
+        if claimed {
+            crate::metrics::metrics().audit_events.inc();
+        }
+        Ok(claimed)
+    }
+
+    async fn record_expiry_warning(
+        &self,
+        end: &KeyEnd,
+        lead: Duration,
+        event: &AuditEvent,
+    ) -> StoreResult<bool> {
+        let sent = self.with_state(|state| {
+            if !state.holds_key_end(end)
+                || !state
+                    .expiry_warned
+                    .insert((end.key_id.clone(), end.at, lead))
+            {
+                return Ok(false);
+            }
+            state.append_audit(event.clone());
+            Ok(true)
+        })?;
+        if sent {
+            crate::metrics::metrics().audit_events.inc();
+        }
+        Ok(sent)
+    }
+
+    async fn claim_expiry_sweep(&self, _holder: &str, interval: Duration) -> StoreResult<bool> {
+        self.with_state(|state| {
+            if state.expiry_sweep_until > state.now {
+                return Ok(false);
+            }
+            state.expiry_sweep_until = state.now.plus(interval);
+            Ok(true)
+        })
+    }
+
+    async fn index_key_ends_once(&self) -> StoreResult<usize> {
+        // Every key this store ever held was indexed when written.
+        Ok(0)
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {

@@ -21,6 +21,12 @@
 //!   finds every grant that can still exist.
 //! - A change made inside an armed audit scope ([`journal`]) appends its
 //!   audit event in the same atomic step.
+//! - Every write of a key record keeps its entry in the deadline index
+//!   ([`KeyEnd`], from `ApiKey::end`) in the same atomic step; deleting a
+//!   live key (revoke, identity delete, a roll without grace) removes it.
+//!   An entry stays until a replica claims it with
+//!   [`Store::record_key_end`], so a key that ended on its own is reported
+//!   once, and one deleted before its end never.
 
 pub mod journal;
 pub mod memory;
@@ -29,8 +35,9 @@ pub mod redis;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::usage::{Settlement, UsageCheck};
-use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
+use std::time::Duration;
 
 /// What a store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +289,48 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks an event delivered: it leaves the group's pending entries.
     async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()>;
+
+    /// Whether this store keeps the deadline index behind KEY_EXPIRING,
+    /// KEY_EXPIRED and GRACE_ENDED (Redis Cluster does not yet: the index
+    /// would be a write in another slot than each key's).
+    fn indexes_key_ends(&self) -> bool {
+        true
+    }
+
+    /// Up to `limit` entries of the deadline index ending from `from` to
+    /// `until` (both included), earliest first.
+    async fn key_ends_between(
+        &self,
+        from: UnixMillis,
+        until: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<Vec<KeyEnd>>;
+
+    /// Claims the deadline index entry `end` and appends `event` in the
+    /// same atomic step; false when the entry no longer says exactly that
+    /// (another replica claimed it, or the key changed or went away).
+    async fn record_key_end(&self, end: &KeyEnd, event: &AuditEvent) -> StoreResult<bool>;
+
+    /// Appends `event`, the warning `lead` ahead of `end`, in the same
+    /// atomic step as a marker that makes it once per key, end and lead
+    /// time across replicas; false when it was sent already or the index no
+    /// longer holds `end`.
+    async fn record_expiry_warning(
+        &self,
+        end: &KeyEnd,
+        lead: Duration,
+        event: &AuditEvent,
+    ) -> StoreResult<bool>;
+
+    /// Takes the expiry sweep unless some replica took it less than
+    /// `interval` ago (a lease that lapses on its own): true when the
+    /// caller should sweep now.
+    async fn claim_expiry_sweep(&self, holder: &str, interval: Duration) -> StoreResult<bool>;
+
+    /// Gives keys written before the deadline index existed their entries;
+    /// once per store (a marker remembers it), harmless when repeated.
+    /// Returns how many keys were indexed.
+    async fn index_key_ends_once(&self) -> StoreResult<usize>;
 
     /// Stores a console session under `handle` (a digest of its cookie)
     /// until its `expire_time`.

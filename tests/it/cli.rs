@@ -346,6 +346,36 @@ fn bad_configuration_exits_with_one_line_before_binding() {
             ],
             "--webhook-secret-file",
         ),
+        (
+            vec!["serve", "--listen", &listen, "--expiry-warnings", "soon"],
+            "--expiry-warnings: \"soon\" is not a duration (like 14d, 1d, 12h, 30m or 45s)",
+        ),
+        (
+            vec!["serve", "--listen", &listen, "--expiry-warnings", "14d,,1d"],
+            "--expiry-warnings: \"14d,,1d\" has an empty entry",
+        ),
+        (
+            vec!["serve", "--listen", &listen, "--expiry-warnings", "0s"],
+            "--expiry-warnings: \"0s\" must be a whole number of seconds, at least 1s",
+        ),
+        (
+            vec!["serve", "--listen", &listen, "--expiry-warnings", "1d,24h"],
+            "--expiry-warnings: \"24h\" is given twice",
+        ),
+        (
+            vec!["serve", "--listen", &listen, "--expiry-warnings", "2y"],
+            "--expiry-warnings: \"2y\" is longer than a year",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--expiry-sweep-interval",
+                "500ms",
+            ],
+            "--expiry-sweep-interval must be at least 1s",
+        ),
     ];
     for (args, reason) in cases {
         let output = keyrack()

@@ -12,6 +12,7 @@ mod deploy;
 mod durability;
 mod envoy;
 mod events;
+mod expiry;
 mod hostile;
 mod hot_path;
 mod observability;

@@ -3,7 +3,7 @@
 
 use crate::support::{Backend, RedisServer, eventually, open_store};
 use keyrack::domain::session::ConsoleSession;
-use keyrack::domain::{ApiKey, Identity, IdentityId, KeyId, State, UnixMillis};
+use keyrack::domain::{ApiKey, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, State, UnixMillis};
 use keyrack::store::{Store, StoreError};
 use std::time::Duration;
 
@@ -94,6 +94,7 @@ contract!(
     grants_need_a_dataset_that_exists_and_is_not_being_deleted,
     the_audit_log_is_followed_and_shared_by_a_delivery_group,
     console_sessions_end_at_their_deadline_or_on_delete,
+    the_deadline_index_follows_every_key_write,
 );
 
 /// The actions of `events`, in order.
@@ -953,4 +954,144 @@ async fn grants_need_a_dataset_that_exists_and_is_not_being_deleted(store: &dyn 
     refused(store.create_identity(&regranted, &[]).await, "held");
     store.create_dataset(&dataset("held")).await.unwrap();
     store.create_identity(&regranted, &[]).await.unwrap();
+}
+
+/// The deadline index entries of `identity`'s keys, as (kind, key, end).
+async fn key_ends_of(
+    store: &dyn Store,
+    identity: &Identity,
+) -> Vec<(KeyEndKind, KeyId, UnixMillis)> {
+    let mut ends: Vec<_> = store
+        .key_ends_between(UnixMillis(0), UnixMillis(i64::MAX), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|end| end.key_id.identity_id() == identity.id)
+        .map(|end| (end.kind, end.key_id, end.at))
+        .collect();
+    ends.sort();
+    ends
+}
+
+async fn the_deadline_index_follows_every_key_write(store: &dyn Store) {
+    if !store.indexes_key_ends() {
+        return; // Redis Cluster: no deadline index yet.
+    }
+    let mut alpha = identity("alpha");
+    let mut expiring = key(&alpha, "expiring");
+    expiring.expire_time = soon(600_000);
+    let lasting = key(&alpha, "lasting");
+    store
+        .create_identity(&alpha, &[expiring.clone(), lasting.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        key_ends_of(store, &alpha).await,
+        [(
+            KeyEndKind::Expired,
+            expiring.id.clone(),
+            expiring.expire_time.unwrap()
+        )],
+        "only a key with a deadline has an end"
+    );
+
+    // The identity's expiry caps every key's end.
+    alpha.expire_time = soon(300_000);
+    let alpha = store.update_identity(&alpha).await.unwrap();
+    let capped = alpha.expire_time.unwrap();
+    let mut expected = vec![
+        (KeyEndKind::Expired, expiring.id.clone(), capped),
+        (KeyEndKind::Expired, lasting.id.clone(), capped),
+    ];
+    expected.sort();
+    assert_eq!(key_ends_of(store, &alpha).await, expected);
+
+    // A roll with grace: the old key's end is its grace's; the replacement
+    // ends with its identity.
+    let mut replacement = key(&alpha, "expiring");
+    replacement.rolled_from = Some(expiring.id.clone());
+    let mut retiring = store.get_key(&expiring.id).await.unwrap().unwrap();
+    retiring.rolled_to = Some(replacement.id.clone());
+    retiring.grace_expire_time = soon(100_000);
+    store.roll_key(&retiring, &replacement).await.unwrap();
+    let grace_end = KeyEnd {
+        key_id: expiring.id.clone(),
+        kind: KeyEndKind::GraceEnded,
+        at: retiring.grace_expire_time.unwrap(),
+    };
+    // Deleting a live key removes its end.
+    assert!(store.delete_key(&lasting.id).await.unwrap());
+    let mut expected = vec![
+        (grace_end.kind, grace_end.key_id.clone(), grace_end.at),
+        (KeyEndKind::Expired, replacement.id.clone(), capped),
+    ];
+    expected.sort();
+    assert_eq!(key_ends_of(store, &alpha).await, expected);
+
+    // An end is claimed once, and only as the index holds it.
+    let before = store.list_audit(None, 1000).await.unwrap().len();
+    let event = keyrack::domain::expiry::end_event(&grace_end);
+    let stale = KeyEnd {
+        at: UnixMillis(grace_end.at.0 + 1),
+        ..grace_end.clone()
+    };
+    assert!(!store.record_key_end(&stale, &event).await.unwrap());
+    assert!(store.record_key_end(&grace_end, &event).await.unwrap());
+    assert!(!store.record_key_end(&grace_end, &event).await.unwrap());
+    let logged = store.list_audit(None, 1000).await.unwrap();
+    assert_eq!(logged.len(), before + 1);
+    assert_eq!(logged[0].action, "GRACE_ENDED");
+
+    // A warning is sent once per end and lead time.
+    let replacement_end = KeyEnd {
+        key_id: replacement.id.clone(),
+        kind: KeyEndKind::Expired,
+        at: capped,
+    };
+    let day = Duration::from_secs(86_400);
+    let hour = Duration::from_secs(3_600);
+    let warning = keyrack::domain::expiry::warning_event(&replacement_end, day);
+    assert!(
+        store
+            .record_expiry_warning(&replacement_end, day, &warning)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_expiry_warning(&replacement_end, day, &warning)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_expiry_warning(&replacement_end, hour, &warning)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_expiry_warning(&stale, hour, &warning)
+            .await
+            .unwrap(),
+        "no warning for an end the index does not hold"
+    );
+
+    // The sweep's lease is taken once per interval.
+    assert!(
+        store
+            .claim_expiry_sweep("one", Duration::from_secs(3_600))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_expiry_sweep("two", Duration::from_secs(3_600))
+            .await
+            .unwrap()
+    );
+
+    // Deleting the identity removes its keys' ends.
+    assert!(store.delete_identity(&alpha.id, None).await.unwrap());
+    assert!(key_ends_of(store, &alpha).await.is_empty());
 }

@@ -18,9 +18,37 @@
 //! <prefix>dataset:{<name>}                  JSON Dataset
 //! <prefix>datasets                          ZSET of dataset names (score 0)
 //! <prefix>console-session:<handle>          JSON console session, PEXPIREAT its end
+//! <prefix>key-ends                          ZSET "<kind>:<key id>" scored by the key's end (ms)
+//! <prefix>expiry:warned:<key id>:<end ms>:<lead s>  marker of a sent KEY_EXPIRING
+//! <prefix>expiry:sweep                      lease of the expiry sweep (PX its interval)
+//! <prefix>expiry:indexed                    marker: keys written before the index have entries
 //! ```
 
-use crate::domain::{IdentityId, KeyId};
+use crate::domain::{IdentityId, KeyEnd, KeyEndKind, KeyId};
+use std::time::Duration;
+
+/// A deadline index member's kind part; the Lua in `scripts.rs` (`key_end`)
+/// writes the same two words.
+fn key_end_kind_word(kind: KeyEndKind) -> &'static str {
+    match kind {
+        KeyEndKind::Expired => "expired",
+        KeyEndKind::GraceEnded => "grace-ended",
+    }
+}
+
+/// The deadline index member of `end`: `<kind>:<key id>`.
+pub fn key_end_member(end: &KeyEnd) -> String {
+    format!("{}:{}", key_end_kind_word(end.kind), end.key_id)
+}
+
+/// The kind and key of a deadline index member; `None` for anything else.
+pub fn parse_key_end_member(member: &str) -> Option<(KeyEndKind, KeyId)> {
+    let (word, id) = member.split_once(':')?;
+    let kind = [KeyEndKind::Expired, KeyEndKind::GraceEnded]
+        .into_iter()
+        .find(|kind| key_end_kind_word(*kind) == word)?;
+    Some((kind, KeyId::parse(id).ok()?))
+}
 
 /// Builds every Redis key keyrack uses, under a configurable prefix.
 #[derive(Debug, Clone)]
@@ -122,6 +150,32 @@ impl Keyspace {
         format!("{}console-session:{handle}", self.prefix)
     }
 
+    /// The deadline index: every key's end, scored by when.
+    pub fn key_ends(&self) -> String {
+        format!("{}key-ends", self.prefix)
+    }
+
+    /// The marker that the warning `lead` ahead of `end` was sent.
+    pub fn expiry_warned(&self, end: &KeyEnd, lead: Duration) -> String {
+        format!(
+            "{}expiry:warned:{}:{}:{}",
+            self.prefix,
+            end.key_id,
+            end.at.0,
+            lead.as_secs()
+        )
+    }
+
+    /// The expiry sweep's lease.
+    pub fn expiry_sweep(&self) -> String {
+        format!("{}expiry:sweep", self.prefix)
+    }
+
+    /// The marker that keys written before the deadline index got entries.
+    pub fn key_ends_indexed(&self) -> String {
+        format!("{}expiry:indexed", self.prefix)
+    }
+
     /// The import index entry of one imported token's keyed digest: the id
     /// of its key. Its own slot, so written around the key record.
     pub fn import(&self, digest: &str) -> String {
@@ -154,5 +208,29 @@ mod tests {
             keyspace.key(&key),
             "keyrack:{abcdefghijkl}:key:abcdefghijklXYZ123"
         );
+    }
+
+    #[test]
+    fn deadline_index_members_read_back() {
+        let key_id = KeyId::parse("abcdefghijklXYZ123").unwrap();
+        for kind in [KeyEndKind::Expired, KeyEndKind::GraceEnded] {
+            let end = KeyEnd {
+                key_id: key_id.clone(),
+                kind,
+                at: crate::domain::UnixMillis(5),
+            };
+            let member = key_end_member(&end);
+            assert_eq!(parse_key_end_member(&member), Some((kind, key_id.clone())));
+        }
+        assert_eq!(
+            key_end_member(&KeyEnd {
+                key_id: key_id.clone(),
+                kind: KeyEndKind::GraceEnded,
+                at: crate::domain::UnixMillis(5),
+            }),
+            "grace-ended:abcdefghijklXYZ123"
+        );
+        assert_eq!(parse_key_end_member("lapsed:abcdefghijklXYZ123"), None);
+        assert_eq!(parse_key_end_member("expired:short"), None);
     }
 }

@@ -17,7 +17,7 @@ use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
@@ -61,12 +61,15 @@ pub struct RedisStore<C = ConnectionManager> {
     response_timeout: Duration,
 }
 
-/// The audit arguments every audited script takes last: the stream, the
-/// armed event (empty when none) and the stream's length bound. Under Redis
-/// Cluster the stream lives in another slot than the change, so the script
-/// gets a key of its own slot that it never writes, and the event waits in
+/// The arguments every audited script takes last: the deadline index and
+/// whether to write it, the stream, the armed event (empty when none) and
+/// the stream's length bound. Under Redis Cluster the stream and the index
+/// live in other slots than the change, so the script gets keys of its own
+/// slot that it never writes, the index is not kept, and the event waits in
 /// `deferred` until the change has committed.
 struct AuditArgs {
+    key_ends: String,
+    index_key_ends: bool,
     stream: String,
     event: String,
     max_events: usize,
@@ -87,7 +90,9 @@ trait WithAudit {
 
 impl WithAudit for redis::ScriptInvocation<'_> {
     fn with_audit(&mut self, audit: &AuditArgs) -> &mut Self {
-        self.key(&audit.stream)
+        self.key(&audit.key_ends)
+            .key(&audit.stream)
+            .arg(if audit.index_key_ends { "1" } else { "0" })
             .arg(&audit.event)
             .arg(audit.max_events)
     }
@@ -147,6 +152,11 @@ fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<Au
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
+
+/// How long a warning's marker outlives the end it warned of: sweeps look
+/// only at ends to come, so past the end it guards nothing, and the margin
+/// covers clocks that disagree.
+const EXPIRY_WARNING_MARKER_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a fresh name claim is respected even though its identity record
 /// does not carry the name yet: far longer than a create or rename takes.
@@ -413,6 +423,8 @@ where
             .transpose()?;
         Ok(if self.cluster {
             AuditArgs {
+                key_ends: format!("{slot_key}:key-ends-unused"),
+                index_key_ends: false,
                 stream: format!("{slot_key}:audit-deferred"),
                 event: String::new(),
                 max_events: self.audit_max_events,
@@ -420,6 +432,8 @@ where
             }
         } else {
             AuditArgs {
+                key_ends: self.keyspace.key_ends(),
+                index_key_ends: true,
                 stream: self.keyspace.audit(),
                 event: event.unwrap_or_default(),
                 max_events: self.audit_max_events,
@@ -1595,6 +1609,147 @@ where
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    fn indexes_key_ends(&self) -> bool {
+        !self.cluster
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.key_ends_between", skip_all)]
+    async fn key_ends_between(
+        &self,
+        from: UnixMillis,
+        until: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<Vec<KeyEnd>> {
+        let entries: Vec<(String, f64)> = self
+            .connection()
+            .zrangebyscore_limit_withscores(
+                self.keyspace.key_ends(),
+                from.0,
+                until.0,
+                0,
+                limit as isize,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(member, score)| {
+                // Nothing but keyrack's scripts writes the index; an entry it
+                // cannot read is skipped rather than stopping every other.
+                let (kind, key_id) = keys::parse_key_end_member(&member)?;
+                Some(KeyEnd {
+                    key_id,
+                    kind,
+                    at: UnixMillis(score as i64),
+                })
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.record_key_end", skip_all)]
+    async fn record_key_end(&self, end: &KeyEnd, event: &AuditEvent) -> StoreResult<bool> {
+        let claimed: i64 = scripts::RECORD_KEY_END
+            .key(self.keyspace.key_ends())
+            .key(self.keyspace.audit())
+            .arg(keys::key_end_member(end))
+            .arg(end.at.0)
+            .arg(encode(event)?)
+            .arg(self.audit_max_events)
+            .invoke_async(&mut self.writer())
+            .await
+            .map_err(unavailable)?;
+        if claimed == 1 {
+            crate::metrics::metrics().audit_events.inc();
+        }
+        Ok(claimed == 1)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.record_expiry_warning", skip_all)]
+    async fn record_expiry_warning(
+        &self,
+        end: &KeyEnd,
+        lead: Duration,
+        event: &AuditEvent,
+    ) -> StoreResult<bool> {
+        let sent: i64 = scripts::RECORD_EXPIRY_WARNING
+            .key(self.keyspace.key_ends())
+            .key(self.keyspace.expiry_warned(end, lead))
+            .key(self.keyspace.audit())
+            .arg(keys::key_end_member(end))
+            .arg(end.at.0)
+            .arg(end.at.plus(EXPIRY_WARNING_MARKER_MARGIN).0)
+            .arg(encode(event)?)
+            .arg(self.audit_max_events)
+            .invoke_async(&mut self.writer())
+            .await
+            .map_err(unavailable)?;
+        if sent == 1 {
+            crate::metrics::metrics().audit_events.inc();
+        }
+        Ok(sent == 1)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.claim_expiry_sweep", skip_all)]
+    async fn claim_expiry_sweep(&self, holder: &str, interval: Duration) -> StoreResult<bool> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.keyspace.expiry_sweep())
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(
+                u64::try_from(interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .query_async(&mut self.writer())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.index_key_ends_once", skip_all)]
+    async fn index_key_ends_once(&self) -> StoreResult<usize> {
+        if self.cluster {
+            return Ok(0);
+        }
+        let done: bool = self
+            .connection()
+            .exists(self.keyspace.key_ends_indexed())
+            .await
+            .map_err(unavailable)?;
+        if done {
+            return Ok(0);
+        }
+        // Replicas starting together may both walk: each entry is what a
+        // write of its key would make, so the second walk changes nothing.
+        let mut indexed = 0;
+        let mut after: Option<IdentityId> = None;
+        loop {
+            let page = self.list_identities(after.as_ref(), 256).await?;
+            for identity in &page {
+                let count: i64 = scripts::INDEX_KEY_ENDS
+                    .key(self.keyspace.identity(&identity.id))
+                    .key(self.keyspace.key_index(&identity.id))
+                    .key(self.keyspace.key_ends())
+                    .arg(self.keyspace.key_prefix(&identity.id))
+                    .invoke_async(&mut self.writer())
+                    .await
+                    .map_err(unavailable)?;
+                indexed += usize::try_from(count).unwrap_or_default();
+            }
+            match page.last() {
+                Some(last) if page.len() == 256 => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        let _: () = self
+            .writer()
+            .set(self.keyspace.key_ends_indexed(), UnixMillis::now().0)
+            .await
+            .map_err(unavailable)?;
+        Ok(indexed)
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {

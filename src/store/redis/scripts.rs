@@ -6,6 +6,10 @@
 //! expires at the earliest of its `expire_time`, its `grace_expire_time` and its
 //! identity's `expire_time`. Every script that writes a key record re-applies it,
 //! so no write can clear a grace period.
+//!
+//! The deadline index mirrors `ApiKey::end`: every script that writes a key
+//! record writes its entry (`index_key_end`) in the same call, and every
+//! script that deletes a live key removes it (`unindex_key_end`).
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -22,6 +26,22 @@ local function key_deadline(key, identity_expire)
   return earliest(earliest(earliest(nil, key.expire_time), key.grace_expire_time), identity_expire)
 end
 local function holds_name(key) return type(key.rolled_to) ~= 'string' end
+-- ApiKey::end: the record's deadline, and whether it is the grace period's end.
+local function key_end(key, identity_expire)
+  local at = key_deadline(key, identity_expire)
+  if at == nil then return nil, nil end
+  if key.grace_expire_time == at then return at, 'grace-ended' end
+  return at, 'expired'
+end
+local function unindex_key_end(index, id)
+  if index then redis.call('ZREM', index, 'expired:' .. id, 'grace-ended:' .. id) end
+end
+local function index_key_end(index, key, identity_expire)
+  if not index then return end
+  unindex_key_end(index, key.id)
+  local at, kind = key_end(key, identity_expire)
+  if at then redis.call('ZADD', index, string.format('%d', at), kind .. ':' .. key.id) end
+end
 local function key_name_taken(names_key, key_prefix, name, id)
   local holder = redis.call('HGET', names_key, name)
   if not holder or holder == id then return false end
@@ -58,16 +78,21 @@ local function expire_identity_indexes(index_key, names_key, identity_expire, to
 end
 "#;
 
-/// The audit tail of a change script. Callers pass the audit stream as the
-/// last KEYS entry and the event (empty: none) and the stream's length bound
-/// as the last two ARGV entries; they are taken off before the body runs, so
-/// the body sees exactly its own arguments. A change that succeeded ('OK', or
-/// 1 for deletions) appends the event in the same script: the record and its
-/// audit event are written together or not at all.
+/// The audit tail of a change script. Callers pass the deadline index and
+/// the audit stream as the last two KEYS entries, and whether to write the
+/// index ('1' or '0'), the event (empty: none) and the stream's length bound
+/// as the last three ARGV entries; they are taken off before the body runs,
+/// so the body sees exactly its own arguments (and `key_ends`, the index or
+/// nil). A change that succeeded ('OK', or 1 for deletions) appends the
+/// event in the same script: the record, its index entry and its audit event
+/// are written together or not at all.
 const AUDIT: &str = r#"
 local audit_stream = table.remove(KEYS)
+local key_ends_key = table.remove(KEYS)
 local audit_max = table.remove(ARGV)
 local audit_event = table.remove(ARGV)
+local key_ends = nil
+if table.remove(ARGV) == '1' then key_ends = key_ends_key end
 local function change()
 %BODY%
 end
@@ -101,6 +126,7 @@ for i = 3, #ARGV do
   local record = ARGV[1] .. key.id
   redis.call('SET', record, ARGV[i])
   expire_at(record, key_deadline(key, identity.expire_time))
+  index_key_end(key_ends, key, identity.expire_time)
   redis.call('ZADD', KEYS[2], 0, key.id)
   if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
 end
@@ -128,9 +154,11 @@ redis.call('SET', KEYS[1], ARGV[2])
 expire_at(KEYS[1], earliest(nil, identity.expire_time))
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local record = ARGV[1] .. id
-  local key = redis.call('GET', record)
-  if key then
-    expire_at(record, key_deadline(cjson.decode(key), identity.expire_time))
+  local raw_key = redis.call('GET', record)
+  if raw_key then
+    local key = cjson.decode(raw_key)
+    expire_at(record, key_deadline(key, identity.expire_time))
+    index_key_end(key_ends, key, identity.expire_time)
   else
     redis.call('ZREM', KEYS[2], id)
   end
@@ -152,7 +180,8 @@ local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[2] ~= '' and cjson.decode(raw).revision ~= tonumber(ARGV[2]) then return -1 end
 local existed = redis.call('EXISTS', KEYS[1])
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  redis.call('DEL', ARGV[1] .. id)
+  -- A key that already ended keeps its entry: its end is still to report.
+  if redis.call('DEL', ARGV[1] .. id) == 1 then unindex_key_end(key_ends, id) end
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return existed
@@ -172,6 +201,7 @@ local key = cjson.decode(ARGV[2])
 if holds_name(key) and key_name_taken(KEYS[3], ARGV[1], key.name, key.id) then return 'NAMETAKEN' end
 redis.call('SET', KEYS[4], ARGV[2])
 expire_at(KEYS[4], key_deadline(key, identity.expire_time))
+index_key_end(key_ends, key, identity.expire_time)
 redis.call('ZADD', KEYS[2], 0, key.id)
 if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
 expire_identity_indexes(KEYS[2], KEYS[3], identity.expire_time)
@@ -203,6 +233,7 @@ if holds_name(key) then redis.call('HSET', KEYS[3], key.name, key.id) end
 redis.call('SET', KEYS[4], ARGV[2])
 local identity_expire = cjson.decode(raw_identity).expire_time
 expire_at(KEYS[4], key_deadline(key, identity_expire))
+index_key_end(key_ends, key, identity_expire)
 expire_identity_indexes(KEYS[2], KEYS[3], identity_expire)
 return 'OK'
 "#,
@@ -224,6 +255,7 @@ if not raw then return 0 end
 local key = cjson.decode(raw)
 if redis.call('HGET', KEYS[2], key.name) == ARGV[1] then redis.call('HDEL', KEYS[2], key.name) end
 redis.call('DEL', KEYS[3])
+unindex_key_end(key_ends, ARGV[1])
 local account = key.id
 if type(key.usage_account) == 'string' then account = key.usage_account end
 local shared = false
@@ -260,12 +292,15 @@ local new = cjson.decode(ARGV[4])
 if type(old.grace_expire_time) == 'number' then
   redis.call('SET', KEYS[4], ARGV[2])
   expire_at(KEYS[4], key_deadline(old, identity_expire))
+  index_key_end(key_ends, old, identity_expire)
 else
   redis.call('DEL', KEYS[4])
   redis.call('ZREM', KEYS[2], old.id)
+  unindex_key_end(key_ends, old.id)
 end
 redis.call('SET', KEYS[5], ARGV[4])
 expire_at(KEYS[5], key_deadline(new, identity_expire))
+index_key_end(key_ends, new, identity_expire)
 redis.call('ZADD', KEYS[2], 0, new.id)
 redis.call('HSET', KEYS[3], new.name, new.id)
 expire_identity_indexes(KEYS[2], KEYS[3], identity_expire)
@@ -529,6 +564,61 @@ end
 local deadline = redis.call('PEXPIRETIME', KEYS[2])
 if deadline > 0 then redis.call('PEXPIREAT', KEYS[3], deadline) end
 return reply
+"#,
+    ))
+});
+
+/// KEYS: deadline index, audit stream. ARGV: member, its end (ms), event
+/// JSON, the stream's length bound. Claims the entry only if it still ends
+/// exactly then, and appends the event with the claim: a replica that dies
+/// between the two cannot lose the event or send it twice. Returns 1 when
+/// claimed.
+pub static RECORD_KEY_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// KEYS: deadline index, warning marker, audit stream. ARGV: member, its end
+/// (ms), when the marker may go (ms), event JSON, the stream's length bound.
+/// Appends the warning once: only while the index still holds that end and
+/// no marker says it was sent. Returns 1 when sent.
+pub static RECORD_EXPIRY_WARNING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[3]) then return 0 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// KEYS: identity, key index, deadline index. ARGV: key prefix. Writes the
+/// index entry of each of the identity's live keys, exactly as a write of the
+/// key would (for keys written before the index existed). Returns how many.
+pub static INDEX_KEY_ENDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{COMMON}
+local raw_identity = redis.call('GET', KEYS[1])
+if not raw_identity then return 0 end
+local identity_expire = cjson.decode(raw_identity).expire_time
+local indexed = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local raw = redis.call('GET', ARGV[1] .. id)
+  if raw then
+    index_key_end(KEYS[3], cjson.decode(raw), identity_expire)
+    indexed = indexed + 1
+  end
+end
+return indexed
 "#,
     ))
 });
