@@ -204,3 +204,53 @@ async fn the_authority_wide_key_listing_spans_every_shard() {
     assert_eq!(unique.len(), 13, "no key twice across pages");
     server.stop().await;
 }
+
+/// Usage control on a cluster: each identity's check-and-charge is one
+/// script in its own slot, so limited identities on every shard keep their
+/// budgets exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_credits_hold_on_every_shard() {
+    let server = TestServer::start(Backend::Cluster(RedisCluster::start())).await;
+    let mut shards = std::collections::BTreeSet::new();
+    let mut n = 0;
+    while shards.len() < 3 {
+        n += 1;
+        let created = server
+            .create_identity(proto::CreateIdentityRequest {
+                name: format!("limited_{n}"),
+                rate_limits: vec![proto::RateLimit {
+                    name: "hourly".into(),
+                    limit: 2,
+                    duration: Some(prost_types::Duration {
+                        seconds: 3_600,
+                        nanos: 0,
+                    }),
+                }],
+                ..Default::default()
+            })
+            .await;
+        let id = IdentityId::parse(&created.identity.as_ref().unwrap().id).unwrap();
+        let shard = match &server.backend {
+            Backend::Cluster(cluster) => cluster.node_of(&keyspace().identity(&id)),
+            _ => unreachable!(),
+        };
+        if !shards.insert(shard) {
+            continue;
+        }
+        let codes = [
+            server.verify_code(&created.token).await,
+            server.verify_code(&created.token).await,
+            server.verify_code(&created.token).await,
+        ];
+        assert_eq!(
+            codes,
+            [
+                Ok(VerifyCode::Valid),
+                Ok(VerifyCode::Valid),
+                Ok(VerifyCode::RateLimited)
+            ],
+            "shard {shard}"
+        );
+    }
+    server.stop().await;
+}
