@@ -471,11 +471,14 @@ return redis.call('DEL', KEYS[1])
 pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{REDIS_NOW_MS}
-local raw_key = redis.call('GET', KEYS[1])
-local raw_identity = redis.call('GET', KEYS[2])
-if not raw_key or not raw_identity
-  or cjson.decode(raw_key).revision ~= tonumber(ARGV[1])
-  or cjson.decode(raw_identity).revision ~= tonumber(ARGV[2]) then
+-- A record's revision is its JSON's last member (see `revision_is_last`
+-- in store/redis/mod.rs): matched at the end, without decoding the record,
+-- which would cost this hot script more than everything else it does.
+local function revision_of(raw)
+  return raw and tonumber(string.match(raw, '"revision":(%d+)}}$'))
+end
+if revision_of(redis.call('GET', KEYS[1])) ~= tonumber(ARGV[1])
+  or revision_of(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[2]) then
   return {{'STALE'}}
 end
 -- Every quantity is an integer below 2^53 (see domain::usage), so doubles
@@ -550,6 +553,7 @@ if refusal then
   for _, limit in ipairs(limits) do report(limit, limit[4]) end
   return reply
 end
+local fresh = redis.call('EXISTS', KEYS[3]) == 0
 if balance then
   balance[1] = balance[1] - cost
   reply[3] = balance[1]
@@ -561,8 +565,11 @@ for _, limit in ipairs(limits) do
   redis.call('HSET', KEYS[3], limit[1], string.format('%d %d %d %d', limit[2], limit[3], now + whole, rest))
   report(limit, after)
 end
-local deadline = redis.call('PEXPIRETIME', KEYS[2])
-if deadline > 0 then redis.call('PEXPIREAT', KEYS[3], deadline) end
+-- A new map lives as long as the identity (UPDATE_IDENTITY keeps it so).
+if fresh then
+  local deadline = redis.call('PEXPIRETIME', KEYS[2])
+  if deadline > 0 then redis.call('PEXPIREAT', KEYS[3], deadline) end
+end
 return reply
 "#,
     ))

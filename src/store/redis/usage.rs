@@ -133,3 +133,46 @@ fn settlement_of(reply: &[redis::Value], check: &UsageCheck<'_>) -> StoreResult<
         credits_remaining: optional(number(2)?),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::encode;
+    use crate::domain::{ApiKey, Identity, IdentityId, KeyId, State, UnixMillis};
+
+    /// CHARGE_USAGE reads a record's revision as the last member of its JSON
+    /// without decoding it: a change of field order must fail here first.
+    #[test]
+    fn revision_is_last() {
+        let mut identity = Identity::new_service("svc".into(), String::new(), UnixMillis(1));
+        identity.revision = 41;
+        identity.labels.insert("trap".into(), "\"revision\":1}".into());
+        let identity_id = IdentityId::parse("abcdefghijkl").unwrap();
+        let key = ApiKey {
+            id: KeyId::generate(&identity_id),
+            identity_id,
+            name: "k".into(),
+            description: "\"revision\":7}".into(),
+            state: State::Active,
+            create_time: UnixMillis(1),
+            expire_time: None,
+            last_use_time: None,
+            rolled_from: None,
+            rolled_to: None,
+            grace_expire_time: None,
+            token_hint: String::new(),
+            allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
+            labels: Default::default(),
+            origin: None,
+            honeytoken: false,
+            rate_limits: Vec::new(),
+            credits: None,
+            usage_account: None,
+            secret_hash: "$argon2id$x".into(),
+            revision: 42,
+        };
+        assert!(encode(&identity).unwrap().ends_with(",\"revision\":41}"));
+        assert!(encode(&key).unwrap().ends_with(",\"revision\":42}"));
+    }
+}
