@@ -475,7 +475,7 @@ pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
 -- in store/redis/mod.rs): matched at the end, without decoding the record,
 -- which would cost this hot script more than everything else it does.
 local function revision_of(raw)
-  return raw and tonumber(string.match(raw, '"revision":(%d+)}}$'))
+  return raw and tonumber(string.match(string.sub(raw, -32), '"revision":(%d+)}}$'))
 end
 if revision_of(redis.call('GET', KEYS[1])) ~= tonumber(ARGV[1])
   or revision_of(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[2]) then
@@ -494,12 +494,13 @@ local function ceil_div(a, b)
   if r > 0 then q = q + 1 end
   return q
 end
+-- A stored state: three numbers (a balance) or four (a limit's bucket).
 local function numbers(text)
-  local parts = {{}}
-  if text then
-    for part in string.gmatch(text, '%S+') do parts[#parts + 1] = tonumber(part) end
-  end
-  return parts
+  if not text then return {{}} end
+  local a, b, c, d = string.match(text, '^(%-?%d+) (%-?%d+) (%-?%d+) ?(%-?%d*)$')
+  if not a then return {{}} end
+  if d == '' then return {{tonumber(a), tonumber(b), tonumber(c)}} end
+  return {{tonumber(a), tonumber(b), tonumber(c), tonumber(d)}}
 end
 local now = redis_now_ms()
 local cost = tonumber(ARGV[3])
