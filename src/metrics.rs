@@ -89,6 +89,9 @@ pub struct Metrics {
     /// Keys whose hash was made under an older server secret: counted at
     /// start, less each one re-hashed since.
     pub keys_under_older_secret: Gauge,
+    /// Admins' TOTP seeds sealed under an older server secret: counted at
+    /// start, less each one re-sealed since.
+    pub totp_seeds_under_older_secret: Gauge,
     /// SCIM requests by HTTP status.
     pub scim_requests: Family<ScimLabels, Counter>,
     /// Verify reads answered from the tracked record cache.
@@ -141,6 +144,7 @@ impl Metrics {
             health_serving: Gauge::default(),
             audit_events: Counter::default(),
             keys_under_older_secret: Gauge::default(),
+            totp_seeds_under_older_secret: Gauge::default(),
             scim_requests: Family::default(),
             record_cache_hits: Counter::default(),
             record_cache_misses: Counter::default(),
@@ -250,6 +254,11 @@ impl Metrics {
             "keys_under_older_secret",
             "Keys hashed under an older server secret (counted at start, less those re-hashed since)",
             metrics.keys_under_older_secret.clone(),
+        );
+        metrics.registry.register(
+            "totp_seeds_under_older_secret",
+            "Admins' TOTP seeds sealed under an older server secret (counted at start, less those re-sealed since)",
+            metrics.totp_seeds_under_older_secret.clone(),
         );
         metrics.registry.register(
             "scim_requests",

@@ -191,9 +191,9 @@ pub async fn serve(
     ));
 
     let counted = Arc::clone(&authority);
-    let count_keys_under_older_secret = tokio::spawn(async move {
-        if let Err(error) = counted.count_keys_under_older_secret().await {
-            tracing::warn!(%error, "could not count keys under an older server secret");
+    let count_under_older_secret = tokio::spawn(async move {
+        if let Err(error) = counted.count_under_older_secret().await {
+            tracing::warn!(%error, "could not count keys and TOTP seeds under an older server secret");
         }
     });
 
@@ -298,7 +298,7 @@ pub async fn serve(
     };
     health_task.abort();
     flusher.abort();
-    count_keys_under_older_secret.abort();
+    count_under_older_secret.abort();
     expiry.abort();
     if let Some(webhooks) = webhooks {
         webhooks.abort();

@@ -50,6 +50,20 @@ impl TotpRecord {
     pub fn locked_at(&self, now: UnixMillis) -> bool {
         self.locked_until.is_some_and(|until| until > now)
     }
+
+    /// Replaces the sealed seed with `resealed` (the same seed sealed under
+    /// the current server secret) only while it still is `sealed_was`, the
+    /// one the caller opened: a seed enrolled meanwhile is never overwritten
+    /// with an older one. The step, failures and lockout are left as they
+    /// are. Whether it replaced it. (The Redis script `RESEAL_TOTP_SEED`
+    /// mirrors this.)
+    pub fn reseal(&mut self, sealed_was: &str, resealed: &str) -> bool {
+        if self.sealed_seed != sealed_was {
+            return false;
+        }
+        resealed.clone_into(&mut self.sealed_seed);
+        true
+    }
 }
 
 /// The instant a lockout is checked at: the earlier of the caller's clock and
@@ -88,4 +102,24 @@ pub enum StepOutcome {
     Locked(UnixMillis),
     /// No (confirmed, where required) authenticator.
     NotEnrolled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_is_resealed_only_while_unchanged() {
+        let mut record = TotpRecord::enrolled("1.old".into());
+        record.last_step = 7;
+        assert!(!record.reseal("1.other", "2.new"));
+        assert_eq!(record.sealed_seed, "1.old");
+        assert!(record.reseal("1.old", "2.new"));
+        assert_eq!(record.sealed_seed, "2.new");
+        assert_eq!(record.last_step, 7, "the accepted step is kept");
+        assert!(
+            !record.reseal("1.old", "2.newer"),
+            "a second re-seal of the same read loses"
+        );
+    }
 }

@@ -28,6 +28,7 @@ pub use keys::{
     MAX_GRACE_PERIOD, MAX_IMPORTED_KEYS, NewKey, OldKeyEnd, RollRequest, Rolled,
 };
 pub use people::{MAX_EXTERNAL_ID_CHARS, PersonProfile};
+pub use rotation::UnderOlderSecret;
 pub use totp::TotpEnrollment;
 pub use verify::{CallContext, Caller, VerifyQuery};
 

@@ -1,20 +1,32 @@
-//! Server-secret rotation: keys move to the current secret as they are used.
+//! Server-secret rotation: keys and TOTP seeds move to the current secret as
+//! they are used.
 //!
 //! A key hashed under an older secret is re-hashed under the current one the
 //! first time Verify accepts it (its secret is then at hand; it is nowhere
 //! else). The write names the revision Verify read, so it lands only if the
-//! record, hash included, is unchanged. Once no key is left under the
-//! previous secret, that secret can be dropped (README: Rotating the server
-//! secret).
+//! record, hash included, is unchanged. An admin's TOTP seed sealed under an
+//! older secret is re-sealed under the current one when a step-up accepts
+//! its code; the write lands only if the stored seed is still the one that
+//! was opened. Once no key and no seed is left under the previous secret,
+//! that secret can be dropped (README: Rotating the server secret).
 
 use super::Authority;
 use super::guard::TokenDigest;
-use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString};
+use crate::domain::{ApiKey, Error, Identity, IdentityId, KeyId, SecretString};
 use crate::store::StoreError;
 use std::sync::Arc;
 
 /// Identities or keys read per store call while counting.
 const COUNT_PAGE: usize = 500;
+
+/// What still depends on an older server secret.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnderOlderSecret {
+    /// Keys whose hash was made under an older secret.
+    pub keys: u64,
+    /// Admins' TOTP seeds sealed under an older secret.
+    pub totp_seeds: u64,
+}
 
 impl Authority {
     /// Re-hashes `key` under the current server secret when its hash was made
@@ -54,11 +66,55 @@ impl Authority {
         }
     }
 
-    /// Counts the keys still hashed under an older server secret, sets the
-    /// `keyrack_keys_under_older_secret` gauge and logs the count when any
-    /// remain. Reads every key: run it once, at start.
-    pub async fn count_keys_under_older_secret(&self) -> Result<u64, Error> {
-        let mut count = 0u64;
+    /// Re-seals `identity`'s TOTP seed under the current server secret when
+    /// `sealed_was`, the stored form of `seed` a step-up just accepted a code
+    /// of, was sealed under an older one. Failing is harmless (the seed
+    /// still opens while the previous secret is configured, and the next
+    /// step-up tries again), so it is logged, never returned; neither the
+    /// seed nor its sealed form is.
+    pub(super) async fn reseal_if_outdated(
+        &self,
+        identity: &IdentityId,
+        sealed_was: &str,
+        seed: &[u8],
+    ) {
+        if self.sealer.is_current(sealed_was) {
+            return;
+        }
+        let resealed = match self.sealer.seal(identity, seed) {
+            Ok(resealed) => resealed,
+            Err(error) => {
+                tracing::warn!(identity_id = %identity, %error, "could not re-seal a TOTP seed under the current server secret");
+                return;
+            }
+        };
+        match self
+            .store
+            .reseal_totp_seed(identity, sealed_was, &resealed)
+            .await
+        {
+            Ok(true) => {
+                let remaining = &crate::metrics::metrics().totp_seeds_under_older_secret;
+                if remaining.get() > 0 {
+                    remaining.dec();
+                }
+                tracing::info!(identity_id = %identity, "re-sealed a TOTP seed under the current server secret");
+            }
+            // Re-enrolled or gone since the step-up read it: nothing to move.
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(identity_id = %identity, %error, "could not store a re-sealed TOTP seed");
+            }
+        }
+    }
+
+    /// Counts the keys still hashed, and the admins' TOTP seeds still sealed,
+    /// under an older server secret; sets the
+    /// `keyrack_keys_under_older_secret` and
+    /// `keyrack_totp_seeds_under_older_secret` gauges and logs the counts
+    /// that are not zero. Reads every key: run it once, at start.
+    pub async fn count_under_older_secret(&self) -> Result<UnderOlderSecret, Error> {
+        let mut count = UnderOlderSecret::default();
         let mut after_identity: Option<IdentityId> = None;
         loop {
             let identities = self
@@ -66,13 +122,16 @@ impl Authority {
                 .list_identities(after_identity.as_ref(), COUNT_PAGE)
                 .await?;
             for identity in &identities {
+                if self.totp_seed_under_older_secret(identity).await? {
+                    count.totp_seeds += 1;
+                }
                 let mut after_key: Option<KeyId> = None;
                 loop {
                     let keys = self
                         .store
                         .list_keys(&identity.id, after_key.as_ref(), COUNT_PAGE)
                         .await?;
-                    count += keys
+                    count.keys += keys
                         .iter()
                         .filter(|key| !self.hasher.is_current(&key.secret_hash))
                         .count() as u64;
@@ -89,15 +148,38 @@ impl Authority {
                 _ => break,
             }
         }
-        crate::metrics::metrics()
-            .keys_under_older_secret
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
-        if count > 0 {
+        let metrics = crate::metrics::metrics();
+        let gauge = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
+        metrics.keys_under_older_secret.set(gauge(count.keys));
+        metrics
+            .totp_seeds_under_older_secret
+            .set(gauge(count.totp_seeds));
+        if count.keys > 0 {
             tracing::info!(
-                keys = count,
+                keys = count.keys,
                 "keys still hashed under an older server secret; each moves to the current one when next verified"
             );
         }
+        if count.totp_seeds > 0 {
+            tracing::info!(
+                totp_seeds = count.totp_seeds,
+                "admins' TOTP seeds still sealed under an older server secret; each moves to the current one at its admin's next step-up"
+            );
+        }
         Ok(count)
+    }
+
+    /// Whether `identity` is an admin whose TOTP seed is sealed under an
+    /// older server secret. Only admins step up, so only their seeds are
+    /// read (one read each; admins are few).
+    async fn totp_seed_under_older_secret(&self, identity: &Identity) -> Result<bool, Error> {
+        if !identity.admin {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .get_totp(&identity.id)
+            .await?
+            .is_some_and(|record| !self.sealer.is_current(&record.sealed_seed)))
     }
 }

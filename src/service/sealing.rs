@@ -2,7 +2,8 @@
 //! (HKDF-SHA-256) from the server secret, bound to the identity it belongs to.
 //! A copy of Redis alone yields no seed. The server secret's version prefixes
 //! each sealed seed, so seeds survive a rotation while the previous secret is
-//! configured.
+//! configured, and a seed under an older one is re-sealed when next used
+//! (`rotation.rs`).
 
 use super::hashing::ServerSecret;
 use crate::domain::{Error, IdentityId};
@@ -73,7 +74,18 @@ impl SeedSealer {
         ))
     }
 
-    /// Opens a seed sealed for `identity`.
+    /// Whether `sealed` was sealed under the current server secret. A string
+    /// whose version cannot be read counts as current: re-sealing could not
+    /// fix it (opening it fails and says so).
+    pub fn is_current(&self, sealed: &str) -> bool {
+        sealed
+            .split_once('.')
+            .and_then(|(version, _)| version.parse::<u32>().ok())
+            .is_none_or(|version| version == self.current_version)
+    }
+
+    /// Opens a seed sealed for `identity`, under whichever configured
+    /// server secret its version names.
     pub fn open(&self, identity: &IdentityId, sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
         let corrupt =
             |why: &str| Error::Internal(format!("cannot open the TOTP seed of {identity}: {why}"));
@@ -125,5 +137,15 @@ mod tests {
         );
         let rotated = SeedSealer::new(&secret(2, 3), &[secret(1, 1)]);
         assert!(rotated.open(&alice, &sealed).is_ok());
+        assert!(sealer.is_current(&sealed));
+        assert!(!rotated.is_current(&sealed));
+        let resealed = rotated.seal(&alice, b"twenty byte seed!!!!").unwrap();
+        assert!(rotated.is_current(&resealed));
+        assert!(
+            SeedSealer::new(&secret(2, 3), &[])
+                .open(&alice, &resealed)
+                .is_ok(),
+            "a re-sealed seed no longer needs the previous secret"
+        );
     }
 }

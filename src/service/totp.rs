@@ -151,7 +151,11 @@ impl Authority {
             None => StepOutcome::Replayed,
         };
         match outcome {
-            StepOutcome::Accepted => Ok(()),
+            StepOutcome::Accepted => {
+                self.reseal_if_outdated(identity, &record.sealed_seed, &seed)
+                    .await;
+                Ok(())
+            }
             StepOutcome::Locked(_) => Err(locked_out()),
             StepOutcome::NotEnrolled => Err(Error::FailedPrecondition(
                 "no confirmed authenticator; enroll one first (EnrollTotp, then ConfirmTotp)"

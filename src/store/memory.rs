@@ -661,6 +661,23 @@ impl Store for MemoryStore {
         )
     }
 
+    async fn reseal_totp_seed(
+        &self,
+        identity: &IdentityId,
+        sealed_was: &str,
+        resealed: &str,
+    ) -> StoreResult<bool> {
+        self.with_state(|state| {
+            if state.identity(identity).is_none() {
+                return Ok(false);
+            }
+            Ok(state
+                .totp
+                .get_mut(identity)
+                .is_some_and(|record| record.reseal(sealed_was, resealed)))
+        })
+    }
+
     async fn record_totp_failure(
         &self,
         identity: &IdentityId,

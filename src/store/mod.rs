@@ -191,6 +191,17 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> StoreResult<StepOutcome>;
 
+    /// Atomically replaces the identity's sealed seed `sealed_was` with
+    /// `resealed` (see `TotpRecord::reseal`): false when the authenticator is
+    /// gone or holds another seed by now. Not an audited change: the seed is
+    /// the same, only the secret sealing it moved.
+    async fn reseal_totp_seed(
+        &self,
+        identity: &IdentityId,
+        sealed_was: &str,
+        resealed: &str,
+    ) -> StoreResult<bool>;
+
     /// Atomically counts a wrong code; at `max_failures` in a row the admin is
     /// locked out until `now + lockout`, which is returned.
     async fn record_totp_failure(

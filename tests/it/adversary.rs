@@ -390,12 +390,12 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
     );
 
     let during = authority(server_secret(2, 2), vec![server_secret(1, 1)]);
-    assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 2);
+    assert_eq!(during.count_under_older_secret().await.unwrap().keys, 2);
     assert_eq!(
         verify_code(&during, &used).await,
         keyrack::domain::VerifyCode::Valid
     );
-    assert_eq!(during.count_keys_under_older_secret().await.unwrap(), 1);
+    assert_eq!(during.count_under_older_secret().await.unwrap().keys, 1);
     assert_eq!(
         verify_code(&during, &used).await,
         keyrack::domain::VerifyCode::Valid
@@ -411,6 +411,123 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
         verify_code(&after, &unused).await,
         keyrack::domain::VerifyCode::Unknown
     );
+}
+
+/// The current TOTP time step, once at least `margin` of it is left: codes
+/// of the step before and the one after it then stay acceptable (the server
+/// allows one step of skew) for the next `margin`.
+async fn totp_step_with_margin(margin: Duration) -> u64 {
+    let step = Duration::from_secs(30);
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_step = Duration::from_nanos((since_epoch.as_nanos() % step.as_nanos()) as u64);
+    if step - into_step < margin {
+        tokio::time::sleep(step - into_step).await;
+    }
+    crate::roll::current_step()
+}
+
+/// Finding 10, TOTP seeds: an admin who steps up while the new secret and
+/// the previous one are both configured still steps up once the previous one
+/// is dropped, because that step-up re-sealed the seed under the new secret.
+async fn a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped(
+    backend: Backend,
+) {
+    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+    use keyrack::service::sealing::SeedSealer;
+    use keyrack::service::{Authority, OldKeyEnd, RollRequest};
+    let store = crate::support::open_store(&backend).await;
+    let authority = |current: ServerSecret, previous: Vec<ServerSecret>| {
+        let sealer = SeedSealer::new(&current, &previous);
+        let hasher = SecretHasher::new(current, previous, HashPolicy::default()).unwrap();
+        Authority::new(store.clone(), hasher, sealer, AuthorityOptions::default())
+    };
+    let opens_under_the_new_secret_alone = |sealed: &str, identity| {
+        SeedSealer::new(&server_secret(2, 2), &[])
+            .open(identity, sealed)
+            .is_ok()
+    };
+    let roll = |key_id: &KeyId, code: String| RollRequest {
+        key_id: key_id.clone(),
+        old_key_end: OldKeyEnd::Now,
+        totp_code: keyrack::domain::SecretString::new(code),
+        new_key_expire_time: None,
+    };
+    // Three codes, of the step before, this one and the next, each used once.
+    let step = totp_step_with_margin(Duration::from_secs(10)).await;
+
+    let before = authority(server_secret(1, 1), vec![]);
+    let (_, operator) = before.create_admin("operator", "").await.unwrap();
+    let (_, target) = before.create_admin("target", "").await.unwrap();
+    let caller = before
+        .authenticate_admin(Some(operator.token.expose()), None)
+        .await
+        .unwrap();
+    let enrollment = before.enroll_totp(&caller).await.unwrap();
+    let seed = totp_rs::Secret::Encoded(enrollment.secret.expose().to_owned())
+        .to_bytes()
+        .unwrap();
+    before
+        .confirm_totp(&caller, &crate::roll::code_at(&seed, step - 1))
+        .await
+        .unwrap();
+    let stored_seed = || async {
+        store
+            .get_totp(&caller.identity.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_seed
+    };
+    assert!(!opens_under_the_new_secret_alone(
+        &stored_seed().await,
+        &caller.identity.id
+    ));
+
+    let during = authority(server_secret(2, 2), vec![server_secret(1, 1)]);
+    assert_eq!(
+        during.count_under_older_secret().await.unwrap().totp_seeds,
+        1
+    );
+    let rolled = during
+        .roll_key(
+            &caller,
+            roll(&target.key.id, crate::roll::code_at(&seed, step)),
+        )
+        .await
+        .expect("the seed opens under the previous secret");
+    assert!(
+        opens_under_the_new_secret_alone(&stored_seed().await, &caller.identity.id),
+        "the step-up re-sealed the seed under the new secret"
+    );
+    assert_eq!(
+        during.count_under_older_secret().await.unwrap().totp_seeds,
+        0
+    );
+
+    let after = authority(server_secret(2, 2), vec![]);
+    after
+        .roll_key(
+            &caller,
+            roll(&rolled.minted.key.id, crate::roll::code_at(&seed, step + 1)),
+        )
+        .await
+        .expect("the re-sealed seed opens without the previous secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped_on_redis() {
+    a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped(Backend::Redis(
+        RedisServer::start(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped_in_memory() {
+    a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped(Backend::Memory)
+        .await;
 }
 
 /// Finding 6: an If-Match that names no single version is a precondition

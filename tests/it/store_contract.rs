@@ -90,6 +90,7 @@ contract!(
     a_later_write_cannot_clear_a_grace_period,
     totp_codes_are_accepted_once_and_failures_lock_out,
     totp_state_lives_and_dies_with_its_identity,
+    a_totp_seed_is_resealed_only_while_unchanged,
     datasets_are_unique_and_listed_by_name,
     grants_need_a_dataset_that_exists_and_is_not_being_deleted,
     the_audit_log_is_followed_and_shared_by_a_delivery_group,
@@ -800,6 +801,63 @@ async fn totp_state_lives_and_dies_with_its_identity(store: &dyn Store) {
         "authenticator expires with its identity",
         Duration::from_secs(5),
         || async { store.get_totp(&brief.id).await.unwrap().is_none() },
+    )
+    .await;
+}
+
+async fn a_totp_seed_is_resealed_only_while_unchanged(store: &dyn Store) {
+    use keyrack::domain::totp::{StepOutcome, TotpRecord};
+    let ghost = identity("ghost");
+    assert!(
+        !store
+            .reseal_totp_seed(&ghost.id, "1.old", "2.new")
+            .await
+            .unwrap()
+    );
+    let mut admin = identity("admin");
+    admin.expire_time = soon(1_500);
+    store.create_identity(&admin, &[]).await.unwrap();
+    store
+        .enroll_totp(&admin.id, &TotpRecord::enrolled("1.old".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .accept_totp_step(&admin.id, 10, true, UnixMillis::now())
+            .await
+            .unwrap(),
+        StepOutcome::Accepted
+    );
+    // Another seed was read: the stored one is not replaced.
+    assert!(
+        !store
+            .reseal_totp_seed(&admin.id, "1.other", "2.new")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reseal_totp_seed(&admin.id, "1.old", "2.new")
+            .await
+            .unwrap()
+    );
+    let record = store.get_totp(&admin.id).await.unwrap().unwrap();
+    assert_eq!(record.sealed_seed, "2.new");
+    assert!(
+        record.confirmed && record.last_step == 10,
+        "only the seed moved"
+    );
+    // A second replica that read the same old seed loses.
+    assert!(
+        !store
+            .reseal_totp_seed(&admin.id, "1.old", "2.newer")
+            .await
+            .unwrap()
+    );
+    eventually(
+        "a re-sealed authenticator still expires with its identity",
+        Duration::from_secs(5),
+        || async { store.get_totp(&admin.id).await.unwrap().is_none() },
     )
     .await;
 }

@@ -1286,6 +1286,29 @@ where
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.reseal_totp_seed", skip_all)]
+    async fn reseal_totp_seed(
+        &self,
+        identity: &IdentityId,
+        sealed_was: &str,
+        resealed: &str,
+    ) -> StoreResult<bool> {
+        let replaced: i64 = scripts::RESEAL_TOTP_SEED
+            .key(self.keyspace.totp(identity))
+            .arg(sealed_was)
+            .arg(resealed)
+            .invoke_async(&mut self.writer())
+            .await
+            .map_err(unavailable)?;
+        // A re-seal lost in a failover would leave the seed under a secret
+        // the operator may drop once the count says none is left, so it is
+        // reported only once it is as durable as any change.
+        if replaced == 1 {
+            self.confirm_durable().await?;
+        }
+        Ok(replaced == 1)
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.record_totp_failure", skip_all)]
     async fn record_totp_failure(
         &self,

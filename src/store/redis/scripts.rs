@@ -388,6 +388,23 @@ return 'OK'
     ))
 });
 
+/// KEYS: totp. ARGV: the sealed seed read, the same seed re-sealed. Replaces
+/// the first with the second only while it is still stored (mirrors
+/// `TotpRecord::reseal`); returns 1 when it did, else 0.
+pub static RESEAL_TOTP_SEED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local totp = cjson.decode(raw)
+if totp.sealed_seed ~= ARGV[1] then return 0 end
+totp.sealed_seed = ARGV[2]
+redis.call('SET', KEYS[1], cjson.encode(totp), 'KEEPTTL')
+return 1
+"#,
+    )
+});
+
 /// KEYS: totp. ARGV: now (ms), max failures, lockout (ms). Returns the
 /// lockout's end when this failure starts one, else 0. A lockout starts at
 /// the later of `now` and Redis's clock.

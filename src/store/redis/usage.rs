@@ -145,7 +145,9 @@ mod tests {
     fn revision_is_last() {
         let mut identity = Identity::new_service("svc".into(), String::new(), UnixMillis(1));
         identity.revision = 41;
-        identity.labels.insert("trap".into(), "\"revision\":1}".into());
+        identity
+            .labels
+            .insert("trap".into(), "\"revision\":1}".into());
         let identity_id = IdentityId::parse("abcdefghijkl").unwrap();
         let key = ApiKey {
             id: KeyId::generate(&identity_id),
