@@ -778,9 +778,9 @@ fn battery(f: &Fixture) -> Vec<Row> {
                 "allowed_cidrs[0]",
                 "scopes[0]",
                 "labels[\"Bad Key\"]",
-                "expire_time",
                 "rate_limits[0].name",
                 "rate_limits[0].duration",
+                "expire_time",
             ]),
         ),
         // Identity ids.
