@@ -24,7 +24,7 @@ pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};
-pub use key::ApiKey;
+pub use key::{ApiKey, HashFingerprint, SecretHash};
 pub use secret::SecretString;
 pub use time::UnixMillis;
 pub use verdict::{Verdict, VerifyCode};
