@@ -11,7 +11,6 @@
 //! Its id and its identity's id are the cache entry's name and its
 //! identity's record, so they are not stored again.
 
-use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
 use crate::domain::usage::{Credits, RateLimit};
 use crate::domain::{ApiKey, HashFingerprint, IdentityId, KeyId, SecretHash, State, UnixMillis};
@@ -122,7 +121,7 @@ impl CachedKey {
             scopes: settings.map_or_else(Vec::new, |s| s.scopes.clone()),
             datasets: settings.map_or_else(Vec::new, |s| s.datasets.clone()),
             labels: settings.map_or_else(Labels::new, |s| s.labels.clone()),
-            origin: None::<Origin>,
+            origin: None,
             honeytoken: self.honeytoken,
             rate_limits: settings.map_or_else(Vec::new, |s| s.rate_limits.clone()),
             credits: settings.and_then(|s| s.credits.clone()),
@@ -136,6 +135,7 @@ impl CachedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::key::Origin;
     use crate::domain::usage::Refill;
 
     fn key(identity: &IdentityId) -> ApiKey {
