@@ -264,10 +264,23 @@ async fn mint_tokens(target: &Target, label: &str, count: usize) -> Result<Vec<S
                     name: format!("k{index}"),
                     ..Default::default()
                 };
-                let key = admin
-                    .create_key(authed(&admin_token, request))
-                    .await
-                    .map_err(|e| format!("cannot create a bench key: {}", e.message()))?;
+                // Creators on one identity race on its record; ABORTED says
+                // the server gave up retrying, and the call may be retried.
+                let mut attempts = 0;
+                let key = loop {
+                    attempts += 1;
+                    match admin
+                        .create_key(authed(&admin_token, request.clone()))
+                        .await
+                    {
+                        Err(e) if e.code() == tonic::Code::Aborted && attempts < 5 => continue,
+                        created => {
+                            break created.map_err(|e| {
+                                format!("cannot create a bench key: {}", e.message())
+                            })?;
+                        }
+                    }
+                };
                 minted.push(key.into_inner().token);
             }
         }));

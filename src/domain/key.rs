@@ -9,6 +9,81 @@ use super::usage::{self, Credits, LimitCheck, RateLimit, UsageCheck};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// A fingerprint of a stored PHC string (128 bits of its SHA-256): what a
+/// verified token is remembered against, and all a cached copy of a key
+/// record keeps of its hash.
+pub type HashFingerprint = [u8; 16];
+
+/// The argon2id hash a key's secret is checked against.
+///
+/// A record read from the store carries the PHC string itself. A copy that
+/// Verify's record cache returns carries only the string's fingerprint: that
+/// is all a token accepted before is compared with, and 16 bytes in place of
+/// about 100 a cached key. A check that needs argon2 needs the string, and
+/// so a record read from the store. A key with only a fingerprint cannot be
+/// written back: serializing it fails.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretHash {
+    /// The PHC string, as stored.
+    Phc(String),
+    /// Only the PHC string's fingerprint.
+    Fingerprint(HashFingerprint),
+}
+
+impl SecretHash {
+    /// The fingerprint of a PHC string.
+    pub fn fingerprint_of(phc: &str) -> HashFingerprint {
+        let full = <sha2::Sha256 as sha2::Digest>::digest(phc.as_bytes());
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&full[..16]);
+        fingerprint
+    }
+
+    /// This hash's fingerprint.
+    pub fn fingerprint(&self) -> HashFingerprint {
+        match self {
+            Self::Phc(phc) => Self::fingerprint_of(phc),
+            Self::Fingerprint(fingerprint) => *fingerprint,
+        }
+    }
+
+    /// The PHC string, when this copy of the record has it.
+    pub fn phc(&self) -> Option<&str> {
+        match self {
+            Self::Phc(phc) => Some(phc),
+            Self::Fingerprint(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretHash {
+    // Like the PHC string in `ApiKey`'s `Debug`: what an attacker would
+    // brute-force stays out of logs, and so does its fingerprint.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Phc(_) => f.write_str("SecretHash::Phc([redacted])"),
+            Self::Fingerprint(_) => f.write_str("SecretHash::Fingerprint([redacted])"),
+        }
+    }
+}
+
+impl Serialize for SecretHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Phc(phc) => serializer.serialize_str(phc),
+            Self::Fingerprint(_) => Err(serde::ser::Error::custom(
+                "a cached copy of a key record, which keeps only its hash's fingerprint, is never written",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::Phc)
+    }
+}
+
 /// How a key came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,8 +178,8 @@ pub struct ApiKey {
     /// shares. Rolling never grants a fresh budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_account: Option<KeyId>,
-    /// The argon2id PHC string of the secret.
-    pub secret_hash: String,
+    /// The argon2id hash of the secret.
+    pub secret_hash: SecretHash,
     /// Incremented by every write (see `Identity::revision`).
     pub revision: u64,
 }

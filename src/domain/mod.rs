@@ -25,7 +25,7 @@ pub use dataset::Dataset;
 pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};
-pub use key::{ApiKey, KeyEnd, KeyEndKind};
+pub use key::{ApiKey, HashFingerprint, KeyEnd, KeyEndKind, SecretHash};
 pub use secret::SecretString;
 pub use time::UnixMillis;
 pub use verdict::{Verdict, VerifyCode};

@@ -2,10 +2,12 @@
 //!
 //! - A verified-token cache: once argon2 accepts a token, a keyed digest of
 //!   the token (HMAC-SHA-256 under a per-process random key, so the cache
-//!   holds nothing usable) is remembered with the PHC string it matched. A
-//!   later Verify that reads the same PHC string for that digest accepts
-//!   without argon2. The record is still read on every call, so revocation,
-//!   disabling and expiry are seen at once; a changed hash is a miss.
+//!   holds nothing usable) is remembered with a fingerprint of the PHC
+//!   string it matched. A later Verify that reads a record whose hash has
+//!   the same fingerprint accepts without argon2. The record is still read
+//!   on every call (from Redis, or from Verify's record cache within its
+//!   bound), so revocation, disabling and expiry are seen; a changed hash is
+//!   a miss.
 //! - A rejected-token cache: digests argon2 refused. A key id is never
 //!   reused with another secret, so a wrong token stays wrong.
 //! - A per-key-id failure budget. Past it, wrong answers for that key id are
@@ -18,8 +20,7 @@
 //!   briefly and is then refused rather than piling up without bound. This,
 //!   not the budget, is what bounds argon2's CPU.
 
-use crate::domain::UnixMillis;
-use crate::domain::{Error, KeyId};
+use crate::domain::{Error, HashFingerprint, KeyId, SecretHash, UnixMillis};
 use hmac::{Hmac, Mac};
 use quick_cache::sync::Cache;
 use rand::TryRngCore;
@@ -73,10 +74,6 @@ impl Default for GuardOptions {
 /// that never leaves the process.
 pub type TokenDigest = [u8; 16];
 
-/// A fingerprint of a stored PHC string (128 bits of its SHA-256): what a
-/// verified token is remembered against, in 16 bytes instead of the string.
-pub type HashFingerprint = [u8; 16];
-
 /// The caches, throttle and argon2 slots of one process.
 pub struct VerifyGuard {
     mac_key: Zeroizing<[u8; 32]>,
@@ -127,18 +124,17 @@ impl VerifyGuard {
         digest
     }
 
-    /// The fingerprint of a stored PHC string.
-    pub fn fingerprint(phc: &str) -> HashFingerprint {
-        let full = <sha2::Sha256 as sha2::Digest>::digest(phc.as_bytes());
-        let mut fingerprint = [0u8; 16];
-        fingerprint.copy_from_slice(&full[..16]);
-        fingerprint
-    }
-
     /// The fingerprint of the PHC string argon2 accepted this token against,
     /// if remembered.
     pub fn verified_fingerprint(&self, digest: &TokenDigest) -> Option<HashFingerprint> {
         self.verified.get(digest)
+    }
+
+    /// Whether argon2 accepted this token against this very hash: a
+    /// cached acceptance counts for nothing else.
+    pub fn accepted_against(&self, digest: &TokenDigest, hash: &SecretHash) -> bool {
+        self.verified_fingerprint(digest)
+            .is_some_and(|fingerprint| fingerprint == hash.fingerprint())
     }
 
     /// Whether argon2 refused this token before.
@@ -186,7 +182,8 @@ impl VerifyGuard {
     /// key id is past its failure budget.
     pub async fn remember(&self, key: &KeyId, digest: TokenDigest, phc: &str, matched: bool) {
         if matched {
-            self.verified.insert(digest, Self::fingerprint(phc));
+            self.verified
+                .insert(digest, SecretHash::fingerprint_of(phc));
         } else {
             self.rejected.insert(digest, ());
             let window = match self.failures.get(key) {

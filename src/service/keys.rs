@@ -3,7 +3,7 @@
 use super::{
     Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries,
 };
-use crate::domain::key::Origin;
+use crate::domain::key::{Origin, SecretHash};
 use crate::domain::labels::Labels;
 use crate::domain::scope;
 use crate::domain::usage::{Credits, RateLimit};
@@ -866,7 +866,7 @@ impl Authority {
                 rate_limits: Vec::new(),
                 credits: None,
                 usage_account: None,
-                secret_hash,
+                secret_hash: SecretHash::Phc(secret_hash),
                 revision: 0,
             };
             // The index entry comes first, so a token is never stored without

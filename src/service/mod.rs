@@ -278,7 +278,7 @@ impl Authority {
             rate_limits: Vec::new(),
             credits: None,
             usage_account: None,
-            secret_hash,
+            secret_hash: crate::domain::SecretHash::Phc(secret_hash),
             revision: 0,
         };
         Ok(MintedKey {

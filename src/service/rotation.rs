@@ -12,7 +12,7 @@
 
 use super::Authority;
 use super::guard::TokenDigest;
-use crate::domain::{ApiKey, Error, Identity, IdentityId, KeyId, SecretString};
+use crate::domain::{ApiKey, Error, Identity, IdentityId, KeyId, SecretHash, SecretString};
 use crate::store::StoreError;
 use std::sync::Arc;
 
@@ -33,7 +33,11 @@ impl Authority {
     /// under an older one. `secret` just matched it. Failing is harmless (the
     /// next use tries again), so it is logged, never returned.
     pub(super) async fn rehash_if_outdated(&self, key: &ApiKey, secret: &str, digest: TokenDigest) {
-        if self.hasher.is_current(&key.secret_hash) {
+        // Verify calls this only after argon2, which had the PHC string.
+        let Some(phc) = key.secret_hash.phc() else {
+            return;
+        };
+        if self.hasher.is_current(phc) {
             return;
         }
         let hasher = Arc::clone(&self.hasher);
@@ -46,12 +50,12 @@ impl Authority {
             }
         };
         let mut updated = key.clone();
-        updated.secret_hash = rehashed;
+        updated.secret_hash = SecretHash::Phc(rehashed);
         match self.store.update_key(&updated).await {
             Ok(stored) => {
-                self.guard
-                    .remember(&key.id, digest, &stored.secret_hash, true)
-                    .await;
+                if let Some(phc) = stored.secret_hash.phc() {
+                    self.guard.remember(&key.id, digest, phc, true).await;
+                }
                 let remaining = &crate::metrics::metrics().keys_under_older_secret;
                 if remaining.get() > 0 {
                     remaining.dec();
@@ -133,7 +137,11 @@ impl Authority {
                         .await?;
                     count.keys += keys
                         .iter()
-                        .filter(|key| !self.hasher.is_current(&key.secret_hash))
+                        .filter(|key| {
+                            key.secret_hash
+                                .phc()
+                                .is_some_and(|phc| !self.hasher.is_current(phc))
+                        })
                         .count() as u64;
                     match keys.last() {
                         Some(last) if keys.len() == COUNT_PAGE => after_key = Some(last.id.clone()),

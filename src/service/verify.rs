@@ -2,7 +2,7 @@
 //! round trip for the key and its identity, then the secret, and only then
 //! the reasons that depend on the key's settings.
 
-use super::guard::{TokenDigest, VerifyGuard};
+use super::guard::TokenDigest;
 use super::{Authority, audit};
 use crate::domain::audit::HONEYTOKEN_USED;
 use crate::domain::token;
@@ -88,6 +88,16 @@ impl Authority {
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
         let mut record = self.store.key_with_identity(&key_id).await?;
+        // A cached key record keeps only its hash's fingerprint: enough for
+        // a token argon2 accepted against that hash before, but argon2 itself
+        // needs the PHC string, so any other token reads the record from the
+        // store (argon2's cost dwarfs the read).
+        if record.as_ref().is_some_and(|(key, _)| {
+            key.secret_hash.phc().is_none()
+                && !self.guard.accepted_against(&digest, &key.secret_hash)
+        }) {
+            record = self.store.key_with_identity_uncached(&key_id).await?;
+        }
         // A charge finds the records changed since they were read (a cached
         // copy within its staleness bound, or a change in between) at most a
         // few times in a row; each time Verify decides again on a fresh read.
@@ -157,18 +167,19 @@ impl Authority {
     ) -> Result<bool, Error> {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
-        if self
-            .guard
-            .verified_fingerprint(&digest)
-            .is_some_and(|fingerprint| fingerprint == VerifyGuard::fingerprint(&key.secret_hash))
-        {
+        if self.guard.accepted_against(&digest, &key.secret_hash) {
             metrics().verify_cache_hits.inc();
             return Ok(true);
         }
         metrics().verify_cache_misses.inc();
-        let matched = self
-            .check_with_argon2(digest, secret, &key.id, &key.secret_hash)
-            .await?;
+        let Some(phc) = key.secret_hash.phc() else {
+            // `verify` reads such a key again from the store first.
+            return Err(Error::Internal(format!(
+                "key {} reached argon2 without its PHC string",
+                key.id
+            )));
+        };
+        let matched = self.check_with_argon2(digest, secret, &key.id, phc).await?;
         if matched {
             self.rehash_if_outdated(key, secret, digest).await;
         }

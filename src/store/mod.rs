@@ -148,7 +148,10 @@ pub trait Store: Send + Sync + 'static {
     async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()>;
 
     /// A key and its identity, read together (one round trip on Redis): the
-    /// lookup behind Verify.
+    /// lookup behind Verify. An answer from Verify's record cache carries
+    /// only what Verify decides on: the key's hash is then its fingerprint
+    /// alone ([`crate::domain::SecretHash::Fingerprint`]), and its name, description, hint,
+    /// times and roll links are empty. Read uncached to write a key back.
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>>;
 
     /// [`Store::key_with_identity`] from the system of record itself, past

@@ -34,7 +34,7 @@ fn key(identity: &Identity, name: &str) -> ApiKey {
         rate_limits: Vec::new(),
         credits: None,
         usage_account: None,
-        secret_hash: "$argon2id$placeholder".into(),
+        secret_hash: keyrack::domain::SecretHash::Phc("$argon2id$placeholder".into()),
         revision: 0,
     }
 }

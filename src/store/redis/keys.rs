@@ -49,6 +49,41 @@ pub fn parse_key_end_member(member: &str) -> Option<(KeyEndKind, KeyId)> {
         .find(|kind| key_end_kind_word(*kind) == word)?;
     Some((kind, KeyId::parse(id).ok()?))
 }
+use crate::domain::ids::{IDENTITY_ID_LEN, KEY_ID_LEN};
+
+/// A record Verify reads, named by its id alone: what Verify's record cache
+/// keys its entries by, inline, where the Redis name would be a string of
+/// about 45 bytes on the heap for each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerifyRecordName {
+    /// A key's record.
+    Key([u8; KEY_ID_LEN]),
+    /// An identity's record.
+    Identity([u8; IDENTITY_ID_LEN]),
+}
+
+impl VerifyRecordName {
+    /// The name of `key`'s record.
+    pub fn key(key: &KeyId) -> Self {
+        Self::Key(
+            key.as_str()
+                .as_bytes()
+                .try_into()
+                .expect("a key id has KEY_ID_LEN characters"),
+        )
+    }
+
+    /// The name of `identity`'s record.
+    pub fn identity(identity: &IdentityId) -> Self {
+        Self::Identity(
+            identity
+                .as_str()
+                .as_bytes()
+                .try_into()
+                .expect("an identity id has IDENTITY_ID_LEN characters"),
+        )
+    }
+}
 
 /// Builds every Redis key keyrack uses, under a configurable prefix.
 #[derive(Debug, Clone)]
@@ -87,6 +122,22 @@ impl Keyspace {
     /// Both carry the identity's hash tag (one round trip, one Cluster slot).
     pub fn verify_records(&self, key: &KeyId) -> [String; 2] {
         [self.key(key), self.identity(&key.identity_id())]
+    }
+
+    /// Which record Verify reads a Redis name is, if it is one: the inverse
+    /// of `verify_records`, for the names Redis sends in invalidations.
+    pub fn verify_record_name(&self, name: &[u8]) -> Option<VerifyRecordName> {
+        let tagged = name
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"{")?;
+        let (identity, rest) = tagged.split_at_checked(IDENTITY_ID_LEN)?;
+        let rest = rest.strip_prefix(b"}:")?;
+        let identity = IdentityId::parse(std::str::from_utf8(identity).ok()?).ok()?;
+        if rest == b"identity" {
+            return Some(VerifyRecordName::identity(&identity));
+        }
+        let key = KeyId::parse(std::str::from_utf8(rest.strip_prefix(b"key:")?).ok()?).ok()?;
+        (key.identity_id() == identity).then(|| VerifyRecordName::key(&key))
     }
 
     /// The identity's key ids.
@@ -232,5 +283,33 @@ mod tests {
         );
         assert_eq!(parse_key_end_member("lapsed:abcdefghijklXYZ123"), None);
         assert_eq!(parse_key_end_member("expired:short"), None);
+    }
+
+    #[test]
+    fn verify_record_names_parse_back_from_redis_names() {
+        let keyspace = Keyspace::new("keyrack:");
+        let key = KeyId::parse("abcdefghijklXYZ123").unwrap();
+        let [key_name, identity_name] = keyspace.verify_records(&key);
+        assert_eq!(
+            keyspace.verify_record_name(key_name.as_bytes()),
+            Some(VerifyRecordName::key(&key))
+        );
+        assert_eq!(
+            keyspace.verify_record_name(identity_name.as_bytes()),
+            Some(VerifyRecordName::identity(&key.identity_id()))
+        );
+        for other in [
+            keyspace.key_index(&key.identity_id()),
+            keyspace.usage(&key.identity_id()),
+            "other:{abcdefghijkl}:identity".to_owned(),
+            "keyrack:{abcdefghijkl}:key:mnopqrstuvwxXYZ123".to_owned(),
+            "keyrack:{abcdefghijkl}:key:abcdefghijklXYZ1234".to_owned(),
+        ] {
+            assert_eq!(
+                keyspace.verify_record_name(other.as_bytes()),
+                None,
+                "{other}"
+            );
+        }
     }
 }

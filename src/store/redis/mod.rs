@@ -1,6 +1,7 @@
 //! The Redis store: the system of record. This module and its children are the
 //! only code that knows Redis key names, commands and scripts.
 
+mod cached_key;
 mod keys;
 mod record_cache;
 mod scripts;
@@ -348,9 +349,14 @@ where
             );
             return Ok(());
         }
-        let cache = record_cache::RecordCache::start(options, self.response_timeout, opener)
-            .await
-            .map_err(unavailable)?;
+        let cache = record_cache::RecordCache::start(
+            options,
+            self.response_timeout,
+            opener,
+            self.keyspace.clone(),
+        )
+        .await
+        .map_err(unavailable)?;
         self.record_cache = Some(cache);
         Ok(())
     }
@@ -381,7 +387,7 @@ where
     /// sends every key of the identity back to Redis.
     fn forget_cached(&self, identity: &IdentityId) {
         if let Some(cache) = &self.record_cache {
-            cache.forget(&[self.keyspace.identity(identity)]);
+            cache.forget(identity);
         }
     }
 
@@ -392,10 +398,10 @@ where
         cache: &record_cache::RecordCache,
         id: &KeyId,
     ) -> Option<StoreResult<Option<(ApiKey, Identity)>>> {
-        let [key_name, identity_name] = self.keyspace.verify_records(id);
-        if let Some(found) = cache.lookup(&key_name, &identity_name) {
+        if let Some(found) = cache.lookup(id) {
             return Some(Ok(Some(found)));
         }
+        let [key_name, identity_name] = self.keyspace.verify_records(id);
         let (mut link, removals_before) = cache.begin_read()?;
         let read: Result<(Option<String>, Option<String>), _> =
             link.mget(&[&key_name, &identity_name]).await;
@@ -410,7 +416,7 @@ where
         Some((|| {
             let key: ApiKey = decode(&raw_key)?;
             let identity: Identity = decode(&raw_identity)?;
-            cache.insert(removals_before, key_name, &key, identity_name, &identity);
+            cache.insert(removals_before, &key, &identity);
             Ok(Some((key, identity)))
         })())
     }

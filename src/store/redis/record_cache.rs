@@ -25,7 +25,9 @@
 //! inserts take for reading, so no removal can fall between the check and the
 //! insert.
 
-use crate::domain::{ApiKey, Identity, UnixMillis};
+use super::cached_key::CachedKey;
+use super::keys::{Keyspace, VerifyRecordName};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
 use crate::metrics::metrics;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisResult, Value};
@@ -54,10 +56,11 @@ pub struct VerifyCacheStats {
     pub link_resets: u64,
 }
 
-/// One cached record, as Redis returned it, decoded.
+/// One cached record. A key keeps only what Verify decides on (see
+/// `cached_key.rs`); an identity is kept whole, once for all its keys.
 #[derive(Clone)]
 enum CachedRecord {
-    Key(Arc<ApiKey>),
+    Key(CachedKey),
     Identity(Arc<Identity>),
 }
 
@@ -77,7 +80,9 @@ struct Link {
 
 /// See the module documentation.
 pub(super) struct RecordCache {
-    records: quick_cache::sync::Cache<String, CachedRecord>,
+    records: quick_cache::sync::Cache<VerifyRecordName, CachedRecord>,
+    /// Reads the record names in Redis's invalidations.
+    keyspace: Keyspace,
     /// Removals so far; see the module documentation for why inserts check it.
     removals: RwLock<u64>,
     link: Mutex<Link>,
@@ -99,9 +104,11 @@ impl RecordCache {
         options: VerifyCacheOptions,
         response_timeout: Duration,
         opener: LinkOpener,
+        keyspace: Keyspace,
     ) -> RedisResult<Arc<Self>> {
         let cache = Arc::new(Self {
             records: quick_cache::sync::Cache::new(options.max_records.max(2) as usize),
+            keyspace,
             removals: RwLock::new(0),
             link: Mutex::new(Link {
                 generation: 0,
@@ -210,21 +217,24 @@ impl RecordCache {
         (self.epoch.elapsed().as_nanos() as u64).max(1)
     }
 
-    /// The key and identity cached under these Redis names, if both are and
-    /// the fence is fresh.
-    pub(super) fn lookup(&self, key_name: &str, identity_name: &str) -> Option<(ApiKey, Identity)> {
+    /// The key and its identity, if both are cached and the fence is fresh.
+    /// The key is the cached form: see `CachedKey::to_key`.
+    pub(super) fn lookup(&self, id: &KeyId) -> Option<(ApiKey, Identity)> {
         let found = self.fresh().then(|| {
-            match (self.records.get(key_name), self.records.get(identity_name)) {
-                // Redis deletes a record at its deadline (and then pushes an
-                // invalidation) only when its expiry cycle gets to it: the
-                // deadline is checked here on every hit, as the store
-                // contract promises.
-                (Some(CachedRecord::Key(key)), Some(CachedRecord::Identity(identity)))
-                    if key
-                        .record_deadline(identity.expire_time)
-                        .is_none_or(|deadline| deadline > UnixMillis::now()) =>
-                {
-                    Some((ApiKey::clone(&key), Identity::clone(&identity)))
+            let identity_id = id.identity_id();
+            match (
+                self.records.get(&VerifyRecordName::key(id)),
+                self.records.get(&VerifyRecordName::identity(&identity_id)),
+            ) {
+                (Some(CachedRecord::Key(key)), Some(CachedRecord::Identity(identity))) => {
+                    let key = key.to_key(id, &identity_id);
+                    // Redis deletes a record at its deadline (and then pushes
+                    // an invalidation) only when its expiry cycle gets to it:
+                    // the deadline is checked here on every hit, as the store
+                    // contract promises.
+                    key.record_deadline(identity.expire_time)
+                        .is_none_or(|deadline| deadline > UnixMillis::now())
+                        .then(|| (key, Identity::clone(&identity)))
                 }
                 _ => None,
             }
@@ -243,35 +253,34 @@ impl RecordCache {
     }
 
     /// Caches what a read through the link returned, unless anything was
-    /// removed since the read was sent (`removals_before`).
-    pub(super) fn insert(
-        &self,
-        removals_before: u64,
-        key_name: String,
-        key: &ApiKey,
-        identity_name: String,
-        identity: &Identity,
-    ) {
+    /// removed since the read was sent (`removals_before`). A key whose
+    /// record names another identity is not cached (Verify refuses it).
+    pub(super) fn insert(&self, removals_before: u64, key: &ApiKey, identity: &Identity) {
+        if key.identity_id != identity.id {
+            return;
+        }
         let removals = self.removals.read().unwrap_or_else(|p| p.into_inner());
         if *removals != removals_before {
             return;
         }
-        self.records
-            .insert(key_name, CachedRecord::Key(Arc::new(key.clone())));
         self.records.insert(
-            identity_name,
+            VerifyRecordName::key(&key.id),
+            CachedRecord::Key(CachedKey::of(key)),
+        );
+        // One entry for all the identity's keys.
+        self.records.insert(
+            VerifyRecordName::identity(&identity.id),
             CachedRecord::Identity(Arc::new(identity.clone())),
         );
     }
 
-    /// Drops the records under these Redis names: this replica changed
-    /// them, and does not wait for the push.
-    pub(super) fn forget(&self, names: &[String]) {
+    /// Drops `identity`'s record: this replica changed it or one of its
+    /// keys, and does not wait for the push. A hit needs the identity's
+    /// record, so this sends every key of the identity back to Redis.
+    pub(super) fn forget(&self, identity: &IdentityId) {
         let mut removals = self.removals.write().unwrap_or_else(|p| p.into_inner());
         *removals += 1;
-        for name in names {
-            self.records.remove(name.as_str());
-        }
+        self.records.remove(&VerifyRecordName::identity(identity));
     }
 
     /// Applies a push from the link of `generation`.
@@ -283,12 +292,20 @@ impl RecordCache {
                 match push.data.first() {
                     Some(Value::Array(names)) => {
                         for name in names {
-                            if let Value::BulkString(name) = name
-                                && let Ok(name) = std::str::from_utf8(name)
-                            {
-                                self.records.remove(name);
-                                metrics().record_cache_invalidations.inc();
+                            let record = match name {
+                                Value::BulkString(name) => self.keyspace.verify_record_name(name),
+                                _ => None,
+                            };
+                            match record {
+                                Some(record) => {
+                                    self.records.remove(&record);
+                                }
+                                // The link reads only Verify's records; a name
+                                // that is not one of them empties the cache
+                                // rather than be missed.
+                                None => self.records.clear(),
                             }
+                            metrics().record_cache_invalidations.inc();
                         }
                     }
                     // Redis sends a null instead of names after FLUSHALL and

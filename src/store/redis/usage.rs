@@ -171,7 +171,7 @@ mod tests {
             rate_limits: Vec::new(),
             credits: None,
             usage_account: None,
-            secret_hash: "$argon2id$x".into(),
+            secret_hash: crate::domain::SecretHash::Phc("$argon2id$x".into()),
             revision: 42,
         };
         assert!(encode(&identity).unwrap().ends_with(",\"revision\":41}"));
