@@ -1,7 +1,7 @@
 //! Datasets and allow-lists as Verify enforces them, on both stores.
 
 use crate::on_both_stores;
-use crate::support::{TestServer, authed};
+use crate::support::{TestServer, authed, mask};
 use keyrack::proto::{self, VerifyCode};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -60,12 +60,6 @@ async fn identity_with(
         ))
         .await
         .map(|r| r.into_inner())
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
 }
 
 on_both_stores!(

@@ -2,7 +2,7 @@
 //! descriptor lists them) refuses callers without an admin token, and a
 //! battery of bad requests gets clear errors, no panic and no partial write.
 
-use crate::support::{Backend, TestServer, authed, require_program};
+use crate::support::{Backend, TestServer, authed, mask, require_program};
 use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::roll_key_request::OldKeyEnd;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
@@ -445,12 +445,6 @@ fn grace(seconds: i64, nanos: i32) -> Option<OldKeyEnd> {
         seconds,
         nanos,
     }))
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
 }
 
 fn strings(entries: &[&str]) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! on both stores and across two replicas of one Redis.
 
 use crate::on_both_stores;
-use crate::support::{Backend, RedisServer, TestServer, authed, open_store, test_authority};
+use crate::support::{Backend, RedisServer, TestServer, authed, mask, open_store, test_authority};
 use keyrack::proto::{self, VerifyCode};
 use keyrack::service::{Authority, AuthorityOptions, PersonProfile, VerifyQuery};
 use std::time::Duration;
@@ -11,12 +11,6 @@ use tonic_types::StatusExt;
 
 fn strings(entries: &[&str]) -> Vec<String> {
     entries.iter().map(|e| e.to_string()).collect()
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: strings(paths),
-    })
 }
 
 async fn verify(

@@ -2,7 +2,9 @@
 //! Redis (replica A, the test server, and replica B with its record cache
 //! on), and the same rules on the embedded store.
 
-use crate::support::{Backend, RedisServer, Replica, TestServer, authed, two_replicas};
+use crate::support::{
+    Backend, RedisServer, Replica, TestServer, authed, command_calls, mask, two_replicas,
+};
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
 use std::time::Duration;
@@ -28,12 +30,6 @@ fn credits(remaining: i64, refill: Option<(i64, Duration)>) -> proto::Credits {
             }),
         }),
     }
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|path| (*path).to_owned()).collect(),
-    })
 }
 
 async fn verify(
@@ -692,19 +688,6 @@ async fn limits_and_credits_are_checked_field_by_field() {
         );
     }
     server.stop().await;
-}
-
-/// Calls of `command` Redis has served so far (INFO commandstats).
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.connection())
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
 }
 
 /// Every command Redis has served so far but the record cache's fence

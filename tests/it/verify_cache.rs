@@ -5,8 +5,8 @@
 //! Redis no longer vouches for.
 
 use crate::support::{
-    RedisSentinels, RedisServer, TestServer, authed, capture_logs, eventually, redis_options,
-    test_authority, test_verify_cache_options, two_replicas,
+    RedisSentinels, RedisServer, TestServer, authed, capture_logs, command_calls, eventually, mask,
+    redis_options, test_authority, test_verify_cache_options, two_replicas,
 };
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
@@ -29,12 +29,6 @@ async fn service(a: &TestServer, name: &str) -> proto::CreateIdentityResponse {
         ..Default::default()
     })
     .await
-}
-
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
 }
 
 /// One kind of change made through A, and what B must answer right after.
@@ -418,19 +412,6 @@ async fn a_sentinel_failover_empties_the_cache() {
     )
     .await;
     crate::support::assert_no_secret_logged();
-}
-
-/// Calls of `command` Redis has served so far (INFO commandstats).
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.connection())
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
 }
 
 /// `keyrack serve` caches by default: steady-state Verify sends Redis no
