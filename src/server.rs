@@ -3,12 +3,11 @@
 //! default), and a graceful shutdown with a hard bound.
 
 use crate::grpc::reflection::{AdminGate, ReflectionAccess};
-use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, VerifyApi};
+use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, ExtAuthzServer, VerifyApi};
 use crate::http_listener::IdleTimeout;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::verify_service_server::VerifyServiceServer;
 use crate::service::Authority;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,7 +118,7 @@ fn health_names() -> [&'static str; 4] {
         "",
         <AdminServiceServer<AdminApi> as NamedService>::NAME,
         <VerifyServiceServer<VerifyApi> as NamedService>::NAME,
-        <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
+        <ExtAuthzServer as NamedService>::NAME,
     ]
 }
 
@@ -213,11 +212,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_VERIFY_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&authority)))
         .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
-    let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
-        Arc::clone(&authority),
-        options.ext_authz.clone(),
-    ))
-    .max_decoding_message_size(MAX_EXT_AUTHZ_MESSAGE_BYTES);
+    let ext_authz = ExtAuthzServer::new(
+        ExtAuthzApi::new(Arc::clone(&authority), options.ext_authz.clone()),
+        MAX_EXT_AUTHZ_MESSAGE_BYTES,
+    );
 
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)

@@ -4,6 +4,12 @@
 //! caller's identity in `x-keyrack-*` headers; refused ones get 401, 403 or
 //! 429 from Envoy without reaching the upstream.
 
+mod answer;
+mod request_view;
+mod server;
+
+pub use server::ExtAuthzServer;
+
 use super::telemetry::code_name;
 use super::verify::{count_outcome, record_verdict};
 use crate::domain::names::parse_name;
@@ -11,22 +17,22 @@ use crate::domain::scope::parse_scopes;
 use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
 use crate::service::{Authority, CallContext, VerifyQuery};
+use answer::{CheckAnswer, HeaderToSet, MetadataField, MetadataStruct, OkAnswer, check_answer};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
-    socket_address,
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-    authorization_server::Authorization, check_response::HttpResponse,
-};
+use envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse;
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
+use request_view::{
+    AttributeContextView, CheckRequestView, HttpRequestView, MapEntry, address_view, map_get,
+    socket_address_view,
+};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 /// The headers an allowed request carries upstream, always set by keyrack.
 pub const IDENTITY_ID_HEADER: &str = "x-keyrack-identity-id";
@@ -89,6 +95,9 @@ impl Default for ExtAuthzOptions {
 pub struct ExtAuthzApi {
     authority: Arc<Authority>,
     options: Arc<ExtAuthzOptions>,
+    /// The credential header's name as each allowed answer lists it for
+    /// removal.
+    credential_header: Bytes,
     /// Sent as `retry-after` with a 429: a throttled key takes no new
     /// guesses for this long.
     retry_after: Duration,
@@ -100,14 +109,15 @@ impl ExtAuthzApi {
         let retry_after = authority.throttle_window();
         Self {
             authority,
+            credential_header: Bytes::copy_from_slice(options.token_header.as_str().as_bytes()),
             options: Arc::new(options),
             retry_after,
         }
     }
 
     /// The token of the configured credential header, if the request has one.
-    fn token<'a>(&self, http: &'a HttpRequest) -> Option<&'a str> {
-        let value = request_header(http, self.options.token_header.as_str())?;
+    fn token<'a>(&self, http: &'a HttpRequestView) -> Option<&'a str> {
+        let value = http.header(self.options.token_header.as_str())?;
         let token = if self.options.token_header == http::header::AUTHORIZATION {
             bearer_credential(value)?
         } else {
@@ -120,15 +130,21 @@ impl ExtAuthzApi {
     /// (unless kept) and every `x-keyrack-*` header the client sent that
     /// keyrack does not overwrite. Envoy removes after it sets, so the
     /// identity headers must not be listed.
-    fn headers_to_remove(&self, http: &HttpRequest) -> Vec<String> {
-        let mut remove: Vec<String> = request_header_names(http)
-            .filter(|name| {
-                name.starts_with(KEYRACK_HEADER_PREFIX) && !IDENTITY_HEADERS.contains(name)
-            })
-            .map(str::to_owned)
-            .collect();
+    fn headers_to_remove(&self, http: &HttpRequestView) -> Vec<Bytes> {
+        let mut remove: Vec<Bytes> = Vec::with_capacity(1);
+        for name in http.header_names() {
+            // A name sent twice is removed once, as when headers were a map.
+            if name.starts_with(KEYRACK_HEADER_PREFIX.as_bytes())
+                && !IDENTITY_HEADERS
+                    .iter()
+                    .any(|owned| owned.as_bytes() == name)
+                && !remove.iter().any(|listed| listed == name)
+            {
+                remove.push(Bytes::copy_from_slice(name));
+            }
+        }
         if !self.options.keep_credential {
-            remove.push(self.options.token_header.as_str().to_owned());
+            remove.push(self.credential_header.clone());
         }
         remove
     }
@@ -141,34 +157,6 @@ const IDENTITY_HEADERS: [&str; 4] = [
     KEY_ID_HEADER,
 ];
 
-/// A request header's value. Envoy lowercases names; it sends either the
-/// `headers` map or, with `encode_raw_headers`, the `header_map` list.
-fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    if let Some(value) = http.headers.get(name) {
-        return Some(value);
-    }
-    http.header_map
-        .as_ref()?
-        .headers
-        .iter()
-        .find(|header| header.key.eq_ignore_ascii_case(name))
-        .and_then(|header| {
-            if header.raw_value.is_empty() {
-                Some(header.value.as_str())
-            } else {
-                std::str::from_utf8(&header.raw_value).ok()
-            }
-        })
-}
-
-fn request_header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
-    let listed = http
-        .header_map
-        .iter()
-        .flat_map(|map| map.headers.iter().map(|header| header.key.as_str()));
-    http.headers.keys().map(String::as_str).chain(listed)
-}
-
 /// What a route requires of the key, from its `context_extensions`.
 struct RouteRequirements<'a> {
     dataset: Option<&'a str>,
@@ -180,13 +168,13 @@ struct RouteRequirements<'a> {
 /// error makes Envoy refuse the request (fail closed) and log it, rather
 /// than keyrack guessing what was meant.
 fn route_requirements<'a>(
-    extensions: &'a std::collections::HashMap<String, String>,
-    http: &HttpRequest,
+    extensions: &'a [MapEntry],
+    http: &HttpRequestView,
 ) -> Result<RouteRequirements<'a>, Status> {
     let invalid = |name: &str, reason: &dyn std::fmt::Display| {
         Status::invalid_argument(format!("context extension {name}: {reason}"))
     };
-    if let Some(unknown) = extensions.keys().find(|name| {
+    if let Some(unknown) = extensions.iter().map(|entry| &entry.key).find(|name| {
         name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
     }) {
         return Err(invalid(
@@ -197,16 +185,15 @@ fn route_requirements<'a>(
             ),
         ));
     }
-    let dataset = match extensions.get(DATASET_EXTENSION) {
+    let dataset = match map_get(extensions, DATASET_EXTENSION) {
         None => None,
         Some(name) => Some(
             parse_name(name)
-                .map(|_| name.as_str())
+                .map(|_| name)
                 .map_err(|reason| invalid(DATASET_EXTENSION, &reason))?,
         ),
     };
-    let listed: Vec<String> = extensions
-        .get(SCOPES_EXTENSION)
+    let listed: Vec<String> = map_get(extensions, SCOPES_EXTENSION)
         .map(|text| text.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
     let mut scopes = parse_scopes(SCOPES_EXTENSION, &listed).map_err(|errors| {
@@ -216,10 +203,7 @@ fn route_requirements<'a>(
             .collect();
         invalid(SCOPES_EXTENSION, &reasons.join("; "))
     })?;
-    match extensions
-        .get(SCOPE_FROM_PATH_EXTENSION)
-        .map(String::as_str)
-    {
+    match map_get(extensions, SCOPE_FROM_PATH_EXTENSION) {
         None | Some("false") => {}
         // The path without its query string. It is the client's, so it is
         // not checked as a scope's syntax: a path no grant covers is simply
@@ -238,7 +222,7 @@ fn route_requirements<'a>(
             ));
         }
     }
-    let cost = match extensions.get(COST_EXTENSION) {
+    let cost = match map_get(extensions, COST_EXTENSION) {
         None => 1,
         Some(text) => text
             .parse::<i64>()
@@ -254,12 +238,12 @@ fn route_requirements<'a>(
 }
 
 /// The downstream client's address as Envoy saw it.
-fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
+fn client_ip(attributes: &AttributeContextView) -> Option<IpAddr> {
     peer_address(attributes).map(|peer| peer.ip())
 }
 
 /// The HTTP request's source address and port, as Envoy saw it.
-fn peer_address(attributes: &AttributeContext) -> Option<std::net::SocketAddr> {
+fn peer_address(attributes: &AttributeContextView) -> Option<std::net::SocketAddr> {
     match attributes
         .source
         .as_ref()?
@@ -268,10 +252,10 @@ fn peer_address(attributes: &AttributeContext) -> Option<std::net::SocketAddr> {
         .address
         .as_ref()?
     {
-        address::Address::SocketAddress(socket) => {
+        address_view::Address::SocketAddress(socket) => {
             let ip: IpAddr = socket.address.parse().ok()?;
             let port = match socket.port_specifier {
-                Some(socket_address::PortSpecifier::PortValue(port)) => {
+                Some(socket_address_view::PortSpecifier::PortValue(port)) => {
                     u16::try_from(port).unwrap_or(0)
                 }
                 _ => 0,
@@ -299,12 +283,6 @@ fn overwrite(key: &str, value: impl Into<String>) -> HeaderValueOption {
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
         ..Default::default()
-    }
-}
-
-fn string_value(text: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(text.to_owned())),
     }
 }
 
@@ -395,7 +373,7 @@ impl Refusal {
         }
     }
 
-    fn into_response(self) -> CheckResponse {
+    fn into_response(self) -> CheckAnswer {
         let mut headers = vec![overwrite("content-type", "application/json")];
         if self.status == HttpStatusCode::Unauthorized {
             headers.push(overwrite("www-authenticate", r#"Bearer realm="keyrack""#));
@@ -406,19 +384,21 @@ impl Refusal {
             headers.push(overwrite("retry-after", seconds.to_string()));
         }
         let body = serde_json::json!({ "code": self.code, "message": self.message }).to_string();
-        CheckResponse {
+        CheckAnswer {
             status: Some(rpc::Status {
                 code: self.grpc_code as i32,
                 message: self.message,
                 details: Vec::new(),
             }),
-            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus {
-                    code: self.status.into(),
-                }),
-                headers,
-                body,
-            })),
+            http_response: Some(check_answer::HttpResponse::DeniedResponse(
+                DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: self.status.into(),
+                    }),
+                    headers,
+                    body,
+                },
+            )),
             dynamic_metadata: None,
         }
     }
@@ -426,53 +406,57 @@ impl Refusal {
 
 /// The OK answer: identity headers set, client copies and credential removed,
 /// the same values as dynamic metadata for Envoy's other filters and logs.
-fn allowed(verdict: &Verdict, headers_to_remove: Vec<String>) -> CheckResponse {
+fn allowed(verdict: &Verdict, headers_to_remove: Vec<Bytes>) -> CheckAnswer {
     let Some((key, identity)) = &verdict.subject else {
         unreachable!("a valid verdict names its key and identity")
     };
+    let text = |value: &str| Bytes::copy_from_slice(value.as_bytes());
+    // Each value is written twice, as a header and as metadata: the second
+    // is the same buffer.
     let values = [
-        (IDENTITY_ID_HEADER, "identity_id", identity.id.as_str()),
+        (
+            IDENTITY_ID_HEADER,
+            "identity_id",
+            text(identity.id.as_str()),
+        ),
         (
             IDENTITY_NAME_HEADER,
             "identity_name",
-            identity.name.as_str(),
+            text(identity.name.as_str()),
         ),
         (
             IDENTITY_KIND_HEADER,
             "identity_kind",
-            kind_name(identity.kind),
+            Bytes::from_static(kind_name(identity.kind).as_bytes()),
         ),
-        (KEY_ID_HEADER, "key_id", key.id.as_str()),
+        (KEY_ID_HEADER, "key_id", text(key.id.as_str())),
     ];
     let headers = values
         .iter()
-        .map(|(header, _, value)| overwrite(header, *value))
+        .map(|(header, _, value)| {
+            HeaderToSet::overwrite(Bytes::from_static(header.as_bytes()), value.clone())
+        })
         .collect();
-    let metadata = Struct {
+    let metadata = MetadataStruct {
         fields: values
-            .iter()
-            .map(|(_, name, value)| ((*name).to_owned(), string_value(value)))
+            .into_iter()
+            .map(|(_, name, value)| MetadataField::text(Bytes::from_static(name.as_bytes()), value))
             .collect(),
     };
-    CheckResponse {
+    CheckAnswer {
         status: Some(rpc::Status::default()),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+        http_response: Some(check_answer::HttpResponse::OkResponse(OkAnswer {
             headers,
             headers_to_remove,
-            ..Default::default()
         })),
         dynamic_metadata: Some(metadata),
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzApi {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        // The request carries the credential: it is never formatted or logged.
-        let request = request.into_inner();
+impl ExtAuthzApi {
+    /// Envoy's question about one HTTP request, answered. The request
+    /// carries the credential: it is never formatted or logged.
+    async fn check(&self, request: CheckRequestView) -> Result<CheckAnswer, Status> {
         let Some(attributes) = request.attributes.as_ref() else {
             return Err(Status::invalid_argument("attributes are required"));
         };
@@ -496,14 +480,14 @@ impl Authorization for ExtAuthzApi {
                 message: format!("no credential: send {expected}"),
                 retry_after: None,
             };
-            return Ok(Response::new(refusal.into_response()));
+            return Ok(refusal.into_response());
         };
         // The peer of a Check is Envoy; the caller is the HTTP request's
         // source, and its request and trace ids travel in its headers.
         let context = CallContext {
             peer: peer_address(attributes),
-            request_id: request_header(http, "x-request-id").map(str::to_owned),
-            traceparent: request_header(http, "traceparent").map(str::to_owned),
+            request_id: http.header("x-request-id").map(str::to_owned),
+            traceparent: http.header("traceparent").map(str::to_owned),
         };
         let query = VerifyQuery {
             token,
@@ -524,7 +508,7 @@ impl Authorization for ExtAuthzApi {
                     message: reason,
                     retry_after: Some(self.retry_after),
                 };
-                return Ok(Response::new(refusal.into_response()));
+                return Ok(refusal.into_response());
             }
             // A store outage is an error status, never a decision: Envoy
             // with failure_mode_allow: false refuses the request.
@@ -540,6 +524,6 @@ impl Authorization for ExtAuthzApi {
         } else {
             Refusal::of_verdict(&verdict, route.dataset).into_response()
         };
-        Ok(Response::new(response))
+        Ok(response)
     }
 }

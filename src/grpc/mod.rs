@@ -14,7 +14,7 @@ pub mod telemetry;
 mod verify;
 
 pub use admin::AdminApi;
-pub use ext_authz::{ExtAuthzApi, ExtAuthzOptions};
+pub use ext_authz::{ExtAuthzApi, ExtAuthzOptions, ExtAuthzServer};
 pub use verify::VerifyApi;
 
 use tonic::metadata::MetadataMap;
