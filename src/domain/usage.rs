@@ -93,15 +93,21 @@ pub fn parse_limit_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// Checks one rate limit's numbers.
-pub fn check_rate_limit(limit: u64, duration_ms: u64) -> Result<(), String> {
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(format!("limit must be between 1 and {MAX_LIMIT}"));
+/// Checks a rate limit's `limit`.
+pub fn check_limit(limit: i64) -> Result<u64, String> {
+    u64::try_from(limit)
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| format!("must be between 1 and {MAX_LIMIT}"))
+}
+
+/// Checks a rate limit's `duration`.
+pub fn check_duration(duration_ms: u64) -> Result<u64, String> {
+    if (MIN_DURATION_MS..=MAX_DURATION_MS).contains(&duration_ms) {
+        Ok(duration_ms)
+    } else {
+        Err("must be between 1 second and 30 days".into())
     }
-    if !(MIN_DURATION_MS..=MAX_DURATION_MS).contains(&duration_ms) {
-        return Err("duration must be between 1 second and 30 days".into());
-    }
-    Ok(())
 }
 
 /// Checks a list of rate limits as a whole, given the names of all its
@@ -605,9 +611,10 @@ mod tests {
         assert!(parse_limit_name("PerMinute").is_err());
         assert!(parse_limit_name("1st").is_err());
         assert!(parse_limit_name(&"a".repeat(32)).is_err());
-        assert!(check_rate_limit(0, 60_000).is_err());
-        assert!(check_rate_limit(10, 999).is_err());
-        assert!(check_rate_limit(MAX_LIMIT, MAX_DURATION_MS).is_ok());
+        assert!(check_limit(0).is_err());
+        assert!(check_limit(-1).is_err());
+        assert!(check_duration(999).is_err());
+        assert!(check_limit(MAX_LIMIT as i64).is_ok() && check_duration(MAX_DURATION_MS).is_ok());
         // The largest quantities stay exact in a double.
         assert!(MAX_LIMIT * MAX_DURATION_MS + MAX_COST * MAX_DURATION_MS < 1 << 53);
         assert_eq!(

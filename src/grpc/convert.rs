@@ -187,25 +187,23 @@ pub fn check_rate_limits(
     for (index, entry) in entries.iter().enumerate() {
         let at = format!("{field}[{index}]");
         let name = violations.check(&format!("{at}.name"), usage::parse_limit_name(&entry.name));
+        let limit = violations.check(&format!("{at}.limit"), usage::check_limit(entry.limit));
         let duration_ms = match &entry.duration {
-            Some(duration) => violations.check(&format!("{at}.duration"), millis_in(duration)),
+            Some(duration) => violations.check(
+                &format!("{at}.duration"),
+                millis_in(duration).and_then(usage::check_duration),
+            ),
             None => {
                 violations.add(format!("{at}.duration"), "is required");
                 None
             }
         };
-        let limit = u64::try_from(entry.limit).unwrap_or(0);
-        let (Some(name), Some(duration_ms)) = (name, duration_ms) else {
-            continue;
-        };
-        match usage::check_rate_limit(limit, duration_ms) {
-            Ok(()) => limits.push(RateLimit {
+        if let (Some(name), Some(limit), Some(duration_ms)) = (name, limit, duration_ms) {
+            limits.push(RateLimit {
                 name,
                 limit,
                 duration_ms,
-            }),
-            Err(why) if why.starts_with("limit") => violations.add(format!("{at}.limit"), why),
-            Err(why) => violations.add(format!("{at}.duration"), why),
+            });
         }
     }
     let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();

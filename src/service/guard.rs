@@ -130,13 +130,6 @@ impl VerifyGuard {
         self.verified.get(digest)
     }
 
-    /// Whether argon2 accepted this token against this very hash: a
-    /// cached acceptance counts for nothing else.
-    pub fn accepted_against(&self, digest: &TokenDigest, hash: &SecretHash) -> bool {
-        self.verified_fingerprint(digest)
-            .is_some_and(|fingerprint| fingerprint == hash.fingerprint())
-    }
-
     /// Whether argon2 refused this token before.
     pub fn was_rejected(&self, digest: &TokenDigest) -> bool {
         self.rejected.contains_key(digest)
@@ -246,4 +239,10 @@ impl FailureWindow {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether an acceptance (`VerifyGuard::verified_fingerprint`) was made
+/// against this very hash: a cached acceptance counts for nothing else.
+pub fn accepted_against(accepted: Option<HashFingerprint>, hash: &SecretHash) -> bool {
+    accepted.is_some_and(|fingerprint| fingerprint == hash.fingerprint())
 }

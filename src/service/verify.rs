@@ -2,12 +2,14 @@
 //! round trip for the key and its identity, then the secret, and only then
 //! the reasons that depend on the key's settings.
 
-use super::guard::TokenDigest;
+use super::guard::{TokenDigest, accepted_against};
 use super::{Authority, audit};
 use crate::domain::audit::HONEYTOKEN_USED;
 use crate::domain::token;
 use crate::domain::usage::Refusal;
-use crate::domain::{ApiKey, Error, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode};
+use crate::domain::{
+    ApiKey, Error, HashFingerprint, Identity, KeyId, State, UnixMillis, Verdict, VerifyCode,
+};
 use crate::metrics::metrics;
 use crate::store::Charge;
 use std::net::{IpAddr, SocketAddr};
@@ -83,7 +85,9 @@ impl Authority {
         // A token argon2 refused stays wrong (a key id never gets another
         // secret): its answer costs neither Redis nor argon2.
         let digest = self.guard.digest(query.token);
-        if self.guard.verified_fingerprint(&digest).is_none() && self.guard.was_rejected(&digest) {
+        // What argon2 accepted this token against before, looked up once.
+        let mut accepted = self.guard.verified_fingerprint(&digest);
+        if accepted.is_none() && self.guard.was_rejected(&digest) {
             self.guard.hold_back().await;
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
@@ -93,8 +97,7 @@ impl Authority {
         // needs the PHC string, so any other token reads the record from the
         // store (argon2's cost dwarfs the read).
         if record.as_ref().is_some_and(|(key, _)| {
-            key.secret_hash.phc().is_none()
-                && !self.guard.accepted_against(&digest, &key.secret_hash)
+            key.secret_hash.phc().is_none() && !accepted_against(accepted, &key.secret_hash)
         }) {
             record = self.store.key_with_identity_uncached(&key_id).await?;
         }
@@ -113,7 +116,10 @@ impl Authority {
                     .await?;
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             };
-            if !self.secret_matches_record(digest, secret, &key).await? {
+            if !self
+                .secret_matches_record(digest, secret, &key, &mut accepted)
+                .await?
+            {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             if key.honeytoken {
@@ -157,17 +163,19 @@ impl Authority {
         ))
     }
 
-    /// Whether `secret` is the one `key` was minted with: from the guard's
-    /// memory of this very hash when it has one, else by argon2.
+    /// Whether `secret` is the one `key` was minted with: from what argon2
+    /// `accepted` before when that was this very hash, else by argon2 (whose
+    /// acceptance then becomes `accepted`).
     async fn secret_matches_record(
         &self,
         digest: TokenDigest,
         secret: &str,
         key: &ApiKey,
+        accepted: &mut Option<HashFingerprint>,
     ) -> Result<bool, Error> {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
-        if self.guard.accepted_against(&digest, &key.secret_hash) {
+        if accepted_against(*accepted, &key.secret_hash) {
             metrics().verify_cache_hits.inc();
             return Ok(true);
         }
@@ -181,6 +189,7 @@ impl Authority {
         };
         let matched = self.check_with_argon2(digest, secret, &key.id, phc).await?;
         if matched {
+            *accepted = Some(key.secret_hash.fingerprint());
             self.rehash_if_outdated(key, secret, digest).await;
         }
         Ok(matched)
