@@ -52,12 +52,6 @@ impl Default for ExpiryOptions {
 /// error is logged and retried at the next tick: an end stays in the index
 /// until some replica reports it.
 pub async fn run(store: Arc<dyn Store>, options: ExpiryOptions) {
-    if !store.indexes_key_ends() {
-        tracing::warn!(
-            "KEY_EXPIRING, KEY_EXPIRED and GRACE_ENDED are not available with Redis Cluster yet"
-        );
-        return;
-    }
     tokio::join!(
         report_ends(Arc::clone(&store), options.check_interval),
         sweep_periodically(store, options),

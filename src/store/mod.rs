@@ -304,13 +304,6 @@ pub trait Store: Send + Sync + 'static {
     /// Marks an event delivered: it leaves the group's pending entries.
     async fn ack_delivery(&self, group: &str, id: &str) -> StoreResult<()>;
 
-    /// Whether this store keeps the deadline index behind KEY_EXPIRING,
-    /// KEY_EXPIRED and GRACE_ENDED (Redis Cluster does not yet: the index
-    /// would be a write in another slot than each key's).
-    fn indexes_key_ends(&self) -> bool {
-        true
-    }
-
     /// Up to `limit` entries of the deadline index ending from `from` to
     /// `until` (both included), earliest first.
     async fn key_ends_between(

@@ -1,7 +1,7 @@
 //! Expiry events, with two keyrack replicas on one store (a real
-//! redis-server, and one shared memory store): KEY_EXPIRING once per key and
-//! lead time, KEY_EXPIRED shortly after a key's end and GRACE_ENDED after a
-//! roll's grace, each once; a revoked key, or a key of a deleted identity, is
+//! redis-server, a real three-master Redis Cluster, and one shared memory
+//! store): KEY_EXPIRING once per key and lead time, KEY_EXPIRED shortly
+//! after a key's end and GRACE_ENDED after a roll's grace, each once; a revoked key, or a key of a deleted identity, is
 //! never reported expired; keys written before the deadline index existed
 //! are indexed by the next replica to start.
 
@@ -182,8 +182,10 @@ fn record(event: &proto::Event) -> &proto::AuditEvent {
     event.audit_event.as_ref().expect("an audit record")
 }
 
-/// Runs a test body on a fresh memory store and a fresh redis-server.
-macro_rules! on_both_backends {
+/// Runs a test body on a fresh memory store, a fresh redis-server and a
+/// fresh three-master Redis Cluster (where each identity keeps its own
+/// deadline index).
+macro_rules! on_every_backend {
     ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,6 +196,13 @@ macro_rules! on_both_backends {
             async fn redis() {
                 super::$body($crate::support::Backend::Redis(
                     $crate::support::RedisServer::start(),
+                ))
+                .await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$body($crate::support::Backend::Cluster(
+                    $crate::support::RedisCluster::start(),
                 ))
                 .await;
             }
@@ -253,7 +262,7 @@ async fn key_expiring_once_per_lead_time_across_two_replicas(backend: Backend) {
     replica.stop().await;
     server.stop().await;
 }
-on_both_backends!(
+on_every_backend!(
     key_expiring_once_per_lead_time_across_two_replicas_on,
     key_expiring_once_per_lead_time_across_two_replicas
 );
@@ -323,7 +332,7 @@ async fn ends_are_reported_once_across_two_replicas(backend: Backend) {
     replica.stop().await;
     server.stop().await;
 }
-on_both_backends!(
+on_every_backend!(
     ends_are_reported_once_across_two_replicas_on,
     ends_are_reported_once_across_two_replicas
 );
@@ -401,7 +410,7 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
     }
     server.stop().await;
 }
-on_both_backends!(
+on_every_backend!(
     a_revoked_key_is_never_reported_expired_on,
     a_revoked_key_is_never_reported_expired
 );

@@ -1032,9 +1032,6 @@ async fn key_ends_of(
 }
 
 async fn the_deadline_index_follows_every_key_write(store: &dyn Store) {
-    if !store.indexes_key_ends() {
-        return; // Redis Cluster: no deadline index yet.
-    }
     let mut alpha = identity("alpha");
     let mut expiring = key(&alpha, "expiring");
     expiring.expire_time = soon(600_000);
@@ -1152,4 +1149,64 @@ async fn the_deadline_index_follows_every_key_write(store: &dyn Store) {
     // Deleting the identity removes its keys' ends.
     assert!(store.delete_identity(&alpha.id, None).await.unwrap());
     assert!(key_ends_of(store, &alpha).await.is_empty());
+}
+
+/// Under Redis Cluster each identity keeps its deadline index in its own
+/// slot, and the expiry task reads every listed identity's: an identity is
+/// listed by its first change, and leaves the list once it is gone and its
+/// index is empty, when no write can index a key of it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_deadline_indexes_are_per_identity_and_listed_until_gone() {
+    let cluster = crate::support::RedisCluster::start();
+    let store = cluster.open_store("ends").await;
+    let listed = |cluster: &crate::support::RedisCluster| {
+        let name = "ends:key-end-identities";
+        let url = &cluster.urls()[cluster.node_of(name)];
+        let mut connection = ::redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        ::redis::cmd("ZRANGE")
+            .arg(name)
+            .arg(0)
+            .arg(-1)
+            .query::<Vec<String>>(&mut connection)
+            .unwrap()
+    };
+    let mut ends = Vec::new();
+    let mut identities = Vec::new();
+    for n in 0..6 {
+        let alpha = identity(&format!("ending_{n}"));
+        let mut expiring = key(&alpha, "expiring");
+        expiring.expire_time = soon(600_000 + n);
+        store
+            .create_identity(&alpha, std::slice::from_ref(&expiring))
+            .await
+            .unwrap();
+        ends.push((expiring.id.clone(), expiring.expire_time.unwrap()));
+        identities.push(alpha);
+    }
+    let mut expected: Vec<String> = identities.iter().map(|i| i.id.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed(&cluster), expected);
+
+    // Every shard's entries, merged earliest first, and cut at the limit.
+    let read = store
+        .key_ends_between(UnixMillis(0), UnixMillis(i64::MAX), 4)
+        .await
+        .unwrap();
+    let read: Vec<_> = read.into_iter().map(|end| (end.key_id, end.at)).collect();
+    assert_eq!(read, ends[..4]);
+
+    // A deleted identity's index is emptied with its keys, and the next read
+    // drops it from the list; the others stay.
+    let gone = identities.remove(0);
+    assert!(store.delete_identity(&gone.id, None).await.unwrap());
+    let read = store
+        .key_ends_between(UnixMillis(0), UnixMillis(i64::MAX), 100)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 5);
+    expected.retain(|id| *id != gone.id.to_string());
+    assert_eq!(listed(&cluster), expected);
 }

@@ -20,6 +20,10 @@
 //! <prefix>console-session:<handle>          JSON console session, PEXPIREAT its end
 //! <prefix>key-ends                          ZSET "<kind>:<key id>" scored by the key's end (ms)
 //! <prefix>expiry:warned:<key id>:<end ms>:<lead s>  marker of a sent KEY_EXPIRING
+//!   Under Redis Cluster the deadline index is kept per identity, in its slot:
+//! <prefix>{<identity id>}:key-ends          ZSET, as key-ends, of the identity's keys
+//! <prefix>{<identity id>}:expiry:warned:<key id>:<end ms>:<lead s>  marker, as above
+//! <prefix>key-end-identities                ZSET of identity ids whose index to read (score 0)
 //! <prefix>expiry:sweep                      lease of the expiry sweep (PX its interval)
 //! <prefix>expiry:indexed                    marker: keys written before the index have entries
 //! ```
@@ -208,13 +212,43 @@ impl Keyspace {
 
     /// The marker that the warning `lead` ahead of `end` was sent.
     pub fn expiry_warned(&self, end: &KeyEnd, lead: Duration) -> String {
+        format!("{}{}", self.prefix, Self::warned_suffix(end, lead))
+    }
+
+    fn warned_suffix(end: &KeyEnd, lead: Duration) -> String {
         format!(
-            "{}expiry:warned:{}:{}:{}",
-            self.prefix,
+            "expiry:warned:{}:{}:{}",
             end.key_id,
             end.at.0,
             lead.as_secs()
         )
+    }
+
+    /// Under Redis Cluster, the deadline index of one identity's keys, in
+    /// the identity's slot so that the scripts writing its keys write it too.
+    pub fn identity_key_ends(&self, identity: &IdentityId) -> String {
+        self.tagged(identity) + "key-ends"
+    }
+
+    /// Under Redis Cluster, the warning marker of [`Self::expiry_warned`],
+    /// in the slot of the key's identity.
+    pub fn identity_expiry_warned(&self, end: &KeyEnd, lead: Duration) -> String {
+        self.tagged(&end.key_id.identity_id()) + &Self::warned_suffix(end, lead)
+    }
+
+    /// Under Redis Cluster, the identities whose deadline index the expiry
+    /// task reads.
+    pub fn key_end_identities(&self) -> String {
+        format!("{}key-end-identities", self.prefix)
+    }
+
+    /// The identity whose hash tag `slot_key` carries, if it is one of the
+    /// identity-tagged names above.
+    pub fn identity_of_slot_key(&self, slot_key: &str) -> Option<IdentityId> {
+        let tagged = slot_key.strip_prefix(&self.prefix)?.strip_prefix('{')?;
+        let (identity, rest) = tagged.split_at_checked(IDENTITY_ID_LEN)?;
+        rest.starts_with("}:").then_some(())?;
+        IdentityId::parse(identity).ok()
     }
 
     /// The expiry sweep's lease.
@@ -252,9 +286,23 @@ mod tests {
             keyspace.totp(&identity),
             keyspace.last_use(&identity),
             keyspace.usage(&identity),
+            keyspace.identity_key_ends(&identity),
         ] {
             assert!(name.starts_with("keyrack:") && name.contains(tag), "{name}");
+            assert_eq!(keyspace.identity_of_slot_key(&name), Some(identity.clone()));
         }
+        assert_eq!(
+            keyspace.identity_of_slot_key(&keyspace.dataset("abcdefghijkl")),
+            None
+        );
+        assert_eq!(
+            keyspace.identity_of_slot_key("other:{abcdefghijkl}:keys"),
+            None
+        );
+        assert_eq!(
+            keyspace.identity_of_slot_key("keyrack:{abcdefghijk}:keys"),
+            None
+        );
         assert_eq!(
             keyspace.key(&key),
             "keyrack:{abcdefghijkl}:key:abcdefghijklXYZ123"

@@ -2,6 +2,7 @@
 //! only code that knows Redis key names, commands and scripts.
 
 mod cached_key;
+mod deadlines;
 mod keys;
 mod record_cache;
 mod scripts;
@@ -64,10 +65,11 @@ pub struct RedisStore<C = ConnectionManager> {
 
 /// The arguments every audited script takes last: the deadline index and
 /// whether to write it, the stream, the armed event (empty when none) and
-/// the stream's length bound. Under Redis Cluster the stream and the index
-/// live in other slots than the change, so the script gets keys of its own
-/// slot that it never writes, the index is not kept, and the event waits in
-/// `deferred` until the change has committed.
+/// the stream's length bound. Under Redis Cluster the stream lives in
+/// another slot than the change, so the script gets a key of its own slot
+/// that it never writes and the event waits in `deferred` until the change
+/// has committed; the index is the changed identity's own (see
+/// `deadlines.rs`), which is then listed in `key_end_identity`.
 struct AuditArgs {
     key_ends: String,
     index_key_ends: bool,
@@ -75,6 +77,7 @@ struct AuditArgs {
     event: String,
     max_events: usize,
     deferred: Option<String>,
+    key_end_identity: Option<IdentityId>,
 }
 
 impl AuditArgs {
@@ -153,11 +156,6 @@ fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<Au
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
-
-/// How long a warning's marker outlives the end it warned of: sweeps look
-/// only at ends to come, so past the end it guards nothing, and the margin
-/// covers clocks that disagree.
-const EXPIRY_WARNING_MARKER_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a fresh name claim is respected even though its identity record
 /// does not carry the name yet: far longer than a create or rename takes.
@@ -428,13 +426,18 @@ where
             .map(|event| encode(&event))
             .transpose()?;
         Ok(if self.cluster {
+            let identity = self.keyspace.identity_of_slot_key(&slot_key);
             AuditArgs {
-                key_ends: format!("{slot_key}:key-ends-unused"),
-                index_key_ends: false,
+                key_ends: identity.as_ref().map_or_else(
+                    || format!("{slot_key}:key-ends-unused"),
+                    |identity| self.key_ends_of(identity),
+                ),
+                index_key_ends: identity.is_some(),
                 stream: format!("{slot_key}:audit-deferred"),
                 event: String::new(),
                 max_events: self.audit_max_events,
                 deferred: event,
+                key_end_identity: identity,
             }
         } else {
             AuditArgs {
@@ -444,6 +447,7 @@ where
                 event: event.unwrap_or_default(),
                 max_events: self.audit_max_events,
                 deferred: None,
+                key_end_identity: None,
             }
         })
     }
@@ -451,6 +455,9 @@ where
     /// The change succeeded: its script appended the event, or, under
     /// Cluster, it is appended now, right after the change.
     async fn commit_audit(&self, audit: AuditArgs) {
+        if let Some(identity) = &audit.key_end_identity {
+            self.list_key_end_identity(identity).await;
+        }
         if !audit.carries_event() {
             return;
         }
@@ -1640,10 +1647,6 @@ where
         Ok(())
     }
 
-    fn indexes_key_ends(&self) -> bool {
-        !self.cluster
-    }
-
     #[tracing::instrument(level = "debug", name = "redis.key_ends_between", skip_all)]
     async fn key_ends_between(
         &self,
@@ -1651,48 +1654,12 @@ where
         until: UnixMillis,
         limit: usize,
     ) -> StoreResult<Vec<KeyEnd>> {
-        let entries: Vec<(String, f64)> = self
-            .connection()
-            .zrangebyscore_limit_withscores(
-                self.keyspace.key_ends(),
-                from.0,
-                until.0,
-                0,
-                limit as isize,
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(member, score)| {
-                // Nothing but keyrack's scripts writes the index; an entry it
-                // cannot read is skipped rather than stopping every other.
-                let (kind, key_id) = keys::parse_key_end_member(&member)?;
-                Some(KeyEnd {
-                    key_id,
-                    kind,
-                    at: UnixMillis(score as i64),
-                })
-            })
-            .collect())
+        self.read_key_ends(from, until, limit).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.record_key_end", skip_all)]
     async fn record_key_end(&self, end: &KeyEnd, event: &AuditEvent) -> StoreResult<bool> {
-        let claimed: i64 = scripts::RECORD_KEY_END
-            .key(self.keyspace.key_ends())
-            .key(self.keyspace.audit())
-            .arg(keys::key_end_member(end))
-            .arg(end.at.0)
-            .arg(encode(event)?)
-            .arg(self.audit_max_events)
-            .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
-        if claimed == 1 {
-            crate::metrics::metrics().audit_events.inc();
-        }
-        Ok(claimed == 1)
+        self.claim_key_end(end, event).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.record_expiry_warning", skip_all)]
@@ -1702,22 +1669,7 @@ where
         lead: Duration,
         event: &AuditEvent,
     ) -> StoreResult<bool> {
-        let sent: i64 = scripts::RECORD_EXPIRY_WARNING
-            .key(self.keyspace.key_ends())
-            .key(self.keyspace.expiry_warned(end, lead))
-            .key(self.keyspace.audit())
-            .arg(keys::key_end_member(end))
-            .arg(end.at.0)
-            .arg(end.at.plus(EXPIRY_WARNING_MARKER_MARGIN).0)
-            .arg(encode(event)?)
-            .arg(self.audit_max_events)
-            .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
-        if sent == 1 {
-            crate::metrics::metrics().audit_events.inc();
-        }
-        Ok(sent == 1)
+        self.claim_expiry_warning(end, lead, event).await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.claim_expiry_sweep", skip_all)]
@@ -1740,45 +1692,7 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.index_key_ends_once", skip_all)]
     async fn index_key_ends_once(&self) -> StoreResult<usize> {
-        if self.cluster {
-            return Ok(0);
-        }
-        let done: bool = self
-            .connection()
-            .exists(self.keyspace.key_ends_indexed())
-            .await
-            .map_err(unavailable)?;
-        if done {
-            return Ok(0);
-        }
-        // Replicas starting together may both walk: each entry is what a
-        // write of its key would make, so the second walk changes nothing.
-        let mut indexed = 0;
-        let mut after: Option<IdentityId> = None;
-        loop {
-            let page = self.list_identities(after.as_ref(), 256).await?;
-            for identity in &page {
-                let count: i64 = scripts::INDEX_KEY_ENDS
-                    .key(self.keyspace.identity(&identity.id))
-                    .key(self.keyspace.key_index(&identity.id))
-                    .key(self.keyspace.key_ends())
-                    .arg(self.keyspace.key_prefix(&identity.id))
-                    .invoke_async(&mut self.writer())
-                    .await
-                    .map_err(unavailable)?;
-                indexed += usize::try_from(count).unwrap_or_default();
-            }
-            match page.last() {
-                Some(last) if page.len() == 256 => after = Some(last.id.clone()),
-                _ => break,
-            }
-        }
-        let _: () = self
-            .writer()
-            .set(self.keyspace.key_ends_indexed(), UnixMillis::now().0)
-            .await
-            .map_err(unavailable)?;
-        Ok(indexed)
+        self.backfill_key_ends().await
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, UnixMillis)]) -> StoreResult<()> {

@@ -594,7 +594,8 @@ return reply
 });
 
 /// KEYS: deadline index, audit stream. ARGV: member, its end (ms), event
-/// JSON, the stream's length bound. Claims the entry only if it still ends
+/// JSON (empty under Cluster, where the caller appends it after the claim),
+/// the stream's length bound. Claims the entry only if it still ends
 /// exactly then, and appends the event with the claim: a replica that dies
 /// between the two cannot lose the event or send it twice. Returns 1 when
 /// claimed.
@@ -604,24 +605,47 @@ pub static RECORD_KEY_END: LazyLock<Script> = LazyLock::new(|| {
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+end
 return 1
 "#,
     )
 });
 
 /// KEYS: deadline index, warning marker, audit stream. ARGV: member, its end
-/// (ms), when the marker may go (ms), event JSON, the stream's length bound.
-/// Appends the warning once: only while the index still holds that end and
-/// no marker says it was sent. Returns 1 when sent.
+/// (ms), when the marker may go (ms), event JSON (empty under Cluster, where
+/// the caller appends it), the stream's length bound. Appends the warning
+/// once: only while the index still holds that end and no marker says it
+/// was sent. Returns 1 when sent.
 pub static RECORD_EXPIRY_WARNING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PXAT', ARGV[3]) then return 0 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+end
 return 1
+"#,
+    )
+});
+
+/// Under Cluster, KEYS: one identity's deadline index, its record. ARGV:
+/// from, until (ms), limit. Replies {gone, due}: `due` the index's entries
+/// from `from` to `until`, as member, score pairs, earliest first; `gone` 1
+/// when the index is empty and the identity is gone, so that no write can
+/// ever index a key of it again.
+pub static IDENTITY_KEY_ENDS_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local gone = 0
+if #due == 0 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  gone = 1
+end
+return {gone, due}
 "#,
     )
 });
