@@ -312,12 +312,17 @@ pub struct ServeArgs {
     /// upstream; by default it is removed so upstreams never see tokens.
     #[arg(long, env = "KEYRACK_EXT_AUTHZ_KEEP_CREDENTIAL")]
     pub ext_authz_keep_credential: bool,
-    /// POST every event to this http:// URL, signed per Standard Webhooks.
+    /// POST every event to this http:// or https:// URL, signed per
+    /// Standard Webhooks.
     #[arg(long, env = "KEYRACK_WEBHOOK_URL", requires = "webhook_secret_file")]
     pub webhook_url: Option<String>,
     /// The webhook signing secret: a file holding `whsec_<base64>`.
     #[arg(long, env = "KEYRACK_WEBHOOK_SECRET_FILE", requires = "webhook_url")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// PEM certificates of authorities an https:// webhook endpoint may be
+    /// certified by, besides the Mozilla roots keyrack ships with.
+    #[arg(long, env = "KEYRACK_WEBHOOK_CA_FILE", requires = "webhook_url")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Lead times of KEY_EXPIRING: a comma-separated list of durations
     /// (`14d`, `1d`, `12h`, `30m`, `45s`); each key gets one warning per
     /// lead time, sent by one replica.
@@ -581,9 +586,9 @@ impl ServeArgs {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| ConfigError(format!("--webhook-url {url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(ConfigError(format!(
-                "--webhook-url {url:?}: must be an http:// URL (https is not supported yet: put a TLS proxy beside keyrack)"
+                "--webhook-url {url:?}: must be an http:// or https:// URL"
             )));
         }
         let content = Zeroizing::new(std::fs::read_to_string(secret_file).map_err(|e| {
@@ -594,7 +599,13 @@ impl ServeArgs {
         })?);
         let secret = WebhookSecret::parse(content.trim_end())
             .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
-        Ok(Some(WebhookOptions::new(uri, secret)))
+        let mut options = WebhookOptions::new(uri, secret);
+        if let Some(ca_file) = &self.webhook_ca_file {
+            options
+                .trust_ca_pem(&read_pem("--webhook-ca-file", ca_file)?)
+                .map_err(|why| ConfigError(format!("--webhook-ca-file: {why}")))?;
+        }
+        Ok(Some(options))
     }
 
     /// Expiry warnings as the flags ask for them.

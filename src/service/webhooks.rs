@@ -69,8 +69,12 @@ impl std::fmt::Debug for WebhookSecret {
 /// Where and how events are delivered.
 #[derive(Debug, Clone)]
 pub struct WebhookOptions {
-    /// The endpoint (http).
+    /// The endpoint: `http://` or `https://`.
     pub url: http::Uri,
+    /// The certificate authorities an `https://` endpoint may present a
+    /// chain to: the Mozilla roots, plus any added with
+    /// [`WebhookOptions::trust_ca_pem`].
+    pub trusted: Arc<rustls::RootCertStore>,
     /// The signing secret.
     pub secret: WebhookSecret,
     /// This replica's name in the consumer group (unique per process).
@@ -93,6 +97,9 @@ impl WebhookOptions {
     pub fn new(url: http::Uri, secret: WebhookSecret) -> Self {
         Self {
             url,
+            trusted: Arc::new(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            }),
             secret,
             consumer: format!("keyrack-{:016x}", rand::random::<u64>()),
             claim_after: Duration::from_secs(30),
@@ -102,6 +109,50 @@ impl WebhookOptions {
             max_backoff: Duration::from_secs(60),
         }
     }
+
+    /// Also trusts the certificate authorities in `pem` (e.g. a private CA
+    /// an internal endpoint's certificate is issued by).
+    pub fn trust_ca_pem(&mut self, pem: &[u8]) -> Result<(), String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let certificates = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certificates.is_empty() {
+            return Err("holds no PEM certificate".into());
+        }
+        let trusted = Arc::make_mut(&mut self.trusted);
+        for certificate in certificates {
+            trusted
+                .add(certificate)
+                .map_err(|e| format!("a certificate cannot be a trust anchor: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What webhooks are POSTed with: HTTP/1.1, over TLS (1.2 or 1.3, verified
+/// against `WebhookOptions::trusted`) for an `https://` URL.
+type WebhookClient = opentelemetry_http::hyper::HyperClient<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+>;
+
+fn client_for(options: &WebhookOptions) -> Result<WebhookClient, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(Arc::clone(&options.trusted))
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        options.request_timeout,
+        None,
+    ))
 }
 
 /// The JSON body of an event: `{type, timestamp, data}`, where `type` is
@@ -126,10 +177,15 @@ pub fn body_of(event: &AuditEvent) -> Vec<u8> {
 /// Delivers events until the task is aborted (at shutdown; whatever was in
 /// flight stays pending and is claimed later).
 pub async fn deliver(store: Arc<dyn Store>, options: WebhookOptions) {
-    let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-        options.request_timeout,
-        None,
-    );
+    let client = match client_for(&options) {
+        Ok(client) => client,
+        Err(error) => {
+            // Only a TLS library without the default protocol versions
+            // gets here; say so rather than retry forever.
+            tracing::error!(%error, "webhooks are not delivered: no TLS client");
+            return;
+        }
+    };
     tracing::info!(url = %options.url, consumer = %options.consumer, "delivering events to the webhook");
     loop {
         let batch = match next_batch(store.as_ref(), &options).await {
@@ -179,7 +235,7 @@ async fn next_batch(
 /// acknowledges it; the others wait their turn, held by this replica.
 async fn deliver_one(
     store: &dyn Store,
-    client: &opentelemetry_http::hyper::HyperClient,
+    client: &WebhookClient,
     options: &WebhookOptions,
     waiting: &[AuditEvent],
 ) {

@@ -318,11 +318,25 @@ fn bad_configuration_exits_with_one_line_before_binding() {
                 "--listen",
                 &listen,
                 "--webhook-url",
-                "https://hooks.example/keyrack",
+                "ftp://hooks.example/keyrack",
                 "--webhook-secret-file",
                 webhook_secret.to_str().unwrap(),
             ],
-            "must be an http:// URL",
+            "must be an http:// or https:// URL",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--webhook-url",
+                "https://hooks.example/keyrack",
+                "--webhook-secret-file",
+                webhook_secret.to_str().unwrap(),
+                "--webhook-ca-file",
+                webhook_secret.to_str().unwrap(),
+            ],
+            "--webhook-ca-file: holds no PEM certificate",
         ),
         (
             vec![

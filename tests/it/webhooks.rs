@@ -2,7 +2,8 @@
 //! by the Standard Webhooks reference library (PyPI `standardwebhooks`, which
 //! the test command installs): two replicas deliver each event once; a
 //! killed replica's taken events are delivered by the other; an endpoint
-//! that is down for a while receives every event once it is back.
+//! that is down for a while receives every event once it is back; an
+//! https:// endpoint is verified against the authorities keyrack trusts.
 
 use crate::support::{
     Backend, RedisServer, TestServer, open_store, require_program, test_server_options,
@@ -43,8 +44,53 @@ impl Endpoint {
     /// the URL before the endpoint is up).
     async fn serve_on(&self, address: SocketAddr) {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let app = self.app();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+
+    /// Serves HTTPS on `address` with the certificate and key given (PEM).
+    async fn serve_tls_on(&self, address: SocketAddr, certificate: &str, key: &str) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(certificate.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let app = self.app();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // An untrusting client gives up mid-handshake: not ours to report.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+    }
+
+    /// The endpoint's one route, `POST /hook`, keeping what it is sent.
+    fn app(&self) -> axum::Router {
         let received = Arc::clone(&self.received);
-        let app = axum::Router::new().route(
+        axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
                 let received = Arc::clone(&received);
@@ -65,8 +111,7 @@ impl Endpoint {
                     axum::http::StatusCode::NO_CONTENT
                 }
             }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        )
     }
 
     fn received(&self) -> Vec<Received> {
@@ -185,11 +230,15 @@ async fn wait_for_group(redis: &RedisServer) {
 
 /// A keyrack on a fresh Redis whose webhook replica is named `one`.
 async fn server_delivering_to(address: SocketAddr) -> TestServer {
+    server_delivering_with(options(address, "one")).await
+}
+
+async fn server_delivering_with(webhooks: WebhookOptions) -> TestServer {
     let server = TestServer::start_serving(
         Backend::Redis(RedisServer::start()),
         AuthorityOptions::default(),
         keyrack::server::ServerOptions {
-            webhooks: Some(options(address, "one")),
+            webhooks: Some(webhooks),
             ..test_server_options()
         },
     )
@@ -346,5 +395,47 @@ async fn an_endpoint_that_comes_back_receives_every_event() {
     wait_for(&endpoint, 9, Duration::from_secs(15)).await;
     let lines = verified_with_reference_library(&endpoint.received());
     assert!(lines.len() >= 9);
+    server.stop().await;
+}
+
+/// An https:// endpoint whose certificate a private CA issued: events
+/// arrive, signed, once keyrack trusts that CA (`--webhook-ca-file`);
+/// without it the endpoint's certificate is refused and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_verified_against_the_trusted_authorities() {
+    let authority = crate::transport::certificate_authority("webhook test CA");
+    let (certificate, key) = crate::transport::leaf(&authority, "127.0.0.1");
+    let https = |address: SocketAddr| {
+        let mut options = options(address, "one");
+        options.url = format!("https://{address}/hook").parse().unwrap();
+        options
+    };
+
+    let untrusted = Endpoint::default();
+    let untrusted_address = free_address().await;
+    untrusted
+        .serve_tls_on(untrusted_address, &certificate, &key)
+        .await;
+    let server = server_delivering_with(https(untrusted_address)).await;
+    create_services(&server, "refused", 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        untrusted.received().is_empty(),
+        "a certificate of an authority keyrack does not trust is refused"
+    );
+    server.stop().await;
+
+    let trusted = Endpoint::default();
+    let trusted_address = free_address().await;
+    trusted
+        .serve_tls_on(trusted_address, &certificate, &key)
+        .await;
+    let mut options = https(trusted_address);
+    options.trust_ca_pem(authority.pem().as_bytes()).unwrap();
+    let server = server_delivering_with(options).await;
+    create_services(&server, "svc", 3).await;
+    wait_for(&trusted, 3, Duration::from_secs(10)).await;
+    let lines = verified_with_reference_library(&trusted.received());
+    assert_eq!(lines.len(), 3);
     server.stop().await;
 }
