@@ -1,7 +1,8 @@
 //! keyrack on a three-master Redis Cluster of the test's own: identities
 //! spread over every shard; Verify, roll and the audit log work end to end;
 //! with one master dead, keys on live shards still verify and keys on the
-//! dead shard fail closed (UNAVAILABLE), never valid. (The store contract
+//! dead shard fail closed (UNAVAILABLE), never valid; with the record cache
+//! on, a frozen master fences only its own keys. (The store contract
 //! suite runs on a cluster too, in store_contract.rs.)
 
 use crate::roll::enrolled_admin;
@@ -116,6 +117,68 @@ async fn a_dead_shard_fails_closed_and_live_shards_serve() {
         }
     }
     assert!(live > 0 && dead > 0, "live {live}, dead {dead}");
+    server.stop().await;
+}
+
+/// With the record cache on, each master's tracking link is fenced on its
+/// own: a frozen master stops the cache from serving its keys within the
+/// bound (they fail closed), while keys on the other shards are still
+/// answered from the cache without a read; thawed, every key verifies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_shard_fences_only_its_own_keys() {
+    if std::env::var("KEYRACK_TEST_VERIFY_CACHE").as_deref() == Ok("off") {
+        return; // the cache is what this is about
+    }
+    let (server, services) = services_on_a_cluster(18).await;
+    let Backend::Cluster(cluster) = &server.backend else {
+        unreachable!()
+    };
+    for (token, _) in &services {
+        assert_eq!(server.verify_code(token).await, Ok(VerifyCode::Valid));
+    }
+    let reads_before: Vec<u64> = (0..3)
+        .map(|node| cluster.node_command_calls(node, "mget"))
+        .collect();
+    cluster.signal_node(0, "STOP");
+    // Past the staleness bound (100 ms), with room for a loaded machine.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (mut live, mut frozen) = (0, 0);
+    for (token, shard) in &services {
+        let answer = server.verify_code(token).await;
+        if *shard == 0 {
+            assert_eq!(
+                answer,
+                Err(Code::Unavailable),
+                "a key on the frozen shard is not answered from the cache"
+            );
+            frozen += 1;
+        } else {
+            assert_eq!(answer, Ok(VerifyCode::Valid), "a live shard's key");
+            live += 1;
+        }
+    }
+    assert!(live > 0 && frozen > 0, "live {live}, frozen {frozen}");
+    for node in 1..3 {
+        assert_eq!(
+            cluster.node_command_calls(node, "mget"),
+            reads_before[node],
+            "keys on a live shard are served from the cache"
+        );
+    }
+    cluster.signal_node(0, "CONT");
+    crate::support::eventually(
+        "the thawed shard's keys verify again",
+        std::time::Duration::from_secs(10),
+        || async {
+            for (token, _) in &services {
+                if server.verify_code(token).await != Ok(VerifyCode::Valid) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
     server.stop().await;
 }
 

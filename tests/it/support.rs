@@ -707,6 +707,34 @@ impl RedisCluster {
         panic!("no node serves slot {slot}");
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) one master, as a stalled host
+    /// would.
+    pub fn signal_node(&self, index: usize, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.nodes[index].1.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Calls of `command` one master has served so far (INFO commandstats).
+    pub fn node_command_calls(&self, index: usize, command: &str) -> u64 {
+        let mut connection = redis::Client::open(self.urls()[index].as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut connection)
+            .unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    }
+
     /// Kills one master, as a crash would.
     pub fn kill_node(&mut self, index: usize) {
         let (_, child) = &mut self.nodes[index];
@@ -726,11 +754,11 @@ impl RedisCluster {
             durability: keyrack::store::redis::Durability::None,
             audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
         };
-        Arc::new(
-            RedisStore::connect_cluster(&self.urls(), &options, Duration::from_secs(5))
-                .await
-                .expect("connect to the test cluster"),
-        )
+        let mut store = RedisStore::connect_cluster(&self.urls(), &options, Duration::from_secs(5))
+            .await
+            .expect("connect to the test cluster");
+        enable_test_verify_cache(&mut store).await;
+        Arc::new(store)
     }
 }
 

@@ -209,7 +209,7 @@ impl RedisStore<ConnectionManager> {
         let link_client = client.clone();
         store.link_opener = Some(Arc::new(move || {
             let client = link_client.clone();
-            Box::pin(async move { Ok(client) })
+            Box::pin(async move { Ok(record_cache::Shard::whole(client)) })
         }));
         if options.durability != Durability::None {
             store.writer = ConnectionManager::new_with_config(client, config)
@@ -276,7 +276,11 @@ impl RedisStore<SentinelConnection> {
         let following = connection.clone();
         store.link_opener = Some(Arc::new(move || {
             let following = following.clone();
-            Box::pin(async move { following.primary_client().await })
+            Box::pin(async move {
+                Ok(record_cache::Shard::whole(
+                    following.primary_client().await?,
+                ))
+            })
         }));
         if options.durability != Durability::None {
             store.writer = connection.sibling().await.map_err(unavailable)?;
@@ -305,9 +309,22 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))?;
         let connection =
             keep_trying(wait, "Redis Cluster", || client.get_async_connection()).await?;
-        let mut store = Self::with_connection(connection, Keyspace::new(&options.key_prefix));
+        let seed = nodes
+            .first()
+            .ok_or_else(|| StoreError::Unavailable("no cluster nodes".into()))
+            .and_then(|node| {
+                redis::IntoConnectionInfo::into_connection_info(node.as_str())
+                    .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))
+            })?;
+        let mut store =
+            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
+        store.response_timeout = options.response_timeout;
         store.cluster = true;
+        store.link_opener = Some(Arc::new(move || {
+            let (mut connection, seed) = (connection.clone(), seed.clone());
+            Box::pin(async move { record_cache::Shard::of_cluster(&mut connection, &seed).await })
+        }));
         Ok(store)
     }
 }
@@ -332,13 +349,10 @@ where
     }
 
     /// Turns on Verify's tracked record cache (see `record_cache.rs`). Stays
-    /// off, with a warning, where Redis cannot track reads (before 6.0) or
-    /// where keyrack cannot yet fence each shard (Cluster).
+    /// off, with a warning, where Redis cannot track reads (before 6.0).
+    /// Under Cluster it tracks each master on its own link.
     pub async fn enable_verify_cache(&mut self, options: VerifyCacheOptions) -> StoreResult<()> {
         let Some(opener) = self.link_opener.clone() else {
-            tracing::warn!(
-                "--verify-cache tracked is not available with Redis Cluster yet; Verify reads Redis on every call (off)"
-            );
             return Ok(());
         };
         if !self.supports_tracking().await? {
@@ -366,17 +380,29 @@ where
 
     /// Whether the server is Redis 6.0 or later (CLIENT TRACKING, RESP3).
     async fn supports_tracking(&self) -> StoreResult<bool> {
-        let info: String = redis::cmd("INFO")
+        // Under Cluster every master answers, each with its own version.
+        let info: redis::Value = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        let major = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-            .and_then(|version| version.split('.').next())
-            .and_then(|major| major.trim().parse::<u32>().ok());
-        Ok(major.is_some_and(|major| major >= 6))
+        let answers: Vec<String> = match info {
+            redis::Value::Map(answers) => answers
+                .into_iter()
+                .filter_map(|(_, answer)| redis::from_redis_value(answer).ok())
+                .collect(),
+            answer => redis::from_redis_value(answer).into_iter().collect(),
+        };
+        let major = |info: &String| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("redis_version:"))
+                .and_then(|version| version.split('.').next())
+                .and_then(|major| major.trim().parse::<u32>().ok())
+        };
+        Ok(!answers.is_empty()
+            && answers
+                .iter()
+                .all(|answer| major(answer).is_some_and(|major| major >= 6)))
     }
 
     /// This replica changed `identity`'s records: its cached entries go now,
@@ -400,11 +426,18 @@ where
             return Some(Ok(Some(found)));
         }
         let [key_name, identity_name] = self.keyspace.verify_records(id);
-        let (mut link, removals_before) = cache.begin_read()?;
+        let (mut link, generation, removals_before) = cache.begin_read(&id.identity_id())?;
         let read: Result<(Option<String>, Option<String>), _> =
             link.mget(&[&key_name, &identity_name]).await;
         let (raw_key, raw_identity) = match read {
             Ok(raw) => raw,
+            Err(error) if error.is_cluster_error() => {
+                // The Cluster's slots moved (or are moving): the links are
+                // rebuilt, and this read goes through the Cluster connection,
+                // which follows the redirection.
+                cache.slots_moved(generation);
+                return None;
+            }
             Err(error) => return Some(Err(unavailable(error))),
         };
         let (Some(raw_key), Some(raw_identity)) = (raw_key, raw_identity) else {

@@ -13,8 +13,14 @@
 //! the link's reader, before the replies that follow them, so "read" means
 //! "applied to the cache".
 //!
-//! The bound: an entry is served only while the last completed fence was
-//! *sent* less than `max_staleness` ago. A change acknowledged at T is
+//! Under Redis Cluster there is one link per master, each carrying the reads
+//! of the hash slots that master serves, and fenced on its own: a shard
+//! that stalls stops only its own records from being served. A link lost,
+//! or a read answered MOVED or ASK (the slots moved), empties the cache and
+//! finds the masters again.
+//!
+//! The bound: an entry is served only while the last completed fence of its
+//! shard's link was *sent* less than `max_staleness` ago. A change acknowledged at T is
 //! therefore gone from the cache for every Verify starting after
 //! T + `max_staleness`, even if the link stalls silently.
 //!
@@ -31,7 +37,7 @@ use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
 use crate::metrics::metrics;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisResult, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -64,18 +70,143 @@ enum CachedRecord {
     Identity(Arc<Identity>),
 }
 
-/// Opens connections to the Redis the cache tracks: the standalone server,
-/// or the primary Sentinel names now.
+/// A server the cache keeps a tracking link to, and the hash slots whose
+/// records it reads there.
+pub(super) struct Shard {
+    /// Inclusive ranges of hash slots; every slot but under Cluster.
+    pub(super) slots: Vec<(u16, u16)>,
+    pub(super) client: redis::Client,
+}
+
+impl Shard {
+    /// The one server holding every record: a standalone Redis, or the
+    /// primary Sentinel names.
+    pub(super) fn whole(client: redis::Client) -> Vec<Shard> {
+        vec![Shard {
+            slots: vec![(0, SLOTS - 1)],
+            client,
+        }]
+    }
+}
+
+impl Shard {
+    /// The masters of the Cluster `connection` reaches and the slots each
+    /// serves (`CLUSTER SLOTS`), to be reached as `seed` is (its user,
+    /// password and TLS settings, at each master's address).
+    pub(super) async fn of_cluster(
+        connection: &mut impl redis::aio::ConnectionLike,
+        seed: &redis::ConnectionInfo,
+    ) -> RedisResult<Vec<Shard>> {
+        let ranges: Vec<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(connection)
+            .await?;
+        let mut shards: Vec<(String, u16, Vec<(u16, u16)>)> = Vec::new();
+        for range in ranges {
+            let Some((first, last, host, port)) = slot_range(&range) else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "an unexpected CLUSTER SLOTS entry",
+                )));
+            };
+            let host = if host.is_empty() {
+                // A node that does not know its own address; reach it as
+                // the seed was reached.
+                match seed.addr() {
+                    redis::ConnectionAddr::Tcp(host, _)
+                    | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                    _ => host,
+                }
+            } else {
+                host
+            };
+            match shards.iter_mut().find(|(h, p, _)| *h == host && *p == port) {
+                Some((_, _, slots)) => slots.push((first, last)),
+                None => shards.push((host, port, vec![(first, last)])),
+            }
+        }
+        shards
+            .into_iter()
+            .map(|(host, port, slots)| {
+                let addr = match seed.addr() {
+                    redis::ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => redis::ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => redis::ConnectionAddr::Tcp(host, port),
+                };
+                Ok(Shard {
+                    slots,
+                    client: redis::Client::open(seed.clone().set_addr(addr))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One `CLUSTER SLOTS` entry: its first and last slot and its master's
+/// host and port.
+fn slot_range(entry: &Value) -> Option<(u16, u16, String, u16)> {
+    let Value::Array(fields) = entry else {
+        return None;
+    };
+    let slot = |value: &Value| match value {
+        Value::Int(n) => u16::try_from(*n).ok().filter(|slot| *slot < SLOTS),
+        _ => None,
+    };
+    let (first, last) = (slot(fields.first()?)?, slot(fields.get(1)?)?);
+    let Value::Array(master) = fields.get(2)? else {
+        return None;
+    };
+    let host = match master.first()? {
+        Value::BulkString(host) => String::from_utf8(host.clone()).ok()?,
+        Value::SimpleString(host) => host.clone(),
+        _ => return None,
+    };
+    let port = match master.get(1)? {
+        Value::Int(port) => u16::try_from(*port).ok()?,
+        _ => return None,
+    };
+    Some((first, last, host, port))
+}
+
+/// Finds the servers the cache tracks: the standalone server, the primary
+/// Sentinel names now, or the masters of a Cluster and their slots.
 pub(super) type LinkOpener = Arc<
-    dyn Fn() -> futures_util::future::BoxFuture<'static, RedisResult<redis::Client>> + Send + Sync,
+    dyn Fn() -> futures_util::future::BoxFuture<'static, RedisResult<Vec<Shard>>> + Send + Sync,
 >;
 
-/// The current tracking link, if one is up.
-struct Link {
-    /// Bumped on every reset, so a fence or a read of an older link never
-    /// counts for the current one.
+/// Redis Cluster's hash slots.
+const SLOTS: u16 = 16384;
+/// The most shards (Cluster masters) the cache tracks; more, and it stays
+/// off until the Cluster shrinks (see `install`).
+const MAX_SHARDS: usize = 256;
+
+/// The hash slot of `identity`'s records, whose hash tag is the identity's
+/// id (CRC16/XMODEM, as Redis Cluster computes it).
+fn slot_of(identity: &IdentityId) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(identity.as_str().as_bytes()) % SLOTS
+}
+
+/// Links just opened by `open_links`, for `install`.
+struct OpenedLinks {
     generation: u64,
-    connection: Option<MultiplexedConnection>,
+    shards: Vec<Shard>,
+    connections: Vec<MultiplexedConnection>,
+}
+
+/// The current tracking links, one per shard; none while they are down.
+struct Links {
+    /// Bumped on every reset, so a fence or a read of an older link never
+    /// counts for the current ones.
+    generation: u64,
+    connections: Vec<MultiplexedConnection>,
 }
 
 /// See the module documentation.
@@ -85,10 +216,13 @@ pub(super) struct RecordCache {
     keyspace: Keyspace,
     /// Removals so far; see the module documentation for why inserts check it.
     removals: RwLock<u64>,
-    link: Mutex<Link>,
-    /// When the last completed fence was sent, in nanoseconds since `epoch`
-    /// (0: no fence completed on the current link).
-    fenced_at: AtomicU64,
+    links: Mutex<Links>,
+    /// Which shard serves each hash slot, when there is more than one.
+    shard_of_slot: Box<[AtomicU8]>,
+    sharded: AtomicBool,
+    /// Per shard, when its last completed fence was sent, in nanoseconds
+    /// since `epoch` (0: no fence completed on the current link).
+    fenced_at: Box<[AtomicU64]>,
     epoch: Instant,
     max_staleness: Duration,
     response_timeout: Duration,
@@ -110,11 +244,13 @@ impl RecordCache {
             records: quick_cache::sync::Cache::new(options.max_records.max(2) as usize),
             keyspace,
             removals: RwLock::new(0),
-            link: Mutex::new(Link {
+            links: Mutex::new(Links {
                 generation: 0,
-                connection: None,
+                connections: Vec::new(),
             }),
-            fenced_at: AtomicU64::new(0),
+            shard_of_slot: (0..SLOTS).map(|_| AtomicU8::new(0)).collect(),
+            sharded: AtomicBool::new(false),
+            fenced_at: (0..MAX_SHARDS).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
             max_staleness: options.max_staleness,
             response_timeout,
@@ -122,7 +258,7 @@ impl RecordCache {
             hits: AtomicU64::new(0),
             link_resets: AtomicU64::new(0),
         });
-        let first = cache.open_link(&opener).await?;
+        let first = cache.open_links(&opener).await?;
         // A link lost this early is reopened by `keep_link_up` like any other.
         cache.install(first);
         tokio::spawn(keep_link_up(Arc::downgrade(&cache), opener));
@@ -130,26 +266,41 @@ impl RecordCache {
         Ok(cache)
     }
 
-    /// Opens a RESP3 connection with tracking on, whose pushes this cache
-    /// applies. Returns the generation it is meant for and the connection.
+    /// Finds the shards and opens a RESP3 connection with tracking on to
+    /// each, whose pushes this cache applies. Returns the generation they
+    /// are meant for, the shards and their connections.
+    async fn open_links(self: &Arc<Self>, opener: &LinkOpener) -> RedisResult<OpenedLinks> {
+        let shards = opener().await?;
+        // The generation is taken now, so a disconnection while the links
+        // are still being set up resets them like any other (see `install`).
+        let generation = {
+            let mut links = self.lock_link();
+            links.generation += 1;
+            links.generation
+        };
+        let mut connections = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.iter().enumerate() {
+            connections.push(self.open_link(&shard.client, generation, index).await?);
+        }
+        Ok(OpenedLinks {
+            generation,
+            shards,
+            connections,
+        })
+    }
+
     async fn open_link(
         self: &Arc<Self>,
-        opener: &LinkOpener,
-    ) -> RedisResult<(u64, MultiplexedConnection)> {
-        let client = opener().await?;
+        client: &redis::Client,
+        generation: u64,
+        shard: usize,
+    ) -> RedisResult<MultiplexedConnection> {
         let info = client.get_connection_info().clone();
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        // The generation is taken now, so a disconnection while the link is
-        // still being set up resets it like any other (see `install`).
-        let generation = {
-            let mut link = self.lock_link();
-            link.generation += 1;
-            link.generation
-        };
         let weak = Arc::downgrade(self);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.response_timeout))
@@ -171,43 +322,85 @@ impl RecordCache {
             .arg("ON")
             .query_async(&mut connection)
             .await?;
-        Ok((generation, connection))
+        tracing::debug!(shard, "tracking link open");
+        Ok(connection)
     }
 
-    /// Makes a freshly opened link current, unless it was lost while being
-    /// set up (its generation is gone then). The cache was emptied when the
-    /// previous link was lost; nothing is served until the new link's first
-    /// fence.
-    fn install(&self, (generation, connection): (u64, MultiplexedConnection)) -> bool {
-        let mut link = self.lock_link();
-        if link.generation != generation {
+    /// Makes freshly opened links current, unless they were lost while being
+    /// set up (their generation is gone then). The cache was emptied when
+    /// the previous links were lost; nothing is served until each new link's
+    /// first fence.
+    fn install(&self, opened: OpenedLinks) -> bool {
+        let mut links = self.lock_link();
+        if links.generation != opened.generation || opened.shards.len() > MAX_SHARDS {
+            if opened.shards.len() > MAX_SHARDS {
+                tracing::warn!(
+                    shards = opened.shards.len(),
+                    "too many Redis Cluster masters to track; Verify reads uncached"
+                );
+            }
             return false;
         }
-        link.connection = Some(connection);
+        for (index, shard) in opened.shards.iter().enumerate() {
+            for &(first, last) in &shard.slots {
+                for slot in first..=last.min(SLOTS - 1) {
+                    // MAX_SHARDS fits in a byte.
+                    self.shard_of_slot[usize::from(slot)].store(index as u8, Ordering::Release);
+                }
+            }
+        }
+        self.sharded
+            .store(opened.shards.len() > 1, Ordering::Release);
+        links.connections = opened.connections;
         true
     }
 
-    fn lock_link(&self) -> std::sync::MutexGuard<'_, Link> {
-        self.link
+    /// The shard holding `identity`'s records.
+    fn shard_of(&self, identity: &IdentityId) -> usize {
+        if self.sharded.load(Ordering::Acquire) {
+            usize::from(self.shard_of_slot[usize::from(slot_of(identity))].load(Ordering::Acquire))
+        } else {
+            0
+        }
+    }
+
+    fn lock_link(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.links
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The link to read through and the removal count before the read, or
-    /// None while no link is up.
-    pub(super) fn begin_read(&self) -> Option<(MultiplexedConnection, u64)> {
-        let connection = self.lock_link().connection.clone()?;
-        Some((connection, self.removal_count()))
+    /// The link to read `identity`'s records through, its generation and
+    /// the removal count before the read, or None while no link is up.
+    pub(super) fn begin_read(
+        &self,
+        identity: &IdentityId,
+    ) -> Option<(MultiplexedConnection, u64, u64)> {
+        let (connection, generation) = {
+            let links = self.lock_link();
+            let connection = links.connections.get(self.shard_of(identity))?.clone();
+            (connection, links.generation)
+        };
+        Some((connection, generation, self.removal_count()))
+    }
+
+    /// A read through the links of `generation` was answered MOVED or ASK:
+    /// the Cluster's slots moved, so the links are rebuilt on the new map.
+    pub(super) fn slots_moved(&self, generation: u64) {
+        self.reset(generation);
     }
 
     fn removal_count(&self) -> u64 {
         *self.removals.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether entries may be served now: a link is up and its last fence
-    /// completed within the bound.
-    fn fresh(&self) -> bool {
-        let fenced_at = self.fenced_at.load(Ordering::Acquire);
+    /// Whether entries of `shard` may be served now: its link is up and its
+    /// last fence completed within the bound.
+    fn fresh(&self, shard: usize) -> bool {
+        let Some(fenced_at) = self.fenced_at.get(shard) else {
+            return false;
+        };
+        let fenced_at = fenced_at.load(Ordering::Acquire);
         fenced_at != 0
             && self.nanos_now().saturating_sub(fenced_at) < self.max_staleness.as_nanos() as u64
     }
@@ -220,8 +413,8 @@ impl RecordCache {
     /// The key and its identity, if both are cached and the fence is fresh.
     /// The key is the cached form: see `CachedKey::to_key`.
     pub(super) fn lookup(&self, id: &KeyId) -> Option<(ApiKey, Identity)> {
-        let found = self.fresh().then(|| {
-            let identity_id = id.identity_id();
+        let identity_id = id.identity_id();
+        let found = self.fresh(self.shard_of(&identity_id)).then(|| {
             match (
                 self.records.get(&VerifyRecordName::key(id)),
                 self.records.get(&VerifyRecordName::identity(&identity_id)),
@@ -321,20 +514,22 @@ impl RecordCache {
         }
     }
 
-    /// The link of `generation` is gone: whatever it tracked may change
+    /// A link of `generation` is gone: whatever it tracked may change
     /// unseen from now on, so the cache is emptied and nothing is served
-    /// until a new link completes a fence.
+    /// until new links complete a fence.
     fn reset(&self, generation: u64) {
         {
-            let mut link = self.lock_link();
-            if link.generation != generation {
+            let mut links = self.lock_link();
+            if links.generation != generation {
                 return;
             }
-            link.generation += 1;
-            link.connection = None;
+            links.generation += 1;
+            links.connections.clear();
             let mut removals = self.removals.write().unwrap_or_else(|p| p.into_inner());
             *removals += 1;
-            self.fenced_at.store(0, Ordering::Release);
+            for fenced_at in &self.fenced_at {
+                fenced_at.store(0, Ordering::Release);
+            }
             self.records.clear();
         }
         self.link_resets.fetch_add(1, Ordering::Relaxed);
@@ -343,11 +538,14 @@ impl RecordCache {
         self.link_lost.notify_one();
     }
 
-    /// A fence sent at `sent_at` on the link of `generation` was answered.
-    fn fenced(&self, generation: u64, sent_at: u64) {
-        let link = self.lock_link();
-        if link.generation == generation {
-            self.fenced_at.fetch_max(sent_at, Ordering::AcqRel);
+    /// A fence sent at `sent_at` on `shard`'s link of `generation` was
+    /// answered.
+    fn fenced(&self, generation: u64, shard: usize, sent_at: u64) {
+        let links = self.lock_link();
+        if links.generation == generation
+            && let Some(fenced_at) = self.fenced_at.get(shard)
+        {
+            fenced_at.fetch_max(sent_at, Ordering::AcqRel);
         }
     }
 
@@ -366,7 +564,7 @@ async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
         let Some(strong) = cache.upgrade() else {
             return;
         };
-        let up = strong.lock_link().connection.is_some();
+        let up = !strong.lock_link().connections.is_empty();
         if up {
             // Holding only the notification, not the cache, while waiting.
             let lost = async {
@@ -377,10 +575,13 @@ async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
             drop(strong);
             continue;
         }
-        match strong.open_link(&opener).await {
+        match strong.open_links(&opener).await {
             Ok(opened) => {
                 if strong.install(opened) {
                     tracing::info!("the Redis tracking link is up again");
+                } else {
+                    drop(strong);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
             Err(error) => {
@@ -405,11 +606,21 @@ async fn fence(cache: Weak<RecordCache>) {
     loop {
         ticks.tick().await;
         let Some(cache) = cache.upgrade() else { return };
-        let fenced_at = cache.fenced_at.load(Ordering::Acquire);
-        let age = if fenced_at == 0 {
+        let (generation, connections) = {
+            let links = cache.lock_link();
+            (links.generation, links.connections.clone())
+        };
+        // The oldest fence among the shards: what bounds the staleness of
+        // the worst-served records.
+        let oldest = cache.fenced_at[..connections.len().max(1)]
+            .iter()
+            .map(|fenced_at| fenced_at.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let age = if oldest == 0 {
             cache.max_staleness
         } else {
-            Duration::from_nanos(cache.nanos_now().saturating_sub(fenced_at))
+            Duration::from_nanos(cache.nanos_now().saturating_sub(oldest))
         };
         metrics().record_cache_fence_age.set(age.as_secs_f64());
         // Reported with the fence rather than on every insert and removal,
@@ -417,23 +628,18 @@ async fn fence(cache: Weak<RecordCache>) {
         metrics()
             .record_cache_entries
             .set(cache.records.len() as i64);
-        let (generation, connection) = {
-            let link = cache.lock_link();
-            (link.generation, link.connection.clone())
-        };
-        let Some(mut connection) = connection else {
-            continue;
-        };
         let sent_at = cache.nanos_now();
-        let weak = Arc::downgrade(&cache);
-        tokio::spawn(async move {
-            let answered: RedisResult<String> =
-                redis::cmd("PING").query_async(&mut connection).await;
-            if answered.is_ok()
-                && let Some(cache) = weak.upgrade()
-            {
-                cache.fenced(generation, sent_at);
-            }
-        });
+        for (shard, mut connection) in connections.into_iter().enumerate() {
+            let weak = Arc::downgrade(&cache);
+            tokio::spawn(async move {
+                let answered: RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                if answered.is_ok()
+                    && let Some(cache) = weak.upgrade()
+                {
+                    cache.fenced(generation, shard, sent_at);
+                }
+            });
+        }
     }
 }
