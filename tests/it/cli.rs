@@ -1238,3 +1238,48 @@ fn scim_and_grpc_share_the_tls_certificate() {
     let (exit, _) = served.terminate();
     assert!(exit.success());
 }
+
+/// keyrack needs Redis 6.2 or later (for commands its scripts, its audit
+/// log, webhooks and record cache use): against a real Redis 5.0 (built by
+/// the README's test command) both `serve` and `bootstrap-admin` refuse to
+/// start, in one line naming the versions, rather than fail feature by
+/// feature later.
+#[test]
+fn a_redis_older_than_6_2_is_refused_at_start() {
+    let old_redis = require_program("redis-server-5");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = Command::new(old_redis)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server 5");
+    crate::support::wait_until("Redis 5 starts", port, crate::support::answers_ping);
+    let secret = write_secret(dir.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let store_args = [
+        "--redis-url",
+        url.as_str(),
+        "--server-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    for command in [
+        vec!["serve", "--listen", "127.0.0.1:0"],
+        vec!["bootstrap-admin", "--name", "ops"],
+    ] {
+        let refused = keyrack().args(&command).args(store_args).output().unwrap();
+        assert!(!refused.status.success(), "{command:?} started on Redis 5");
+        let stderr = text(&refused.stderr);
+        assert!(
+            stderr.contains("Redis 5.0.6 is too old: keyrack needs Redis 6.2 or later"),
+            "{command:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

@@ -792,7 +792,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// Polls the Redis on local `port` until `ready` holds; fails the test after 30 s.
-fn wait_until(what: &str, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
+pub fn wait_until(what: &str, port: u16, ready: impl Fn(&mut redis::Connection) -> bool) {
     wait_for_redis(what, &format!("redis://127.0.0.1:{port}"), ready);
 }
 
@@ -814,7 +814,7 @@ fn wait_for_redis(what: &str, url: &str, ready: impl Fn(&mut redis::Connection) 
     }
 }
 
-fn answers_ping(connection: &mut redis::Connection) -> bool {
+pub fn answers_ping(connection: &mut redis::Connection) -> bool {
     redis::cmd("PING").query::<String>(connection).is_ok()
 }
 

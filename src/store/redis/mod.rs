@@ -125,6 +125,9 @@ pub enum Durability {
     },
 }
 
+/// The oldest Redis keyrack runs on (major, minor).
+const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
+
 /// Attempts to take back, under Cluster, a grant written for a dataset being
 /// deleted, when other writes to the identity keep moving its revision.
 const UNDO_ATTEMPTS: usize = 5;
@@ -218,6 +221,7 @@ impl RedisStore<ConnectionManager> {
             store.durability = options.durability;
             store.check_durability_support().await?;
         }
+        store.require_supported_redis().await?;
         Ok(store)
     }
 }
@@ -287,6 +291,7 @@ impl RedisStore<SentinelConnection> {
             store.durability = options.durability;
             store.check_durability_support().await?;
         }
+        store.require_supported_redis().await?;
         Ok(store)
     }
 }
@@ -325,6 +330,7 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             let (mut connection, seed) = (connection.clone(), seed.clone());
             Box::pin(async move { record_cache::Shard::of_cluster(&mut connection, &seed).await })
         }));
+        store.require_supported_redis().await?;
         Ok(store)
     }
 }
@@ -348,19 +354,13 @@ where
         }
     }
 
-    /// Turns on Verify's tracked record cache (see `record_cache.rs`). Stays
-    /// off, with a warning, where Redis cannot track reads (before 6.0).
-    /// Under Cluster it tracks each master on its own link.
+    /// Turns on Verify's tracked record cache (see `record_cache.rs`); under
+    /// Cluster it tracks each master on its own link. Every Redis keyrack
+    /// accepts can track reads (see `require_supported_redis`).
     pub async fn enable_verify_cache(&mut self, options: VerifyCacheOptions) -> StoreResult<()> {
         let Some(opener) = self.link_opener.clone() else {
             return Ok(());
         };
-        if !self.supports_tracking().await? {
-            tracing::warn!(
-                "this Redis is older than 6.0 and cannot track reads; --verify-cache falls back to off"
-            );
-            return Ok(());
-        }
         let cache = record_cache::RecordCache::start(
             options,
             self.response_timeout,
@@ -378,9 +378,12 @@ where
         self.record_cache.as_ref().map(|cache| cache.stats())
     }
 
-    /// Whether the server is Redis 6.0 or later (CLIENT TRACKING, RESP3).
-    async fn supports_tracking(&self) -> StoreResult<bool> {
-        // Under Cluster every master answers, each with its own version.
+    /// Refuses a Redis older than 6.2, whose missing commands keyrack uses
+    /// (`SET ... PXAT`, exclusive `XRANGE` bounds, `XAUTOCLAIM`, and the
+    /// record cache's RESP3 and `CLIENT TRACKING`): better a clear refusal at
+    /// start than features failing one by one later. Under Cluster every
+    /// master answers, and each must be recent enough.
+    async fn require_supported_redis(&self) -> StoreResult<()> {
         let info: redis::Value = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut self.connection())
@@ -393,16 +396,23 @@ where
                 .collect(),
             answer => redis::from_redis_value(answer).into_iter().collect(),
         };
-        let major = |info: &String| {
-            info.lines()
+        for answer in &answers {
+            let version = answer
+                .lines()
                 .find_map(|line| line.strip_prefix("redis_version:"))
-                .and_then(|version| version.split('.').next())
-                .and_then(|major| major.trim().parse::<u32>().ok())
-        };
-        Ok(!answers.is_empty()
-            && answers
-                .iter()
-                .all(|answer| major(answer).is_some_and(|major| major >= 6)))
+                .map(str::trim)
+                .unwrap_or("unknown");
+            let mut numbers = version.split('.').map(|part| part.parse::<u32>().ok());
+            let (major, minor) = (numbers.next().flatten(), numbers.next().flatten());
+            if !matches!((major, minor), (Some(major), Some(minor)) if (major, minor) >= MIN_REDIS_VERSION)
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "Redis {version} is too old: keyrack needs Redis {}.{} or later",
+                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// This replica changed `identity`'s records: its cached entries go now,
