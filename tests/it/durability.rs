@@ -28,6 +28,7 @@ async fn store_with(
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_secs(2),
         durability,
+        writer_pool_size: 8,
         audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
     };
     RedisStore::connect(&options, Duration::from_secs(5)).await
