@@ -156,10 +156,10 @@ pub struct StoreArgs {
     /// version `--server-secret-version` minus one (for rotation).
     #[arg(long, env = "KEYRACK_PREVIOUS_SERVER_SECRET_FILE")]
     pub previous_server_secret_file: Option<PathBuf>,
-    /// When a revoke, disable, roll or delete counts as done: `none` (the
-    /// primary applied it), `replica` (WAIT: replicas acknowledged it) or
-    /// `aof` (WAITAOF: fsynced to the AOF, Redis 7.2+). Unconfirmed changes
-    /// fail with UNAVAILABLE.
+    /// When a change (a create, update, revoke, roll or delete) counts as
+    /// done: `none` (the primary applied it), `replica` (WAIT: replicas
+    /// acknowledged it) or `aof` (WAITAOF: fsynced to the AOF, Redis 7.2+).
+    /// Unconfirmed changes fail with UNAVAILABLE.
     #[arg(long, env = "KEYRACK_DURABILITY", value_enum, default_value = "none")]
     pub durability: DurabilityMode,
     /// Replicas that must acknowledge a change (replica mode), or whose AOF

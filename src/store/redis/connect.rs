@@ -43,7 +43,8 @@ pub(super) fn connection_info(url: &str) -> StoreResult<redis::ConnectionInfo> {
 
 /// A client for a standalone Redis at `url`, set up as Verify needs it.
 pub fn client(url: &str) -> StoreResult<redis::Client> {
-    redis::Client::open(connection_info(url)?).map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))
+    redis::Client::open(connection_info(url)?)
+        .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))
 }
 
 impl RedisStore<ConnectionManager> {

@@ -27,12 +27,12 @@ use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
+use names::parse_claim;
 use redis::AsyncCommands;
 use redis::RedisError;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use std::sync::Arc;
 use std::time::Duration;
-use names::parse_claim;
 use write::{Outcome, Writers};
 
 /// Keyrack's records in Redis, over any connection redis-rs offers (one
@@ -416,17 +416,17 @@ where
         self.change(
             self.keyspace.identity(id),
             scripts::DELETE_IDENTITY
-            .key(self.keyspace.identity(id))
-            .key(self.keyspace.key_index(id))
-            .key(self.keyspace.key_names(id))
-            .key(self.keyspace.totp(id))
-            .key(self.keyspace.last_use(id))
-            .key(self.keyspace.usage(id))
-            .arg(self.keyspace.key_prefix(id))
-            .arg(
-                if_revision
-                    .map(|revision| revision.to_string())
-                    .unwrap_or_default(),
+                .key(self.keyspace.identity(id))
+                .key(self.keyspace.key_index(id))
+                .key(self.keyspace.key_names(id))
+                .key(self.keyspace.totp(id))
+                .key(self.keyspace.last_use(id))
+                .key(self.keyspace.usage(id))
+                .arg(self.keyspace.key_prefix(id))
+                .arg(
+                    if_revision
+                        .map(|revision| revision.to_string())
+                        .unwrap_or_default(),
                 ),
             Some(id),
             |existed: i64| match existed {
@@ -491,7 +491,9 @@ where
         for key in keys {
             invocation.arg(encode(key)?);
         }
-        let mut change = self.begin_change(self.keyspace.identity(&identity.id)).await?;
+        let mut change = self
+            .begin_change(self.keyspace.identity(&identity.id))
+            .await?;
         let created: Result<String, _> = change.run(&mut invocation, None).await;
         match created {
             Ok(reply) if reply == "OK" => change.commit_event().await,

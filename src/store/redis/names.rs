@@ -18,7 +18,6 @@ pub(super) fn parse_claim(claim: &str) -> Option<(IdentityId, i64)> {
     Some((IdentityId::parse(id).ok()?, millis.parse().ok()?))
 }
 
-
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -96,5 +95,4 @@ where
             .map_err(unavailable)?;
         Ok(holder.is_empty())
     }
-
 }

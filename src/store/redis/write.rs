@@ -336,10 +336,7 @@ where
         R: FromRedisValue,
     {
         let mut change = self.begin_change(slot_key).await?;
-        let reply: R = change
-            .run(invocation, touches)
-            .await
-            .map_err(unavailable)?;
+        let reply: R = change.run(invocation, touches).await.map_err(unavailable)?;
         match outcome(reply)? {
             Outcome::Changed(value) => {
                 change.commit().await?;
@@ -402,13 +399,16 @@ where
         journal::committed();
     }
 
-    /// Refuses a durability mode this Redis cannot provide, before serving.
+    /// Refuses a durability mode this Redis cannot provide, before serving;
+    /// the first writer connection opens here, so an unreachable writer
+    /// shows at start rather than at the first change.
     pub(super) async fn check_durability_support(&self) -> StoreResult<()> {
+        let mut writer = self.writer().await?;
         if let Durability::Aof { .. } = self.durability {
             let info: Vec<redis::Value> = redis::cmd("COMMAND")
                 .arg("INFO")
                 .arg("WAITAOF")
-                .query_async(&mut self.writer().await?)
+                .query_async(&mut writer)
                 .await
                 .map_err(unavailable)?;
             if info
