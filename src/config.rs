@@ -169,11 +169,12 @@ pub struct StoreArgs {
     /// How long to wait for the acknowledgement; below --redis-timeout.
     #[arg(long, env = "KEYRACK_DURABILITY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub durability_timeout: Duration,
-    /// Writer connections kept for changes under `--durability replica|aof`:
-    /// each change holds one through its WAIT or WAITAOF, so this many
-    /// changes wait for their acknowledgement side by side (standalone and
-    /// Sentinel; Cluster takes no durability mode).
-    #[arg(long, env = "KEYRACK_REDIS_WRITER_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Writer connections kept for changes under `--durability replica|aof`,
+    /// opened as concurrent changes need them: each change holds one through
+    /// its WAIT or WAITAOF, so this many changes wait for their
+    /// acknowledgement side by side (standalone and Sentinel; Cluster takes
+    /// no durability mode).
+    #[arg(long, env = "KEYRACK_REDIS_WRITER_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_writer_pool_size: u16,
     /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
