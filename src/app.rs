@@ -62,6 +62,7 @@ async fn open_authority(
         connect_timeout: args.redis_timeout,
         response_timeout: args.redis_timeout,
         durability,
+        writer_pool_size: usize::from(args.redis_writer_pool_size),
         audit_max_events: args.audit_max_events,
     };
     let (store, dev_mode): (Arc<dyn Store>, bool) = match config.store {

@@ -9,6 +9,9 @@
 //! - `flood`: hot load while wrong secrets flood one key id.
 //! - `fill`: verifies N fresh tokens once each, to measure the server's memory
 //!   with a full verified-token cache.
+//! - `writes`: CreateKey, then RevokeKey of every key created, each stream on
+//!   an identity of its own: the cost of a change, and of its durability wait
+//!   under `--durability`.
 
 use crate::domain::token::{self, TokenPrefix};
 use crate::proto::admin_service_client::AdminServiceClient;
@@ -44,6 +47,8 @@ pub enum BenchMode {
     Flood,
     /// Fill the verified-token cache with --fill-tokens tokens.
     Fill,
+    /// CreateKey for --duration, then RevokeKey of the keys created.
+    Writes,
 }
 
 /// Flags of `keyrack bench`.
@@ -192,6 +197,18 @@ enum Load {
         tokens: Arc<Vec<String>>,
         next: Arc<AtomicUsize>,
     },
+    /// CreateKey on the stream's own identity (keys of one identity share
+    /// its record, and concurrent changes to it would race); the ids go to
+    /// `created`.
+    CreateKeys {
+        identities: Arc<Vec<String>>,
+        created: Arc<std::sync::Mutex<Vec<String>>>,
+    },
+    /// RevokeKey of each key once, shared by all workers.
+    RevokeKeys {
+        keys: Arc<Vec<String>>,
+        next: Arc<AtomicUsize>,
+    },
     /// Verify's own Redis read (key and identity records) from a bare client.
     StoreRead {
         connection: redis::aio::MultiplexedConnection,
@@ -318,8 +335,10 @@ async fn measure(
         let channel = target.channels[worker % target.channels.len()].clone();
         let load = load.clone();
         let stop = Arc::clone(&stop);
+        let admin_token = target.admin_token.clone();
         workers.push(tokio::spawn(async move {
             let mut latency = Recorder::default();
+            let mut admin = AdminServiceClient::new(channel.clone());
             let mut health = HealthClient::new(channel.clone());
             let mut verifier = VerifyServiceClient::new(channel);
             let mut index = worker;
@@ -341,6 +360,30 @@ async fn measure(
                         let Some(token) = tokens.get(index) else { break };
                         let request = proto::VerifyRequest { token: token.clone(), ..Default::default() };
                         matches!(verifier.verify(request).await, Ok(answer) if answer.get_ref().code() == VerifyCode::Valid)
+                    }
+                    Load::CreateKeys { identities, created } => {
+                        index += identities.len();
+                        let request = proto::CreateKeyRequest {
+                            identity_id: identities[worker % identities.len()].clone(),
+                            name: format!("w{index}"),
+                            ..Default::default()
+                        };
+                        match admin.create_key(authed(&admin_token, request)).await {
+                            Ok(answer) => {
+                                let id = answer.into_inner().key.map(|key| key.id).unwrap_or_default();
+                                if let Ok(mut created) = created.lock() {
+                                    created.push(id);
+                                }
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    Load::RevokeKeys { keys, next } => {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(key_id) = keys.get(index) else { break };
+                        let request = proto::RevokeKeyRequest { key_id: key_id.clone() };
+                        admin.revoke_key(authed(&admin_token, request)).await.is_ok()
                     }
                     Load::StoreRead { connection, records } => {
                         index = (index + 1) % records.len();
@@ -486,6 +529,44 @@ async fn hot_beside(target: &Target, args: &BenchArgs, hot: &Load, side_name: &s
     );
 }
 
+/// `writes`: CreateKey on every stream for --duration, then RevokeKey of
+/// every key created, at the same concurrency.
+async fn writes(target: &Target, args: &BenchArgs) -> Result<(), String> {
+    let mut admin = AdminServiceClient::new(target.channels[0].clone());
+    let mut identities = Vec::with_capacity(args.concurrency);
+    for stream in 0..args.concurrency.max(1) {
+        let created = admin
+            .create_identity(authed(
+                &target.admin_token,
+                proto::CreateIdentityRequest {
+                    name: format!("bench_writes_{}_{stream}", std::process::id() % 100_000),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|e| format!("cannot create a bench identity: {}", e.message()))?
+            .into_inner();
+        identities.push(created.identity.map(|i| i.id).unwrap_or_default());
+    }
+    let created = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = Load::CreateKeys {
+        identities: Arc::new(identities),
+        created: Arc::clone(&created),
+    };
+    run_phase(target, "CreateKey", load, args.concurrency, args.duration)
+        .await
+        .print();
+    let keys = std::mem::take(&mut *created.lock().map_err(|e| e.to_string())?);
+    let load = Load::RevokeKeys {
+        keys: Arc::new(keys),
+        next: Arc::new(AtomicUsize::new(0)),
+    };
+    run_phase(target, "RevokeKey", load, args.concurrency, args.duration)
+        .await
+        .print();
+    Ok(())
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let (address, admin_token, embedded) = match &args.target {
@@ -551,9 +632,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     );
 
     let want = |mode: BenchMode| {
-        args.mode == mode || (args.mode == BenchMode::All && mode != BenchMode::Fill)
+        args.mode == mode
+            || (args.mode == BenchMode::All && !matches!(mode, BenchMode::Fill | BenchMode::Writes))
     };
-    if args.mode == BenchMode::Fill {
+    if args.mode == BenchMode::Writes {
+        writes(&target, &args).await?;
+    } else if args.mode == BenchMode::Fill {
         let tokens = Arc::new(mint_tokens(&target, "fill", args.fill_tokens).await?);
         let load = Load::VerifyOnce {
             tokens: Arc::clone(&tokens),

@@ -156,10 +156,10 @@ pub struct StoreArgs {
     /// version `--server-secret-version` minus one (for rotation).
     #[arg(long, env = "KEYRACK_PREVIOUS_SERVER_SECRET_FILE")]
     pub previous_server_secret_file: Option<PathBuf>,
-    /// When a revoke, disable, roll or delete counts as done: `none` (the
-    /// primary applied it), `replica` (WAIT: replicas acknowledged it) or
-    /// `aof` (WAITAOF: fsynced to the AOF, Redis 7.2+). Unconfirmed changes
-    /// fail with UNAVAILABLE.
+    /// When a change (a create, update, revoke, roll or delete) counts as
+    /// done: `none` (the primary applied it), `replica` (WAIT: replicas
+    /// acknowledged it) or `aof` (WAITAOF: fsynced to the AOF, Redis 7.2+).
+    /// Unconfirmed changes fail with UNAVAILABLE.
     #[arg(long, env = "KEYRACK_DURABILITY", value_enum, default_value = "none")]
     pub durability: DurabilityMode,
     /// Replicas that must acknowledge a change (replica mode), or whose AOF
@@ -169,6 +169,13 @@ pub struct StoreArgs {
     /// How long to wait for the acknowledgement; below --redis-timeout.
     #[arg(long, env = "KEYRACK_DURABILITY_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub durability_timeout: Duration,
+    /// Writer connections kept for changes under `--durability replica|aof`,
+    /// opened as concurrent changes need them: each change holds one through
+    /// its WAIT or WAITAOF, so this many changes wait for their
+    /// acknowledgement side by side (standalone and Sentinel; Cluster takes
+    /// no durability mode).
+    #[arg(long, env = "KEYRACK_REDIS_WRITER_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_writer_pool_size: u16,
     /// The prefix of minted tokens: 1 to 16 lowercase letters or digits.
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
     pub token_prefix: String,

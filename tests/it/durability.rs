@@ -1,6 +1,6 @@
-//! `--durability`: a revoke, disable, roll or delete is acknowledged only once
-//! replicas (WAIT) or the AOF (WAITAOF) confirm it; otherwise it fails
-//! UNAVAILABLE saying the change may not be durable.
+//! `--durability`: a change (create, revoke, disable, roll, delete) is
+//! acknowledged only once replicas (WAIT) or the AOF (WAITAOF) confirm it;
+//! otherwise it fails UNAVAILABLE saying the change may not be durable.
 
 use crate::support::{RedisServer, eventually, test_authority};
 use keyrack::domain::{Error, KeyId, State};
@@ -28,6 +28,7 @@ async fn store_with(
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_secs(2),
         durability,
+        writer_pool_size: 8,
         audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
     };
     RedisStore::connect(&options, Duration::from_secs(5)).await
@@ -153,4 +154,131 @@ async fn aof_durability_needs_waitaof() {
             authority.revoke_key(&minted.key.id).await.unwrap();
         }
     }
+}
+
+fn new_key(identity: &keyrack::domain::IdentityId, name: String) -> keyrack::service::NewKey {
+    keyrack::service::NewKey {
+        identity_id: identity.clone(),
+        name,
+        description: String::new(),
+        expire_time: None,
+        allowed_cidrs: Vec::new(),
+        scopes: Vec::new(),
+        datasets: Vec::new(),
+        labels: Default::default(),
+        honeytoken: false,
+        rate_limits: Vec::new(),
+        credits: None,
+    }
+}
+
+fn new_dataset(name: String) -> keyrack::service::NewDataset {
+    keyrack::service::NewDataset {
+        name,
+        description: String::new(),
+        skip_key: true,
+    }
+}
+
+async fn pooled_store(primary: &RedisServer, pool: usize, timeout: Duration) -> RedisStore {
+    let options = RedisOptions {
+        url: primary.url(),
+        key_prefix: "keyrack:".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(3),
+        durability: Durability::Replica {
+            replicas: 1,
+            timeout,
+        },
+        writer_pool_size: pool,
+        audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
+    };
+    RedisStore::connect(&options, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+/// Concurrent durable changes each hold a writer of the pool through their
+/// WAIT: all are acknowledged with the replica up, and with it gone each
+/// is applied and reported as not durable, as a lone change is. The four
+/// changes that once skipped the wait (datasets and TOTP) now wait too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_writes_each_wait_on_a_writer_of_the_pool() {
+    const CHANGES: usize = 8;
+    let port = free_port();
+    let primary = RedisServer::start_with(&["--port", &port]);
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    eventually("the replica is linked", Duration::from_secs(10), || async {
+        connected_replicas(&primary) == 1
+    })
+    .await;
+    let store = Arc::new(pooled_store(&primary, 4, Duration::from_secs(1)).await);
+    let authority = test_authority(store, AuthorityOptions::default());
+    let (identity, _) = authority.create_admin("ops", "").await.unwrap();
+    let mut keys = Vec::new();
+    for index in 0..2 * CHANGES {
+        let minted = authority
+            .create_key(new_key(&identity.id, format!("k{index}")))
+            .await
+            .unwrap();
+        keys.push(minted.key.id);
+    }
+
+    // With the replica up: twice as many changes as writers, all acknowledged,
+    // and the replica has each one.
+    let revoked =
+        futures_util::future::join_all(keys[..CHANGES].iter().map(|id| authority.revoke_key(id)))
+            .await;
+    for outcome in &revoked {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    let created = futures_util::future::join_all(
+        (0..CHANGES).map(|index| authority.create_dataset(new_dataset(format!("ds{index}")))),
+    )
+    .await;
+    for outcome in &created {
+        assert!(outcome.is_ok(), "{:?}", outcome.as_ref().err());
+    }
+    let keyspace = Keyspace::new("keyrack:");
+    for id in &keys[..CHANGES] {
+        let on_replica: bool = redis::cmd("EXISTS")
+            .arg(keyspace.key(id))
+            .query(&mut replica.connection())
+            .unwrap();
+        assert!(!on_replica, "the replica saw the revoke of {id}");
+    }
+    for index in 0..CHANGES {
+        let on_replica: bool = redis::cmd("EXISTS")
+            .arg(keyspace.dataset(&format!("ds{index}")))
+            .query(&mut replica.connection())
+            .unwrap();
+        assert!(on_replica, "the replica has dataset ds{index}");
+    }
+
+    // Without it: every one is applied, and every one says it may not be.
+    replica.kill();
+    eventually("the replica is gone", Duration::from_secs(10), || async {
+        connected_replicas(&primary) == 0
+    })
+    .await;
+    let refused =
+        futures_util::future::join_all(keys[CHANGES..].iter().map(|id| authority.revoke_key(id)))
+            .await;
+    for outcome in refused {
+        let error = outcome.unwrap_err();
+        assert!(matches!(error, Error::NotDurable(_)), "{error:?}");
+    }
+    for id in &keys[CHANGES..] {
+        let found = authority.get_key(id).await.ok().map(|key| key.id);
+        assert_eq!(found, None, "the revoke of {id} was applied");
+    }
+    let refused = authority
+        .create_dataset(new_dataset("after".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotDurable(_)), "{refused:?}");
+    assert!(
+        authority.get_dataset("after").await.is_ok(),
+        "the dataset was created"
+    );
 }

@@ -237,6 +237,7 @@ pub async fn open_store(backend: &Backend) -> Arc<dyn Store> {
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_millis(500),
                 durability: keyrack::store::redis::Durability::None,
+                writer_pool_size: 8,
                 audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
             };
             let mut store = RedisStore::connect(&options, Duration::from_secs(5))
@@ -752,6 +753,7 @@ impl RedisCluster {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_millis(500),
             durability: keyrack::store::redis::Durability::None,
+            writer_pool_size: 8,
             audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
         };
         let mut store = RedisStore::connect_cluster(&self.urls(), &options, Duration::from_secs(5))
@@ -945,6 +947,7 @@ impl RedisSentinels {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(2),
             durability,
+            writer_pool_size: 8,
             audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
         };
         let mut store = RedisStore::connect_sentinel(
@@ -1080,6 +1083,7 @@ pub fn redis_options(url: String, response_timeout: Duration) -> RedisOptions {
         connect_timeout: Duration::from_millis(500),
         response_timeout,
         durability: Durability::None,
+        writer_pool_size: 8,
         audit_max_events: keyrack::store::DEFAULT_AUDIT_MAX_EVENTS,
     }
 }

@@ -45,8 +45,9 @@ where
     /// logged: the change stands, and its keys' ends wait for the next
     /// change of the identity.
     pub(super) async fn list_key_end_identity(&self, identity: &IdentityId) {
+        // Only under Cluster, where changes share the one connection.
         let listed: Result<i64, _> = self
-            .writer()
+            .connection()
             .zadd(self.keyspace.key_end_identities(), identity.as_str(), 0)
             .await;
         if let Err(error) = listed {
@@ -135,7 +136,7 @@ where
             .collect();
         if !gone.is_empty() {
             let _: i64 = self
-                .writer()
+                .connection()
                 .zrem(self.keyspace.key_end_identities(), gone)
                 .await
                 .map_err(unavailable)?;
@@ -168,7 +169,7 @@ where
             .arg(end.at.0)
             .arg(in_script)
             .arg(self.audit_max_events)
-            .invoke_async(&mut self.writer())
+            .invoke_async(&mut self.writer().await?)
             .await
             .map_err(unavailable)?;
         self.after_end_claim(claimed == 1, &event).await;
@@ -200,7 +201,7 @@ where
             .arg(end.at.plus(EXPIRY_WARNING_MARKER_MARGIN).0)
             .arg(in_script)
             .arg(self.audit_max_events)
-            .invoke_async(&mut self.writer())
+            .invoke_async(&mut self.writer().await?)
             .await
             .map_err(unavailable)?;
         self.after_end_claim(sent == 1, &event).await;
@@ -256,7 +257,7 @@ where
                     .key(self.keyspace.key_index(&identity.id))
                     .key(self.key_ends_of(&identity.id))
                     .arg(self.keyspace.key_prefix(&identity.id))
-                    .invoke_async(&mut self.writer())
+                    .invoke_async(&mut self.writer().await?)
                     .await
                     .map_err(unavailable)?;
                 if self.cluster {
@@ -271,6 +272,7 @@ where
         }
         let _: () = self
             .writer()
+            .await?
             .set(self.keyspace.key_ends_indexed(), UnixMillis::now().0)
             .await
             .map_err(unavailable)?;

@@ -2,12 +2,15 @@
 //! only code that knows Redis key names, commands and scripts.
 
 mod cached_key;
+mod connect;
 mod deadlines;
 mod keys;
+mod names;
 mod record_cache;
 mod scripts;
 mod sentinel;
 mod usage;
+mod write;
 
 pub use record_cache::{VerifyCacheOptions, VerifyCacheStats};
 
@@ -15,42 +18,32 @@ pub use sentinel::SentinelConnection;
 
 pub use keys::Keyspace;
 
+pub use connect::{RedisOptions, client};
+pub use names::NAME_CLAIM_LEASE;
+pub use write::Durability;
+
 use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError};
+use names::parse_claim;
+use redis::AsyncCommands;
+use redis::RedisError;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How a standalone Redis is reached. No `Debug`: the URL may hold a password.
-#[derive(Clone)]
-pub struct RedisOptions {
-    /// `redis://`, `rediss://` or `unix://` URL.
-    pub url: String,
-    /// Prefix of every key keyrack writes.
-    pub key_prefix: String,
-    /// Bound on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Bound on any one command's reply.
-    pub response_timeout: Duration,
-    /// When a change counts as done.
-    pub durability: Durability,
-    /// Audit events the stream keeps (approximately: Redis trims whole
-    /// nodes of the stream).
-    pub audit_max_events: usize,
-}
+use write::{Outcome, Writers};
 
 /// Keyrack's records in Redis, over any connection redis-rs offers (one
 /// shared multiplexed connection for a standalone server).
 pub struct RedisStore<C = ConnectionManager> {
     connection: C,
-    // Changes go through their own connection: WAIT and WAITAOF block the
-    // connection they run on, and Verify's reads must not queue behind them.
-    writer: C,
+    // Changes take their connection from here (see `write.rs`): WAIT and
+    // WAITAOF block the connection they run on, and Verify's reads must not
+    // queue behind them.
+    writers: Writers<C>,
     keyspace: Keyspace,
     durability: Durability,
     audit_max_events: usize,
@@ -61,68 +54,6 @@ pub struct RedisStore<C = ConnectionManager> {
     /// How a tracking link reaches this store's Redis; None under Cluster.
     link_opener: Option<record_cache::LinkOpener>,
     response_timeout: Duration,
-}
-
-/// The arguments every audited script takes last: the deadline index and
-/// whether to write it, the stream, the armed event (empty when none) and
-/// the stream's length bound. Under Redis Cluster the stream lives in
-/// another slot than the change, so the script gets a key of its own slot
-/// that it never writes and the event waits in `deferred` until the change
-/// has committed; the index is the changed identity's own (see
-/// `deadlines.rs`), which is then listed in `key_end_identity`.
-struct AuditArgs {
-    key_ends: String,
-    index_key_ends: bool,
-    stream: String,
-    event: String,
-    max_events: usize,
-    deferred: Option<String>,
-    key_end_identity: Option<IdentityId>,
-}
-
-impl AuditArgs {
-    /// Whether this change carries an event, in its script or after it.
-    fn carries_event(&self) -> bool {
-        !self.event.is_empty() || self.deferred.is_some()
-    }
-}
-
-/// Passes [`AuditArgs`] to a script invocation.
-trait WithAudit {
-    fn with_audit(&mut self, audit: &AuditArgs) -> &mut Self;
-}
-
-impl WithAudit for redis::ScriptInvocation<'_> {
-    fn with_audit(&mut self, audit: &AuditArgs) -> &mut Self {
-        self.key(&audit.key_ends)
-            .key(&audit.stream)
-            .arg(if audit.index_key_ends { "1" } else { "0" })
-            .arg(&audit.event)
-            .arg(audit.max_events)
-    }
-}
-
-/// When a change counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// When the primary applied it (lost if the primary dies before a replica
-    /// or its AOF has it).
-    None,
-    /// When `replicas` replicas acknowledged it (WAIT).
-    Replica {
-        /// Replicas that must acknowledge.
-        replicas: u32,
-        /// How long to wait for them.
-        timeout: Duration,
-    },
-    /// When the primary's AOF fsynced it, and `replicas` replicas' AOFs too
-    /// (WAITAOF, Redis 7.2+).
-    Aof {
-        /// Replicas whose AOF must have it too.
-        replicas: u32,
-        /// How long to wait.
-        timeout: Duration,
-    },
 }
 
 /// The oldest Redis keyrack runs on (major, minor).
@@ -160,16 +91,6 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// How long a fresh name claim is respected even though its identity record
-/// does not carry the name yet: far longer than a create or rename takes.
-pub const NAME_CLAIM_LEASE: Duration = Duration::from_secs(30);
-
-/// Splits a name claim `<identity id>:<unix ms>`.
-fn parse_claim(claim: &str) -> Option<(IdentityId, i64)> {
-    let (id, millis) = claim.split_once(':')?;
-    Some((IdentityId::parse(id).ok()?, millis.parse().ok()?))
-}
-
 /// Maps a script's status reply to the store's outcome.
 fn script_outcome(reply: &str, name: &str, missing: &'static str) -> StoreResult<()> {
     match reply {
@@ -186,152 +107,18 @@ fn script_outcome(reply: &str, name: &str, missing: &'static str) -> StoreResult
     }
 }
 
-/// A client for a standalone Redis at `url`, set up as Verify needs it.
-pub fn client(url: &str) -> StoreResult<redis::Client> {
-    // Verify sends one small command and waits for it: Nagle's algorithm
-    // would hold it back behind any unacknowledged pipelined write.
-    let info = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))
+/// The outcome of a change whose script answers a status (`OK` when it
+/// changed the records).
+fn changed(reply: &str, name: &str, missing: &'static str) -> StoreResult<Outcome<()>> {
+    script_outcome(reply, name, missing).map(Outcome::Changed)
 }
 
-impl RedisStore<ConnectionManager> {
-    /// Connects to a standalone Redis, retrying until `wait` has passed.
-    pub async fn connect(options: &RedisOptions, wait: Duration) -> StoreResult<Self> {
-        let client = client(&options.url)?;
-        let config = manager_config(options);
-        let connection = keep_trying(wait, "Redis", || {
-            ConnectionManager::new_with_config(client.clone(), config.clone())
-        })
-        .await?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
-        store.audit_max_events = options.audit_max_events;
-        store.response_timeout = options.response_timeout;
-        let link_client = client.clone();
-        store.link_opener = Some(Arc::new(move || {
-            let client = link_client.clone();
-            Box::pin(async move { Ok(record_cache::Shard::whole(client)) })
-        }));
-        if options.durability != Durability::None {
-            store.writer = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(unavailable)?;
-            store.durability = options.durability;
-            store.check_durability_support().await?;
-        }
-        store.require_supported_redis().await?;
-        Ok(store)
-    }
-}
-
-/// Runs `attempt` until it connects or `wait` has passed: at start Redis
-/// may still be coming up beside keyrack.
-async fn keep_trying<T, Fut>(
-    wait: Duration,
-    what: &str,
-    mut attempt: impl FnMut() -> Fut,
-) -> StoreResult<T>
-where
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let started = tokio::time::Instant::now();
-    loop {
-        match attempt().await {
-            Ok(connected) => return Ok(connected),
-            Err(error) if started.elapsed() < wait => {
-                tracing::warn!(%error, "{what} is not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(error) => return Err(unavailable(error)),
-        }
-    }
-}
-
-/// How every connection manager keyrack opens behaves: bounded connects and
-/// replies, a few quick reconnection attempts.
-fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(options.connect_timeout))
-        .set_response_timeout(Some(options.response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1))
-}
-
-impl RedisStore<SentinelConnection> {
-    /// Connects to the primary `sentinels` name for `master_name`, retrying
-    /// until `wait` has passed, and follows it across failovers.
-    pub async fn connect_sentinel(
-        sentinels: &[String],
-        master_name: &str,
-        options: &RedisOptions,
-        wait: Duration,
-    ) -> StoreResult<Self> {
-        let config = manager_config(options);
-        let connection = keep_trying(wait, "the primary Sentinel names", || {
-            SentinelConnection::connect(sentinels, master_name, config.clone())
-        })
-        .await?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
-        store.audit_max_events = options.audit_max_events;
-        store.response_timeout = options.response_timeout;
-        let following = connection.clone();
-        store.link_opener = Some(Arc::new(move || {
-            let following = following.clone();
-            Box::pin(async move {
-                Ok(record_cache::Shard::whole(
-                    following.primary_client().await?,
-                ))
-            })
-        }));
-        if options.durability != Durability::None {
-            store.writer = connection.sibling().await.map_err(unavailable)?;
-            store.durability = options.durability;
-            store.check_durability_support().await?;
-        }
-        store.require_supported_redis().await?;
-        Ok(store)
-    }
-}
-
-impl RedisStore<redis::cluster_async::ClusterConnection> {
-    /// Connects to a Redis Cluster through its seed `nodes`, retrying until
-    /// `wait` has passed. `options.url` is not used; durability modes are
-    /// refused before this (WAIT cannot be routed to the writing primary).
-    pub async fn connect_cluster(
-        nodes: &[String],
-        options: &RedisOptions,
-        wait: Duration,
-    ) -> StoreResult<Self> {
-        let client = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(options.connect_timeout)
-            .response_timeout(options.response_timeout)
-            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-            .retries(2)
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))?;
-        let connection =
-            keep_trying(wait, "Redis Cluster", || client.get_async_connection()).await?;
-        let seed = nodes
-            .first()
-            .ok_or_else(|| StoreError::Unavailable("no cluster nodes".into()))
-            .and_then(|node| {
-                redis::IntoConnectionInfo::into_connection_info(node.as_str())
-                    .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))
-            })?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
-        store.audit_max_events = options.audit_max_events;
-        store.response_timeout = options.response_timeout;
-        store.cluster = true;
-        store.link_opener = Some(Arc::new(move || {
-            let (mut connection, seed) = (connection.clone(), seed.clone());
-            Box::pin(async move { record_cache::Shard::of_cluster(&mut connection, &seed).await })
-        }));
-        store.require_supported_redis().await?;
-        Ok(store)
+/// The outcome of a delete whose script answers whether the record existed.
+fn deleted(existed: i64) -> Outcome<bool> {
+    if existed == 1 {
+        Outcome::Changed(true)
+    } else {
+        Outcome::Unchanged(false)
     }
 }
 
@@ -342,7 +129,7 @@ where
     /// A store over an established connection.
     pub fn with_connection(connection: C, keyspace: Keyspace) -> Self {
         Self {
-            writer: connection.clone(),
+            writers: Writers::Shared(connection.clone()),
             connection,
             durability: Durability::None,
             keyspace,
@@ -462,57 +249,6 @@ where
         })())
     }
 
-    /// The audit arguments for the change about to run, whose keys share
-    /// `slot_key`'s slot: the event the audit scope armed for it, if any.
-    fn armed_audit(&self, slot_key: String) -> StoreResult<AuditArgs> {
-        let event = journal::armed_event()
-            .map(|event| encode(&event))
-            .transpose()?;
-        Ok(if self.cluster {
-            let identity = self.keyspace.identity_of_slot_key(&slot_key);
-            AuditArgs {
-                key_ends: identity.as_ref().map_or_else(
-                    || format!("{slot_key}:key-ends-unused"),
-                    |identity| self.key_ends_of(identity),
-                ),
-                index_key_ends: identity.is_some(),
-                stream: format!("{slot_key}:audit-deferred"),
-                event: String::new(),
-                max_events: self.audit_max_events,
-                deferred: event,
-                key_end_identity: identity,
-            }
-        } else {
-            AuditArgs {
-                key_ends: self.keyspace.key_ends(),
-                index_key_ends: true,
-                stream: self.keyspace.audit(),
-                event: event.unwrap_or_default(),
-                max_events: self.audit_max_events,
-                deferred: None,
-                key_end_identity: None,
-            }
-        })
-    }
-
-    /// The change succeeded: its script appended the event, or, under
-    /// Cluster, it is appended now, right after the change.
-    async fn commit_audit(&self, audit: AuditArgs) {
-        if let Some(identity) = &audit.key_end_identity {
-            self.list_key_end_identity(identity).await;
-        }
-        if !audit.carries_event() {
-            return;
-        }
-        if let Some(event) = audit.deferred
-            && let Err(error) = self.append_encoded_audit(&event).await
-        {
-            // The change stands; the gap shows in the log and the metrics.
-            tracing::error!(%error, "a change committed but its audit event could not be written");
-        }
-        journal::committed();
-    }
-
     /// Up to `limit` audit events of an `XRANGE` or `XREVRANGE` from `start`
     /// to `end`.
     async fn audit_range(
@@ -564,69 +300,6 @@ where
         .map_err(unavailable)
     }
 
-    fn writer(&self) -> C {
-        self.writer.clone()
-    }
-
-    /// Refuses a durability mode this Redis cannot provide, before serving.
-    async fn check_durability_support(&self) -> StoreResult<()> {
-        if let Durability::Aof { .. } = self.durability {
-            let info: Vec<redis::Value> = redis::cmd("COMMAND")
-                .arg("INFO")
-                .arg("WAITAOF")
-                .query_async(&mut self.writer())
-                .await
-                .map_err(unavailable)?;
-            if info
-                .first()
-                .is_none_or(|entry| matches!(entry, redis::Value::Nil))
-            {
-                return Err(StoreError::Unavailable(
-                    "--durability aof needs WAITAOF, which Redis 7.2 and later provide".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the changes made on the writer connection are as durable
-    /// as configured; `NotDurable` when that is not confirmed in time (the
-    /// change itself has been applied).
-    async fn confirm_durable(&self) -> StoreResult<()> {
-        match self.durability {
-            Durability::None => Ok(()),
-            Durability::Replica { replicas, timeout } => {
-                let acknowledged: i64 = redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout.as_millis() as u64)
-                    .query_async(&mut self.writer())
-                    .await
-                    .map_err(unavailable)?;
-                if acknowledged < i64::from(replicas) {
-                    return Err(StoreError::NotDurable(format!(
-                        "{acknowledged} of {replicas} replicas acknowledged the change in time"
-                    )));
-                }
-                Ok(())
-            }
-            Durability::Aof { replicas, timeout } => {
-                let (local, remote): (i64, i64) = redis::cmd("WAITAOF")
-                    .arg(1)
-                    .arg(replicas)
-                    .arg(timeout.as_millis() as u64)
-                    .query_async(&mut self.writer())
-                    .await
-                    .map_err(|e| StoreError::NotDurable(format!("WAITAOF failed: {e}")))?;
-                if local < 1 || remote < i64::from(replicas) {
-                    return Err(StoreError::NotDurable(format!(
-                        "the AOF fsync was confirmed locally {local} time(s) and by {remote} of {replicas} replicas"
-                    )));
-                }
-                Ok(())
-            }
-        }
-    }
-
     fn connection(&self) -> C {
         // Cloning a multiplexed connection shares it; commands pipeline on it.
         self.connection.clone()
@@ -641,75 +314,6 @@ where
             .await
             .ok()?;
         reply.get(1).cloned()
-    }
-
-    /// Claims `name` for `id` in the global name index, as `<id>:<unix ms>`;
-    /// once the record carrying the name is written the claim is confirmed as
-    /// `<id>:0`. A claim whose identity record is gone or carries another name
-    /// is stale (a native expiry, an interrupted write) and is replaced, except
-    /// an unconfirmed one younger than [`NAME_CLAIM_LEASE`]: that belongs to a
-    /// create or rename in flight.
-    async fn claim_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<()> {
-        let mut stale = String::new();
-        // Each round either succeeds or proves one holder stale; three rounds
-        // cover a holder that was itself replaced meanwhile.
-        for _ in 0..3 {
-            let now = UnixMillis::now();
-            let claim = format!("{id}:{}", now.0);
-            let holder: String = scripts::CLAIM_NAME
-                .key(self.keyspace.identity_names())
-                .arg(name)
-                .arg(id.as_str())
-                .arg(&claim)
-                .arg(&stale)
-                .invoke_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
-            if holder.is_empty() {
-                return Ok(());
-            }
-            let (holder_id, claimed_at) = parse_claim(&holder)
-                .ok_or_else(|| StoreError::Corrupt(format!("name index holds {holder:?}")))?;
-            let holder_named_so = self
-                .get_identity(&holder_id)
-                .await?
-                .is_some_and(|other| other.name == name);
-            let in_flight = claimed_at != 0
-                && now.0.saturating_sub(claimed_at) < NAME_CLAIM_LEASE.as_millis() as i64;
-            if holder_named_so || in_flight {
-                return Err(StoreError::NameTaken(name.to_owned()));
-            }
-            stale = holder;
-        }
-        Err(StoreError::Conflict)
-    }
-
-    async fn release_identity_name(&self, name: &str, id: &IdentityId) {
-        let released: Result<i64, _> = scripts::RELEASE_NAME
-            .key(self.keyspace.identity_names())
-            .arg(name)
-            .arg(id.as_str())
-            .invoke_async(&mut self.connection())
-            .await;
-        if let Err(error) = released {
-            // Harmless: a stale claim is repaired by the next claim of the name.
-            tracing::warn!(%error, identity_id = %id, "could not release a name claim");
-        }
-    }
-
-    /// Confirms our claim on `name` now that the record carrying it is
-    /// written; false when a concurrent claim replaced ours meanwhile.
-    async fn confirm_identity_name(&self, name: &str, id: &IdentityId) -> StoreResult<bool> {
-        let holder: String = scripts::CLAIM_NAME
-            .key(self.keyspace.identity_names())
-            .arg(name)
-            .arg(id.as_str())
-            .arg(format!("{id}:0"))
-            .arg("")
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(holder.is_empty())
     }
 
     /// The dataset keys an identity write script checks its new grants
@@ -798,7 +402,6 @@ where
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
         let mut stored = identity.clone();
         stored.revision += 1;
-        let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
         let mut invocation = scripts::UPDATE_IDENTITY.prepare_invoke();
         invocation
             .key(self.keyspace.identity(&identity.id))
@@ -810,18 +413,17 @@ where
         for dataset_key in self.dataset_gate_keys(identity) {
             invocation.key(dataset_key);
         }
-        let reply: Result<String, _> = invocation
+        invocation
             .arg(self.keyspace.key_prefix(&identity.id))
             .arg(encode(&stored)?)
-            .arg(identity.revision)
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await;
-        self.forget_cached(&identity.id);
-        let reply = reply.map_err(unavailable)?;
-        script_outcome(&reply, &identity.name, "identity")?;
-        self.commit_audit(audit).await;
-        self.confirm_durable().await?;
+            .arg(identity.revision);
+        self.change(
+            self.keyspace.identity(&identity.id),
+            &mut invocation,
+            Some(&identity.id),
+            |reply: String| changed(&reply, &identity.name, "identity"),
+        )
+        .await?;
         Ok(stored)
     }
 
@@ -830,33 +432,28 @@ where
         id: &IdentityId,
         if_revision: Option<u64>,
     ) -> StoreResult<bool> {
-        let audit = self.armed_audit(self.keyspace.identity(id))?;
-        let existed: Result<i64, _> = scripts::DELETE_IDENTITY
-            .key(self.keyspace.identity(id))
-            .key(self.keyspace.key_index(id))
-            .key(self.keyspace.key_names(id))
-            .key(self.keyspace.totp(id))
-            .key(self.keyspace.last_use(id))
-            .key(self.keyspace.usage(id))
-            .arg(self.keyspace.key_prefix(id))
-            .arg(
-                if_revision
-                    .map(|revision| revision.to_string())
-                    .unwrap_or_default(),
-            )
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await;
-        self.forget_cached(id);
-        let existed = existed.map_err(unavailable)?;
-        if existed == -1 {
-            return Err(StoreError::Conflict);
-        }
-        if existed == 1 {
-            self.commit_audit(audit).await;
-        }
-        self.confirm_durable().await?;
-        Ok(existed == 1)
+        self.change(
+            self.keyspace.identity(id),
+            scripts::DELETE_IDENTITY
+                .key(self.keyspace.identity(id))
+                .key(self.keyspace.key_index(id))
+                .key(self.keyspace.key_names(id))
+                .key(self.keyspace.totp(id))
+                .key(self.keyspace.last_use(id))
+                .key(self.keyspace.usage(id))
+                .arg(self.keyspace.key_prefix(id))
+                .arg(
+                    if_revision
+                        .map(|revision| revision.to_string())
+                        .unwrap_or_default(),
+                ),
+            Some(id),
+            |existed: i64| match existed {
+                -1 => Err(StoreError::Conflict),
+                _ => Ok(deleted(existed)),
+            },
+        )
+        .await
     }
 
     async fn forget_listed_identity(&self, id: &IdentityId) {
@@ -913,14 +510,16 @@ where
         for key in keys {
             invocation.arg(encode(key)?);
         }
-        let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
-        invocation.with_audit(&audit);
-        let created: Result<String, _> = invocation.invoke_async(&mut self.writer()).await;
+        let mut change = self
+            .begin_change(self.keyspace.identity(&identity.id))
+            .await?;
+        let created: Result<String, _> = change.run(&mut invocation, None).await;
         match created {
-            Ok(reply) if reply == "OK" => self.commit_audit(audit).await,
+            Ok(reply) if reply == "OK" => change.commit_event().await,
             // An id collision (about 2^-71): the other identity keeps its entries.
             Ok(reply) if reply == "EXISTS" => return Err(StoreError::Conflict),
             Ok(reply) => {
+                drop(change);
                 self.release_identity_name(&identity.name, &identity.id)
                     .await;
                 self.forget_listed_identity(&identity.id).await;
@@ -933,6 +532,7 @@ where
                 // what certainly did not happen.
                 let written = matches!(self.get_identity(&identity.id).await, Ok(Some(_)));
                 if !written {
+                    drop(change);
                     self.release_identity_name(&identity.name, &identity.id)
                         .await;
                     self.forget_listed_identity(&identity.id).await;
@@ -941,23 +541,28 @@ where
             }
         }
         // A concurrent creator may have judged our fresh claim stale between
-        // the claim and the write; exactly one of us still holds it.
+        // the claim and the write; exactly one of us still holds it. The
+        // confirmation goes on the change's connection, so that the
+        // durability wait covers it too.
         if !self
-            .confirm_identity_name(&identity.name, &identity.id)
+            .confirm_identity_name(&identity.name, &identity.id, change.writer())
             .await?
         {
+            // The undo takes a writer of its own: give this one back first.
+            drop(change);
             self.run_delete_identity(&identity.id, None).await?;
             self.forget_listed_identity(&identity.id).await;
             return Err(StoreError::NameTaken(identity.name.clone()));
         }
         if let Some(refused) = self.ungrantable_after_write(&[], identity).await? {
+            drop(change);
             self.run_delete_identity(&identity.id, None).await?;
             self.release_identity_name(&identity.name, &identity.id)
                 .await;
             self.forget_listed_identity(&identity.id).await;
             return Err(StoreError::DatasetUnavailable(refused));
         }
-        Ok(())
+        change.confirm_durable().await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_identity", skip_all)]
@@ -1046,7 +651,7 @@ where
             }
         };
         if !self
-            .confirm_identity_name(&identity.name, &identity.id)
+            .confirm_identity_name(&identity.name, &identity.id, &mut self.connection())
             .await?
         {
             // Lost the new name to a concurrent claim: put the old name back.
@@ -1078,21 +683,19 @@ where
     #[tracing::instrument(level = "debug", name = "redis.create_key", skip_all)]
     async fn create_key(&self, key: &ApiKey) -> StoreResult<()> {
         let identity = &key.identity_id;
-        let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::CREATE_KEY
-            .key(self.keyspace.identity(identity))
-            .key(self.keyspace.key_index(identity))
-            .key(self.keyspace.key_names(identity))
-            .key(self.keyspace.key(&key.id))
-            .arg(self.keyspace.key_prefix(identity))
-            .arg(encode(key)?)
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await
-            .map_err(unavailable)?;
-        script_outcome(&reply, &key.name, "identity")?;
-        self.commit_audit(audit).await;
-        Ok(())
+        self.change(
+            self.keyspace.identity(identity),
+            scripts::CREATE_KEY
+                .key(self.keyspace.identity(identity))
+                .key(self.keyspace.key_index(identity))
+                .key(self.keyspace.key_names(identity))
+                .key(self.keyspace.key(&key.id))
+                .arg(self.keyspace.key_prefix(identity))
+                .arg(encode(key)?),
+            None,
+            |reply: String| changed(&reply, &key.name, "identity"),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_key", skip_all)]
@@ -1172,48 +775,40 @@ where
         let identity = &key.identity_id;
         let mut stored = key.clone();
         stored.revision += 1;
-        let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: Result<String, _> = scripts::UPDATE_KEY
-            .key(self.keyspace.identity(identity))
-            .key(self.keyspace.key_index(identity))
-            .key(self.keyspace.key_names(identity))
-            .key(self.keyspace.key(&key.id))
-            .arg(self.keyspace.key_prefix(identity))
-            .arg(encode(&stored)?)
-            .arg(key.revision)
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await;
-        self.forget_cached(identity);
-        let reply = reply.map_err(unavailable)?;
-        script_outcome(&reply, &key.name, "key")?;
-        self.commit_audit(audit).await;
-        self.confirm_durable().await?;
+        self.change(
+            self.keyspace.identity(identity),
+            scripts::UPDATE_KEY
+                .key(self.keyspace.identity(identity))
+                .key(self.keyspace.key_index(identity))
+                .key(self.keyspace.key_names(identity))
+                .key(self.keyspace.key(&key.id))
+                .arg(self.keyspace.key_prefix(identity))
+                .arg(encode(&stored)?)
+                .arg(key.revision),
+            Some(identity),
+            |reply: String| changed(&reply, &key.name, "key"),
+        )
+        .await?;
         Ok(stored)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.delete_key", skip_all)]
     async fn delete_key(&self, id: &KeyId) -> StoreResult<bool> {
         let identity = id.identity_id();
-        let audit = self.armed_audit(self.keyspace.key_index(&identity))?;
-        let existed: Result<i64, _> = scripts::DELETE_KEY
-            .key(self.keyspace.key_index(&identity))
-            .key(self.keyspace.key_names(&identity))
-            .key(self.keyspace.key(id))
-            .key(self.keyspace.last_use(&identity))
-            .key(self.keyspace.usage(&identity))
-            .arg(id.as_str())
-            .arg(self.keyspace.key_prefix(&identity))
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await;
-        self.forget_cached(&identity);
-        let existed = existed.map_err(unavailable)?;
-        if existed == 1 {
-            self.commit_audit(audit).await;
-        }
-        self.confirm_durable().await?;
-        Ok(existed == 1)
+        self.change(
+            self.keyspace.key_index(&identity),
+            scripts::DELETE_KEY
+                .key(self.keyspace.key_index(&identity))
+                .key(self.keyspace.key_names(&identity))
+                .key(self.keyspace.key(id))
+                .key(self.keyspace.last_use(&identity))
+                .key(self.keyspace.usage(&identity))
+                .arg(id.as_str())
+                .arg(self.keyspace.key_prefix(&identity)),
+            Some(&identity),
+            |existed: i64| Ok(deleted(existed)),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.roll_key", skip_all)]
@@ -1221,25 +816,22 @@ where
         let identity = &old.identity_id;
         let mut stored_old = old.clone();
         stored_old.revision += 1;
-        let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: Result<String, _> = scripts::ROLL_KEY
-            .key(self.keyspace.identity(identity))
-            .key(self.keyspace.key_index(identity))
-            .key(self.keyspace.key_names(identity))
-            .key(self.keyspace.key(&old.id))
-            .key(self.keyspace.key(&replacement.id))
-            .arg(self.keyspace.key_prefix(identity))
-            .arg(encode(&stored_old)?)
-            .arg(old.revision)
-            .arg(encode(replacement)?)
-            .with_audit(&audit)
-            .invoke_async(&mut self.writer())
-            .await;
-        self.forget_cached(identity);
-        let reply = reply.map_err(unavailable)?;
-        script_outcome(&reply, &replacement.name, "key")?;
-        self.commit_audit(audit).await;
-        self.confirm_durable().await
+        self.change(
+            self.keyspace.identity(identity),
+            scripts::ROLL_KEY
+                .key(self.keyspace.identity(identity))
+                .key(self.keyspace.key_index(identity))
+                .key(self.keyspace.key_names(identity))
+                .key(self.keyspace.key(&old.id))
+                .key(self.keyspace.key(&replacement.id))
+                .arg(self.keyspace.key_prefix(identity))
+                .arg(encode(&stored_old)?)
+                .arg(old.revision)
+                .arg(encode(replacement)?),
+            Some(identity),
+            |reply: String| changed(&reply, &replacement.name, "key"),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
@@ -1279,18 +871,16 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.enroll_totp", skip_all)]
     async fn enroll_totp(&self, identity: &IdentityId, record: &TotpRecord) -> StoreResult<()> {
-        let audit = self.armed_audit(self.keyspace.identity(identity))?;
-        let reply: String = scripts::ENROLL_TOTP
-            .key(self.keyspace.identity(identity))
-            .key(self.keyspace.totp(identity))
-            .arg(encode(record)?)
-            .with_audit(&audit)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        script_outcome(&reply, "", "identity")?;
-        self.commit_audit(audit).await;
-        Ok(())
+        self.change(
+            self.keyspace.identity(identity),
+            scripts::ENROLL_TOTP
+                .key(self.keyspace.identity(identity))
+                .key(self.keyspace.totp(identity))
+                .arg(encode(record)?),
+            None,
+            |reply: String| changed(&reply, "", "identity"),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_totp", skip_all)]
@@ -1317,29 +907,28 @@ where
         confirm: bool,
         now: UnixMillis,
     ) -> StoreResult<StepOutcome> {
-        let audit = self.armed_audit(self.keyspace.totp(identity))?;
-        let reply: String = scripts::ACCEPT_TOTP_STEP
-            .key(self.keyspace.totp(identity))
-            .arg(step)
-            .arg(if confirm { "1" } else { "0" })
-            .arg(now.0)
-            .with_audit(&audit)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        match reply.as_str() {
-            "OK" => {
-                self.commit_audit(audit).await;
-                Ok(StepOutcome::Accepted)
-            }
-            "REPLAYED" => Ok(StepOutcome::Replayed),
-            "NOTENROLLED" => Ok(StepOutcome::NotEnrolled),
-            other => other
-                .strip_prefix("LOCKED:")
-                .and_then(|until| until.parse().ok())
-                .map(|until| StepOutcome::Locked(UnixMillis(until)))
-                .ok_or_else(|| StoreError::Corrupt(format!("unexpected script reply {other:?}"))),
-        }
+        self.change(
+            self.keyspace.totp(identity),
+            scripts::ACCEPT_TOTP_STEP
+                .key(self.keyspace.totp(identity))
+                .arg(step)
+                .arg(if confirm { "1" } else { "0" })
+                .arg(now.0),
+            None,
+            |reply: String| match reply.as_str() {
+                "OK" => Ok(Outcome::Changed(StepOutcome::Accepted)),
+                "REPLAYED" => Ok(Outcome::Declined(StepOutcome::Replayed)),
+                "NOTENROLLED" => Ok(Outcome::Declined(StepOutcome::NotEnrolled)),
+                other => other
+                    .strip_prefix("LOCKED:")
+                    .and_then(|until| until.parse().ok())
+                    .map(|until| Outcome::Declined(StepOutcome::Locked(UnixMillis(until))))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("unexpected script reply {other:?}"))
+                    }),
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.reseal_totp_seed", skip_all)]
@@ -1349,18 +938,19 @@ where
         sealed_was: &str,
         resealed: &str,
     ) -> StoreResult<bool> {
+        let mut writer = self.writer().await?;
         let replaced: i64 = scripts::RESEAL_TOTP_SEED
             .key(self.keyspace.totp(identity))
             .arg(sealed_was)
             .arg(resealed)
-            .invoke_async(&mut self.writer())
+            .invoke_async(&mut writer)
             .await
             .map_err(unavailable)?;
         // A re-seal lost in a failover would leave the seed under a secret
         // the operator may drop once the count says none is left, so it is
         // reported only once it is as durable as any change.
         if replaced == 1 {
-            self.confirm_durable().await?;
+            self.confirm_durable(&mut writer).await?;
         }
         Ok(replaced == 1)
     }
@@ -1393,17 +983,15 @@ where
             .zadd(self.keyspace.datasets(), &dataset.name, 0)
             .await
             .map_err(unavailable)?;
-        let audit = self.armed_audit(self.keyspace.dataset(&dataset.name))?;
-        let reply: String = scripts::CREATE_DATASET
-            .key(self.keyspace.dataset(&dataset.name))
-            .arg(encode(dataset)?)
-            .with_audit(&audit)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        script_outcome(&reply, &dataset.name, "dataset")?;
-        self.commit_audit(audit).await;
-        Ok(())
+        self.change(
+            self.keyspace.dataset(&dataset.name),
+            scripts::CREATE_DATASET
+                .key(self.keyspace.dataset(&dataset.name))
+                .arg(encode(dataset)?),
+            None,
+            |reply: String| changed(&reply, &dataset.name, "dataset"),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", name = "redis.get_dataset", skip_all)]
@@ -1455,7 +1043,7 @@ where
         let marked: i64 = scripts::BEGIN_DATASET_DELETE
             .key(self.keyspace.dataset(name))
             .key(self.keyspace.dataset_delete_mark(name))
-            .invoke_async(&mut self.writer())
+            .invoke_async(&mut self.writer().await?)
             .await
             .map_err(unavailable)?;
         Ok(marked == 1)
@@ -1465,6 +1053,7 @@ where
     async fn cancel_dataset_delete(&self, name: &str) -> StoreResult<()> {
         let _: i64 = self
             .writer()
+            .await?
             .del(self.keyspace.dataset_delete_mark(name))
             .await
             .map_err(unavailable)?;
@@ -1473,25 +1062,29 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.delete_dataset", skip_all)]
     async fn delete_dataset(&self, name: &str) -> StoreResult<bool> {
-        let audit = self.armed_audit(self.keyspace.dataset(name))?;
-        let deleted: i64 = scripts::DELETE_DATASET
-            .key(self.keyspace.dataset(name))
-            .key(self.keyspace.dataset_delete_mark(name))
-            .with_audit(&audit)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        if deleted == 1 {
-            self.commit_audit(audit).await;
+        let existed = self
+            .change(
+                self.keyspace.dataset(name),
+                scripts::DELETE_DATASET
+                    .key(self.keyspace.dataset(name))
+                    .key(self.keyspace.dataset_delete_mark(name)),
+                None,
+                |existed: i64| Ok(deleted(existed)),
+            )
+            .await;
+        // The listing entry goes whether or not the wait confirmed the delete:
+        // the record is gone either way.
+        if !matches!(existed, Err(StoreError::Unavailable(_))) {
+            let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
         }
-        let _: Result<i64, _> = self.connection().zrem(self.keyspace.datasets(), name).await;
-        Ok(deleted == 1)
+        existed
     }
 
     #[tracing::instrument(level = "debug", name = "redis.claim_import", skip_all)]
     async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
         let claimed: bool = self
             .writer()
+            .await?
             .set_nx(self.keyspace.import(digest), key.as_str())
             .await
             .map_err(unavailable)?;
@@ -1514,6 +1107,7 @@ where
     async fn release_import(&self, digest: &str) -> StoreResult<()> {
         let _: i64 = self
             .writer()
+            .await?
             .del(self.keyspace.import(digest))
             .await
             .map_err(unavailable)?;
@@ -1727,7 +1321,7 @@ where
                     .unwrap_or(u64::MAX)
                     .max(1),
             )
-            .query_async(&mut self.writer())
+            .query_async(&mut self.writer().await?)
             .await
             .map_err(unavailable)?;
         Ok(taken.is_some())
