@@ -26,6 +26,6 @@ pub use error::{Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};
 pub use key::{ApiKey, HashFingerprint, KeyEnd, KeyEndKind, SecretHash};
-pub use secret::SecretString;
+pub use secret::{SecretString, ServerSecret};
 pub use time::UnixMillis;
 pub use verdict::{Verdict, VerifyCode};

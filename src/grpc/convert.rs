@@ -852,98 +852,6 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_and_refuse_out_of_range() {
-        let time = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_000_000,
-        };
-        let millis = timestamp_in(&time).unwrap();
-        assert_eq!(millis, UnixMillis(1_700_000_000_123));
-        assert_eq!(timestamp_out(millis), time);
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: -1,
-                nanos: 0
-            })
-            .is_err()
-        );
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: 1,
-                nanos: -1
-            })
-            .is_err()
-        );
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            })
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn create_identity_reports_every_bad_field() {
-        let request = proto::CreateIdentityRequest {
-            name: "bad name".into(),
-            description: "x".repeat(300),
-            allowed_cidrs: vec!["10.0.0.0/8".into(), "300.1.1.1/8".into()],
-            datasets: vec!["a".into(), "a".into()],
-            ..Default::default()
-        };
-        let Err(Error::InvalidArgument(violations)) = new_identity_in(request) else {
-            panic!("accepted")
-        };
-        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["name", "description", "datasets[1]", "allowed_cidrs[1]"]
-        );
-    }
-
-    #[test]
-    fn masks_accept_json_spelling_and_refuse_unknown_paths() {
-        let request = proto::UpdateIdentityRequest {
-            identity: Some(proto::Identity {
-                id: "abcdefghijkl".into(),
-                allowed_cidrs: vec!["10.0.0.0/8".into()],
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["allowedCidrs".into()],
-            }),
-        };
-        let (_, changes) = identity_changes_in(request).unwrap();
-        assert_eq!(changes.allowed_cidrs.unwrap().len(), 1);
-        let request = proto::UpdateIdentityRequest {
-            identity: Some(proto::Identity {
-                id: "abcdefghijkl".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["kind".into()],
-            }),
-        };
-        assert!(matches!(
-            identity_changes_in(request),
-            Err(Error::InvalidArgument(_))
-        ));
-        let request = proto::UpdateIdentityRequest {
-            identity: None,
-            update_mask: None,
-        };
-        assert!(
-            matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
-        );
-    }
-}
-
 /// Checks a ListKeysRequest: the identity (optional), filter and order.
 pub fn key_query_in(request: &proto::ListKeysRequest) -> Result<crate::service::KeyQuery, Error> {
     let mut violations = Violations::new();
@@ -1044,4 +952,96 @@ pub fn import_in(
         return Err(Error::invalid("identity_id", "is required"));
     };
     Ok((identity_id, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_refuse_out_of_range() {
+        let time = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_000_000,
+        };
+        let millis = timestamp_in(&time).unwrap();
+        assert_eq!(millis, UnixMillis(1_700_000_000_123));
+        assert_eq!(timestamp_out(millis), time);
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: 1,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn create_identity_reports_every_bad_field() {
+        let request = proto::CreateIdentityRequest {
+            name: "bad name".into(),
+            description: "x".repeat(300),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "300.1.1.1/8".into()],
+            datasets: vec!["a".into(), "a".into()],
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(violations)) = new_identity_in(request) else {
+            panic!("accepted")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["name", "description", "datasets[1]", "allowed_cidrs[1]"]
+        );
+    }
+
+    #[test]
+    fn masks_accept_json_spelling_and_refuse_unknown_paths() {
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                allowed_cidrs: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allowedCidrs".into()],
+            }),
+        };
+        let (_, changes) = identity_changes_in(request).unwrap();
+        assert_eq!(changes.allowed_cidrs.unwrap().len(), 1);
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["kind".into()],
+            }),
+        };
+        assert!(matches!(
+            identity_changes_in(request),
+            Err(Error::InvalidArgument(_))
+        ));
+        let request = proto::UpdateIdentityRequest {
+            identity: None,
+            update_mask: None,
+        };
+        assert!(
+            matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
+        );
+    }
 }
