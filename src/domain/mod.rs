@@ -22,7 +22,7 @@ pub mod verdict;
 
 pub use audit::{AuditEvent, AuditFilter, EventKind};
 pub use dataset::Dataset;
-pub use error::{Error, FieldViolation, Violations};
+pub use error::{Code, Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};
 pub use key::{ApiKey, HashFingerprint, KeyEnd, KeyEndKind, SecretHash};

@@ -377,6 +377,17 @@ pub fn page_in(page_size: i32, page_token: String) -> Result<PageRequest, Error>
     })
 }
 
+/// The answer to a request a required field of which did not check out:
+/// every violation recorded, that field's among them. (`Violations::check`
+/// leaves a value out only after recording why, so the second arm is never
+/// taken; were it, the request would still be refused, not trusted.)
+fn refusal(violations: Violations) -> Error {
+    match violations.finish() {
+        Err(error) => error,
+        Ok(()) => Error::invalid("", "a required field is missing"),
+    }
+}
+
 /// Checks a CreateIdentityRequest.
 pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdentity, Error> {
     let mut violations = Violations::new();
@@ -415,6 +426,9 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let rate_limits = check_rate_limits(&mut violations, "rate_limits", &request.rate_limits);
     let credits = check_credits(&mut violations, "credits", request.credits.as_ref());
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
+    let Some(identity_id) = identity_id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
     Ok(NewKey {
         labels,
@@ -422,7 +436,7 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
         credits,
         scopes,
         datasets,
-        identity_id: identity_id.expect("checked above"),
+        identity_id,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         expire_time,
@@ -576,8 +590,11 @@ pub fn identity_changes_in(
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
     }
+    let Some(id) = id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
-    Ok((id.expect("checked above"), changes))
+    Ok((id, changes))
 }
 
 /// Checks an UpdateKeyRequest.
@@ -648,8 +665,11 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
     }
+    let Some(id) = id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
-    Ok((id.expect("checked above"), changes))
+    Ok((id, changes))
 }
 
 /// A dataset as the API shows it.
@@ -709,11 +729,14 @@ pub fn roll_in(request: proto::RollKeyRequest) -> Result<RollRequest, Error> {
         "new_key_expire_time",
         request.new_key_expire_time.as_ref(),
     );
+    let (Some(key_id), Some(old_key_end)) = (key_id, old_key_end) else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
     Ok(RollRequest {
         new_key_expire_time,
-        key_id: key_id.expect("checked above"),
-        old_key_end: old_key_end.expect("checked above"),
+        key_id,
+        old_key_end,
         totp_code: SecretString::new(request.totp_code),
     })
 }
