@@ -2,6 +2,7 @@
 //! limits, grpc.health.v1 driven by store pings, reflection (gated by
 //! default), and a graceful shutdown with a hard bound.
 
+use crate::grpc::limits::MessageLimitLayer;
 use crate::grpc::reflection::{AdminGate, ReflectionAccess};
 use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, ExtAuthzServer, VerifyApi};
 use crate::http_listener::IdleTimeout;
@@ -29,6 +30,14 @@ pub const MAX_ADMIN_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest ext_authz Check accepted: Envoy sends every request header (and,
 /// only when configured, some of the body), so it is larger than Verify's.
 pub const MAX_EXT_AUTHZ_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// What tonic accepts from services given no limit (health, reflection).
+const TONIC_DEFAULT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The path prefix of a service's methods.
+fn methods_of<S: NamedService>() -> String {
+    format!("/{}/", S::NAME)
+}
 
 /// How the server runs. There is no `Default`: the defaults are the flags'
 /// (`config.rs`), and `app::default_server_options` builds options from them.
@@ -200,7 +209,20 @@ pub async fn serve(
 
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)
-        .map_response(crate::grpc::limits::decode_errors_as_client_errors)
+        .layer(MessageLimitLayer::new(
+            vec![
+                (
+                    methods_of::<VerifyServiceServer<VerifyApi>>(),
+                    MAX_VERIFY_MESSAGE_BYTES,
+                ),
+                (
+                    methods_of::<AdminServiceServer<AdminApi>>(),
+                    MAX_ADMIN_MESSAGE_BYTES,
+                ),
+                (methods_of::<ExtAuthzServer>(), MAX_EXT_AUTHZ_MESSAGE_BYTES),
+            ],
+            TONIC_DEFAULT_MESSAGE_BYTES,
+        ))
         .layer(crate::grpc::shedding::ConcurrencyLimitLayer::new(
             options.max_concurrent_requests,
         ));
