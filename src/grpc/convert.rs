@@ -384,7 +384,7 @@ pub fn page_in(page_size: i32, page_token: String) -> Result<PageRequest, Error>
 fn refusal(violations: Violations) -> Error {
     match violations.finish() {
         Err(error) => error,
-        Ok(()) => Error::invalid("", "a required field is missing"),
+        Ok(()) => Error::invalid("request", "a required field is missing"),
     }
 }
 
