@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Malformed requests are INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::grpc::codec::RequestCodec")
         .skip_debug(MESSAGES_WITH_SECRETS.iter().copied())
         .compile_fds(descriptors)?;
     Ok(())

@@ -1,15 +1,22 @@
-//! Wiring for the binary: builds the store and authority from the checked
-//! configuration and runs the chosen command.
+//! Wiring for the binary: turns the checked configuration (`config.rs`, plain
+//! data) into the keyring, the store, the authority and the servers, and runs
+//! the chosen command.
 
 use crate::config::{
-    BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs, ServeArgs,
-    StoreArgs, StoreChoice,
+    self, BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs,
+    ReflectionMode, ServeArgs, ServeConfig, ServerSecrets, StoreArgs, StoreChoice, StoreConfig,
+    TlsMaterial,
 };
+use crate::grpc::reflection::ReflectionAccess;
 use crate::server::{self, ServerOptions};
+use crate::service::expiry::ExpiryOptions;
+use crate::service::hashing::HashPolicy;
+use crate::service::keyring::Keyring;
+use crate::service::webhooks::{WebhookOptions, WebhookSecret};
 use crate::service::{Authority, AuthorityOptions};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore, VerifyCacheOptions};
+use crate::store::redis::{Durability, RedisOptions, RedisStore, VerifyCacheOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,22 +45,50 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::BootstrapAdmin(args)) => bootstrap_admin(args).await,
         Some(Command::Protoset(args)) => protoset(args),
-        Some(Command::Bench(args)) => crate::bench::run(args).await.map_err(RunError::Refused),
         Some(Command::Health(args)) => health(args).await,
         Some(Command::Import(args)) => import(args).await,
     }
 }
 
+/// The hasher and the TOTP sealer, keyed with the configured secrets.
+fn keyring(secrets: ServerSecrets) -> Result<Keyring, ConfigError> {
+    match secrets {
+        ServerSecrets::Random => Ok(Keyring::random()),
+        ServerSecrets::Files { current, previous } => {
+            Keyring::new(current, previous, HashPolicy::default())
+                .map_err(|e| ConfigError(format!("--server-secret-file: {e}")))
+        }
+    }
+}
+
+/// The store's durability rule for the checked flags.
+fn durability(checked: config::Durability) -> Durability {
+    match checked {
+        config::Durability::None => Durability::None,
+        config::Durability::Replica { replicas, timeout } => {
+            Durability::Replica { replicas, timeout }
+        }
+        config::Durability::Aof { replicas, timeout } => Durability::Aof { replicas, timeout },
+    }
+}
+
 /// Builds the authority over the configured store; `options` says all but
-/// the token prefix, which comes from the store flags.
+/// the token prefix, which comes from the store flags. The keyring is built
+/// before Redis is contacted, so a bad secret stops the start first.
 async fn open_authority(
     args: &StoreArgs,
+    config: StoreConfig,
     mut options: AuthorityOptions,
 ) -> Result<(Arc<Authority>, bool), RunError> {
-    let config = args.load()?;
-    let durability = args.durability()?;
+    let keyring = keyring(config.secrets)?;
+    let durability = durability(config.durability);
     // Each verified token needs its key and its identity record.
-    let verify_cache = args.verify_cache(options.guard.verified_entries.saturating_mul(2))?;
+    let verify_cache = config
+        .verify_cache_max_staleness
+        .map(|max_staleness| VerifyCacheOptions {
+            max_staleness,
+            max_records: options.guard.verified_entries.saturating_mul(2),
+        });
     options.token_prefix = config.token_prefix;
     // Sentinel and Cluster find their servers themselves: no URL.
     let redis_options = |url: String| RedisOptions {
@@ -102,10 +137,7 @@ async fn open_authority(
             (Arc::new(store), false)
         }
     };
-    Ok((
-        Arc::new(Authority::new(store, config.hasher, config.sealer, options)),
-        dev_mode,
-    ))
+    Ok((Arc::new(Authority::new(store, keyring, options)), dev_mode))
 }
 
 /// Turns on Verify's record cache when `--verify-cache tracked` asked for it.
@@ -140,42 +172,131 @@ fn warn_unless_noeviction(policy: Option<&str>) {
     }
 }
 
+/// Who may use reflection, as the server takes it.
+fn reflection_access(mode: ReflectionMode) -> ReflectionAccess {
+    match mode {
+        ReflectionMode::Gated => ReflectionAccess::Gated,
+        ReflectionMode::Open => ReflectionAccess::Open,
+        ReflectionMode::Off => ReflectionAccess::Off,
+    }
+}
+
+/// The gRPC listener's TLS: mutual when a client CA was given.
+fn grpc_tls(material: &TlsMaterial) -> tonic::transport::ServerTlsConfig {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let config =
+        ServerTlsConfig::new().identity(Identity::from_pem(&material.cert_chain, &material.key));
+    match &material.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
+    }
+}
+
+/// The HTTP listeners' TLS (SCIM and the console): the same certificate, no
+/// client certificate (identity providers and browsers authenticate
+/// otherwise), HTTP/1.1.
+fn http_tls(material: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(&material.cert_chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("--tls-cert-file is not PEM certificates: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&material.key)
+        .map_err(|e| ConfigError(format!("--tls-key-file is not a PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| ConfigError(format!("--tls-cert-file and --tls-key-file: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The gRPC server's options for checked flags. Webhooks are left out: `serve`
+/// adds them once their secret is parsed.
+fn server_options(args: &ServeArgs, config: &ServeConfig) -> ServerOptions {
+    ServerOptions {
+        reflection: reflection_access(args.reflection),
+        shutdown_timeout: args.shutdown_timeout,
+        health_interval: server::HEALTH_INTERVAL,
+        last_use_flush_interval: args.last_use_flush_interval,
+        max_concurrent_requests: args.max_concurrent_requests,
+        request_timeout: args.request_timeout,
+        max_concurrent_streams: args.max_concurrent_streams,
+        http2_keepalive_interval: args.http2_keepalive_interval,
+        http2_keepalive_timeout: server::HTTP2_KEEPALIVE_TIMEOUT,
+        max_connections: config.grpc_max_connections,
+        connection_idle_timeout: config.grpc_idle_timeout,
+        tls: config.tls.as_ref().map(grpc_tls),
+        audit_max_age: args.audit_max_age,
+        ext_authz: crate::grpc::ExtAuthzOptions {
+            token_header: args.ext_authz_token_header.clone(),
+            keep_credential: args.ext_authz_keep_credential,
+        },
+        webhooks: None,
+        expiry: ExpiryOptions {
+            lead_times: config.expiry.lead_times.clone(),
+            sweep_interval: config.expiry.sweep_interval,
+            ..ExpiryOptions::default()
+        },
+    }
+}
+
+/// The gRPC server's options with every flag at its default: what the
+/// library's callers that build a server themselves (tests, the embedded
+/// benchmark) start from, so the defaults stay written once, in clap.
+pub fn default_server_options() -> ServerOptions {
+    let args = ServeArgs::defaults();
+    // The defaults pass their own checks (a unit test in config.rs holds it).
+    let config = args.load().expect("the default flags pass their checks");
+    server_options(&args, &config)
+}
+
 async fn serve(args: ServeArgs) -> Result<(), RunError> {
     // Signal handlers go in before anything else, so a SIGTERM that arrives
     // while starting still means a graceful stop rather than the default kill.
     let shutdown = shutdown_signal()
         .map_err(|e| ConfigError(format!("cannot watch shutdown signals: {e}")))?;
-    let mut options = AuthorityOptions {
-        totp_for_roll: !args.no_totp_for_roll,
-        ..AuthorityOptions::default()
+    // Every flag and file is checked before Redis is contacted or a port bound.
+    let mut config = args.load()?;
+    let mut options = server_options(&args, &config);
+    options.webhooks = match config.webhooks.take() {
+        Some(webhooks) => {
+            let secret = WebhookSecret::parse(&webhooks.secret)
+                .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
+            let mut options = WebhookOptions::new(webhooks.url, secret);
+            if let Some(ca_pem) = &webhooks.ca_pem {
+                options
+                    .trust_ca_pem(ca_pem)
+                    .map_err(|why| ConfigError(format!("--webhook-ca-file: {why}")))?;
+            }
+            Some(options)
+        }
+        None => None,
     };
-    options.guard.verified_entries = args.verify_cache_entries;
-    let tls = args.tls()?;
-    let webhooks = args.webhooks()?;
-    let (grpc_max_connections, grpc_idle_timeout) = args.grpc_connection_limits()?;
-    let expiry = args.expiry()?;
-    let scim_tls = match (&tls, args.scim_listen) {
-        (Some(material), Some(_)) => Some(material.scim()?),
+    let scim_tls = match (&config.tls, args.scim_listen) {
+        (Some(material), Some(_)) => Some(http_tls(material)?),
         _ => None,
     };
     // The console speaks HTTP/1.1 with the same certificate as SCIM.
-    let console_tls = match (&tls, args.console_listen) {
-        (Some(material), Some(_)) => Some(material.scim()?),
+    let console_tls = match (&config.tls, args.console_listen) {
+        (Some(material), Some(_)) => Some(http_tls(material)?),
         _ => None,
     };
-    let (authority, dev_mode) = open_authority(&args.store, options).await?;
+    let mut authority_options = AuthorityOptions {
+        totp_for_roll: !args.no_totp_for_roll,
+        ..AuthorityOptions::default()
+    };
+    authority_options.guard.verified_entries = args.verify_cache_entries;
+    let (authority, dev_mode) =
+        open_authority(&args.store, config.store, authority_options).await?;
     if args.no_totp_for_roll {
         tracing::warn!(
             "--no-totp-for-roll: RollKey will NOT ask for a TOTP code; any admin token can roll any key. Use only in development."
         );
     }
-    if !dev_mode && args.admin_token_file.is_some() {
-        return Err(ConfigError(
-            "--admin-token-file is for dev mode; use `keyrack bootstrap-admin` with Redis".into(),
-        )
-        .into());
-    }
     // Created before anything binds, so a path that is taken stops the start.
+    // (`ServeArgs::load` refused the flag outside dev mode.)
     let admin_token_file = match &args.admin_token_file {
         Some(path) => Some(create_private_file(path).map_err(|e| {
             ConfigError(format!(
@@ -207,26 +328,6 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
         let _ = std::io::stdout().flush();
     }
     tracing::info!(address = %listener.local_addr().map_err(|e| ConfigError(e.to_string()))?, "keyrack listening");
-    let options = ServerOptions {
-        reflection: args.reflection,
-        shutdown_timeout: args.shutdown_timeout,
-        last_use_flush_interval: args.last_use_flush_interval,
-        max_concurrent_requests: args.max_concurrent_requests,
-        request_timeout: args.request_timeout,
-        max_concurrent_streams: args.max_concurrent_streams,
-        http2_keepalive_interval: args.http2_keepalive_interval,
-        max_connections: grpc_max_connections,
-        connection_idle_timeout: grpc_idle_timeout,
-        tls: tls.as_ref().map(crate::config::TlsMaterial::grpc),
-        audit_max_age: args.audit_max_age,
-        ext_authz: crate::grpc::ExtAuthzOptions {
-            token_header: args.ext_authz_token_header.clone(),
-            keep_credential: args.ext_authz_keep_credential,
-        },
-        webhooks,
-        expiry,
-        ..ServerOptions::default()
-    };
     // One signal stops both servers: gRPC drains its calls while SCIM
     // finishes its requests.
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -326,17 +427,15 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn bootstrap_admin(args: BootstrapArgs) -> Result<(), RunError> {
-    if args.store.redis_url.is_none()
-        && args.store.redis_cluster_nodes.is_empty()
-        && args.store.redis_sentinel.is_empty()
-    {
+    if !args.store.names_redis() {
         return Err(ConfigError(
             "bootstrap-admin needs Redis (--redis-url, --redis-cluster-nodes or --redis-sentinel): the embedded store lives only inside `keyrack serve`, which prints its own dev admin token".into(),
         )
         .into());
     }
     crate::domain::names::parse_name(&args.name).map_err(|e| ConfigError(format!("--name {e}")))?;
-    let (authority, _) = open_authority(&args.store, AuthorityOptions::default()).await?;
+    let config = args.store.load()?;
+    let (authority, _) = open_authority(&args.store, config, AuthorityOptions::default()).await?;
     let refused = |e: crate::domain::Error| RunError::Refused(e.to_string());
     if !args.force && authority.admin_exists().await.map_err(refused)? {
         return Err(RunError::Refused(
@@ -415,7 +514,8 @@ async fn import(args: ImportArgs) -> Result<(), RunError> {
     violations
         .finish()
         .map_err(|e| ConfigError(e.to_string()))?;
-    let (authority, _) = open_authority(&args.store, AuthorityOptions::default()).await?;
+    let config = args.store.load()?;
+    let (authority, _) = open_authority(&args.store, config, AuthorityOptions::default()).await?;
     // No caller: the operator of the host ran it, as with bootstrap-admin.
     let event = crate::service::audit::event(
         "ImportKeys",

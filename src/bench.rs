@@ -12,19 +12,22 @@
 //! - `writes`: CreateKey, then RevokeKey of every key created, each stream on
 //!   an identity of its own: the cost of a change, and of its durability wait
 //!   under `--durability`.
+//!
+//! A module of the `keyrack` binary (`src/main.rs`), not of the library: the
+//! server library carries no load generator and no hdrhistogram, and this
+//! module reaches the server only through the library's public API.
 
-use crate::domain::token::{self, TokenPrefix};
-use crate::proto::admin_service_client::AdminServiceClient;
-use crate::proto::verify_service_client::VerifyServiceClient;
-use crate::proto::{self, VerifyCode};
-use crate::server::{self, ServerOptions};
-use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
-use crate::service::sealing::SeedSealer;
-use crate::service::{Authority, AuthorityOptions};
-use crate::store::memory::MemoryStore;
-use crate::store::redis::{self as store_redis, Keyspace};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use keyrack::domain::token::{self, TokenPrefix};
+use keyrack::proto::admin_service_client::AdminServiceClient;
+use keyrack::proto::verify_service_client::VerifyServiceClient;
+use keyrack::proto::{self, VerifyCode};
+use keyrack::server;
+use keyrack::service::keyring::Keyring;
+use keyrack::service::{Authority, AuthorityOptions};
+use keyrack::store::memory::MemoryStore;
+use keyrack::store::redis::{self as store_redis, Keyspace};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -578,13 +581,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             (address.clone(), token, None)
         }
         None => {
-            let secret = ServerSecret::random();
-            let sealer = SeedSealer::new(&secret, &[]);
-            let hasher = SecretHasher::new(secret, Vec::new(), HashPolicy::default())?;
             let authority = Arc::new(Authority::new(
                 Arc::new(MemoryStore::new()),
-                hasher,
-                sealer,
+                Keyring::random(),
                 AuthorityOptions::default(),
             ));
             let (_, minted) = authority
@@ -602,7 +601,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             let task = tokio::spawn(server::serve(
                 listener,
                 authority,
-                ServerOptions::default(),
+                keyrack::app::default_server_options(),
                 async {
                     let _ = stopped.await;
                 },
@@ -758,9 +757,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 .flat_map(|token| {
                     let key_id = token.split('_').nth(1).unwrap_or_default().to_owned();
                     (0..10_000).filter_map(move |_| {
-                        let key = crate::domain::KeyId::parse(&key_id).ok()?;
+                        let key = keyrack::domain::KeyId::parse(&key_id).ok()?;
                         Some(
-                            crate::domain::token::mint(&Default::default(), &key)
+                            keyrack::domain::token::mint(&Default::default(), &key)
                                 .token
                                 .expose()
                                 .to_owned(),

@@ -1,15 +1,15 @@
-//! The command line: flags, their `KEYRACK_*` variables, and the checks that
-//! run before anything binds a port.
+//! The command line as data: flags, their `KEYRACK_*` variables, and the
+//! checks that run before anything binds a port or contacts Redis.
+//!
+//! Each default lives here, in its clap attribute, and nowhere else. This
+//! module builds no store, service or server (`app.rs` wires those from what
+//! it checked) and imports nothing of keyrack but `domain/`, so every other
+//! module may read it without closing a circle.
 
+use crate::domain::ServerSecret;
 use crate::domain::expiry::LeadTimes;
 use crate::domain::token::TokenPrefix;
-use crate::grpc::reflection::ReflectionAccess;
-use crate::service::expiry::ExpiryOptions;
-use crate::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
-use crate::service::sealing::SeedSealer;
-use crate::service::webhooks::{WebhookOptions, WebhookSecret};
-use crate::store::redis::Durability;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,7 +51,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The subcommands.
+/// The subcommands of the server. The binary adds `bench` (src/main.rs),
+/// which is no part of the library.
 // Parsed once at start; boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -62,8 +63,6 @@ pub enum Command {
     BootstrapAdmin(BootstrapArgs),
     /// Write the protobuf descriptor set, for `grpcurl -protoset`.
     Protoset(ProtosetArgs),
-    /// Measure Verify against health checks on the same server.
-    Bench(crate::bench::BenchArgs),
     /// Ask a running keyrack's grpc.health.v1 whether it serves; exit 0 only
     /// when it does (for container health checks).
     Health(HealthArgs),
@@ -136,7 +135,7 @@ pub struct StoreArgs {
     #[arg(long, env = "KEYRACK_REDIS_PREFIX", default_value = "keyrack:")]
     pub redis_prefix: String,
     /// Audit events kept (the oldest are dropped beyond it).
-    #[arg(long, env = "KEYRACK_AUDIT_MAX_EVENTS", default_value_t = crate::store::DEFAULT_AUDIT_MAX_EVENTS)]
+    #[arg(long, env = "KEYRACK_AUDIT_MAX_EVENTS", default_value_t = 1_000_000)]
     pub audit_max_events: usize,
     /// Bound on each Redis connection attempt and each reply.
     #[arg(long, env = "KEYRACK_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -204,30 +203,6 @@ pub enum VerifyCacheMode {
     Off,
 }
 
-impl StoreArgs {
-    /// The record cache settings for `records` cached records, None when
-    /// off; a bound outside 1 ms to 10 s is refused (a fence every quarter of
-    /// it must be possible, and a longer one would make revocation slow).
-    pub fn verify_cache(
-        &self,
-        records: u64,
-    ) -> Result<Option<crate::store::redis::VerifyCacheOptions>, ConfigError> {
-        if self.verify_cache == VerifyCacheMode::Off {
-            return Ok(None);
-        }
-        let bound = self.verify_cache_max_staleness;
-        if bound < Duration::from_millis(1) || bound > Duration::from_secs(10) {
-            return Err(ConfigError(
-                "--verify-cache-max-staleness must be between 1ms and 10s".into(),
-            ));
-        }
-        Ok(Some(crate::store::redis::VerifyCacheOptions {
-            max_staleness: bound,
-            max_records: records,
-        }))
-    }
-}
-
 /// When a change counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DurabilityMode {
@@ -237,6 +212,17 @@ pub enum DurabilityMode {
     Replica,
     /// When it was fsynced to the AOF (WAITAOF).
     Aof,
+}
+
+/// Who may use gRPC server reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReflectionMode {
+    /// Callers with an admin token.
+    Gated,
+    /// Anyone who can reach the port.
+    Open,
+    /// Nobody: reflection is not served.
+    Off,
 }
 
 /// Flags of `keyrack serve`.
@@ -251,7 +237,7 @@ pub struct ServeArgs {
     /// Who may use gRPC server reflection: callers with an admin token
     /// (gated), anyone (open), or nobody (off).
     #[arg(long, env = "KEYRACK_REFLECTION", value_enum, default_value = "gated")]
-    pub reflection: ReflectionAccess,
+    pub reflection: ReflectionMode,
     /// Let RollKey proceed without the caller's TOTP code. For dev setups
     /// only: a stolen admin token then suffices to roll any key.
     #[arg(long, env = "KEYRACK_NO_TOTP_FOR_ROLL")]
@@ -313,7 +299,11 @@ pub struct ServeArgs {
     /// The request header Envoy's ext_authz Check reads the token from:
     /// `authorization` (as `Bearer <token>`) or another, e.g. `x-api-key`,
     /// holding the raw token.
-    #[arg(long, env = "KEYRACK_EXT_AUTHZ_TOKEN_HEADER", default_value = crate::grpc::ext_authz::DEFAULT_TOKEN_HEADER)]
+    #[arg(
+        long,
+        env = "KEYRACK_EXT_AUTHZ_TOKEN_HEADER",
+        default_value = "authorization"
+    )]
     pub ext_authz_token_header: http::HeaderName,
     /// Let the credential header of an allowed ext_authz request pass
     /// upstream; by default it is removed so upstreams never see tokens.
@@ -375,6 +365,7 @@ pub struct ProtosetArgs {
 pub struct ConfigError(pub String);
 
 /// The store a process will use.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChoice {
     /// Dev mode.
     Memory,
@@ -391,16 +382,62 @@ pub enum StoreChoice {
     },
 }
 
+/// The server secrets the hasher and the TOTP sealer are keyed with.
+#[derive(Debug)]
+pub enum ServerSecrets {
+    /// Dev mode: a random secret, which dies with the embedded store.
+    Random,
+    /// Read from `--server-secret-file` (and the previous one, for rotation).
+    Files {
+        /// Hashes and seals new values.
+        current: ServerSecret,
+        /// Still accepted for what version `current - 1` hashed or sealed.
+        previous: Vec<ServerSecret>,
+    },
+}
+
+/// When a change counts as done, checked against the other flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// When the primary applied it.
+    None,
+    /// When `replicas` replicas acknowledged it within `timeout` (WAIT).
+    Replica {
+        /// Replicas that must acknowledge.
+        replicas: u32,
+        /// How long to wait for them.
+        timeout: Duration,
+    },
+    /// When the AOF of the primary and of `replicas` replicas has it
+    /// (WAITAOF).
+    Aof {
+        /// Replicas whose AOF must have it too.
+        replicas: u32,
+        /// How long to wait for them.
+        timeout: Duration,
+    },
+}
+
 /// Store and secret settings, checked.
+#[derive(Debug)]
 pub struct StoreConfig {
     /// Which store.
     pub store: StoreChoice,
-    /// The hasher keyed with the server secret(s).
-    pub hasher: SecretHasher,
-    /// The TOTP seed sealer keyed with the same secret(s).
-    pub sealer: SeedSealer,
+    /// The secrets keys are hashed and seeds sealed under.
+    pub secrets: ServerSecrets,
     /// The token prefix.
     pub token_prefix: TokenPrefix,
+    /// When a change counts as done.
+    pub durability: Durability,
+    /// Verify's record cache: the bound on a cached answer, `None` when off.
+    pub verify_cache_max_staleness: Option<Duration>,
+}
+
+impl StoreConfig {
+    /// Whether the store is the embedded one (dev mode).
+    pub fn is_dev_mode(&self) -> bool {
+        self.store == StoreChoice::Memory
+    }
 }
 
 fn read_secret(path: &Path, version: u32) -> Result<ServerSecret, ConfigError> {
@@ -421,7 +458,7 @@ fn read_secret(path: &Path, version: u32) -> Result<ServerSecret, ConfigError> {
 }
 
 impl StoreArgs {
-    /// Checks the flags and reads the server secret(s).
+    /// Checks the flags and reads the server secret(s); contacts nothing.
     pub fn load(&self) -> Result<StoreConfig, ConfigError> {
         let token_prefix = TokenPrefix::parse(&self.token_prefix)
             .map_err(|e| ConfigError(format!("--token-prefix: {e}")))?;
@@ -430,50 +467,67 @@ impl StoreArgs {
                 "--redis-prefix must not contain { or } (hash tags are keyrack's)".into(),
             ));
         }
-        let choice = match (&self.redis_url, self.redis_cluster_nodes.as_slice()) {
-            (None, []) if !self.redis_sentinel.is_empty() => {
-                let sentinels = parse_node_urls("--redis-sentinel", &self.redis_sentinel)?;
-                let master = self
-                    .redis_sentinel_master
-                    .clone()
-                    .filter(|name| !name.trim().is_empty())
-                    .ok_or_else(|| {
-                        ConfigError("--redis-sentinel needs --redis-sentinel-master".into())
-                    })?;
-                Some(StoreChoice::Sentinel { sentinels, master })
-            }
-            (Some(url), _) => {
-                // The URL may hold a password: the message does not repeat it.
-                redis::parse_redis_url(url).ok_or_else(|| {
-                    ConfigError(
-                        "--redis-url is not a redis://, rediss:// or redis+unix:// URL".into(),
-                    )
-                })?;
-                Some(StoreChoice::Redis(url.clone()))
-            }
-            (None, []) => None,
-            (None, nodes) => Some(StoreChoice::Cluster(parse_node_urls(
-                "--redis-cluster-nodes",
-                nodes,
-            )?)),
-        };
-        let Some(choice) = choice else {
+        let store = self.store_choice()?;
+        let durability = self.durability()?;
+        let verify_cache_max_staleness = self.verify_cache_max_staleness()?;
+        let secrets = if store == StoreChoice::Memory {
             if self.server_secret_file.is_some() {
                 tracing::warn!(
                     "--server-secret-file is ignored in dev mode: a random secret is used"
                 );
             }
-            let secret = ServerSecret::random();
-            let sealer = SeedSealer::new(&secret, &[]);
-            let hasher = SecretHasher::new(secret, Vec::new(), HashPolicy::default())
-                .map_err(ConfigError)?;
-            return Ok(StoreConfig {
-                store: StoreChoice::Memory,
-                hasher,
-                sealer,
-                token_prefix,
-            });
+            ServerSecrets::Random
+        } else {
+            self.server_secrets()?
         };
+        Ok(StoreConfig {
+            store,
+            secrets,
+            token_prefix,
+            durability,
+            verify_cache_max_staleness,
+        })
+    }
+
+    /// Whether any Redis flag was given (else the store is the embedded one).
+    pub fn names_redis(&self) -> bool {
+        self.redis_url.is_some()
+            || !self.redis_cluster_nodes.is_empty()
+            || !self.redis_sentinel.is_empty()
+    }
+
+    fn store_choice(&self) -> Result<StoreChoice, ConfigError> {
+        Ok(
+            match (&self.redis_url, self.redis_cluster_nodes.as_slice()) {
+                (None, []) if !self.redis_sentinel.is_empty() => {
+                    let sentinels = parse_node_urls("--redis-sentinel", &self.redis_sentinel)?;
+                    let master = self
+                        .redis_sentinel_master
+                        .clone()
+                        .filter(|name| !name.trim().is_empty())
+                        .ok_or_else(|| {
+                            ConfigError("--redis-sentinel needs --redis-sentinel-master".into())
+                        })?;
+                    StoreChoice::Sentinel { sentinels, master }
+                }
+                (Some(url), _) => {
+                    // The URL may hold a password: the message does not repeat it.
+                    redis::parse_redis_url(url).ok_or_else(|| {
+                        ConfigError(
+                            "--redis-url is not a redis://, rediss:// or redis+unix:// URL".into(),
+                        )
+                    })?;
+                    StoreChoice::Redis(url.clone())
+                }
+                (None, []) => StoreChoice::Memory,
+                (None, nodes) => {
+                    StoreChoice::Cluster(parse_node_urls("--redis-cluster-nodes", nodes)?)
+                }
+            },
+        )
+    }
+
+    fn server_secrets(&self) -> Result<ServerSecrets, ConfigError> {
         let path = self.server_secret_file.as_deref().ok_or_else(|| {
             ConfigError(
                 "--server-secret-file (KEYRACK_SERVER_SECRET_FILE) is required with Redis: \
@@ -494,174 +548,27 @@ impl StoreArgs {
             }
             None => Vec::new(),
         };
-        let sealer = SeedSealer::new(&current, &previous);
-        let hasher = SecretHasher::new(current, previous, HashPolicy::default())
-            .map_err(|e| ConfigError(format!("--server-secret-file: {e}")))?;
-        Ok(StoreConfig {
-            store: choice,
-            hasher,
-            sealer,
-            token_prefix,
-        })
-    }
-}
-
-/// Node URLs of a multi-node flag, checked; errors name the entry, not the
-/// URL (it may hold a password).
-fn parse_node_urls(flag: &str, nodes: &[String]) -> Result<Vec<String>, ConfigError> {
-    nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| {
-            let node = node.trim();
-            redis::parse_redis_url(node)
-                .map(|_| node.to_owned())
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "{flag} entry {} is not a redis:// or rediss:// URL",
-                        index + 1
-                    ))
-                })
-        })
-        .collect()
-}
-
-fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError(format!("{flag} {}: {e}", path.display())))
-}
-
-/// The TLS files `serve` was given, read at start.
-pub struct TlsMaterial {
-    cert_chain: Vec<u8>,
-    key: Vec<u8>,
-    client_ca: Option<Vec<u8>>,
-}
-
-impl TlsMaterial {
-    /// The gRPC listener's TLS: mutual when a client CA was given.
-    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_chain, &self.key));
-        match &self.client_ca {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-            None => config,
-        }
+        Ok(ServerSecrets::Files { current, previous })
     }
 
-    /// The SCIM listener's TLS: the same certificate, no client certificate
-    /// (identity providers authenticate with their bearer token), HTTP/1.1.
-    pub fn scim(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, ConfigError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_slice_iter(&self.cert_chain)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError(format!("--tls-cert-file is not PEM certificates: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key)
-            .map_err(|e| ConfigError(format!("--tls-key-file is not a PEM private key: {e}")))?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-            .map_err(|e| ConfigError(format!("--tls-cert-file and --tls-key-file: {e}")))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(std::sync::Arc::new(config))
-    }
-}
-
-impl ServeArgs {
-    /// The gRPC listener's connection bounds, checked against each other.
-    pub fn grpc_connection_limits(&self) -> Result<(usize, Duration), ConfigError> {
-        if self.grpc_max_connections == 0 {
-            return Err(ConfigError(
-                "--grpc-max-connections must be at least 1".into(),
-            ));
-        }
-        if self.grpc_idle_timeout <= self.http2_keepalive_interval {
-            return Err(ConfigError(
-                "--grpc-idle-timeout must exceed --http2-keepalive-interval, or idle clients' connections are closed between pings".into(),
-            ));
-        }
-        Ok((self.grpc_max_connections, self.grpc_idle_timeout))
-    }
-
-    /// Webhook delivery as the flags ask for it; `None` without a URL.
-    pub fn webhooks(&self) -> Result<Option<WebhookOptions>, ConfigError> {
-        let (Some(url), Some(secret_file)) = (&self.webhook_url, &self.webhook_secret_file) else {
+    /// The record cache's bound, `None` when off; a bound outside 1 ms to
+    /// 10 s is refused (a fence every quarter of it must be possible, and a
+    /// longer one would make revocation slow).
+    fn verify_cache_max_staleness(&self) -> Result<Option<Duration>, ConfigError> {
+        if self.verify_cache == VerifyCacheMode::Off {
             return Ok(None);
-        };
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| ConfigError(format!("--webhook-url {url:?}: {e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(ConfigError(format!(
-                "--webhook-url {url:?}: must be an http:// or https:// URL"
-            )));
         }
-        let content = Zeroizing::new(std::fs::read_to_string(secret_file).map_err(|e| {
-            ConfigError(format!(
-                "cannot read webhook secret file {}: {e}",
-                secret_file.display()
-            ))
-        })?);
-        let secret = WebhookSecret::parse(content.trim_end())
-            .map_err(|why| ConfigError(format!("--webhook-secret-file: {why}")))?;
-        let mut options = WebhookOptions::new(uri, secret);
-        if let Some(ca_file) = &self.webhook_ca_file {
-            options
-                .trust_ca_pem(&read_pem("--webhook-ca-file", ca_file)?)
-                .map_err(|why| ConfigError(format!("--webhook-ca-file: {why}")))?;
-        }
-        Ok(Some(options))
-    }
-
-    /// Expiry warnings as the flags ask for them.
-    pub fn expiry(&self) -> Result<ExpiryOptions, ConfigError> {
-        let lead_times = LeadTimes::parse(&self.expiry_warnings)
-            .map_err(|why| ConfigError(format!("--expiry-warnings: {why}")))?;
-        if self.expiry_sweep_interval < Duration::from_secs(1) {
+        let bound = self.verify_cache_max_staleness;
+        if bound < Duration::from_millis(1) || bound > Duration::from_secs(10) {
             return Err(ConfigError(
-                "--expiry-sweep-interval must be at least 1s".into(),
+                "--verify-cache-max-staleness must be between 1ms and 10s".into(),
             ));
         }
-        Ok(ExpiryOptions {
-            lead_times,
-            sweep_interval: self.expiry_sweep_interval,
-            ..ExpiryOptions::default()
-        })
+        Ok(Some(bound))
     }
 
-    /// The TLS files the flags name, read now; `None` serves plaintext.
-    pub fn tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
-        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
-            (None, None) if self.tls_client_ca_file.is_some() => {
-                return Err(ConfigError(
-                    "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
-                ));
-            }
-            (None, None) => return Ok(None),
-            (Some(cert), Some(key)) => (cert, key),
-            _ => {
-                return Err(ConfigError(
-                    "--tls-cert-file and --tls-key-file go together".into(),
-                ));
-            }
-        };
-        Ok(Some(TlsMaterial {
-            cert_chain: read_pem("--tls-cert-file", cert)?,
-            key: read_pem("--tls-key-file", key)?,
-            client_ca: self
-                .tls_client_ca_file
-                .as_deref()
-                .map(|ca| read_pem("--tls-client-ca-file", ca))
-                .transpose()?,
-        }))
-    }
-}
-
-impl StoreArgs {
     /// The durability the flags ask for, checked against the other flags.
-    pub fn durability(&self) -> Result<Durability, ConfigError> {
+    fn durability(&self) -> Result<Durability, ConfigError> {
         if self.durability == DurabilityMode::None {
             return Ok(Durability::None);
         }
@@ -693,5 +600,261 @@ impl StoreArgs {
             DurabilityMode::Replica => Durability::Replica { replicas, timeout },
             _ => Durability::Aof { replicas, timeout },
         })
+    }
+}
+
+/// Node URLs of a multi-node flag, checked; errors name the entry, not the
+/// URL (it may hold a password).
+fn parse_node_urls(flag: &str, nodes: &[String]) -> Result<Vec<String>, ConfigError> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let node = node.trim();
+            redis::parse_redis_url(node)
+                .map(|_| node.to_owned())
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{flag} entry {} is not a redis:// or rediss:// URL",
+                        index + 1
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError(format!("{flag} {}: {e}", path.display())))
+}
+
+/// The TLS files `serve` was given, read at start.
+pub struct TlsMaterial {
+    /// PEM certificate chain.
+    pub cert_chain: Vec<u8>,
+    /// PEM private key of the chain.
+    pub key: Vec<u8>,
+    /// PEM CA certificates client certificates must be signed by (mutual
+    /// TLS), if any.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("key", &"[redacted]")
+            .field("mutual", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Webhook delivery as the flags ask for it.
+pub struct WebhookConfig {
+    /// The http:// or https:// URL events are POSTed to.
+    pub url: http::Uri,
+    /// The PEM certificates of `--webhook-ca-file`, if given: authorities
+    /// an https:// endpoint may be certified by besides the built-in roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The signing secret file's content (`whsec_<base64>`), trailing
+    /// whitespace removed; `service::webhooks::WebhookSecret::parse` reads it.
+    pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Expiry warnings as the flags ask for them.
+#[derive(Debug, Clone)]
+pub struct ExpiryConfig {
+    /// Lead times of KEY_EXPIRING.
+    pub lead_times: LeadTimes,
+    /// How often one replica sweeps for keys to warn of.
+    pub sweep_interval: Duration,
+}
+
+/// Everything `serve` reads at start, checked: files read, flags checked
+/// against each other. Flags that need no check are read from `ServeArgs`.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// Store and secrets.
+    pub store: StoreConfig,
+    /// TLS for gRPC (and SCIM and the console); plaintext when `None`.
+    pub tls: Option<TlsMaterial>,
+    /// Webhook delivery, if asked for.
+    pub webhooks: Option<WebhookConfig>,
+    /// Expiry warnings.
+    pub expiry: ExpiryConfig,
+    /// Most gRPC connections open at once.
+    pub grpc_max_connections: usize,
+    /// When an idle gRPC connection is closed.
+    pub grpc_idle_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Every flag of `serve` at its default, whatever the environment's
+    /// `KEYRACK_*` variables say: the defaults of the library's callers
+    /// (tests, the embedded benchmark), from the one place they are written.
+    pub fn defaults() -> Self {
+        let command = Self::augment_args(clap::Command::new("keyrack"))
+            .mut_args(|arg| arg.env(None::<&'static str>));
+        // No argument and no variable: the parse can only fail if a default
+        // itself does not parse, which the unit tests below would show.
+        command
+            .try_get_matches_from(["keyrack"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .expect("the defaults of serve's flags parse")
+    }
+
+    /// Checks the flags and reads the files they name; contacts nothing.
+    pub fn load(&self) -> Result<ServeConfig, ConfigError> {
+        let store = self.store.load()?;
+        if !store.is_dev_mode() && self.admin_token_file.is_some() {
+            return Err(ConfigError(
+                "--admin-token-file is for dev mode; use `keyrack bootstrap-admin` with Redis"
+                    .into(),
+            ));
+        }
+        let (grpc_max_connections, grpc_idle_timeout) = self.grpc_connection_limits()?;
+        Ok(ServeConfig {
+            store,
+            tls: self.tls()?,
+            webhooks: self.webhooks()?,
+            expiry: self.expiry()?,
+            grpc_max_connections,
+            grpc_idle_timeout,
+        })
+    }
+
+    /// The gRPC listener's connection bounds, checked against each other.
+    fn grpc_connection_limits(&self) -> Result<(usize, Duration), ConfigError> {
+        if self.grpc_max_connections == 0 {
+            return Err(ConfigError(
+                "--grpc-max-connections must be at least 1".into(),
+            ));
+        }
+        if self.grpc_idle_timeout <= self.http2_keepalive_interval {
+            return Err(ConfigError(
+                "--grpc-idle-timeout must exceed --http2-keepalive-interval, or idle clients' connections are closed between pings".into(),
+            ));
+        }
+        Ok((self.grpc_max_connections, self.grpc_idle_timeout))
+    }
+
+    /// Webhook delivery as the flags ask for it; `None` without a URL.
+    fn webhooks(&self) -> Result<Option<WebhookConfig>, ConfigError> {
+        let (Some(url), Some(secret_file)) = (&self.webhook_url, &self.webhook_secret_file) else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| ConfigError(format!("--webhook-url {url:?}: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ConfigError(format!(
+                "--webhook-url {url:?}: must be an http:// or https:// URL"
+            )));
+        }
+        let mut content = Zeroizing::new(std::fs::read_to_string(secret_file).map_err(|e| {
+            ConfigError(format!(
+                "cannot read webhook secret file {}: {e}",
+                secret_file.display()
+            ))
+        })?);
+        let kept = content.trim_end().len();
+        content.truncate(kept);
+        let ca_pem = self
+            .webhook_ca_file
+            .as_deref()
+            .map(|ca_file| read_pem("--webhook-ca-file", ca_file))
+            .transpose()?;
+        Ok(Some(WebhookConfig {
+            url: uri,
+            ca_pem,
+            secret: content,
+        }))
+    }
+
+    /// Expiry warnings as the flags ask for them.
+    fn expiry(&self) -> Result<ExpiryConfig, ConfigError> {
+        let lead_times = LeadTimes::parse(&self.expiry_warnings)
+            .map_err(|why| ConfigError(format!("--expiry-warnings: {why}")))?;
+        if self.expiry_sweep_interval < Duration::from_secs(1) {
+            return Err(ConfigError(
+                "--expiry-sweep-interval must be at least 1s".into(),
+            ));
+        }
+        Ok(ExpiryConfig {
+            lead_times,
+            sweep_interval: self.expiry_sweep_interval,
+        })
+    }
+
+    /// The TLS files the flags name, read now; `None` serves plaintext.
+    fn tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                return Err(ConfigError(
+                    "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
+                ));
+            }
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                return Err(ConfigError(
+                    "--tls-cert-file and --tls-key-file go together".into(),
+                ));
+            }
+        };
+        Ok(Some(TlsMaterial {
+            cert_chain: read_pem("--tls-cert-file", cert)?,
+            key: read_pem("--tls-key-file", key)?,
+            client_ca: self
+                .tls_client_ca_file
+                .as_deref()
+                .map(|ca| read_pem("--tls-client-ca-file", ca))
+                .transpose()?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse_and_pass_their_own_checks() {
+        let args = ServeArgs::defaults();
+        assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+        let config = args.load().unwrap();
+        assert!(config.store.is_dev_mode());
+        assert_eq!(config.store.durability, Durability::None);
+    }
+
+    #[test]
+    fn the_audit_bound_default_is_the_stores_own() {
+        // The store keeps a default for callers that build it directly
+        // (tests); the flag's default must say the same.
+        assert_eq!(
+            ServeArgs::defaults().store.audit_max_events,
+            crate::store::DEFAULT_AUDIT_MAX_EVENTS
+        );
+    }
+
+    #[test]
+    fn an_admin_token_file_with_redis_is_refused_before_redis_is_contacted() {
+        // Nothing listens on port 1: a check that contacted Redis would fail
+        // with another message, after its connect timeout.
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), b"0123456789abcdef0123456789abcdef").unwrap();
+        let mut args = ServeArgs::defaults();
+        args.admin_token_file = Some("/nonexistent/token".into());
+        args.store.redis_url = Some("redis://127.0.0.1:1".into());
+        args.store.server_secret_file = Some(secret.path().to_owned());
+        let error = args.load().unwrap_err();
+        assert!(error.0.contains("--admin-token-file"), "{error}");
     }
 }

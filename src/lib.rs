@@ -11,12 +11,13 @@
 //! - [`service`]: the authority's operations (create, verify, roll, ...) over a store.
 //! - [`grpc`]: thin tonic adapters: proto ↔ domain, admin auth, error → `Status`.
 //! - [`server`]: assembles the tonic server: services, health, reflection, shutdown.
-//! - [`config`]: the command line and `KEYRACK_*` variables, validated up front.
-//! - [`app`]: wiring for the binary's subcommands; [`bench`]: `keyrack bench`.
+//! - [`config`]: the command line and `KEYRACK_*` variables, validated up front
+//!   into plain data; it imports nothing of keyrack but [`domain`].
+//! - [`app`]: wiring for the binary's subcommands: keyring, store, authority,
+//!   servers. (`keyrack bench` belongs to the binary, not to this library.)
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod console;
 pub mod domain;

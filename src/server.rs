@@ -2,6 +2,7 @@
 //! limits, grpc.health.v1 driven by store pings, reflection (gated by
 //! default), and a graceful shutdown with a hard bound.
 
+use crate::grpc::limits::MessageLimitLayer;
 use crate::grpc::reflection::{AdminGate, ReflectionAccess};
 use crate::grpc::{AdminApi, ExtAuthzApi, ExtAuthzOptions, ExtAuthzServer, VerifyApi};
 use crate::http_listener::IdleTimeout;
@@ -30,7 +31,16 @@ pub const MAX_ADMIN_MESSAGE_BYTES: usize = 64 * 1024;
 /// only when configured, some of the body), so it is larger than Verify's.
 pub const MAX_EXT_AUTHZ_MESSAGE_BYTES: usize = 256 * 1024;
 
-/// How the server runs.
+/// What tonic accepts from services given no limit (health, reflection).
+const TONIC_DEFAULT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The path prefix of a service's methods.
+fn methods_of<S: NamedService>() -> String {
+    format!("/{}/", S::NAME)
+}
+
+/// How the server runs. There is no `Default`: the defaults are the flags'
+/// (`config.rs`), and `app::default_server_options` builds options from them.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Who may use server reflection.
@@ -76,30 +86,10 @@ pub struct ServerOptions {
     pub expiry: crate::service::expiry::ExpiryOptions,
 }
 
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            reflection: ReflectionAccess::Gated,
-            shutdown_timeout: Duration::from_secs(10),
-            health_interval: Duration::from_millis(500),
-            last_use_flush_interval: Duration::from_secs(60),
-            max_concurrent_requests: 4096,
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 1024,
-            http2_keepalive_interval: Duration::from_secs(30),
-            http2_keepalive_timeout: Duration::from_secs(10),
-            // Leaves room under a 1024-descriptor limit for the HTTP
-            // listeners' own caps and Redis; raise it with the limit.
-            max_connections: 512,
-            connection_idle_timeout: Duration::from_secs(60),
-            tls: None,
-            audit_max_age: None,
-            ext_authz: ExtAuthzOptions::default(),
-            webhooks: None,
-            expiry: crate::service::expiry::ExpiryOptions::default(),
-        }
-    }
-}
+/// How often the store is pinged for health (no flag sets it).
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long an HTTP/2 keepalive ping may go unanswered (no flag sets it).
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +209,20 @@ pub async fn serve(
 
     let limits = tower::ServiceBuilder::new()
         .layer(crate::grpc::telemetry::RpcTelemetryLayer)
-        .map_response(crate::grpc::limits::decode_errors_as_client_errors)
+        .layer(MessageLimitLayer::new(
+            vec![
+                (
+                    methods_of::<VerifyServiceServer<VerifyApi>>(),
+                    MAX_VERIFY_MESSAGE_BYTES,
+                ),
+                (
+                    methods_of::<AdminServiceServer<AdminApi>>(),
+                    MAX_ADMIN_MESSAGE_BYTES,
+                ),
+                (methods_of::<ExtAuthzServer>(), MAX_EXT_AUTHZ_MESSAGE_BYTES),
+            ],
+            TONIC_DEFAULT_MESSAGE_BYTES,
+        ))
         .layer(crate::grpc::shedding::ConcurrencyLimitLayer::new(
             options.max_concurrent_requests,
         ));

@@ -61,23 +61,131 @@ fn describe(violations: &[FieldViolation]) -> String {
         .join("; ")
 }
 
-impl Error {
-    /// The gRPC code name this error is answered with (`NOT_FOUND`, ...), for
-    /// audit outcomes written outside a gRPC call.
-    pub fn code_name(&self) -> &'static str {
+/// The canonical status codes (`google.rpc.Code`, numbered as there) that
+/// keyrack answers with: over gRPC, and as the outcomes the audit log
+/// records. `Error::code` is the only mapping from errors to them, and
+/// `Code::name` the only table of their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Code {
+    /// Success.
+    Ok = 0,
+    /// The caller cancelled.
+    Cancelled = 1,
+    /// An error nothing else describes.
+    Unknown = 2,
+    /// A bad request field.
+    InvalidArgument = 3,
+    /// The deadline passed.
+    DeadlineExceeded = 4,
+    /// No such entity.
+    NotFound = 5,
+    /// The entity exists already.
+    AlreadyExists = 6,
+    /// Authenticated but not allowed.
+    PermissionDenied = 7,
+    /// A quota or bound was reached.
+    ResourceExhausted = 8,
+    /// The state does not allow it.
+    FailedPrecondition = 9,
+    /// A concurrent change won.
+    Aborted = 10,
+    /// Past the valid range.
+    OutOfRange = 11,
+    /// Not implemented.
+    Unimplemented = 12,
+    /// A bug or corrupt data.
+    Internal = 13,
+    /// Try again later.
+    Unavailable = 14,
+    /// Data lost or corrupted.
+    DataLoss = 15,
+    /// No valid credentials.
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// Every code, in number order.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code of a number; an unknown number is `Unknown`.
+    pub fn from_number(number: i32) -> Code {
+        usize::try_from(number)
+            .ok()
+            .and_then(|index| Code::ALL.get(index).copied())
+            .unwrap_or(Code::Unknown)
+    }
+
+    /// Its number.
+    pub fn number(self) -> i32 {
+        self as i32
+    }
+
+    /// Its `SCREAMING_CASE` name (`NOT_FOUND`, ...), for audit outcomes and
+    /// metric labels.
+    pub fn name(self) -> &'static str {
         match self {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Error::NotFound(_) => "NOT_FOUND",
-            Error::AlreadyExists(_) => "ALREADY_EXISTS",
-            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            Error::Aborted(_) => "ABORTED",
-            Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
-            Error::OutOfRange(_) => "OUT_OF_RANGE",
-            Error::NotDurable(_) | Error::Unavailable(_) => "UNAVAILABLE",
-            Error::Internal(_) => "INTERNAL",
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
         }
+    }
+}
+
+impl Error {
+    /// The status code this error is answered with, on every interface that
+    /// speaks in such codes (gRPC, the audit log).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Aborted(_) => Code::Aborted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::OutOfRange(_) => Code::OutOfRange,
+            Error::NotDurable(_) | Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The name of `code()`, for audit outcomes written outside a gRPC call.
+    pub fn code_name(&self) -> &'static str {
+        self.code().name()
     }
 
     /// A single field violation.
@@ -129,5 +237,20 @@ impl Violations {
         } else {
             Err(Error::InvalidArgument(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_their_numbers() {
+        for (number, code) in Code::ALL.iter().enumerate() {
+            assert_eq!(usize::try_from(code.number()), Ok(number));
+            assert_eq!(Code::from_number(code.number()), *code);
+        }
+        assert_eq!(Code::from_number(17), Code::Unknown);
+        assert_eq!(Code::from_number(-1), Code::Unknown);
     }
 }

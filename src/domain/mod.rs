@@ -22,10 +22,10 @@ pub mod verdict;
 
 pub use audit::{AuditEvent, AuditFilter, EventKind};
 pub use dataset::Dataset;
-pub use error::{Error, FieldViolation, Violations};
+pub use error::{Code, Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};
 pub use key::{ApiKey, HashFingerprint, KeyEnd, KeyEndKind, SecretHash};
-pub use secret::SecretString;
+pub use secret::{SecretString, ServerSecret};
 pub use time::UnixMillis;
 pub use verdict::{Verdict, VerifyCode};

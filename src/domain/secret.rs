@@ -1,4 +1,5 @@
-//! A string that must never be printed: tokens, secrets, TOTP codes and seeds.
+//! Values that must never be printed: tokens, secrets, TOTP codes and seeds
+//! (`SecretString`), and the server secret (`ServerSecret`).
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -39,6 +40,23 @@ impl std::fmt::Debug for SecretString {
 impl From<String> for SecretString {
     fn from(value: String) -> Self {
         Self::new(value)
+    }
+}
+
+/// A server secret with its version: argon2's pepper for key secrets and the
+/// root of the TOTP sealing key (`service::keyring` builds both from it).
+#[derive(Clone)]
+pub struct ServerSecret {
+    /// Written into each PHC string as argon2's `keyid`, and before each
+    /// sealed seed.
+    pub version: u32,
+    /// The secret bytes.
+    pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerSecret(version {}, [redacted])", self.version)
     }
 }
 

@@ -616,7 +616,7 @@ mod tests {
         assert!(check_duration(999).is_err());
         assert!(check_limit(MAX_LIMIT as i64).is_ok() && check_duration(MAX_DURATION_MS).is_ok());
         // The largest quantities stay exact in a double.
-        assert!(MAX_LIMIT * MAX_DURATION_MS + MAX_COST * MAX_DURATION_MS < 1 << 53);
+        const { assert!(MAX_LIMIT * MAX_DURATION_MS + MAX_COST * MAX_DURATION_MS < 1 << 53) };
         assert_eq!(
             check_rate_limits("rate_limits", &["a", "b", "a"]),
             vec![(

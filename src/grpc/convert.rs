@@ -377,6 +377,17 @@ pub fn page_in(page_size: i32, page_token: String) -> Result<PageRequest, Error>
     })
 }
 
+/// The answer to a request a required field of which did not check out:
+/// every violation recorded, that field's among them. (`Violations::check`
+/// leaves a value out only after recording why, so the second arm is never
+/// taken; were it, the request would still be refused, not trusted.)
+fn refusal(violations: Violations) -> Error {
+    match violations.finish() {
+        Err(error) => error,
+        Ok(()) => Error::invalid("request", "a required field is missing"),
+    }
+}
+
 /// Checks a CreateIdentityRequest.
 pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdentity, Error> {
     let mut violations = Violations::new();
@@ -415,6 +426,9 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
     let rate_limits = check_rate_limits(&mut violations, "rate_limits", &request.rate_limits);
     let credits = check_credits(&mut violations, "credits", request.credits.as_ref());
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
+    let Some(identity_id) = identity_id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
     Ok(NewKey {
         labels,
@@ -422,7 +436,7 @@ pub fn new_key_in(request: proto::CreateKeyRequest) -> Result<NewKey, Error> {
         credits,
         scopes,
         datasets,
-        identity_id: identity_id.expect("checked above"),
+        identity_id,
         name: name.unwrap_or_default(),
         description: description.unwrap_or_default(),
         expire_time,
@@ -576,8 +590,11 @@ pub fn identity_changes_in(
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
     }
+    let Some(id) = id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
-    Ok((id.expect("checked above"), changes))
+    Ok((id, changes))
 }
 
 /// Checks an UpdateKeyRequest.
@@ -648,8 +665,11 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
             _ => unreachable!("mask_paths returns only allowed paths"),
         }
     }
+    let Some(id) = id else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
-    Ok((id.expect("checked above"), changes))
+    Ok((id, changes))
 }
 
 /// A dataset as the API shows it.
@@ -709,11 +729,14 @@ pub fn roll_in(request: proto::RollKeyRequest) -> Result<RollRequest, Error> {
         "new_key_expire_time",
         request.new_key_expire_time.as_ref(),
     );
+    let (Some(key_id), Some(old_key_end)) = (key_id, old_key_end) else {
+        return Err(refusal(violations));
+    };
     violations.finish()?;
     Ok(RollRequest {
         new_key_expire_time,
-        key_id: key_id.expect("checked above"),
-        old_key_end: old_key_end.expect("checked above"),
+        key_id,
+        old_key_end,
         totp_code: SecretString::new(request.totp_code),
     })
 }
@@ -852,98 +875,6 @@ pub fn audit_event_out(event: crate::domain::AuditEvent) -> proto::AuditEvent {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_and_refuse_out_of_range() {
-        let time = prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_000_000,
-        };
-        let millis = timestamp_in(&time).unwrap();
-        assert_eq!(millis, UnixMillis(1_700_000_000_123));
-        assert_eq!(timestamp_out(millis), time);
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: -1,
-                nanos: 0
-            })
-            .is_err()
-        );
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: 1,
-                nanos: -1
-            })
-            .is_err()
-        );
-        assert!(
-            timestamp_in(&prost_types::Timestamp {
-                seconds: i64::MAX,
-                nanos: 0
-            })
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn create_identity_reports_every_bad_field() {
-        let request = proto::CreateIdentityRequest {
-            name: "bad name".into(),
-            description: "x".repeat(300),
-            allowed_cidrs: vec!["10.0.0.0/8".into(), "300.1.1.1/8".into()],
-            datasets: vec!["a".into(), "a".into()],
-            ..Default::default()
-        };
-        let Err(Error::InvalidArgument(violations)) = new_identity_in(request) else {
-            panic!("accepted")
-        };
-        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["name", "description", "datasets[1]", "allowed_cidrs[1]"]
-        );
-    }
-
-    #[test]
-    fn masks_accept_json_spelling_and_refuse_unknown_paths() {
-        let request = proto::UpdateIdentityRequest {
-            identity: Some(proto::Identity {
-                id: "abcdefghijkl".into(),
-                allowed_cidrs: vec!["10.0.0.0/8".into()],
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["allowedCidrs".into()],
-            }),
-        };
-        let (_, changes) = identity_changes_in(request).unwrap();
-        assert_eq!(changes.allowed_cidrs.unwrap().len(), 1);
-        let request = proto::UpdateIdentityRequest {
-            identity: Some(proto::Identity {
-                id: "abcdefghijkl".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["kind".into()],
-            }),
-        };
-        assert!(matches!(
-            identity_changes_in(request),
-            Err(Error::InvalidArgument(_))
-        ));
-        let request = proto::UpdateIdentityRequest {
-            identity: None,
-            update_mask: None,
-        };
-        assert!(
-            matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
-        );
-    }
-}
-
 /// Checks a ListKeysRequest: the identity (optional), filter and order.
 pub fn key_query_in(request: &proto::ListKeysRequest) -> Result<crate::service::KeyQuery, Error> {
     let mut violations = Violations::new();
@@ -1044,4 +975,96 @@ pub fn import_in(
         return Err(Error::invalid("identity_id", "is required"));
     };
     Ok((identity_id, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_refuse_out_of_range() {
+        let time = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_000_000,
+        };
+        let millis = timestamp_in(&time).unwrap();
+        assert_eq!(millis, UnixMillis(1_700_000_000_123));
+        assert_eq!(timestamp_out(millis), time);
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: 1,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_in(&prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn create_identity_reports_every_bad_field() {
+        let request = proto::CreateIdentityRequest {
+            name: "bad name".into(),
+            description: "x".repeat(300),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "300.1.1.1/8".into()],
+            datasets: vec!["a".into(), "a".into()],
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(violations)) = new_identity_in(request) else {
+            panic!("accepted")
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["name", "description", "datasets[1]", "allowed_cidrs[1]"]
+        );
+    }
+
+    #[test]
+    fn masks_accept_json_spelling_and_refuse_unknown_paths() {
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                allowed_cidrs: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allowedCidrs".into()],
+            }),
+        };
+        let (_, changes) = identity_changes_in(request).unwrap();
+        assert_eq!(changes.allowed_cidrs.unwrap().len(), 1);
+        let request = proto::UpdateIdentityRequest {
+            identity: Some(proto::Identity {
+                id: "abcdefghijkl".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["kind".into()],
+            }),
+        };
+        assert!(matches!(
+            identity_changes_in(request),
+            Err(Error::InvalidArgument(_))
+        ));
+        let request = proto::UpdateIdentityRequest {
+            identity: None,
+            update_mask: None,
+        };
+        assert!(
+            matches!(identity_changes_in(request), Err(Error::InvalidArgument(v)) if v.len() == 2)
+        );
+    }
 }

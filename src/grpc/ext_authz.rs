@@ -68,9 +68,6 @@ const EXTENSION_PREFIX: &str = "keyrack-";
 /// `retry-after` for spent credits that no refill will restore.
 const NO_REFILL_RETRY_AFTER_MS: u64 = 86_400_000;
 
-/// The default credential header, which carries `Bearer <token>`.
-pub const DEFAULT_TOKEN_HEADER: &str = "authorization";
-
 /// How Check reads the credential and what it passes upstream.
 #[derive(Debug, Clone)]
 pub struct ExtAuthzOptions {
@@ -79,15 +76,6 @@ pub struct ExtAuthzOptions {
     pub token_header: http::HeaderName,
     /// Pass the credential header upstream rather than removing it.
     pub keep_credential: bool,
-}
-
-impl Default for ExtAuthzOptions {
-    fn default() -> Self {
-        Self {
-            token_header: http::HeaderName::from_static(DEFAULT_TOKEN_HEADER),
-            keep_credential: false,
-        }
-    }
 }
 
 /// The Authorization service implementation.

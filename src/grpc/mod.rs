@@ -2,6 +2,7 @@
 //! authority, convert the answer. No business rule lives here.
 
 mod admin;
+pub mod codec;
 pub mod convert;
 pub mod ext_authz;
 mod filter;

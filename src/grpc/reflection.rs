@@ -13,8 +13,8 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-/// Who may use server reflection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Who may use server reflection (`--reflection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReflectionAccess {
     /// Callers with an admin token.
     Gated,

@@ -55,29 +55,14 @@ impl Default for HashPolicy {
     }
 }
 
-/// A server secret with its version.
-#[derive(Clone)]
-pub struct ServerSecret {
-    /// Written into each PHC string as argon2's `keyid`.
-    pub version: u32,
-    /// The secret bytes.
-    pub bytes: Zeroizing<Vec<u8>>,
-}
+pub use crate::domain::ServerSecret;
 
-impl ServerSecret {
-    /// A random secret, for dev mode: what it keys dies with the process,
-    /// like the embedded store.
-    pub fn random() -> Self {
-        let mut bytes = Zeroizing::new(vec![0u8; MIN_SERVER_SECRET_BYTES]);
-        argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, bytes.as_mut_slice());
-        Self { version: 1, bytes }
-    }
-}
-
-impl std::fmt::Debug for ServerSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerSecret(version {}, [redacted])", self.version)
-    }
+/// A random secret, for dev mode: what it keys dies with the process, like
+/// the embedded store.
+pub(crate) fn random_secret() -> ServerSecret {
+    let mut bytes = Zeroizing::new(vec![0u8; MIN_SERVER_SECRET_BYTES]);
+    argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, bytes.as_mut_slice());
+    ServerSecret { version: 1, bytes }
 }
 
 /// Hashes and checks key secrets. Both calls are CPU-bound: run them on a
@@ -91,8 +76,9 @@ pub struct SecretHasher {
 
 impl SecretHasher {
     /// A hasher that hashes under `current` and also checks hashes made under
-    /// `previous` versions.
-    pub fn new(
+    /// `previous` versions. Only `Keyring` builds one, beside the seed sealer
+    /// keyed with the same secrets.
+    pub(crate) fn new(
         current: ServerSecret,
         previous: Vec<ServerSecret>,
         policy: HashPolicy,
@@ -300,6 +286,10 @@ pub(crate) fn secret(version: u32, fill: u8) -> ServerSecret {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,8 +352,4 @@ mod tests {
             .is_err()
         );
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

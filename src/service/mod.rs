@@ -10,6 +10,7 @@ pub mod guard;
 mod hash_pool;
 pub mod hashing;
 mod identities;
+pub mod keyring;
 mod keys;
 mod last_use;
 mod people;
@@ -39,6 +40,7 @@ use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
 use hash_pool::HashPool;
 use hashing::SecretHasher;
+use keyring::Keyring;
 use last_use::LastUseTracker;
 use sealing::SeedSealer;
 use std::sync::Arc;
@@ -187,17 +189,13 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// An authority over `store`, hashing key secrets with `hasher` and
-    /// sealing TOTP seeds with `sealer`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        hasher: SecretHasher,
-        sealer: SeedSealer,
-        options: AuthorityOptions,
-    ) -> Self {
+    /// An authority over `store`, hashing key secrets and sealing TOTP
+    /// seeds with `keyring`.
+    pub fn new(store: Arc<dyn Store>, keyring: Keyring, options: AuthorityOptions) -> Self {
+        let (hasher, sealer) = keyring.into_parts();
         let decoy_key = KeyId::generate(&IdentityId::generate());
         let decoy_secret = token::mint(&options.token_prefix, &decoy_key).secret;
-        // `SecretHasher::new` checked the parameters; hashing fails only if
+        // `Keyring::new` checked the parameters; hashing fails only if
         // argon2 itself is broken, and nothing could be verified then.
         let decoy_hash = hasher
             .hash(&decoy_secret)

@@ -35,7 +35,9 @@ impl std::fmt::Debug for SeedSealer {
 
 impl SeedSealer {
     /// A sealer under `current`, also opening seeds sealed under `previous`.
-    pub fn new(current: &ServerSecret, previous: &[ServerSecret]) -> Self {
+    /// Only `Keyring` builds one, beside the hasher keyed with the same
+    /// secrets.
+    pub(crate) fn new(current: &ServerSecret, previous: &[ServerSecret]) -> Self {
         let ciphers = std::iter::once(current)
             .chain(previous)
             .map(|secret| {

@@ -78,6 +78,12 @@ pub fn add_target(id: impl Into<String>) {
     });
 }
 
+/// The event of the scope under way, as a template for the events of the
+/// operations it runs one by one (a batch revoke audits each revoke).
+pub fn current_event() -> Option<AuditEvent> {
+    with_slot(|slot| slot.event.clone()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,10 +111,4 @@ mod tests {
         assert_eq!(leftover.map(|e| e.request_id), Some("r2".to_owned()));
         assert_eq!(armed_event(), None, "outside a scope nothing is armed");
     }
-}
-
-/// The event of the scope under way, as a template for the events of the
-/// operations it runs one by one (a batch revoke audits each revoke).
-pub fn current_event() -> Option<AuditEvent> {
-    with_slot(|slot| slot.event.clone()).flatten()
 }

@@ -372,13 +372,13 @@ fn server_secret(version: u32, fill: u8) -> keyrack::service::hashing::ServerSec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped() {
     use keyrack::service::Authority;
-    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
+    use keyrack::service::hashing::{HashPolicy, ServerSecret};
+    use keyrack::service::keyring::Keyring;
     let backend = Backend::Redis(RedisServer::start());
     let store = crate::support::open_store(&backend).await;
     let authority = |current: ServerSecret, previous: Vec<ServerSecret>| {
-        let sealer = keyrack::service::sealing::SeedSealer::new(&current, &previous);
-        let hasher = SecretHasher::new(current, previous, HashPolicy::default()).unwrap();
-        Authority::new(store.clone(), hasher, sealer, AuthorityOptions::default())
+        let keyring = Keyring::new(current, previous, HashPolicy::default()).unwrap();
+        Authority::new(store.clone(), keyring, AuthorityOptions::default())
     };
 
     let before = authority(server_secret(1, 1), vec![]);
@@ -434,17 +434,18 @@ async fn totp_step_with_margin(margin: Duration) -> u64 {
 async fn a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dropped(
     backend: Backend,
 ) {
-    use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
-    use keyrack::service::sealing::SeedSealer;
+    use keyrack::service::hashing::{HashPolicy, ServerSecret};
+    use keyrack::service::keyring::Keyring;
     use keyrack::service::{Authority, OldKeyEnd, RollRequest};
     let store = crate::support::open_store(&backend).await;
     let authority = |current: ServerSecret, previous: Vec<ServerSecret>| {
-        let sealer = SeedSealer::new(&current, &previous);
-        let hasher = SecretHasher::new(current, previous, HashPolicy::default()).unwrap();
-        Authority::new(store.clone(), hasher, sealer, AuthorityOptions::default())
+        let keyring = Keyring::new(current, previous, HashPolicy::default()).unwrap();
+        Authority::new(store.clone(), keyring, AuthorityOptions::default())
     };
     let opens_under_the_new_secret_alone = |sealed: &str, identity| {
-        SeedSealer::new(&server_secret(2, 2), &[])
+        Keyring::new(server_secret(2, 2), Vec::new(), HashPolicy::default())
+            .unwrap()
+            .sealer()
             .open(identity, sealed)
             .is_ok()
     };
@@ -674,7 +675,7 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
                 granted.is_ok(),
                 "round {round}: neither the grant nor the delete happened"
             );
-            assert_eq!(held, [name.clone()]);
+            assert_eq!(held, std::slice::from_ref(&name));
         }
     }
     // Both outcomes happen; a test where one side always wins proves little.

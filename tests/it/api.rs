@@ -783,7 +783,7 @@ async fn verify_fails_closed_while_redis_is_down() {
     use tonic_health::pb::health_check_response::ServingStatus;
     // The production health interval, to hold it to "NOT_SERVING within a second".
     let options = keyrack::server::ServerOptions {
-        health_interval: keyrack::server::ServerOptions::default().health_interval,
+        health_interval: keyrack::server::HEALTH_INTERVAL,
         ..crate::support::test_server_options()
     };
     let backend = crate::support::Backend::Redis(crate::support::RedisServer::start());

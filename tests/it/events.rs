@@ -155,7 +155,7 @@ async fn resuming_after_a_restart_misses_nothing() {
     let live = next_event(&mut stream).await;
     assert_eq!(action(&live), "CreateIdentity");
     assert!(
-        live.audit_event.unwrap().target_ids.len() >= 1,
+        !live.audit_event.unwrap().target_ids.is_empty(),
         "the new identity is named"
     );
     drop(stream);

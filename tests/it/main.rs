@@ -1,6 +1,9 @@
 //! keyrack's integration tests: one binary, real servers on port 0, real
 //! redis-servers the tests start themselves.
 
+// A failed unwrap is how a test (or a helper it calls) fails.
+#![allow(clippy::unwrap_used)]
+
 mod adversary;
 mod api;
 mod audit;

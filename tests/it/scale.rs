@@ -196,7 +196,7 @@ async fn the_authority_wide_listing_filters_orders_and_counts() {
         assert_eq!(names(&server, "in_grace = true", "").await, ["default"]);
         assert_eq!(
             names(&server, "origin = ROLL", "").await,
-            [replacement.name.clone()]
+            std::slice::from_ref(&replacement.name)
         );
         assert_eq!(
             names(&server, "origin = ORIGIN_CREATE_KEY", "name").await,

@@ -5,8 +5,8 @@ use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
 use keyrack::server::{self, ServerOptions};
-use keyrack::service::hashing::{HashPolicy, SecretHasher, ServerSecret};
-use keyrack::service::sealing::SeedSealer;
+use keyrack::service::hashing::{HashPolicy, ServerSecret};
+use keyrack::service::keyring::Keyring;
 use keyrack::service::{Authority, AuthorityOptions};
 use keyrack::store::Store;
 use keyrack::store::memory::MemoryStore;
@@ -188,8 +188,8 @@ pub fn test_secret() -> ServerSecret {
 
 /// An authority over `store` keyed with the test secret.
 pub fn test_authority(store: Arc<dyn Store>, options: AuthorityOptions) -> Authority {
-    let hasher = SecretHasher::new(test_secret(), Vec::new(), HashPolicy::default()).unwrap();
-    Authority::new(store, hasher, SeedSealer::new(&test_secret(), &[]), options)
+    let keyring = Keyring::new(test_secret(), Vec::new(), HashPolicy::default()).unwrap();
+    Authority::new(store, keyring, options)
 }
 
 /// Which backend a test runs on.
@@ -552,7 +552,7 @@ pub fn test_server_options() -> ServerOptions {
     ServerOptions {
         health_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(2),
-        ..ServerOptions::default()
+        ..keyrack::app::default_server_options()
     }
 }
 

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic_prost::ProstCodec;
 
 /// The one method of the service.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -89,8 +88,11 @@ impl tower::Service<http::Request<Body>> for ExtAuthzServer {
         let method = CheckMethod(Arc::clone(&self.api));
         let max_decoding_message_size = self.max_decoding_message_size;
         Box::pin(async move {
-            let mut grpc = Grpc::new(ProstCodec::<CheckAnswer, CheckRequestView>::default())
-                .apply_max_message_size_config(Some(max_decoding_message_size), None);
+            let mut grpc = Grpc::new(crate::grpc::codec::RequestCodec::<
+                CheckAnswer,
+                CheckRequestView,
+            >::default())
+            .apply_max_message_size_config(Some(max_decoding_message_size), None);
             Ok(grpc.unary(method, request).await)
         })
     }

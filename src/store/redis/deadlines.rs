@@ -24,6 +24,15 @@ use std::time::Duration;
 /// covers clocks that disagree.
 const EXPIRY_WARNING_MARKER_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
+/// One identity's index as a Cluster read found it.
+struct IdentityEnds {
+    identity: IdentityId,
+    /// The identity is gone and its index empty.
+    gone: bool,
+    /// Member and end of each entry in the range.
+    due: Vec<(String, f64)>,
+}
+
 /// How many identities' indexes a Cluster read asks for at once.
 const CONCURRENT_INDEX_READS: usize = 256;
 
@@ -122,17 +131,20 @@ where
                     .arg(limit)
                     .invoke_async(&mut connection)
                     .await?;
-                Ok::<_, redis::RedisError>((identity, gone == 1, due))
+                Ok::<_, redis::RedisError>(IdentityEnds {
+                    identity,
+                    gone: gone == 1,
+                    due,
+                })
             }
         })
         .buffer_unordered(CONCURRENT_INDEX_READS);
-        let read: Vec<(IdentityId, bool, Vec<(String, f64)>)> =
-            reads.try_collect().await.map_err(unavailable)?;
+        let read: Vec<IdentityEnds> = reads.try_collect().await.map_err(unavailable)?;
 
         let gone: Vec<&str> = read
             .iter()
-            .filter(|(_, gone, _)| *gone)
-            .map(|(identity, _, _)| identity.as_str())
+            .filter(|ends| ends.gone)
+            .map(|ends| ends.identity.as_str())
             .collect();
         if !gone.is_empty() {
             let _: i64 = self
@@ -141,8 +153,7 @@ where
                 .await
                 .map_err(unavailable)?;
         }
-        let mut entries: Vec<(String, f64)> =
-            read.into_iter().flat_map(|(_, _, due)| due).collect();
+        let mut entries: Vec<(String, f64)> = read.into_iter().flat_map(|ends| ends.due).collect();
         entries.sort_by(|(a_member, a_at), (b_member, b_at)| {
             a_at.total_cmp(b_at).then_with(|| a_member.cmp(b_member))
         });

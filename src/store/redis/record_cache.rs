@@ -101,7 +101,7 @@ impl Shard {
             .arg("SLOTS")
             .query_async(connection)
             .await?;
-        let mut shards: Vec<(String, u16, Vec<(u16, u16)>)> = Vec::new();
+        let mut masters: Vec<Master> = Vec::new();
         for range in ranges {
             let Some((first, last, host, port)) = slot_range(&range) else {
                 return Err(redis::RedisError::from((
@@ -120,14 +120,21 @@ impl Shard {
             } else {
                 host
             };
-            match shards.iter_mut().find(|(h, p, _)| *h == host && *p == port) {
-                Some((_, _, slots)) => slots.push((first, last)),
-                None => shards.push((host, port, vec![(first, last)])),
+            match masters
+                .iter_mut()
+                .find(|master| master.host == host && master.port == port)
+            {
+                Some(master) => master.slots.push((first, last)),
+                None => masters.push(Master {
+                    host,
+                    port,
+                    slots: vec![(first, last)],
+                }),
             }
         }
-        shards
+        masters
             .into_iter()
-            .map(|(host, port, slots)| {
+            .map(|Master { host, port, slots }| {
                 let addr = match seed.addr() {
                     redis::ConnectionAddr::TcpTls {
                         insecure,
@@ -148,6 +155,13 @@ impl Shard {
             })
             .collect()
     }
+}
+
+/// A Cluster master and the slot ranges it serves.
+struct Master {
+    host: String,
+    port: u16,
+    slots: Vec<(u16, u16)>,
 }
 
 /// One `CLUSTER SLOTS` entry: its first and last slot and its master's
