@@ -4,6 +4,7 @@
 mod cached_key;
 mod keys;
 mod record_cache;
+mod records;
 mod scripts;
 mod sentinel;
 mod usage;
@@ -20,6 +21,7 @@ use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
+use records::{decode, encode};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 use std::sync::Arc;
@@ -131,10 +133,6 @@ fn unavailable(error: RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 /// The events of a range of audit stream entries.
 fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<AuditEvent>> {
     entries
@@ -148,10 +146,6 @@ fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<Au
             Ok(event)
         })
         .collect()
-}
-
-fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// How long a warning's marker outlives the end it warned of: sweeps look
@@ -746,8 +740,9 @@ where
     }
 
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
-        let mut stored = identity.clone();
-        stored.revision += 1;
+        // UPDATE_IDENTITY checks the revision `identity` was read at (the
+        // Lua mirror of `Identity::updated`) and stores this record.
+        let stored = identity.at_next_revision();
         let audit = self.armed_audit(self.keyspace.identity(&identity.id))?;
         let mut invocation = scripts::UPDATE_IDENTITY.prepare_invoke();
         invocation
@@ -1120,8 +1115,9 @@ where
     #[tracing::instrument(level = "debug", name = "redis.update_key", skip_all)]
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
         let identity = &key.identity_id;
-        let mut stored = key.clone();
-        stored.revision += 1;
+        // UPDATE_KEY checks the revision and the grace fields (the Lua
+        // mirror of `ApiKey::edited`) and stores this record.
+        let stored = key.at_next_revision();
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: Result<String, _> = scripts::UPDATE_KEY
             .key(self.keyspace.identity(identity))
@@ -1167,10 +1163,12 @@ where
     }
 
     #[tracing::instrument(level = "debug", name = "redis.roll_key", skip_all)]
-    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<Option<ApiKey>> {
         let identity = &old.identity_id;
-        let mut stored_old = old.clone();
-        stored_old.revision += 1;
+        // ROLL_KEY checks the revision and that the key was not rolled yet
+        // (the Lua mirror of `ApiKey::rolled`), and keeps this record only
+        // when it carries a grace deadline.
+        let stored_old = old.at_next_revision();
         let audit = self.armed_audit(self.keyspace.identity(identity))?;
         let reply: Result<String, _> = scripts::ROLL_KEY
             .key(self.keyspace.identity(identity))
@@ -1189,7 +1187,8 @@ where
         let reply = reply.map_err(unavailable)?;
         script_outcome(&reply, &replacement.name, "key")?;
         self.commit_audit(audit).await;
-        self.confirm_durable().await
+        self.confirm_durable().await?;
+        Ok(stored_old.grace_expire_time.is_some().then_some(stored_old))
     }
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
