@@ -3,6 +3,7 @@
 use super::cidr;
 use super::ids::IdentityId;
 use super::labels::Labels;
+use super::names::IdentityName;
 use super::time::UnixMillis;
 use super::usage::RateLimit;
 use super::revision::{self, RevisionConflict};
@@ -45,7 +46,7 @@ pub struct Identity {
     /// Public, stable id.
     pub id: IdentityId,
     /// Unique in the authority.
-    pub name: String,
+    pub name: IdentityName,
     /// Free text for operators.
     pub description: String,
     /// Service or person.
@@ -86,7 +87,7 @@ pub struct Identity {
 
 impl Identity {
     /// A new active service identity.
-    pub fn new_service(name: String, description: String, now: UnixMillis) -> Self {
+    pub fn new_service(name: IdentityName, description: String, now: UnixMillis) -> Self {
         Self {
             id: IdentityId::generate(),
             name,
@@ -111,7 +112,7 @@ impl Identity {
 
     /// A new person identity, as the identity provider describes it.
     pub fn new_person(
-        name: String,
+        name: IdentityName,
         description: String,
         external_id: Option<String>,
         active: Option<bool>,

@@ -4,6 +4,7 @@
 use super::{Charge, Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
 use crate::domain::dataset;
+use crate::domain::names::{DatasetName, IdentityName};
 use crate::domain::revision;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
@@ -31,13 +32,13 @@ impl<T> Expiring<T> {
 #[derive(Default)]
 struct State {
     identities: BTreeMap<IdentityId, Expiring<Identity>>,
-    names: HashMap<String, IdentityId>,
+    names: HashMap<IdentityName, IdentityId>,
     // Key ids start with their identity's id, so one identity's keys are a
     // contiguous range of this map.
     keys: BTreeMap<KeyId, Expiring<ApiKey>>,
     /// Authenticators; they live and die with their identity.
     totp: HashMap<IdentityId, TotpRecord>,
-    datasets: BTreeMap<String, Dataset>,
+    datasets: BTreeMap<DatasetName, Dataset>,
     /// Datasets a DeleteDataset has marked: no new grants of them.
     datasets_being_deleted: HashSet<String>,
     /// When keys were last used; kept apart from the key records.
@@ -192,8 +193,8 @@ impl State {
         let was_live = entry.live(self.now);
         self.totp.remove(id);
         self.usage.remove(id);
-        if self.names.get(&entry.value.name) == Some(id) {
-            self.names.remove(&entry.value.name);
+        if self.names.get(entry.value.name.as_str()) == Some(id) {
+            self.names.remove(entry.value.name.as_str());
         }
         let key_ids: Vec<KeyId> = self.keys_of(id).map(|k| k.id.clone()).collect();
         for key_id in key_ids {
@@ -341,7 +342,7 @@ impl Store for MemoryStore {
         self.audited(
             |state| {
                 if state.identity_named(&identity.name).is_some() {
-                    return Err(StoreError::NameTaken(identity.name.clone()));
+                    return Err(StoreError::NameTaken(identity.name.to_string()));
                 }
                 if state.identity(&identity.id).is_some() {
                     return Err(StoreError::Conflict);
@@ -401,9 +402,9 @@ impl Store for MemoryStore {
                 let old_name = current.name.clone();
                 if old_name != identity.name {
                     if state.identity_named(&identity.name).is_some() {
-                        return Err(StoreError::NameTaken(identity.name.clone()));
+                        return Err(StoreError::NameTaken(identity.name.to_string()));
                     }
-                    state.names.remove(&old_name);
+                    state.names.remove(old_name.as_str());
                     state
                         .names
                         .insert(identity.name.clone(), identity.id.clone());
@@ -673,8 +674,8 @@ impl Store for MemoryStore {
     async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
         self.audited(
             |state| {
-                if state.datasets.contains_key(&dataset.name) {
-                    return Err(StoreError::NameTaken(dataset.name.clone()));
+                if state.datasets.contains_key(dataset.name.as_str()) {
+                    return Err(StoreError::NameTaken(dataset.name.to_string()));
                 }
                 state.datasets.insert(dataset.name.clone(), dataset.clone());
                 Ok(())

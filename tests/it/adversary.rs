@@ -623,17 +623,17 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
         let name = format!("raced_{round}");
         authority
             .create_dataset(NewDataset {
-                name: name.clone(),
+                name: keyrack::domain::names::DatasetName::parse(&name).unwrap(),
                 description: String::new(),
                 skip_key: true,
             })
             .await
             .unwrap();
         let (holder, _) = authority
-            .create_identity(NewIdentity {
-                name: format!("holder_{round}"),
-                ..NewIdentity::default()
-            })
+            .create_identity(NewIdentity::named(
+                keyrack::domain::names::IdentityName::parse_service(&format!("holder_{round}"))
+                    .unwrap(),
+            ))
             .await
             .unwrap();
         let grant = authority.update_identity(
@@ -653,7 +653,7 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
             );
             authority
                 .create_dataset(NewDataset {
-                    name: name.clone(),
+                    name: keyrack::domain::names::DatasetName::parse(&name).unwrap(),
                     description: String::new(),
                     skip_key: true,
                 })

@@ -2,13 +2,18 @@
 //! redis-server, so both backends mean the same thing.
 
 use crate::support::{Backend, RedisServer, eventually, open_store};
+use keyrack::domain::names::{DatasetName, IdentityName};
 use keyrack::domain::session::ConsoleSession;
 use keyrack::domain::{ApiKey, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, State, UnixMillis};
 use keyrack::store::{Store, StoreError};
 use std::time::Duration;
 
 fn identity(name: &str) -> Identity {
-    Identity::new_service(name.to_owned(), String::new(), UnixMillis::now())
+    Identity::new_service(
+        IdentityName::parse_service(name).unwrap(),
+        String::new(),
+        UnixMillis::now(),
+    )
 }
 
 fn key(identity: &Identity, name: &str) -> ApiKey {
@@ -252,7 +257,7 @@ async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
     store.create_identity(&beta, &[]).await.unwrap();
 
     let mut renamed = alpha.clone();
-    renamed.name = "gamma".into();
+    renamed.name = IdentityName::parse_service("gamma").unwrap();
     let stored = store.update_identity(&renamed).await.unwrap();
     assert_eq!(stored.revision, alpha.revision + 1);
     assert_eq!(
@@ -277,7 +282,7 @@ async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
     ));
     // A name held by another identity cannot be taken.
     let mut clash = stored.clone();
-    clash.name = "beta".into();
+    clash.name = IdentityName::parse_service("beta").unwrap();
     assert!(matches!(
         store.update_identity(&clash).await,
         Err(StoreError::NameTaken(_))
@@ -868,7 +873,7 @@ async fn a_totp_seed_is_resealed_only_while_unchanged(store: &dyn Store) {
 async fn datasets_are_unique_and_listed_by_name(store: &dyn Store) {
     use keyrack::domain::Dataset;
     let dataset = |name: &str| Dataset {
-        name: name.into(),
+        name: DatasetName::parse(name).unwrap(),
         description: String::new(),
         create_time: UnixMillis::now(),
     };
@@ -951,7 +956,7 @@ async fn console_sessions_end_at_their_deadline_or_on_delete(store: &dyn Store) 
 async fn grants_need_a_dataset_that_exists_and_is_not_being_deleted(store: &dyn Store) {
     use keyrack::domain::Dataset;
     let dataset = |name: &str| Dataset {
-        name: name.into(),
+        name: DatasetName::parse(name).unwrap(),
         description: String::new(),
         create_time: UnixMillis::now(),
     };
@@ -1419,7 +1424,13 @@ async fn key_grace_and_revision_rules_hold_case_by_case(store: &dyn Store) {
                     let mut edit = base(read);
                     edit.description = format!("step {at}");
                     match *step {
-                        KeyStep::EditGrace(..) => edit.grace_expire_time = soon(60_000),
+                        // A deadline other than any the key has.
+                        KeyStep::EditGrace(..) => {
+                            edit.grace_expire_time = Some(edit.grace_expire_time.map_or_else(
+                                || UnixMillis(UnixMillis::now().0 + 60_000),
+                                |deadline| UnixMillis(deadline.0 + 1_000),
+                            ));
+                        }
                         KeyStep::EditRolledTo(..) => {
                             edit.rolled_to = Some(KeyId::generate(&owner.id));
                         }

@@ -893,7 +893,7 @@ where
         {
             self.run_delete_identity(&identity.id, None).await?;
             self.forget_listed_identity(&identity.id).await;
-            return Err(StoreError::NameTaken(identity.name.clone()));
+            return Err(StoreError::NameTaken(identity.name.to_string()));
         }
         if let Some(refused) = self.ungrantable_after_write(&[], identity).await? {
             self.run_delete_identity(&identity.id, None).await?;
@@ -998,7 +998,7 @@ where
             let mut reverted = stored.clone();
             reverted.name = current.name.clone();
             self.run_update_identity(&reverted).await?;
-            return Err(StoreError::NameTaken(identity.name.clone()));
+            return Err(StoreError::NameTaken(identity.name.to_string()));
         }
         self.release_identity_name(&current.name, &identity.id)
             .await;
@@ -1339,7 +1339,7 @@ where
         // entry that readers drop.
         let _: i64 = self
             .connection()
-            .zadd(self.keyspace.datasets(), &dataset.name, 0)
+            .zadd(self.keyspace.datasets(), dataset.name.as_str(), 0)
             .await
             .map_err(unavailable)?;
         let audit = self.armed_audit(self.keyspace.dataset(&dataset.name))?;

@@ -23,6 +23,7 @@
 
 use crate::domain::identity::{IdentityKind, State};
 use crate::domain::key::Origin;
+use crate::domain::names::{DatasetName, IdentityName};
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::TotpRecord;
 use crate::domain::usage::{Credits, RateLimit, Refill};
@@ -73,6 +74,10 @@ fn first_schema() -> u32 {
 
 fn corrupt_id(error: crate::domain::ids::IdError) -> StoreError {
     StoreError::Corrupt(format!("a stored id {error}"))
+}
+
+fn corrupt_name(error: crate::domain::names::NameError) -> StoreError {
+    StoreError::Corrupt(format!("a stored name {error}"))
 }
 
 fn identity_id(text: String) -> StoreResult<IdentityId> {
@@ -295,7 +300,7 @@ impl Record for Identity {
         Ok(StoredIdentity {
             schema: SCHEMA,
             id: id.as_str().to_owned(),
-            name: name.clone(),
+            name: name.to_string(),
             description: description.clone(),
             kind: match kind {
                 IdentityKind::Service => StoredKind::Service,
@@ -318,14 +323,15 @@ impl Record for Identity {
     }
 
     fn from_stored(stored: StoredIdentity) -> StoreResult<Identity> {
+        let kind = match stored.kind {
+            StoredKind::Service => IdentityKind::Service,
+            StoredKind::Person => IdentityKind::Person,
+        };
         Ok(Identity {
             id: identity_id(stored.id)?,
-            name: stored.name,
+            name: IdentityName::parse_owned(kind, stored.name).map_err(corrupt_name)?,
             description: stored.description,
-            kind: match stored.kind {
-                StoredKind::Service => IdentityKind::Service,
-                StoredKind::Person => IdentityKind::Person,
-            },
+            kind,
             state: stored.state.into(),
             datasets: stored.datasets,
             allowed_cidrs: stored.allowed_cidrs,
@@ -560,7 +566,7 @@ impl Record for Dataset {
     fn to_stored(&self) -> StoreResult<StoredDataset> {
         Ok(StoredDataset {
             schema: SCHEMA,
-            name: self.name.clone(),
+            name: self.name.to_string(),
             description: self.description.clone(),
             create_time: self.create_time.0,
         })
@@ -568,7 +574,7 @@ impl Record for Dataset {
 
     fn from_stored(stored: StoredDataset) -> StoreResult<Dataset> {
         Ok(Dataset {
-            name: stored.name,
+            name: DatasetName::parse_owned(stored.name).map_err(corrupt_name)?,
             description: stored.description,
             create_time: UnixMillis(stored.create_time),
         })
@@ -710,7 +716,11 @@ mod tests {
 
     fn identity() -> Identity {
         let mut identity =
-            Identity::new_service("billing".into(), "the billing service".into(), UnixMillis(1));
+            Identity::new_service(
+            IdentityName::parse_service("billing").unwrap(),
+            "the billing service".into(),
+            UnixMillis(1),
+        );
         identity.id = IdentityId::parse(IDENTITY_ID).unwrap();
         identity.datasets = vec!["sales".into()];
         identity.allowed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
@@ -777,7 +787,7 @@ mod tests {
             r#"{"schema":1,"id":"abcdefghijkl","name":"billing","description":"the billing service","kind":"service","state":"active","datasets":["sales"],"allowed_cidrs":["10.0.0.0/8"],"scopes":["read"],"labels":{"team":"data"},"rate_limits":[{"name":"burst","limit":5,"duration_ms":1000}],"admin":true,"expire_time":9000,"create_time":1,"update_time":2,"external_id":null,"revision":4}"#
         );
         let mut person = Identity::new_person(
-            "ada@example.com".into(),
+            IdentityName::parse_person("ada@example.com").unwrap(),
             String::new(),
             Some("ext-1".into()),
             Some(false),
@@ -807,7 +817,7 @@ mod tests {
             r#"{"schema":1,"sealed_seed":"1.sealed","confirmed":false,"last_step":0,"failures":0,"locked_until":5}"#
         );
         let dataset = Dataset {
-            name: "sales".into(),
+            name: DatasetName::parse("sales").unwrap(),
             description: "sales data".into(),
             create_time: UnixMillis(1),
         };
@@ -908,6 +918,10 @@ mod tests {
         assert!(matches!(decode::<ApiKey>(&newer), Err(StoreError::Corrupt(_))));
         let bad_id = encode(&key()).unwrap().replace(KEY_ID, "not-an-id");
         assert!(matches!(decode::<ApiKey>(&bad_id), Err(StoreError::Corrupt(_))));
+        let bad_name = encode(&identity())
+            .unwrap()
+            .replace(r#""name":"billing""#, r#""name":"bill ing""#);
+        assert!(matches!(decode::<Identity>(&bad_name), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
