@@ -335,8 +335,8 @@ pub(super) async fn create_identity(
     Form(form): Form<RecordForm>,
 ) -> Reply {
     let record = form.checked()?;
-    let name =
-        IdentityName::parse_service(&record.name).map_err(|e| Error::invalid("name", e.to_string()))?;
+    let name = IdentityName::parse_service(&record.name)
+        .map_err(|e| Error::invalid("name", e.to_string()))?;
     let request = NewIdentity {
         name,
         description: record.description,

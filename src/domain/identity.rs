@@ -4,9 +4,9 @@ use super::cidr;
 use super::ids::IdentityId;
 use super::labels::Labels;
 use super::names::IdentityName;
+use super::revision::{self, RevisionConflict};
 use super::time::UnixMillis;
 use super::usage::RateLimit;
-use super::revision::{self, RevisionConflict};
 use ipnet::IpNet;
 
 /// What kind of principal an identity is.

@@ -3,10 +3,10 @@
 use super::identity::{Identity, State};
 use super::ids::{IdentityId, KeyId};
 use super::labels::{self, Labels};
+use super::revision::{self, RevisionConflict};
 use super::scope;
 use super::time::UnixMillis;
 use super::usage::{self, Credits, LimitCheck, RateLimit, UsageCheck};
-use super::revision::{self, RevisionConflict};
 use ipnet::IpNet;
 
 /// A fingerprint of a stored PHC string (128 bits of its SHA-256): what a

@@ -3,8 +3,8 @@
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
-use crate::domain::usage::RateLimit;
 use crate::domain::names::IdentityName;
+use crate::domain::usage::RateLimit;
 use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis};
 use crate::store::journal;
 use ipnet::IpNet;

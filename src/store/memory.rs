@@ -397,7 +397,9 @@ impl Store for MemoryStore {
                 let current = state
                     .identity(&identity.id)
                     .ok_or(StoreError::NotFound("identity"))?;
-                let stored = current.updated(identity).map_err(|_| StoreError::Conflict)?;
+                let stored = current
+                    .updated(identity)
+                    .map_err(|_| StoreError::Conflict)?;
                 state.require_grantable(&current.datasets, identity)?;
                 let old_name = current.name.clone();
                 if old_name != identity.name {

@@ -1297,9 +1297,9 @@ async fn totp_rules_hold_case_by_case(store: &dyn Store) {
                         .record_totp_failure(&admin.id, now, totp::MAX_FAILURES, lockout)
                         .await
                         .unwrap();
-                    let modelled = model.as_mut().and_then(|record| {
-                        record.record_failure(now, totp::MAX_FAILURES, lockout)
-                    });
+                    let modelled = model
+                        .as_mut()
+                        .and_then(|record| record.record_failure(now, totp::MAX_FAILURES, lockout));
                     assert_eq!(stored.is_some(), locks, "store, {context}");
                     assert_eq!(modelled.is_some(), locks, "domain, {context}");
                 }
@@ -1505,15 +1505,26 @@ async fn identity_revisions_hold_case_by_case(store: &dyn Store) {
     let mut current = alpha.clone();
     let mut stale = alpha.clone();
     for (at, (fresh, expected)) in cases.iter().enumerate() {
-        let mut update = if *fresh { current.clone() } else { stale.clone() };
+        let mut update = if *fresh {
+            current.clone()
+        } else {
+            stale.clone()
+        };
         update.description = format!("step {at}");
-        let modelled = current.updated(&update).ok().map(|written| written.revision);
+        let modelled = current
+            .updated(&update)
+            .ok()
+            .map(|written| written.revision);
         let stored = match store.update_identity(&update).await {
             Ok(written) => Some(written),
             Err(StoreError::Conflict) => None,
             Err(other) => panic!("step {at}: {other}"),
         };
-        assert_eq!(stored.as_ref().map(|w| w.revision), *expected, "store, step {at}");
+        assert_eq!(
+            stored.as_ref().map(|w| w.revision),
+            *expected,
+            "store, step {at}"
+        );
         assert_eq!(modelled, *expected, "domain, step {at}");
         let held = store.get_identity(&alpha.id).await.unwrap().unwrap();
         if let Some(written) = stored {

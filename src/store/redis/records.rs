@@ -715,8 +715,7 @@ mod tests {
     const OTHER_KEY_ID: &str = "abcdefghijklKEY002";
 
     fn identity() -> Identity {
-        let mut identity =
-            Identity::new_service(
+        let mut identity = Identity::new_service(
             IdentityName::parse_service("billing").unwrap(),
             "the billing service".into(),
             UnixMillis(1),
@@ -851,12 +850,18 @@ mod tests {
     fn every_record_reads_back_as_written() {
         let mut identity = identity();
         identity.key_count = 0; // never stored: counted when read
-        assert_eq!(decode::<Identity>(&encode(&identity).unwrap()).unwrap(), identity);
+        assert_eq!(
+            decode::<Identity>(&encode(&identity).unwrap()).unwrap(),
+            identity
+        );
         assert_eq!(decode::<ApiKey>(&encode(&key()).unwrap()).unwrap(), key());
         let mut event = AuditEvent::new("CreateKey", "req");
         event.client_ip = Some("10.0.0.1".into());
         event.lead_time_seconds = Some(60);
-        assert_eq!(decode::<AuditEvent>(&encode(&event).unwrap()).unwrap(), event);
+        assert_eq!(
+            decode::<AuditEvent>(&encode(&event).unwrap()).unwrap(),
+            event
+        );
     }
 
     /// Records as the release before schema versions wrote them (no
@@ -877,7 +882,10 @@ mod tests {
             r#"{"id":"abcdefghijklKEY001","identity_id":"abcdefghijkl","name":"ci","description":"","state":"active","create_time":1,"expire_time":null,"last_use_time":null,"rolled_from":null,"rolled_to":"abcdefghijklKEY002","grace_expire_time":8000,"token_hint":"kr_x","allowed_cidrs":[],"scopes":[],"datasets":[],"labels":{},"secret_hash":"$argon2id$x","revision":3}"#,
         )
         .unwrap();
-        assert_eq!(key.rolled_to.as_ref().map(KeyId::as_str), Some(OTHER_KEY_ID));
+        assert_eq!(
+            key.rolled_to.as_ref().map(KeyId::as_str),
+            Some(OTHER_KEY_ID)
+        );
         assert_eq!(key.grace_expire_time, Some(UnixMillis(8_000)));
         assert_eq!(key.secret_hash, SecretHash::Phc("$argon2id$x".into()));
         assert!(key.origin.is_none() && !key.honeytoken && key.credits.is_none());
@@ -914,14 +922,25 @@ mod tests {
 
     #[test]
     fn a_newer_schema_or_a_bad_id_is_refused_not_misread() {
-        let newer = encode(&key()).unwrap().replace(r#""schema":1"#, r#""schema":2"#);
-        assert!(matches!(decode::<ApiKey>(&newer), Err(StoreError::Corrupt(_))));
+        let newer = encode(&key())
+            .unwrap()
+            .replace(r#""schema":1"#, r#""schema":2"#);
+        assert!(matches!(
+            decode::<ApiKey>(&newer),
+            Err(StoreError::Corrupt(_))
+        ));
         let bad_id = encode(&key()).unwrap().replace(KEY_ID, "not-an-id");
-        assert!(matches!(decode::<ApiKey>(&bad_id), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode::<ApiKey>(&bad_id),
+            Err(StoreError::Corrupt(_))
+        ));
         let bad_name = encode(&identity())
             .unwrap()
             .replace(r#""name":"billing""#, r#""name":"bill ing""#);
-        assert!(matches!(decode::<Identity>(&bad_name), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Identity>(&bad_name),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
