@@ -272,7 +272,8 @@ impl Authority {
     }
 
     /// Creates an admin identity named `name` with its first key (bootstrap and
-    /// dev mode).
+    /// dev mode). `name` follows the service-name rule, as every service
+    /// identity's does: INVALID_ARGUMENT otherwise.
     pub async fn create_admin(
         &self,
         name: &str,

@@ -60,7 +60,7 @@ async fn forged_tokens_never_lock_out_the_real_token() {
     }
     assert_eq!(server.verify_code(&real).await, Ok(VerifyCode::Valid));
 
-    let real = fresh_admin(&server, "second-admin").await;
+    let real = fresh_admin(&server, "second_admin").await;
     let mut admin = server.admin().await;
     for _ in 0..FORGERIES {
         let forged = forged_for(&key_id_of(&real));
@@ -75,7 +75,7 @@ async fn forged_tokens_never_lock_out_the_real_token() {
         .await
         .expect("the real admin token is accepted");
 
-    let real = fresh_admin(&server, "third-admin").await;
+    let real = fresh_admin(&server, "third_admin").await;
     for _ in 0..FORGERIES {
         let forged = forged_for(&key_id_of(&real));
         assert_eq!(
