@@ -6,7 +6,7 @@
 use super::views::{self, AuditFilters, IdentityFilters};
 use super::{Admin, ConsoleState, Failure, Shared, set_cookie, to_sign_in};
 use crate::domain::identity::IdentityFilter;
-use crate::domain::names::{parse_description, parse_name};
+use crate::domain::names::{DatasetName, IdentityName, parse_description, parse_name};
 use crate::domain::{
     AuditFilter, Error, IdentityId, IdentityKind, KeyId, SecretString, State as LifeState,
     UnixMillis, Violations, cidr, scope,
@@ -335,8 +335,10 @@ pub(super) async fn create_identity(
     Form(form): Form<RecordForm>,
 ) -> Reply {
     let record = form.checked()?;
+    let name = IdentityName::parse_service(&record.name)
+        .map_err(|e| Error::invalid("name", e.to_string()))?;
     let request = NewIdentity {
-        name: record.name,
+        name,
         description: record.description,
         datasets: record.datasets,
         allowed_cidrs: record.allowed_cidrs,
@@ -686,11 +688,14 @@ pub(super) async fn create_dataset(
     Form(form): Form<DatasetForm>,
 ) -> Reply {
     let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&form.name));
+    let name = violations.check("name", DatasetName::parse(&form.name));
     let description = violations.check("description", parse_description(&form.description));
     violations.finish()?;
+    let Some(name) = name else {
+        return Err(Error::invalid("name", "is required").into());
+    };
     let request = NewDataset {
-        name: name.unwrap_or_default(),
+        name,
         description: description.unwrap_or_default(),
         skip_key: form.skip_key.is_some(),
     };

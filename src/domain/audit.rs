@@ -3,14 +3,12 @@
 
 use super::ids::{IdentityId, KeyId};
 use super::time::UnixMillis;
-use serde::{Deserialize, Serialize};
 
 /// One audited operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
     /// Assigned by the store when the event is appended (a Redis stream
     /// entry id, `<ms>-<seq>`); orders events and pages through them.
-    #[serde(skip)]
     pub id: String,
     /// When the operation ran.
     pub time: UnixMillis,
@@ -30,18 +28,14 @@ pub struct AuditEvent {
     /// The caller's `x-request-id`, or one keyrack made up.
     pub request_id: String,
     /// HONEYTOKEN_USED: the address the Verify request named.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
     /// HONEYTOKEN_USED: the W3C trace id of the call, when traced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     /// KEY_EXPIRING, KEY_EXPIRED and GRACE_ENDED: when the key's record
     /// ends (ended).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<UnixMillis>,
     /// KEY_EXPIRING: the lead time of `--expiry-warnings` it was sent for,
     /// in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_time_seconds: Option<u64>,
 }
 

@@ -1,13 +1,13 @@
 //! Datasets: named resources that identities are granted access to.
 
+use super::names::DatasetName;
 use super::time::UnixMillis;
-use serde::{Deserialize, Serialize};
 
 /// A dataset as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// Unique, `^[A-Za-z0-9_]{1,30}$`.
-    pub name: String,
+    /// Unique in the authority.
+    pub name: DatasetName,
     /// Free text for operators.
     pub description: String,
     /// When it was created.

@@ -3,14 +3,14 @@
 use super::cidr;
 use super::ids::IdentityId;
 use super::labels::Labels;
+use super::names::IdentityName;
+use super::revision::{self, RevisionConflict};
 use super::time::UnixMillis;
 use super::usage::RateLimit;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 /// What kind of principal an identity is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
     /// A service or machine, managed through the Admin API.
     Service,
@@ -19,8 +19,7 @@ pub enum IdentityKind {
 }
 
 /// Whether an identity or key may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Usable.
     Active,
@@ -42,12 +41,12 @@ impl State {
 }
 
 /// A principal as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     /// Public, stable id.
     pub id: IdentityId,
     /// Unique in the authority.
-    pub name: String,
+    pub name: IdentityName,
     /// Free text for operators.
     pub description: String,
     /// Service or person.
@@ -60,16 +59,12 @@ pub struct Identity {
     pub allowed_cidrs: Vec<IpNet>,
     /// What its keys may do (see `scope`); records written before scopes
     /// existed read as none.
-    #[serde(default)]
     pub scopes: Vec<String>,
     /// Operator-chosen facts returned by Verify (see `labels`).
-    #[serde(default)]
     pub labels: Labels,
     /// One budget shared by all its keys (see `usage`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimit>,
     /// How many keys it holds, as read with it (never stored in its record).
-    #[serde(skip)]
     pub key_count: u64,
     /// Whether it may call AdminService.
     pub admin: bool,
@@ -84,7 +79,6 @@ pub struct Identity {
     /// What the identity provider last said of a person's SCIM `active`
     /// (`None`: it said nothing). A person's `state` follows it: only an
     /// explicit `false` disables.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_active: Option<bool>,
     /// Incremented by every write; a write names the revision it read, so a
     /// concurrent change is detected instead of overwritten.
@@ -93,7 +87,7 @@ pub struct Identity {
 
 impl Identity {
     /// A new active service identity.
-    pub fn new_service(name: String, description: String, now: UnixMillis) -> Self {
+    pub fn new_service(name: IdentityName, description: String, now: UnixMillis) -> Self {
         Self {
             id: IdentityId::generate(),
             name,
@@ -118,7 +112,7 @@ impl Identity {
 
     /// A new person identity, as the identity provider describes it.
     pub fn new_person(
-        name: String,
+        name: IdentityName,
         description: String,
         external_id: Option<String>,
         active: Option<bool>,
@@ -130,6 +124,26 @@ impl Identity {
             provider_active: active,
             state: State::following_provider(active),
             ..Self::new_service(name, description, now)
+        }
+    }
+
+    /// The record an update of this stored identity writes: `update` at the
+    /// next revision, when it was read at this identity's revision.
+    /// (UPDATE_IDENTITY mirrors this.)
+    pub fn updated(&self, update: &Identity) -> Result<Identity, RevisionConflict> {
+        let next = revision::check_and_bump(self.revision, update.revision)?;
+        Ok(Identity {
+            revision: next,
+            ..update.clone()
+        })
+    }
+
+    /// This identity as a write that read it stores it: at the next
+    /// revision. (Where the store checks the revision elsewhere, in a script.)
+    pub fn at_next_revision(&self) -> Identity {
+        Identity {
+            revision: revision::next(self.revision),
+            ..self.clone()
         }
     }
 

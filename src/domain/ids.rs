@@ -4,7 +4,6 @@
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Characters in an identity id: 12 base62 characters, about 71 random bits.
@@ -27,6 +26,17 @@ fn is_base62(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Checks that `text` is an id of `len` base62 characters.
+fn check_id(text: &str, len: usize) -> Result<(), IdError> {
+    if text.is_empty() {
+        Err(IdError::Missing)
+    } else if text.len() == len && is_base62(text) {
+        Ok(())
+    } else {
+        Err(IdError::Malformed(len))
+    }
+}
+
 /// Why an id did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -39,8 +49,7 @@ pub enum IdError {
 }
 
 /// The public, stable id of an identity.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdentityId(String);
 
 impl IdentityId {
@@ -51,13 +60,14 @@ impl IdentityId {
 
     /// Parses an id given by a caller.
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        if text.is_empty() {
-            Err(IdError::Missing)
-        } else if text.len() == IDENTITY_ID_LEN && is_base62(text) {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(IdError::Malformed(IDENTITY_ID_LEN))
-        }
+        check_id(text, IDENTITY_ID_LEN)?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Parses an id already held as a `String`, keeping its allocation.
+    pub fn parse_owned(text: String) -> Result<Self, IdError> {
+        check_id(&text, IDENTITY_ID_LEN)?;
+        Ok(Self(text))
     }
 
     /// The id as text.
@@ -67,8 +77,7 @@ impl IdentityId {
 }
 
 /// The public id of an API key: its identity's id followed by a short suffix.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(String);
 
 impl KeyId {
@@ -79,13 +88,14 @@ impl KeyId {
 
     /// Parses a key id given by a caller.
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        if text.is_empty() {
-            Err(IdError::Missing)
-        } else if text.len() == KEY_ID_LEN && is_base62(text) {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(IdError::Malformed(KEY_ID_LEN))
-        }
+        check_id(text, KEY_ID_LEN)?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Parses a key id already held as a `String`, keeping its allocation.
+    pub fn parse_owned(text: String) -> Result<Self, IdError> {
+        check_id(&text, KEY_ID_LEN)?;
+        Ok(Self(text))
     }
 
     /// The identity this key belongs to.
@@ -109,12 +119,6 @@ macro_rules! text_id_impls {
         impl fmt::Debug for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({})", stringify!($t), self.0)
-            }
-        }
-        impl TryFrom<String> for $t {
-            type Error = IdError;
-            fn try_from(text: String) -> Result<Self, IdError> {
-                Self::parse(&text)
             }
         }
         impl From<$t> for String {

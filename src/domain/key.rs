@@ -3,11 +3,11 @@
 use super::identity::{Identity, State};
 use super::ids::{IdentityId, KeyId};
 use super::labels::{self, Labels};
+use super::revision::{self, RevisionConflict};
 use super::scope;
 use super::time::UnixMillis;
 use super::usage::{self, Credits, LimitCheck, RateLimit, UsageCheck};
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 /// A fingerprint of a stored PHC string (128 bits of its SHA-256): what a
 /// verified token is remembered against, and all a cached copy of a key
@@ -21,7 +21,7 @@ pub type HashFingerprint = [u8; 16];
 /// is all a token accepted before is compared with, and 16 bytes in place of
 /// about 100 a cached key. A check that needs argon2 needs the string, and
 /// so a record read from the store. A key with only a fingerprint cannot be
-/// written back: serializing it fails.
+/// written back: the store's record conversion refuses it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretHash {
     /// The PHC string, as stored.
@@ -67,26 +67,8 @@ impl std::fmt::Debug for SecretHash {
     }
 }
 
-impl Serialize for SecretHash {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Phc(phc) => serializer.serialize_str(phc),
-            Self::Fingerprint(_) => Err(serde::ser::Error::custom(
-                "a cached copy of a key record, which keeps only its hash's fingerprint, is never written",
-            )),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretHash {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self::Phc)
-    }
-}
-
 /// How a key came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// The first key of CreateIdentity.
     CreateIdentity,
@@ -122,7 +104,7 @@ pub struct KeyEnd {
 }
 
 /// An API key as stored. There is no secret here, only its hash.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct ApiKey {
     /// Public access key id (its identity's id plus a suffix).
     pub id: KeyId,
@@ -151,32 +133,24 @@ pub struct ApiKey {
     /// Narrows the identity's allow-list; empty means no narrowing.
     pub allowed_cidrs: Vec<IpNet>,
     /// Narrows the identity's scopes; empty means no narrowing.
-    #[serde(default)]
     pub scopes: Vec<String>,
     /// Narrows the identity's datasets; empty means no narrowing.
-    #[serde(default)]
     pub datasets: Vec<String>,
     /// Operator-chosen facts; Verify lays them over the identity's.
-    #[serde(default)]
     pub labels: Labels,
     /// How the key came to be (`None` for keys written before origins were
     /// recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
     /// A decoy: Verify answers it as an unknown token and records its use.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub honeytoken: bool,
     /// The key's own rate limits, on top of its identity's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimit>,
     /// The key's balance of uses, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<Credits>,
     /// The key whose budget (own rate limits and credits) this key draws on,
     /// when not its own: a replacement minted by RollKey keeps drawing on the
     /// budget of the key it replaced, which the old key, in its grace period,
     /// shares. Rolling never grants a fresh budget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_account: Option<KeyId>,
     /// The argon2id hash of the secret.
     pub secret_hash: SecretHash,
@@ -293,6 +267,54 @@ impl ApiKey {
                 .map(|credits| (usage::credits_field(account), credits)),
             limits: shared.chain(own).collect(),
         })
+    }
+
+    /// Whether `edit` keeps this key's grace fields, which only a roll sets:
+    /// once a key was rolled, `rolled_to` and `grace_expire_time` never
+    /// change, since an edit that moved them would move (or clear) a grace
+    /// deadline. (UPDATE_KEY and ROLL_KEY in `store/redis/scripts.rs` mirror
+    /// this.)
+    pub fn keeps_grace_of(&self, edit: &ApiKey) -> bool {
+        self.rolled_to == edit.rolled_to && self.grace_expire_time == edit.grace_expire_time
+    }
+
+    /// The record an edit of this stored key writes: `edit` at the next
+    /// revision, when it was read at this key's revision and keeps its grace
+    /// fields (see [`ApiKey::keeps_grace_of`]). (UPDATE_KEY mirrors this.)
+    pub fn edited(&self, edit: &ApiKey) -> Result<ApiKey, RevisionConflict> {
+        let next = revision::check_and_bump(self.revision, edit.revision)?;
+        if !self.keeps_grace_of(edit) {
+            return Err(RevisionConflict);
+        }
+        Ok(ApiKey {
+            revision: next,
+            ..edit.clone()
+        })
+    }
+
+    /// What rolling this stored key writes of it: `retiring` (this key as
+    /// read, now carrying `rolled_to` and maybe a grace deadline) at the next
+    /// revision when it keeps a grace period, `None` when the key goes at
+    /// once. Only a key still holding its name, read at its revision, may be
+    /// rolled: a key rolls once. (ROLL_KEY mirrors this.)
+    pub fn rolled(&self, retiring: &ApiKey) -> Result<Option<ApiKey>, RevisionConflict> {
+        let next = revision::check_and_bump(self.revision, retiring.revision)?;
+        if !self.holds_name() {
+            return Err(RevisionConflict);
+        }
+        Ok(retiring.grace_expire_time.is_some().then(|| ApiKey {
+            revision: next,
+            ..retiring.clone()
+        }))
+    }
+
+    /// This key as a write that read it stores it: at the next revision.
+    /// (Where the store checks the revision elsewhere, in a script.)
+    pub fn at_next_revision(&self) -> ApiKey {
+        ApiKey {
+            revision: revision::next(self.revision),
+            ..self.clone()
+        }
     }
 
     /// Whether the key was rolled and still works until its grace deadline.

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod key;
 pub mod labels;
 pub mod names;
+pub mod revision;
 pub mod scope;
 pub mod secret;
 pub mod session;

@@ -3,10 +3,9 @@
 //! session under a digest of that secret (see `service::sessions`).
 
 use super::{IdentityId, KeyId, UnixMillis};
-use serde::{Deserialize, Serialize};
 
 /// A signed-in admin, as stored until `expire_time`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleSession {
     /// The admin who signed in.
     pub identity_id: IdentityId,

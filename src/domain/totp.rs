@@ -1,7 +1,6 @@
 //! TOTP step-up for admins (RFC 6238): the policy and the stored state.
 
 use super::time::UnixMillis;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Seconds per time step.
@@ -19,7 +18,7 @@ pub const LOCKOUT: Duration = Duration::from_secs(5 * 60);
 
 /// An admin's authenticator as stored. The seed is sealed (encrypted with a
 /// key derived from the server secret), never in clear.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct TotpRecord {
     /// The sealed seed.
     pub sealed_seed: String,
@@ -49,6 +48,50 @@ impl TotpRecord {
     /// Whether the admin is locked out at `now`.
     pub fn locked_at(&self, now: UnixMillis) -> bool {
         self.locked_until.is_some_and(|until| until > now)
+    }
+
+    /// Accepts, or not, a code of time step `step` checked at `now` (the
+    /// instant of [`lockout_checked_at`]): the one home of "a code is
+    /// accepted at most once" and of the lockout. `confirm` also marks the
+    /// authenticator confirmed; without it an unconfirmed one counts as not
+    /// enrolled. An accepted step is recorded and ends any failure count and
+    /// lockout; any other outcome changes nothing. (The Redis script
+    /// `ACCEPT_TOTP_STEP` mirrors this.)
+    pub fn accept_step(&mut self, step: u64, confirm: bool, now: UnixMillis) -> StepOutcome {
+        if !confirm && !self.confirmed {
+            return StepOutcome::NotEnrolled;
+        }
+        if let Some(until) = self.locked_until.filter(|until| *until > now) {
+            return StepOutcome::Locked(until);
+        }
+        if step <= self.last_step {
+            return StepOutcome::Replayed;
+        }
+        self.last_step = step;
+        self.failures = 0;
+        self.locked_until = None;
+        self.confirmed |= confirm;
+        StepOutcome::Accepted
+    }
+
+    /// Counts a wrong code; the `max_failures`-th in a row starts a lockout
+    /// of `lockout` from `starts_at` (the instant of [`lockout_starts_at`])
+    /// and starts the count again. Returns the lockout's end when this
+    /// failure started one. (The Redis script `RECORD_TOTP_FAILURE` mirrors
+    /// this.)
+    pub fn record_failure(
+        &mut self,
+        starts_at: UnixMillis,
+        max_failures: u32,
+        lockout: Duration,
+    ) -> Option<UnixMillis> {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures < max_failures {
+            return None;
+        }
+        self.failures = 0;
+        self.locked_until = Some(starts_at.plus(lockout));
+        self.locked_until
     }
 
     /// Replaces the sealed seed with `resealed` (the same seed sealed under

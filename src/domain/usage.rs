@@ -49,7 +49,7 @@ pub const MIN_REFILL_INTERVAL_MS: u64 = 1_000;
 pub const MAX_REFILL_INTERVAL_MS: u64 = 366 * 86_400_000;
 
 /// At most `limit` admitted calls per `duration` (GCRA, see the module).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
     /// `^[a-z][a-z0-9_]{0,30}$`, unique among its owner's limits.
     pub name: String,
@@ -60,19 +60,18 @@ pub struct RateLimit {
 }
 
 /// A key's balance of uses, with an optional refill.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credits {
     /// The balance as last set by an admin.
     pub remaining: u64,
     /// When that balance was set: a stored balance older than this gives way.
     pub granted_at: UnixMillis,
     /// Raises the balance back up on a schedule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill: Option<Refill>,
 }
 
 /// Raises a balance to `amount` every `interval_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refill {
     /// The balance after a refill (a larger one is kept).
     pub amount: u64,

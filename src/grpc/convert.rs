@@ -5,7 +5,7 @@ use crate::domain::SecretString;
 use crate::domain::cidr;
 use crate::domain::key::Origin;
 use crate::domain::labels::{self, Labels};
-use crate::domain::names::{parse_description, parse_name};
+use crate::domain::names::{DatasetName, IdentityName, parse_description, parse_name};
 use crate::domain::scope;
 use crate::domain::usage::{self, Credits, RateLimit, Refill, Settlement};
 use crate::domain::{
@@ -62,7 +62,7 @@ pub fn kind_out(kind: IdentityKind) -> proto::IdentityKind {
 pub fn identity_out(identity: Identity) -> proto::Identity {
     proto::Identity {
         id: identity.id.to_string(),
-        name: identity.name,
+        name: identity.name.into(),
         description: identity.description,
         kind: kind_out(identity.kind).into(),
         state: state_out(identity.state).into(),
@@ -391,7 +391,7 @@ fn refusal(violations: Violations) -> Error {
 /// Checks a CreateIdentityRequest.
 pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdentity, Error> {
     let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&request.name));
+    let name = violations.check("name", IdentityName::parse_service(&request.name));
     let description = violations.check("description", parse_description(&request.description));
     let datasets = check_datasets(&mut violations, "datasets", &request.datasets);
     let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &request.allowed_cidrs);
@@ -400,10 +400,13 @@ pub fn new_identity_in(request: proto::CreateIdentityRequest) -> Result<NewIdent
     let rate_limits = check_rate_limits(&mut violations, "rate_limits", &request.rate_limits);
     let expire_time = check_expire(&mut violations, "expire_time", request.expire_time.as_ref());
     violations.finish()?;
+    let Some(name) = name else {
+        return Err(Error::invalid("name", "is required"));
+    };
     Ok(NewIdentity {
         labels,
         rate_limits,
-        name: name.unwrap_or_default(),
+        name,
         description: description.unwrap_or_default(),
         datasets,
         allowed_cidrs,
@@ -675,7 +678,7 @@ pub fn key_changes_in(request: proto::UpdateKeyRequest) -> Result<(KeyId, KeyCha
 /// A dataset as the API shows it.
 pub fn dataset_out(dataset: crate::domain::Dataset) -> proto::Dataset {
     proto::Dataset {
-        name: dataset.name,
+        name: dataset.name.into(),
         description: dataset.description,
         create_time: Some(timestamp_out(dataset.create_time)),
     }
@@ -686,11 +689,14 @@ pub fn new_dataset_in(
     request: proto::CreateDatasetRequest,
 ) -> Result<crate::service::NewDataset, Error> {
     let mut violations = Violations::new();
-    let name = violations.check("name", parse_name(&request.name));
+    let name = violations.check("name", DatasetName::parse(&request.name));
     let description = violations.check("description", parse_description(&request.description));
     violations.finish()?;
+    let Some(name) = name else {
+        return Err(Error::invalid("name", "is required"));
+    };
     Ok(crate::service::NewDataset {
-        name: name.unwrap_or_default(),
+        name,
         description: description.unwrap_or_default(),
         skip_key: request.skip_key,
     })

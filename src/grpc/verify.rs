@@ -61,7 +61,7 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
         response.labels = key.effective_labels(&identity).into_iter().collect();
         response.identity = Some(proto::VerifiedIdentity {
             id: identity.id.to_string(),
-            name: identity.name,
+            name: identity.name.into(),
             kind: convert::kind_out(identity.kind).into(),
         });
     }

@@ -324,7 +324,7 @@ mod tests {
 
     fn person(name: &str, external_id: Option<&str>, active: Option<bool>) -> Identity {
         Identity::new_person(
-            name.to_owned(),
+            crate::domain::names::IdentityName::parse_person(name).unwrap(),
             "Ada Lovelace".to_owned(),
             external_id.map(str::to_owned),
             active,

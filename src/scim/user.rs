@@ -162,7 +162,7 @@ pub fn render(person: &Identity, users_url: &str) -> Value {
     let mut user = json!({
         "schemas": [USER_SCHEMA],
         "id": person.id.as_str(),
-        "userName": person.name,
+        "userName": person.name.as_str(),
         "meta": {
             "resourceType": "User",
             "created": format_time(person.create_time),

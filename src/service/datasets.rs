@@ -5,15 +5,15 @@ use super::identities::NewIdentity;
 use super::{Authority, MintedKey, Page, PageRequest, with_retries};
 use crate::domain::identity::IdentityFilter;
 use crate::domain::key::Origin;
-use crate::domain::names::parse_name;
+use crate::domain::names::{DatasetName, IdentityName, parse_name};
 use crate::domain::{Dataset, Error, Identity, UnixMillis};
 use crate::store::{StoreError, journal};
 
 /// A dataset to create, already validated at the edge.
 #[derive(Debug, Clone)]
 pub struct NewDataset {
-    /// `^[A-Za-z0-9_]{1,30}$`.
-    pub name: String,
+    /// Unique among datasets.
+    pub name: DatasetName,
     /// At most 256 characters.
     pub description: String,
     /// Create no identity or key with it.
@@ -71,10 +71,9 @@ impl Authority {
             });
         }
         let identity = NewIdentity {
-            name: request.name.clone(),
             description: format!("access to dataset {}", request.name),
-            datasets: vec![request.name.clone()],
-            ..NewIdentity::default()
+            datasets: vec![request.name.to_string()],
+            ..NewIdentity::named(IdentityName::of_dataset(&request.name))
         };
         match self
             .create_identity_minting(identity, Origin::Dataset)
@@ -119,7 +118,7 @@ impl Authority {
         let limit = page.limit();
         let items = self.store.list_datasets(after.as_deref(), limit).await?;
         let next_page_token = (items.len() == limit)
-            .then(|| items.last().map(|dataset| dataset.name.clone()))
+            .then(|| items.last().map(|dataset| dataset.name.to_string()))
             .flatten();
         Ok(Page {
             items,

@@ -3,8 +3,9 @@
 use super::{Authority, MintedKey, Page, PageRequest, require_future, with_retries};
 use crate::domain::key::Origin;
 use crate::domain::labels::Labels;
+use crate::domain::names::IdentityName;
 use crate::domain::usage::RateLimit;
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis};
 use crate::store::journal;
 use ipnet::IpNet;
 
@@ -12,10 +13,10 @@ use ipnet::IpNet;
 pub const FIRST_KEY_NAME: &str = "default";
 
 /// A service identity to create, already validated at the edge.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewIdentity {
-    /// `^[A-Za-z0-9_]{1,30}$`.
-    pub name: String,
+    /// Unique in the authority.
+    pub name: IdentityName,
     /// At most 256 characters.
     pub description: String,
     /// Existing datasets.
@@ -32,6 +33,23 @@ pub struct NewIdentity {
     pub expire_time: Option<UnixMillis>,
     /// One budget shared by all its keys.
     pub rate_limits: Vec<RateLimit>,
+}
+
+impl NewIdentity {
+    /// A service identity named `name`, with nothing else set.
+    pub fn named(name: IdentityName) -> Self {
+        Self {
+            name,
+            description: String::new(),
+            datasets: Vec::new(),
+            allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            labels: Labels::new(),
+            admin: false,
+            expire_time: None,
+            rate_limits: Vec::new(),
+        }
+    }
 }
 
 /// Fields to change on an identity; `None` leaves a field as it is.
@@ -143,12 +161,8 @@ impl Authority {
             let mut identity = self.get_identity(id).await?;
             if let Some(name) = &changes.name {
                 // The rule depends on the kind: a person keeps its SCIM userName.
-                let checked = match identity.kind {
-                    IdentityKind::Service => names::parse_name(name),
-                    IdentityKind::Person => names::parse_person_name(name),
-                };
-                identity.name =
-                    checked.map_err(|e| Error::invalid("identity.name", e.to_string()))?;
+                identity.name = IdentityName::parse(identity.kind, name)
+                    .map_err(|e| Error::invalid("identity.name", e.to_string()))?;
             }
             if let Some(description) = &changes.description {
                 identity.description = description.clone();
@@ -258,7 +272,8 @@ impl Authority {
     }
 
     /// Creates an admin identity named `name` with its first key (bootstrap and
-    /// dev mode).
+    /// dev mode). `name` follows the service-name rule, as every service
+    /// identity's does: INVALID_ARGUMENT otherwise.
     pub async fn create_admin(
         &self,
         name: &str,
@@ -267,11 +282,12 @@ impl Authority {
         // No caller: the operator of the host ran it. Audited as BootstrapAdmin.
         let event =
             super::audit::event("BootstrapAdmin", None, None, super::audit::request_id(None));
+        let name =
+            IdentityName::parse_service(name).map_err(|e| Error::invalid("name", e.to_string()))?;
         let create = self.create_identity(NewIdentity {
-            name: name.to_owned(),
             description: description.to_owned(),
             admin: true,
-            ..NewIdentity::default()
+            ..NewIdentity::named(name)
         });
         self.audited(event, create, |error| error.code_name().to_owned())
             .await

@@ -367,8 +367,8 @@ impl Authority {
         retiring.grace_expire_time = grace_deadline;
         journal::add_target(minted.key.id.as_str());
         journal::arm();
-        match self.store.roll_key(&retiring, &minted.key).await {
-            Ok(()) => {}
+        let previous = match self.store.roll_key(&retiring, &minted.key).await {
+            Ok(previous) => previous,
             Err(StoreError::Conflict) => {
                 let current = self.get_key(&old.id).await?;
                 return Err(match current.rolled_to {
@@ -381,7 +381,7 @@ impl Authority {
             }
             Err(StoreError::NotFound(_)) => return Err(Error::NotFound(format!("key {}", old.id))),
             Err(other) => return Err(other.into()),
-        }
+        };
         tracing::info!(
             old_key_id = %old.id,
             new_key_id = %minted.key.id,
@@ -389,10 +389,6 @@ impl Authority {
             actor = %caller.identity.id,
             "key rolled"
         );
-        let previous = grace_deadline.map(|_| {
-            retiring.revision += 1;
-            retiring
-        });
         Ok(Rolled { minted, previous })
     }
 

@@ -4,7 +4,8 @@
 //! manage their keys through the Admin API.
 
 use super::{Authority, MAX_PAGE_SIZE, PageRequest, with_retries};
-use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis, names};
+use crate::domain::names::{self, IdentityName};
+use crate::domain::{Error, Identity, IdentityId, IdentityKind, State, UnixMillis};
 use crate::store::journal;
 
 /// Longest external id accepted from the identity provider.
@@ -27,17 +28,18 @@ impl PersonProfile {
     /// The profile a person identity currently has.
     pub fn of(identity: &Identity) -> Self {
         Self {
-            user_name: identity.name.clone(),
+            user_name: identity.name.to_string(),
             external_id: identity.external_id.clone(),
             display_name: identity.description.clone(),
             active: identity.provider_active,
         }
     }
 
-    /// Checks every field, reporting them all at once under their SCIM names.
-    fn validated(self) -> Result<Self, Error> {
+    /// Checks every field, reporting them all at once under their SCIM
+    /// names; returns the parsed userName with the profile.
+    fn validated(self) -> Result<(IdentityName, Self), Error> {
         let mut violations = crate::domain::Violations::new();
-        let user_name = violations.check("userName", names::parse_person_name(&self.user_name));
+        let user_name = violations.check("userName", IdentityName::parse_person(&self.user_name));
         let display_name =
             violations.check("displayName", names::parse_description(&self.display_name));
         if let Some(external_id) = &self.external_id {
@@ -51,11 +53,16 @@ impl PersonProfile {
             }
         }
         violations.finish()?;
-        Ok(Self {
-            user_name: user_name.unwrap_or_default(),
-            display_name: display_name.unwrap_or_default(),
-            ..self
-        })
+        let (Some(user_name), Some(display_name)) = (user_name, display_name) else {
+            return Err(Error::invalid("userName", "is required"));
+        };
+        Ok((
+            user_name,
+            Self {
+                display_name,
+                ..self
+            },
+        ))
     }
 }
 
@@ -69,9 +76,9 @@ impl Authority {
     /// Creates a person identity with no keys: admins mint keys for people
     /// through the Admin API.
     pub async fn provision_person(&self, profile: PersonProfile) -> Result<Identity, Error> {
-        let profile = profile.validated()?;
+        let (user_name, profile) = profile.validated()?;
         let identity = Identity::new_person(
-            profile.user_name,
+            user_name,
             profile.display_name,
             profile.external_id,
             profile.active,
@@ -117,12 +124,12 @@ impl Authority {
             if if_revision.is_some_and(|revision| revision != identity.revision) {
                 return Err(stale_version(id));
             }
-            let profile = change(PersonProfile::of(&identity))?.validated()?;
+            let (user_name, profile) = change(PersonProfile::of(&identity))?.validated()?;
             let state = State::following_provider(profile.active);
             if state != identity.state {
                 tracing::info!(identity_id = %id, ?state, "person state set by the identity provider");
             }
-            identity.name = profile.user_name;
+            identity.name = user_name;
             identity.description = profile.display_name;
             identity.external_id = profile.external_id;
             identity.provider_active = profile.active;

@@ -160,10 +160,7 @@ fn client_for(options: &WebhookOptions) -> Result<WebhookClient, rustls::Error> 
 /// cursor.
 pub fn body_of(event: &AuditEvent) -> Vec<u8> {
     let kind = event.kind().name();
-    let mut data = serde_json::to_value(event).unwrap_or_default();
-    if let Some(fields) = data.as_object_mut() {
-        fields.insert("cursor".into(), event.id.clone().into());
-    }
+    let data = EventData::of(event);
     let time = std::time::UNIX_EPOCH
         + Duration::from_millis(u64::try_from(event.time.0).unwrap_or_default());
     serde_json::to_vec(&serde_json::json!({
@@ -172,6 +169,52 @@ pub fn body_of(event: &AuditEvent) -> Vec<u8> {
         "data": data,
     }))
     .unwrap_or_default()
+}
+
+/// An event as a webhook body's `data` carries it: this is the webhook
+/// contract, written out here rather than borrowed from the domain type, so
+/// that a change to `AuditEvent` cannot silently change what endpoints
+/// receive. Members that do not apply to the event's kind are left out.
+#[derive(serde::Serialize)]
+struct EventData<'a> {
+    time: i64,
+    actor_identity_id: Option<&'a str>,
+    actor_key_id: Option<&'a str>,
+    action: &'a str,
+    target_ids: &'a [String],
+    outcome: &'a str,
+    caller_address: Option<&'a str>,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lead_time_seconds: Option<u64>,
+    /// The event's id in the log, stable across retries and replicas.
+    cursor: &'a str,
+}
+
+impl<'a> EventData<'a> {
+    fn of(event: &'a AuditEvent) -> Self {
+        Self {
+            time: event.time.0,
+            actor_identity_id: event.actor_identity_id.as_deref(),
+            actor_key_id: event.actor_key_id.as_deref(),
+            action: &event.action,
+            target_ids: &event.target_ids,
+            outcome: &event.outcome,
+            caller_address: event.caller_address.as_deref(),
+            request_id: &event.request_id,
+            client_ip: event.client_ip.as_deref(),
+            trace_id: event.trace_id.as_deref(),
+            deadline: event.deadline.map(|deadline| deadline.0),
+            lead_time_seconds: event.lead_time_seconds,
+            cursor: &event.id,
+        }
+    }
 }
 
 /// Delivers events until the task is aborted (at shutdown; whatever was in

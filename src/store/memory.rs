@@ -4,6 +4,8 @@
 use super::{Charge, Store, StoreError, StoreResult, journal};
 use crate::domain::audit::entry_position;
 use crate::domain::dataset;
+use crate::domain::names::{DatasetName, IdentityName};
+use crate::domain::revision;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::usage::{self, UsageCheck};
@@ -30,13 +32,13 @@ impl<T> Expiring<T> {
 #[derive(Default)]
 struct State {
     identities: BTreeMap<IdentityId, Expiring<Identity>>,
-    names: HashMap<String, IdentityId>,
+    names: HashMap<IdentityName, IdentityId>,
     // Key ids start with their identity's id, so one identity's keys are a
     // contiguous range of this map.
     keys: BTreeMap<KeyId, Expiring<ApiKey>>,
     /// Authenticators; they live and die with their identity.
     totp: HashMap<IdentityId, TotpRecord>,
-    datasets: BTreeMap<String, Dataset>,
+    datasets: BTreeMap<DatasetName, Dataset>,
     /// Datasets a DeleteDataset has marked: no new grants of them.
     datasets_being_deleted: HashSet<String>,
     /// When keys were last used; kept apart from the key records.
@@ -191,8 +193,8 @@ impl State {
         let was_live = entry.live(self.now);
         self.totp.remove(id);
         self.usage.remove(id);
-        if self.names.get(&entry.value.name) == Some(id) {
-            self.names.remove(&entry.value.name);
+        if self.names.get(entry.value.name.as_str()) == Some(id) {
+            self.names.remove(entry.value.name.as_str());
         }
         let key_ids: Vec<KeyId> = self.keys_of(id).map(|k| k.id.clone()).collect();
         for key_id in key_ids {
@@ -340,7 +342,7 @@ impl Store for MemoryStore {
         self.audited(
             |state| {
                 if state.identity_named(&identity.name).is_some() {
-                    return Err(StoreError::NameTaken(identity.name.clone()));
+                    return Err(StoreError::NameTaken(identity.name.to_string()));
                 }
                 if state.identity(&identity.id).is_some() {
                     return Err(StoreError::Conflict);
@@ -395,22 +397,20 @@ impl Store for MemoryStore {
                 let current = state
                     .identity(&identity.id)
                     .ok_or(StoreError::NotFound("identity"))?;
-                if current.revision != identity.revision {
-                    return Err(StoreError::Conflict);
-                }
+                let stored = current
+                    .updated(identity)
+                    .map_err(|_| StoreError::Conflict)?;
                 state.require_grantable(&current.datasets, identity)?;
                 let old_name = current.name.clone();
                 if old_name != identity.name {
                     if state.identity_named(&identity.name).is_some() {
-                        return Err(StoreError::NameTaken(identity.name.clone()));
+                        return Err(StoreError::NameTaken(identity.name.to_string()));
                     }
-                    state.names.remove(&old_name);
+                    state.names.remove(old_name.as_str());
                     state
                         .names
                         .insert(identity.name.clone(), identity.id.clone());
                 }
-                let mut stored = identity.clone();
-                stored.revision += 1;
                 state.identities.insert(
                     stored.id.clone(),
                     Expiring {
@@ -436,7 +436,7 @@ impl Store for MemoryStore {
         self.audited(
             |state| {
                 if let (Some(current), Some(revision)) = (state.identity(id), if_revision)
-                    && current.revision != revision
+                    && !revision::admits(current.revision, revision)
                 {
                     return Err(StoreError::Conflict);
                 }
@@ -498,19 +498,10 @@ impl Store for MemoryStore {
                     .ok_or(StoreError::NotFound("key"))?
                     .expire_time;
                 let current = state.key(&key.id).ok_or(StoreError::NotFound("key"))?;
-                // Only a roll may set these; an edit that differs would move a
-                // grace deadline.
-                if current.revision != key.revision
-                    || current.grace_expire_time != key.grace_expire_time
-                    || current.rolled_to != key.rolled_to
-                {
-                    return Err(StoreError::Conflict);
-                }
+                let stored = current.edited(key).map_err(|_| StoreError::Conflict)?;
                 if state.key_name_taken(key) {
                     return Err(StoreError::NameTaken(key.name.clone()));
                 }
-                let mut stored = key.clone();
-                stored.revision += 1;
                 state.put_key(stored.clone(), identity_expire);
                 Ok(stored)
             },
@@ -539,7 +530,7 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<Option<ApiKey>> {
         self.audited(
             |state| {
                 let identity_expire = state
@@ -547,21 +538,18 @@ impl Store for MemoryStore {
                     .ok_or(StoreError::NotFound("identity"))?
                     .expire_time;
                 let current = state.key(&old.id).ok_or(StoreError::NotFound("key"))?;
-                if current.revision != old.revision || current.rolled_to.is_some() {
-                    return Err(StoreError::Conflict);
-                }
+                let kept = current.rolled(old).map_err(|_| StoreError::Conflict)?;
                 if state.key(&replacement.id).is_some() {
                     return Err(StoreError::Conflict);
                 }
-                if old.grace_expire_time.is_some() {
-                    let mut stored = old.clone();
-                    stored.revision += 1;
-                    state.put_key(stored, identity_expire);
-                } else {
-                    state.delete_key(&old.id);
+                match &kept {
+                    Some(stored) => state.put_key(stored.clone(), identity_expire),
+                    None => {
+                        state.delete_key(&old.id);
+                    }
                 }
                 state.put_key(replacement.clone(), identity_expire);
-                Ok(())
+                Ok(kept)
             },
             |_| true,
         )
@@ -586,7 +574,11 @@ impl Store for MemoryStore {
                 .key(&key.id)
                 .map(|stored| stored.revision)
                 .zip(state.identity(&identity.id).map(|stored| stored.revision));
-            if current != Some((key.revision, identity.revision)) {
+            let unchanged = current.is_some_and(|(key_at, identity_at)| {
+                revision::admits(key_at, key.revision)
+                    && revision::admits(identity_at, identity.revision)
+            });
+            if !unchanged {
                 return Ok(Charge::Stale);
             }
             let usage = state.usage.entry(identity.id.clone()).or_default();
@@ -641,21 +633,8 @@ impl Store for MemoryStore {
                 let Some(record) = state.totp.get_mut(identity) else {
                     return Ok(StepOutcome::NotEnrolled);
                 };
-                if !confirm && !record.confirmed {
-                    return Ok(StepOutcome::NotEnrolled);
-                }
                 let now = totp::lockout_checked_at(now, UnixMillis::now());
-                if let Some(until) = record.locked_until.filter(|until| *until > now) {
-                    return Ok(StepOutcome::Locked(until));
-                }
-                if step <= record.last_step {
-                    return Ok(StepOutcome::Replayed);
-                }
-                record.last_step = step;
-                record.failures = 0;
-                record.locked_until = None;
-                record.confirmed |= confirm;
-                Ok(StepOutcome::Accepted)
+                Ok(record.accept_step(step, confirm, now))
             },
             |outcome| *outcome == StepOutcome::Accepted,
         )
@@ -689,22 +668,16 @@ impl Store for MemoryStore {
             let Some(record) = state.totp.get_mut(identity) else {
                 return Ok(None);
             };
-            record.failures += 1;
-            if record.failures >= max_failures {
-                record.failures = 0;
-                let start = totp::lockout_starts_at(now, UnixMillis::now());
-                record.locked_until = Some(start.plus(lockout));
-                return Ok(record.locked_until);
-            }
-            Ok(None)
+            let starts_at = totp::lockout_starts_at(now, UnixMillis::now());
+            Ok(record.record_failure(starts_at, max_failures, lockout))
         })
     }
 
     async fn create_dataset(&self, dataset: &Dataset) -> StoreResult<()> {
         self.audited(
             |state| {
-                if state.datasets.contains_key(&dataset.name) {
-                    return Err(StoreError::NameTaken(dataset.name.clone()));
+                if state.datasets.contains_key(dataset.name.as_str()) {
+                    return Err(StoreError::NameTaken(dataset.name.to_string()));
                 }
                 state.datasets.insert(dataset.name.clone(), dataset.clone());
                 Ok(())

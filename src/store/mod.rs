@@ -144,8 +144,9 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically stores `replacement` and either removes `old` (when it has
     /// no grace deadline) or replaces it (read at `old.revision`, now carrying
     /// `rolled_to` and its grace deadline as its native TTL). `Conflict` when
-    /// the old key changed or was already rolled.
-    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()>;
+    /// the old key changed or was already rolled. Returns the old key as
+    /// written (at its next revision) when it stays for its grace period.
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<Option<ApiKey>>;
 
     /// A key and its identity, read together (one round trip on Redis): the
     /// lookup behind Verify. An answer from Verify's record cache carries

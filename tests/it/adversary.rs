@@ -60,7 +60,7 @@ async fn forged_tokens_never_lock_out_the_real_token() {
     }
     assert_eq!(server.verify_code(&real).await, Ok(VerifyCode::Valid));
 
-    let real = fresh_admin(&server, "second-admin").await;
+    let real = fresh_admin(&server, "second_admin").await;
     let mut admin = server.admin().await;
     for _ in 0..FORGERIES {
         let forged = forged_for(&key_id_of(&real));
@@ -75,7 +75,7 @@ async fn forged_tokens_never_lock_out_the_real_token() {
         .await
         .expect("the real admin token is accepted");
 
-    let real = fresh_admin(&server, "third-admin").await;
+    let real = fresh_admin(&server, "third_admin").await;
     for _ in 0..FORGERIES {
         let forged = forged_for(&key_id_of(&real));
         assert_eq!(
@@ -624,17 +624,17 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
         let name = format!("raced_{round}");
         authority
             .create_dataset(NewDataset {
-                name: name.clone(),
+                name: keyrack::domain::names::DatasetName::parse(&name).unwrap(),
                 description: String::new(),
                 skip_key: true,
             })
             .await
             .unwrap();
         let (holder, _) = authority
-            .create_identity(NewIdentity {
-                name: format!("holder_{round}"),
-                ..NewIdentity::default()
-            })
+            .create_identity(NewIdentity::named(
+                keyrack::domain::names::IdentityName::parse_service(&format!("holder_{round}"))
+                    .unwrap(),
+            ))
             .await
             .unwrap();
         let grant = authority.update_identity(
@@ -654,7 +654,7 @@ async fn a_grant_racing_a_dataset_delete_never_outlives_it() {
             );
             authority
                 .create_dataset(NewDataset {
-                    name: name.clone(),
+                    name: keyrack::domain::names::DatasetName::parse(&name).unwrap(),
                     description: String::new(),
                     skip_key: true,
                 })

@@ -174,7 +174,7 @@ fn new_key(identity: &keyrack::domain::IdentityId, name: String) -> keyrack::ser
 
 fn new_dataset(name: String) -> keyrack::service::NewDataset {
     keyrack::service::NewDataset {
-        name,
+        name: keyrack::domain::names::DatasetName::parse_owned(name).unwrap(),
         description: String::new(),
         skip_key: true,
     }

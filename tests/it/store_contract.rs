@@ -2,13 +2,18 @@
 //! redis-server, so both backends mean the same thing.
 
 use crate::support::{Backend, RedisServer, eventually, open_store};
+use keyrack::domain::names::{DatasetName, IdentityName};
 use keyrack::domain::session::ConsoleSession;
 use keyrack::domain::{ApiKey, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, State, UnixMillis};
 use keyrack::store::{Store, StoreError};
 use std::time::Duration;
 
 fn identity(name: &str) -> Identity {
-    Identity::new_service(name.to_owned(), String::new(), UnixMillis::now())
+    Identity::new_service(
+        IdentityName::parse_service(name).unwrap(),
+        String::new(),
+        UnixMillis::now(),
+    )
 }
 
 fn key(identity: &Identity, name: &str) -> ApiKey {
@@ -96,6 +101,9 @@ contract!(
     the_audit_log_is_followed_and_shared_by_a_delivery_group,
     console_sessions_end_at_their_deadline_or_on_delete,
     the_deadline_index_follows_every_key_write,
+    totp_rules_hold_case_by_case,
+    key_grace_and_revision_rules_hold_case_by_case,
+    identity_revisions_hold_case_by_case,
 );
 
 /// The actions of `events`, in order.
@@ -249,7 +257,7 @@ async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
     store.create_identity(&beta, &[]).await.unwrap();
 
     let mut renamed = alpha.clone();
-    renamed.name = "gamma".into();
+    renamed.name = IdentityName::parse_service("gamma").unwrap();
     let stored = store.update_identity(&renamed).await.unwrap();
     assert_eq!(stored.revision, alpha.revision + 1);
     assert_eq!(
@@ -274,7 +282,7 @@ async fn identity_updates_check_revisions_and_names(store: &dyn Store) {
     ));
     // A name held by another identity cannot be taken.
     let mut clash = stored.clone();
-    clash.name = "beta".into();
+    clash.name = IdentityName::parse_service("beta").unwrap();
     assert!(matches!(
         store.update_identity(&clash).await,
         Err(StoreError::NameTaken(_))
@@ -865,7 +873,7 @@ async fn a_totp_seed_is_resealed_only_while_unchanged(store: &dyn Store) {
 async fn datasets_are_unique_and_listed_by_name(store: &dyn Store) {
     use keyrack::domain::Dataset;
     let dataset = |name: &str| Dataset {
-        name: name.into(),
+        name: DatasetName::parse(name).unwrap(),
         description: String::new(),
         create_time: UnixMillis::now(),
     };
@@ -948,7 +956,7 @@ async fn console_sessions_end_at_their_deadline_or_on_delete(store: &dyn Store) 
 async fn grants_need_a_dataset_that_exists_and_is_not_being_deleted(store: &dyn Store) {
     use keyrack::domain::Dataset;
     let dataset = |name: &str| Dataset {
-        name: name.into(),
+        name: DatasetName::parse(name).unwrap(),
         description: String::new(),
         create_time: UnixMillis::now(),
     };
@@ -1209,4 +1217,389 @@ async fn cluster_deadline_indexes_are_per_identity_and_listed_until_gone() {
     assert_eq!(read.len(), 5);
     expected.retain(|id| *id != gone.id.to_string());
     assert_eq!(listed(&cluster), expected);
+}
+
+// ---------------------------------------------------------------------------
+// The rules with one home in domain/ and one mirror in Lua, as tables of
+// cases. Each case runs on the store under test and, step by step, on the
+// domain function itself (the memory store calls it; the Redis scripts mirror
+// it): both must give the case's expected outcome, so the two copies cannot
+// drift apart without a case failing on one backend.
+
+/// One step of a TOTP case.
+#[derive(Clone, Copy, Debug)]
+enum TotpStep {
+    /// A fresh, unconfirmed authenticator.
+    Enroll,
+    /// A code of this time step, confirming or not, and what it must give.
+    Accept(u64, bool, TotpExpect),
+    /// A wrong code, and whether it must start a lockout.
+    Fail(bool),
+}
+
+/// What a code must give (a lockout's end depends on the clock).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TotpExpect {
+    Accepted,
+    Replayed,
+    Locked,
+    NotEnrolled,
+}
+
+fn totp_expect(outcome: keyrack::domain::totp::StepOutcome) -> TotpExpect {
+    use keyrack::domain::totp::StepOutcome;
+    match outcome {
+        StepOutcome::Accepted => TotpExpect::Accepted,
+        StepOutcome::Replayed => TotpExpect::Replayed,
+        StepOutcome::Locked(_) => TotpExpect::Locked,
+        StepOutcome::NotEnrolled => TotpExpect::NotEnrolled,
+    }
+}
+
+const TOTP_CASES: &[(&str, &[TotpStep])] = {
+    use TotpExpect::*;
+    use TotpStep::*;
+    &[
+        (
+            "a code is accepted once, and an unconfirmed authenticator only to confirm it",
+            &[
+                Accept(10, true, NotEnrolled),
+                Enroll,
+                Accept(10, false, NotEnrolled),
+                Accept(10, true, Accepted),
+                Accept(10, false, Replayed),
+                Accept(9, false, Replayed),
+                Accept(11, false, Accepted),
+                Accept(11, true, Replayed),
+            ],
+        ),
+        (
+            "the fifth wrong code in a row locks out even a code never used",
+            &[
+                Enroll,
+                Accept(5, true, Accepted),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(true),
+                Accept(6, false, Locked),
+                Accept(5, false, Locked),
+            ],
+        ),
+        (
+            "an accepted code starts the count of wrong ones again",
+            &[
+                Enroll,
+                Accept(5, true, Accepted),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Accept(6, false, Accepted),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(true),
+            ],
+        ),
+        (
+            "a replayed code changes nothing: the count goes on",
+            &[
+                Enroll,
+                Accept(5, true, Accepted),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Fail(false),
+                Accept(5, false, Replayed),
+                Fail(true),
+            ],
+        ),
+    ]
+};
+
+async fn totp_rules_hold_case_by_case(store: &dyn Store) {
+    use keyrack::domain::totp::{self, TotpRecord};
+    let lockout = Duration::from_secs(600);
+    for (index, (case, steps)) in TOTP_CASES.iter().enumerate() {
+        let admin = identity(&format!("totp_case_{index}"));
+        store.create_identity(&admin, &[]).await.unwrap();
+        let mut model: Option<TotpRecord> = None;
+        for (at, step) in steps.iter().enumerate() {
+            let now = UnixMillis::now();
+            let context = format!("{case}: step {at} ({step:?})");
+            match *step {
+                TotpStep::Enroll => {
+                    let record = TotpRecord::enrolled("1.sealed".into());
+                    store.enroll_totp(&admin.id, &record).await.unwrap();
+                    model = Some(record);
+                }
+                TotpStep::Accept(step, confirm, expected) => {
+                    let stored = totp_expect(
+                        store
+                            .accept_totp_step(&admin.id, step, confirm, now)
+                            .await
+                            .unwrap(),
+                    );
+                    let modelled = model.as_mut().map_or(TotpExpect::NotEnrolled, |record| {
+                        totp_expect(record.accept_step(step, confirm, now))
+                    });
+                    assert_eq!(stored, expected, "store, {context}");
+                    assert_eq!(modelled, expected, "domain, {context}");
+                }
+                TotpStep::Fail(locks) => {
+                    let stored = store
+                        .record_totp_failure(&admin.id, now, totp::MAX_FAILURES, lockout)
+                        .await
+                        .unwrap();
+                    let modelled = model
+                        .as_mut()
+                        .and_then(|record| record.record_failure(now, totp::MAX_FAILURES, lockout));
+                    assert_eq!(stored.is_some(), locks, "store, {context}");
+                    assert_eq!(modelled.is_some(), locks, "domain, {context}");
+                }
+            }
+            if let Some(record) = &model {
+                let stored = store.get_totp(&admin.id).await.unwrap().unwrap();
+                assert_eq!(
+                    (stored.confirmed, stored.last_step, stored.failures),
+                    (record.confirmed, record.last_step, record.failures),
+                    "stored state, {context}"
+                );
+                assert_eq!(
+                    stored.locked_until.is_some(),
+                    record.locked_until.is_some(),
+                    "lockout, {context}"
+                );
+            }
+        }
+    }
+}
+
+/// One step of a key case: a write based on the key as last written
+/// (`Current`) or on the read before that (`Stale`).
+#[derive(Clone, Copy, Debug)]
+enum KeyStep {
+    /// An edit of the description.
+    Edit(Read, KeyExpect),
+    /// An edit that also sets a grace deadline.
+    EditGrace(Read, KeyExpect),
+    /// An edit that also names a successor.
+    EditRolledTo(Read, KeyExpect),
+    /// An edit that clears the grace deadline a roll set.
+    ClearGrace(Read, KeyExpect),
+    /// A roll, keeping the old key for a grace period or not.
+    Roll(Read, bool, KeyExpect),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Read {
+    Current,
+    Stale,
+}
+
+/// What a key write must give: written at a revision (and kept or not, for
+/// a roll), or refused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KeyExpect {
+    Written(u64),
+    Removed,
+    Conflict,
+}
+
+const KEY_CASES: &[(&str, &[KeyStep])] = {
+    use KeyExpect::*;
+    use KeyStep::*;
+    use Read::*;
+    &[
+        (
+            "an edit lands only on the revision it read, at the next one",
+            &[
+                Edit(Current, Written(1)),
+                Edit(Stale, Conflict),
+                Edit(Current, Written(2)),
+            ],
+        ),
+        (
+            "an edit may not set the grace fields only a roll sets",
+            &[
+                EditGrace(Current, Conflict),
+                EditRolledTo(Current, Conflict),
+                Edit(Current, Written(1)),
+            ],
+        ),
+        (
+            "a roll with grace keeps the key at the next revision, and its grace fields never change",
+            &[
+                Roll(Current, true, Written(1)),
+                Edit(Current, Written(2)),
+                ClearGrace(Current, Conflict),
+                EditGrace(Current, Conflict),
+                Roll(Current, true, Conflict),
+                Edit(Current, Written(3)),
+            ],
+        ),
+        (
+            "a roll without grace removes the key",
+            &[Edit(Current, Written(1)), Roll(Current, false, Removed)],
+        ),
+        (
+            "a roll based on a stale read is refused",
+            &[
+                Edit(Current, Written(1)),
+                Roll(Stale, true, Conflict),
+                Roll(Current, true, Written(2)),
+            ],
+        ),
+    ]
+};
+
+async fn key_grace_and_revision_rules_hold_case_by_case(store: &dyn Store) {
+    for (index, (case, steps)) in KEY_CASES.iter().enumerate() {
+        let owner = identity(&format!("key_case_{index}"));
+        let first = key(&owner, "web");
+        store
+            .create_identity(&owner, std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        // The key as last written, and as read before that.
+        let mut current = first.clone();
+        let mut stale = first.clone();
+        for (at, step) in steps.iter().enumerate() {
+            let context = format!("{case}: step {at} ({step:?})");
+            let base = |read: Read| match read {
+                Read::Current => current.clone(),
+                Read::Stale => stale.clone(),
+            };
+            let (stored, modelled, expected, written) = match *step {
+                KeyStep::Edit(read, expected)
+                | KeyStep::EditGrace(read, expected)
+                | KeyStep::EditRolledTo(read, expected)
+                | KeyStep::ClearGrace(read, expected) => {
+                    let mut edit = base(read);
+                    edit.description = format!("step {at}");
+                    match *step {
+                        // A deadline other than any the key has.
+                        KeyStep::EditGrace(..) => {
+                            edit.grace_expire_time = Some(edit.grace_expire_time.map_or_else(
+                                || UnixMillis(UnixMillis::now().0 + 60_000),
+                                |deadline| UnixMillis(deadline.0 + 1_000),
+                            ));
+                        }
+                        KeyStep::EditRolledTo(..) => {
+                            edit.rolled_to = Some(KeyId::generate(&owner.id));
+                        }
+                        KeyStep::ClearGrace(..) => edit.grace_expire_time = None,
+                        _ => {}
+                    }
+                    let outcome = |result: Result<ApiKey, bool>| match result {
+                        Ok(written) => (KeyExpect::Written(written.revision), Some(written)),
+                        Err(_) => (KeyExpect::Conflict, None),
+                    };
+                    let (stored, written) = outcome(match store.update_key(&edit).await {
+                        Ok(written) => Ok(written),
+                        Err(StoreError::Conflict) => Err(true),
+                        Err(other) => panic!("{context}: {other}"),
+                    });
+                    let (modelled, _) = outcome(current.edited(&edit).map_err(|_| true));
+                    (stored, modelled, expected, written)
+                }
+                KeyStep::Roll(read, grace, expected) => {
+                    let replacement = key(&owner, "web");
+                    let mut retiring = base(read);
+                    retiring.rolled_to = Some(replacement.id.clone());
+                    retiring.grace_expire_time = grace.then(|| soon(60_000)).flatten();
+                    let outcome = |result: Result<Option<ApiKey>, bool>| match result {
+                        Ok(Some(kept)) => (KeyExpect::Written(kept.revision), Some(kept)),
+                        Ok(None) => (KeyExpect::Removed, None),
+                        Err(_) => (KeyExpect::Conflict, None),
+                    };
+                    let (stored, written) =
+                        outcome(match store.roll_key(&retiring, &replacement).await {
+                            Ok(kept) => Ok(kept),
+                            Err(StoreError::Conflict) => Err(true),
+                            Err(other) => panic!("{context}: {other}"),
+                        });
+                    let (modelled, _) = outcome(current.rolled(&retiring).map_err(|_| true));
+                    (stored, modelled, expected, written)
+                }
+            };
+            assert_eq!(stored, expected, "store, {context}");
+            assert_eq!(modelled, expected, "domain, {context}");
+            // What the store said it wrote is what it holds.
+            let held = store.get_key(&first.id).await.unwrap();
+            match (&written, expected) {
+                (Some(written), _) => {
+                    let held = held.expect("the written key is held");
+                    assert_eq!(held.revision, written.revision, "held, {context}");
+                    assert_eq!(held.grace_expire_time, written.grace_expire_time);
+                    stale = std::mem::replace(&mut current, held);
+                }
+                (None, KeyExpect::Removed) => assert!(held.is_none(), "removed, {context}"),
+                (None, _) => {
+                    let held = held.expect("a refused write leaves the key");
+                    assert_eq!(held.revision, current.revision, "unchanged, {context}");
+                }
+            }
+        }
+    }
+}
+
+async fn identity_revisions_hold_case_by_case(store: &dyn Store) {
+    // (read the current revision?, expected revision written or None for
+    // a conflict), in order on one identity.
+    let cases: &[(bool, Option<u64>)] = &[
+        (true, Some(1)),
+        (false, None),
+        (true, Some(2)),
+        (true, Some(3)),
+        (false, None),
+    ];
+    let alpha = identity("revisions");
+    store.create_identity(&alpha, &[]).await.unwrap();
+    let mut current = alpha.clone();
+    let mut stale = alpha.clone();
+    for (at, (fresh, expected)) in cases.iter().enumerate() {
+        let mut update = if *fresh {
+            current.clone()
+        } else {
+            stale.clone()
+        };
+        update.description = format!("step {at}");
+        let modelled = current
+            .updated(&update)
+            .ok()
+            .map(|written| written.revision);
+        let stored = match store.update_identity(&update).await {
+            Ok(written) => Some(written),
+            Err(StoreError::Conflict) => None,
+            Err(other) => panic!("step {at}: {other}"),
+        };
+        assert_eq!(
+            stored.as_ref().map(|w| w.revision),
+            *expected,
+            "store, step {at}"
+        );
+        assert_eq!(modelled, *expected, "domain, step {at}");
+        let held = store.get_identity(&alpha.id).await.unwrap().unwrap();
+        if let Some(written) = stored {
+            assert_eq!(held.revision, written.revision);
+            stale = std::mem::replace(&mut current, held);
+        } else {
+            assert_eq!(held.revision, current.revision);
+        }
+    }
+    // A delete names a revision too.
+    assert!(matches!(
+        store.delete_identity(&alpha.id, Some(stale.revision)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        store
+            .delete_identity(&alpha.id, Some(current.revision))
+            .await
+            .unwrap()
+    );
 }

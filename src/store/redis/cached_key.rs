@@ -214,6 +214,6 @@ mod tests {
         let full = key(&identity);
         let cached = CachedKey::of(&full);
         assert!(cached.settings.is_none());
-        assert!(serde_json::to_string(&cached.to_key(&full.id, &identity)).is_err());
+        assert!(super::super::records::encode(&cached.to_key(&full.id, &identity)).is_err());
     }
 }

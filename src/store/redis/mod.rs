@@ -7,6 +7,7 @@ mod deadlines;
 mod keys;
 mod names;
 mod record_cache;
+mod records;
 mod scripts;
 mod sentinel;
 mod usage;
@@ -29,6 +30,7 @@ use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
 use async_trait::async_trait;
 use names::parse_claim;
+use records::{decode, encode};
 use redis::AsyncCommands;
 use redis::RedisError;
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -68,10 +70,6 @@ fn unavailable(error: RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 /// The events of a range of audit stream entries.
 fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<AuditEvent>> {
     entries
@@ -85,10 +83,6 @@ fn audit_events_of(entries: Vec<redis::streams::StreamId>) -> StoreResult<Vec<Au
             Ok(event)
         })
         .collect()
-}
-
-fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Maps a script's status reply to the store's outcome.
@@ -400,8 +394,9 @@ where
     }
 
     async fn run_update_identity(&self, identity: &Identity) -> StoreResult<Identity> {
-        let mut stored = identity.clone();
-        stored.revision += 1;
+        // UPDATE_IDENTITY checks the revision `identity` was read at (the
+        // Lua mirror of `Identity::updated`) and stores this record.
+        let stored = identity.at_next_revision();
         let mut invocation = scripts::UPDATE_IDENTITY.prepare_invoke();
         invocation
             .key(self.keyspace.identity(&identity.id))
@@ -552,7 +547,7 @@ where
             drop(change);
             self.run_delete_identity(&identity.id, None).await?;
             self.forget_listed_identity(&identity.id).await;
-            return Err(StoreError::NameTaken(identity.name.clone()));
+            return Err(StoreError::NameTaken(identity.name.to_string()));
         }
         if let Some(refused) = self.ungrantable_after_write(&[], identity).await? {
             drop(change);
@@ -658,7 +653,7 @@ where
             let mut reverted = stored.clone();
             reverted.name = current.name.clone();
             self.run_update_identity(&reverted).await?;
-            return Err(StoreError::NameTaken(identity.name.clone()));
+            return Err(StoreError::NameTaken(identity.name.to_string()));
         }
         self.release_identity_name(&current.name, &identity.id)
             .await;
@@ -773,8 +768,9 @@ where
     #[tracing::instrument(level = "debug", name = "redis.update_key", skip_all)]
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey> {
         let identity = &key.identity_id;
-        let mut stored = key.clone();
-        stored.revision += 1;
+        // UPDATE_KEY checks the revision and the grace fields (the Lua
+        // mirror of `ApiKey::edited`) and stores this record.
+        let stored = key.at_next_revision();
         self.change(
             self.keyspace.identity(identity),
             scripts::UPDATE_KEY
@@ -812,10 +808,12 @@ where
     }
 
     #[tracing::instrument(level = "debug", name = "redis.roll_key", skip_all)]
-    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<()> {
+    async fn roll_key(&self, old: &ApiKey, replacement: &ApiKey) -> StoreResult<Option<ApiKey>> {
         let identity = &old.identity_id;
-        let mut stored_old = old.clone();
-        stored_old.revision += 1;
+        // ROLL_KEY checks the revision and that the key was not rolled yet
+        // (the Lua mirror of `ApiKey::rolled`), and keeps this record only
+        // when it carries a grace deadline.
+        let stored_old = old.at_next_revision();
         self.change(
             self.keyspace.identity(identity),
             scripts::ROLL_KEY
@@ -831,7 +829,8 @@ where
             Some(identity),
             |reply: String| changed(&reply, &replacement.name, "key"),
         )
-        .await
+        .await?;
+        Ok(stored_old.grace_expire_time.is_some().then_some(stored_old))
     }
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
@@ -980,7 +979,7 @@ where
         // entry that readers drop.
         let _: i64 = self
             .connection()
-            .zadd(self.keyspace.datasets(), &dataset.name, 0)
+            .zadd(self.keyspace.datasets(), dataset.name.as_str(), 0)
             .await
             .map_err(unavailable)?;
         self.change(

@@ -7,6 +7,16 @@
 //! identity's `expire_time`. Every script that writes a key record re-applies it,
 //! so no write can clear a grace period.
 //!
+//! Every rule a script applies has its one home in `domain/`, which the
+//! memory store calls; the script is that rule's only other copy, and each
+//! says which function it mirrors (ARCHITECTURE.md lists them):
+//! `domain::revision` (the revision check: UPDATE_IDENTITY, UPDATE_KEY,
+//! ROLL_KEY, DELETE_IDENTITY, CHARGE_USAGE), `ApiKey::edited` and
+//! `ApiKey::rolled` (a key's grace fields never change once set),
+//! `TotpRecord::accept_step` and `TotpRecord::record_failure` (a code is
+//! accepted once; the lockout), `TotpRecord::reseal`, and
+//! `domain::usage::settle`. The records they read are `records.rs`'s.
+//!
 //! The deadline index mirrors `ApiKey::end`: every script that writes a key
 //! record writes its entry (`index_key_end`) in the same call, and every
 //! script that deletes a live key removes it (`unindex_key_end`).
@@ -139,7 +149,9 @@ return 'OK'
 /// KEYS: identity, key index, key names, totp, last use, usage, then each
 /// dataset's record and delete mark (see `ungrantable_dataset`). ARGV: key
 /// prefix, new JSON, expected revision. Replies NODATASET:<name> for a
-/// dataset it may not newly grant.
+/// dataset it may not newly grant. The revision check mirrors
+/// `Identity::updated` (`domain::revision`); the Rust side stores the record
+/// at the next revision.
 pub static UPDATE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -172,7 +184,8 @@ return 'OK'
 
 /// KEYS: identity, key index, key names, totp, last use, usage. ARGV: key
 /// prefix, the revision it must be at ('' for any). Returns 1 if it existed,
-/// -1 (and deletes nothing) if it is at another revision.
+/// -1 (and deletes nothing) if it is at another revision
+/// (`domain::revision::admits`).
 pub static DELETE_IDENTITY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -211,7 +224,8 @@ return 'OK'
 });
 
 /// KEYS: identity, key index, key names, key record. ARGV: key prefix, new JSON,
-/// expected revision.
+/// expected revision. Mirrors `ApiKey::edited`: the record must be at the
+/// expected revision and the edit must keep its grace fields.
 pub static UPDATE_KEY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -221,7 +235,8 @@ if not raw or not raw_identity then return 'NOTFOUND' end
 local current = cjson.decode(raw)
 if current.revision ~= tonumber(ARGV[3]) then return 'CONFLICT' end
 local key = cjson.decode(ARGV[2])
--- Only a roll may set these; an edit that differs would move a grace deadline.
+-- ApiKey::keeps_grace_of: only a roll may set these; an edit that differs
+-- would move a grace deadline.
 if key.grace_expire_time ~= current.grace_expire_time or key.rolled_to ~= current.rolled_to then
   return 'CONFLICT'
 end
@@ -276,7 +291,10 @@ return 1
 });
 
 /// KEYS: identity, key index, key names, old record, new record. ARGV: key
-/// prefix, old key's new JSON, its expected revision, new key JSON.
+/// prefix, old key's new JSON, its expected revision, new key JSON. Mirrors
+/// `ApiKey::rolled`: only a key at the expected revision that still holds its
+/// name rolls, and it stays (at the next revision) only with a grace
+/// deadline.
 pub static ROLL_KEY: LazyLock<Script> = LazyLock::new(|| {
     audited(
         r#"
@@ -365,7 +383,8 @@ end
 
 /// KEYS: totp. ARGV: step, confirm ('1' or '0'), now (ms). Replies OK,
 /// REPLAYED, NOTENROLLED or LOCKED:<until ms>. The lockout is checked at the
-/// earlier of `now` and Redis's clock.
+/// earlier of `now` and Redis's clock. The Lua mirror of
+/// `TotpRecord::accept_step` (read that first): same checks, same order.
 pub static ACCEPT_TOTP_STEP: LazyLock<Script> = LazyLock::new(|| {
     audited(&format!(
         r#"{REDIS_NOW_MS}
@@ -407,7 +426,8 @@ return 1
 
 /// KEYS: totp. ARGV: now (ms), max failures, lockout (ms). Returns the
 /// lockout's end when this failure starts one, else 0. A lockout starts at
-/// the later of `now` and Redis's clock.
+/// the later of `now` and Redis's clock. The Lua mirror of
+/// `TotpRecord::record_failure`.
 pub static RECORD_TOTP_FAILURE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{REDIS_NOW_MS}
@@ -488,9 +508,10 @@ return redis.call('DEL', KEYS[1])
 pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{REDIS_NOW_MS}
--- A record's revision is its JSON's last member (see `revision_is_last`
--- in store/redis/mod.rs): matched at the end, without decoding the record,
--- which would cost this hot script more than everything else it does.
+-- A record's revision is its JSON's last member (records.rs's golden tests
+-- and `revision_is_last` in usage.rs pin it): matched at the end, without
+-- decoding the record, which would cost this hot script more than
+-- everything else it does. The comparison is `domain::revision::admits`.
 local function revision_of(raw)
   return raw and tonumber(string.match(string.sub(raw, -32), '"revision":(%d+)}}$'))
 end

@@ -143,7 +143,11 @@ mod tests {
     /// without decoding it: a change of field order must fail here first.
     #[test]
     fn revision_is_last() {
-        let mut identity = Identity::new_service("svc".into(), String::new(), UnixMillis(1));
+        let mut identity = Identity::new_service(
+            crate::domain::names::IdentityName::parse_service("svc").unwrap(),
+            String::new(),
+            UnixMillis(1),
+        );
         identity.revision = 41;
         identity
             .labels
