@@ -60,6 +60,9 @@ pub struct RedisStore<C = ConnectionManager> {
     /// How a tracking link reaches this store's Redis; None under Cluster.
     link_opener: Option<record_cache::LinkOpener>,
     response_timeout: Duration,
+    /// Verify's charges waiting behind one in flight, per identity
+    /// (`usage.rs`).
+    usage_charges: Arc<usage::ChargeQueues>,
 }
 
 /// The arguments every audited script takes last: the deadline index and
@@ -330,6 +333,7 @@ where
             record_cache: None,
             link_opener: None,
             response_timeout: Duration::from_secs(2),
+            usage_charges: Arc::default(),
         }
     }
 
