@@ -18,7 +18,7 @@ use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
 use crate::service::{Authority, CallContext, VerifyQuery};
 use answer::{CheckAnswer, HeaderToSet, MetadataField, MetadataStruct, OkAnswer, check_answer};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
@@ -225,11 +225,6 @@ fn route_requirements<'a>(
     })
 }
 
-/// The downstream client's address as Envoy saw it.
-fn client_ip(attributes: &AttributeContextView) -> Option<IpAddr> {
-    peer_address(attributes).map(|peer| peer.ip())
-}
-
 /// The HTTP request's source address and port, as Envoy saw it.
 fn peer_address(attributes: &AttributeContextView) -> Option<std::net::SocketAddr> {
     match attributes
@@ -398,26 +393,30 @@ fn allowed(verdict: &Verdict, headers_to_remove: Vec<Bytes>) -> CheckAnswer {
     let Some((key, identity)) = &verdict.subject else {
         unreachable!("a valid verdict names its key and identity")
     };
-    let text = |value: &str| Bytes::copy_from_slice(value.as_bytes());
-    // Each value is written twice, as a header and as metadata: the second
-    // is the same buffer.
+    // The three values that are not fixed are copied into one buffer, and
+    // each is a slice of it. Each value is written twice, as a header and as
+    // metadata: the second is the same slice.
+    let (identity_id, name, key_id) = (
+        identity.id.as_str().as_bytes(),
+        identity.name.as_bytes(),
+        key.id.as_str().as_bytes(),
+    );
+    let mut texts = BytesMut::with_capacity(identity_id.len() + name.len() + key_id.len());
+    texts.extend_from_slice(identity_id);
+    texts.extend_from_slice(name);
+    texts.extend_from_slice(key_id);
+    let mut texts = texts.freeze();
+    let identity_id = texts.split_to(identity_id.len());
+    let name = texts.split_to(name.len());
     let values = [
-        (
-            IDENTITY_ID_HEADER,
-            "identity_id",
-            text(identity.id.as_str()),
-        ),
-        (
-            IDENTITY_NAME_HEADER,
-            "identity_name",
-            text(identity.name.as_str()),
-        ),
+        (IDENTITY_ID_HEADER, "identity_id", identity_id),
+        (IDENTITY_NAME_HEADER, "identity_name", name),
         (
             IDENTITY_KIND_HEADER,
             "identity_kind",
             Bytes::from_static(kind_name(identity.kind).as_bytes()),
         ),
-        (KEY_ID_HEADER, "key_id", text(key.id.as_str())),
+        (KEY_ID_HEADER, "key_id", texts),
     ];
     let headers = values
         .iter()
@@ -472,15 +471,16 @@ impl ExtAuthzApi {
         };
         // The peer of a Check is Envoy; the caller is the HTTP request's
         // source, and its request and trace ids travel in its headers.
+        let peer = peer_address(attributes);
         let context = CallContext {
-            peer: peer_address(attributes),
-            request_id: http.header("x-request-id").map(str::to_owned),
-            traceparent: http.header("traceparent").map(str::to_owned),
+            peer,
+            request_id: http.header("x-request-id"),
+            traceparent: http.header("traceparent"),
         };
         let query = VerifyQuery {
             token,
             dataset: route.dataset,
-            client_ip: client_ip(attributes),
+            client_ip: peer.map(|peer| peer.ip()),
             required_scopes: &route.scopes,
             context,
             cost: route.cost,

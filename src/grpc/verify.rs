@@ -94,24 +94,18 @@ impl VerifyService for VerifyApi {
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let bearer = bearer_token(request.metadata()).map(str::to_owned);
-        let text_of = |name: &str| {
-            request
-                .metadata()
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        };
+        let peer = request.remote_addr();
+        let (metadata, _, request) = request.into_parts();
+        let text_of = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
         let context = CallContext {
-            peer: request.remote_addr(),
+            peer,
             request_id: text_of("x-request-id"),
             traceparent: text_of("traceparent"),
         };
-        let request = request.into_inner();
         let token = if request.token.is_empty() {
-            bearer.unwrap_or_default()
+            bearer_token(&metadata).unwrap_or_default()
         } else {
-            request.token
+            request.token.as_str()
         };
         let mut violations = Violations::new();
         if token.is_empty() {
@@ -142,7 +136,7 @@ impl VerifyService for VerifyApi {
         violations.finish()?;
         let query = VerifyQuery {
             cost,
-            token: &token,
+            token,
             dataset: (!request.dataset.is_empty()).then_some(request.dataset.as_str()),
             client_ip,
             required_scopes: &required_scopes,

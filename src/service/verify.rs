@@ -30,21 +30,22 @@ pub struct VerifyQuery<'a> {
     /// syntax).
     pub required_scopes: &'a [String],
     /// Where the call came from, recorded when the token is a honeytoken.
-    pub context: CallContext,
+    pub context: CallContext<'a>,
     /// What a valid call spends of the key's rate limits and credits (0
     /// only checks that a call of 1 would pass).
     pub cost: u64,
 }
 
-/// Where a Verify call came from: what a honeytoken's use records.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
+/// Where a Verify call came from: what a honeytoken's use records. It
+/// borrows the caller's headers: only a honeytoken's use copies them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallContext<'a> {
     /// The transport peer (address and port).
     pub peer: Option<SocketAddr>,
     /// The caller's `x-request-id`, when it sent one.
-    pub request_id: Option<String>,
+    pub request_id: Option<&'a str>,
     /// The caller's W3C `traceparent`, when it sent one.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<&'a str>,
 }
 
 impl std::fmt::Debug for VerifyQuery<'_> {
@@ -233,11 +234,11 @@ impl Authority {
             HONEYTOKEN_USED,
             None,
             query.context.peer,
-            audit::request_id(query.context.request_id.as_deref()),
+            audit::request_id(query.context.request_id),
         );
         event.target_ids = vec![key.id.to_string(), key.identity_id.to_string()];
         event.client_ip = query.client_ip.map(|ip| ip.to_string());
-        event.trace_id = crate::telemetry::trace_id(query.context.traceparent.as_deref());
+        event.trace_id = crate::telemetry::trace_id(query.context.traceparent);
         let store = std::sync::Arc::clone(&self.store);
         tokio::spawn(async move {
             if let Err(error) = store.append_audit(&event).await {

@@ -56,6 +56,9 @@ pub struct RedisStore<C = ConnectionManager> {
     /// How a tracking link reaches this store's Redis; None under Cluster.
     link_opener: Option<record_cache::LinkOpener>,
     response_timeout: Duration,
+    /// Verify's charges waiting behind one in flight, per identity
+    /// (`usage.rs`).
+    usage_charges: Arc<usage::ChargeQueues>,
 }
 
 /// The oldest Redis keyrack runs on (major, minor).
@@ -132,6 +135,7 @@ where
             record_cache: None,
             link_opener: None,
             response_timeout: Duration::from_secs(2),
+            usage_charges: Arc::default(),
         }
     }
 

@@ -494,17 +494,24 @@ return redis.call('DEL', KEYS[1])
     )
 });
 
-/// KEYS: key record, identity record, usage. ARGV: the key's and the
-/// identity's revisions as read, cost, credits field ('' for none), granted
-/// balance, granted_at, refill amount, refill interval (0 for none), the
-/// number of limits, then each limit's field, limit and duration (ms).
+/// KEYS: identity record, usage, then the key records the charges name.
+/// ARGV: the number of charges, then each charge in turn: its key record's
+/// index in KEYS, the key's and the identity's revisions as read, cost,
+/// credits field ('' for none), granted balance, granted_at, refill amount,
+/// refill interval (0 for none), the number of limits, then each limit's
+/// field, limit and duration (ms).
 ///
 /// The Lua mirror of `domain::usage::settle` (read that first): it settles
-/// a Verify against the credits and limits atomically, at Redis's clock, so
-/// replicas share one exact budget. Replies `{'STALE'}` when either record
-/// changed since Verify read it (Verify then reads again), else
-/// `{status, retry_after_ms or -1, credits or -1, remaining, reset_ms, ...}`
-/// with status `OK`, `RATE_LIMITED` or `USAGE_EXCEEDED`.
+/// Verify calls against their credits and limits atomically, at Redis's
+/// clock, so replicas share one exact budget. The charges of one call are
+/// several Verify calls of one identity coalesced (`store/redis/usage.rs`):
+/// each is settled in turn exactly as a call of its own would be, reading
+/// the states the charges before it left, at one instant. Each record and
+/// each state is read once, and the changed states are written once.
+/// Replies one answer per charge, in order: `{'STALE'}` when either record
+/// changed since that Verify read it (nothing is charged; Verify reads
+/// again), else `{status, retry_after_ms or -1, credits or -1, remaining,
+/// reset_ms, ...}` with status `OK`, `RATE_LIMITED` or `USAGE_EXCEEDED`.
 pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{REDIS_NOW_MS}
@@ -513,11 +520,7 @@ pub static CHARGE_USAGE: LazyLock<Script> = LazyLock::new(|| {
 -- decoding the record, which would cost this hot script more than
 -- everything else it does. The comparison is `domain::revision::admits`.
 local function revision_of(raw)
-  return raw and tonumber(string.match(string.sub(raw, -32), '"revision":(%d+)}}$'))
-end
-if revision_of(redis.call('GET', KEYS[1])) ~= tonumber(ARGV[1])
-  or revision_of(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[2]) then
-  return {{'STALE'}}
+  return raw and tonumber(string.match(string.sub(raw, -32), '"revision":(%d+)}}$')) or false
 end
 -- Every quantity is an integer below 2^53 (see domain::usage), so doubles
 -- are exact; divmod corrects the rounding of the one division.
@@ -541,75 +544,136 @@ local function numbers(text)
   return {{tonumber(a), tonumber(b), tonumber(c), tonumber(d)}}
 end
 local now = redis_now_ms()
-local cost = tonumber(ARGV[3])
-local needed = math.max(cost, 1)
-local refusal = nil
-local retry = -1
-local balance = nil
-if ARGV[4] ~= '' then
-  local granted_at = tonumber(ARGV[6])
-  local amount, interval = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local stored = numbers(redis.call('HGET', KEYS[3], ARGV[4]) or nil)
-  if #stored == 3 and stored[3] >= granted_at then
-    balance = stored
-  else
-    balance = {{tonumber(ARGV[5]), granted_at, granted_at}}
+local identity_revision = revision_of(redis.call('GET', KEYS[1]))
+local key_revisions = {{}}
+local function key_revision(index)
+  local revision = key_revisions[index]
+  if revision == nil then
+    revision = revision_of(redis.call('GET', KEYS[index]))
+    key_revisions[index] = revision
   end
-  if interval > 0 and now - balance[2] >= interval then
-    local periods = divmod(now - balance[2], interval)
-    balance[2] = balance[2] + periods * interval
-    if balance[1] < amount then balance[1] = amount end
+  return revision
+end
+-- Each state is read once and then kept as its numbers: a charge sees what
+-- the charges before it wrote, as it would have read it back from the map.
+-- A kept state is replaced, never changed in place.
+local states = {{}}
+local changed, is_changed = {{}}, {{}}
+local function state(field)
+  local kept = states[field]
+  if kept == nil then
+    kept = numbers(redis.call('HGET', KEYS[2], field) or nil)
+    states[field] = kept
   end
-  if balance[1] < needed then
-    refusal = 'USAGE_EXCEEDED'
-    if interval > 0 then retry = balance[2] + interval - now end
+  return kept
+end
+local function keep(field, numbers_of)
+  if not is_changed[field] then
+    is_changed[field] = true
+    changed[#changed + 1] = field
+  end
+  states[field] = numbers_of
+end
+-- Settles the charge whose arguments start at ARGV[at]; returns its answer
+-- and where the next charge's arguments start.
+local function charge(at)
+  local count = tonumber(ARGV[at + 9])
+  local next_at = at + 10 + 3 * count
+  if key_revision(tonumber(ARGV[at])) ~= tonumber(ARGV[at + 1])
+    or identity_revision ~= tonumber(ARGV[at + 2]) then
+    return {{'STALE'}}, next_at
+  end
+  local cost = tonumber(ARGV[at + 3])
+  local needed = math.max(cost, 1)
+  local refusal = nil
+  local retry = -1
+  local balance = nil
+  local credits_field = ARGV[at + 4]
+  if credits_field ~= '' then
+    local granted_at = tonumber(ARGV[at + 6])
+    local amount, interval = tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8])
+    local stored = state(credits_field)
+    if #stored == 3 and stored[3] >= granted_at then
+      balance = {{stored[1], stored[2], stored[3]}}
+    else
+      balance = {{tonumber(ARGV[at + 5]), granted_at, granted_at}}
+    end
+    if interval > 0 and now - balance[2] >= interval then
+      local periods = divmod(now - balance[2], interval)
+      balance[2] = balance[2] + periods * interval
+      if balance[1] < amount then balance[1] = amount end
+    end
+    if balance[1] < needed then
+      refusal = 'USAGE_EXCEEDED'
+      if interval > 0 then retry = balance[2] + interval - now end
+    end
+  end
+  local limits = {{}}
+  for i = 0, count - 1 do
+    local field = ARGV[at + 10 + 3 * i]
+    local limit, duration = tonumber(ARGV[at + 11 + 3 * i]), tonumber(ARGV[at + 12 + 3 * i])
+    local stored = state(field)
+    local units = 0
+    if #stored == 4 and stored[1] == limit and stored[2] == duration then
+      units = math.max(0, (stored[3] - now) * limit + stored[4])
+    end
+    local capacity = limit * duration
+    local wanted = units + needed * duration
+    if wanted > capacity and refusal ~= 'USAGE_EXCEEDED' then
+      refusal = 'RATE_LIMITED'
+      retry = math.max(retry, ceil_div(wanted - capacity, limit))
+    end
+    limits[#limits + 1] = {{field, limit, duration, units}}
+  end
+  local reply = {{refusal or 'OK', retry, -1}}
+  if balance then reply[3] = balance[1] end
+  local function report(limit, units)
+    reply[#reply + 1] = (divmod(math.max(0, limit[2] * limit[3] - units), limit[3]))
+    reply[#reply + 1] = now + ceil_div(units, limit[2])
+  end
+  if refusal then
+    for _, limit in ipairs(limits) do report(limit, limit[4]) end
+    return reply, next_at
+  end
+  if balance then
+    balance[1] = balance[1] - cost
+    reply[3] = balance[1]
+    keep(credits_field, balance)
+  end
+  for _, limit in ipairs(limits) do
+    local after = limit[4] + cost * limit[3]
+    local whole, rest = divmod(after, limit[2])
+    keep(limit[1], {{limit[2], limit[3], now + whole, rest}})
+    report(limit, after)
+  end
+  return reply, next_at
+end
+local replies = {{}}
+local at = 2
+for n = 1, tonumber(ARGV[1]) do
+  replies[n], at = charge(at)
+end
+if #changed > 0 then
+  local fresh = redis.call('EXISTS', KEYS[2]) == 0
+  -- Bounded by the batch (usage.rs): far below unpack's limit.
+  local writes = {{}}
+  for _, field in ipairs(changed) do
+    local kept = states[field]
+    writes[#writes + 1] = field
+    if #kept == 3 then
+      writes[#writes + 1] = string.format('%d %d %d', kept[1], kept[2], kept[3])
+    else
+      writes[#writes + 1] = string.format('%d %d %d %d', kept[1], kept[2], kept[3], kept[4])
+    end
+  end
+  redis.call('HSET', KEYS[2], unpack(writes))
+  -- A new map lives as long as the identity (UPDATE_IDENTITY keeps it so).
+  if fresh then
+    local deadline = redis.call('PEXPIRETIME', KEYS[1])
+    if deadline > 0 then redis.call('PEXPIREAT', KEYS[2], deadline) end
   end
 end
-local limits = {{}}
-for i = 0, tonumber(ARGV[9]) - 1 do
-  local field = ARGV[10 + 3 * i]
-  local limit, duration = tonumber(ARGV[11 + 3 * i]), tonumber(ARGV[12 + 3 * i])
-  local stored = numbers(redis.call('HGET', KEYS[3], field) or nil)
-  local units = 0
-  if #stored == 4 and stored[1] == limit and stored[2] == duration then
-    units = math.max(0, (stored[3] - now) * limit + stored[4])
-  end
-  local capacity = limit * duration
-  local wanted = units + needed * duration
-  if wanted > capacity and refusal ~= 'USAGE_EXCEEDED' then
-    refusal = 'RATE_LIMITED'
-    retry = math.max(retry, ceil_div(wanted - capacity, limit))
-  end
-  limits[#limits + 1] = {{field, limit, duration, units}}
-end
-local reply = {{refusal or 'OK', retry, -1}}
-if balance then reply[3] = balance[1] end
-local function report(limit, units)
-  reply[#reply + 1] = (divmod(math.max(0, limit[2] * limit[3] - units), limit[3]))
-  reply[#reply + 1] = now + ceil_div(units, limit[2])
-end
-if refusal then
-  for _, limit in ipairs(limits) do report(limit, limit[4]) end
-  return reply
-end
-local fresh = redis.call('EXISTS', KEYS[3]) == 0
-if balance then
-  balance[1] = balance[1] - cost
-  reply[3] = balance[1]
-  redis.call('HSET', KEYS[3], ARGV[4], string.format('%d %d %d', balance[1], balance[2], balance[3]))
-end
-for _, limit in ipairs(limits) do
-  local after = limit[4] + cost * limit[3]
-  local whole, rest = divmod(after, limit[2])
-  redis.call('HSET', KEYS[3], limit[1], string.format('%d %d %d %d', limit[2], limit[3], now + whole, rest))
-  report(limit, after)
-end
--- A new map lives as long as the identity (UPDATE_IDENTITY keeps it so).
-if fresh then
-  local deadline = redis.call('PEXPIRETIME', KEYS[2])
-  if deadline > 0 then redis.call('PEXPIREAT', KEYS[3], deadline) end
-end
-return reply
+return replies
 "#,
     ))
 });

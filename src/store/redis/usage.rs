@@ -1,12 +1,278 @@
-//! Verify's check-and-charge of rate limits and credits: one call of
-//! [`scripts::CHARGE_USAGE`] on the identity's hash tag, and the live
+//! Verify's check-and-charge of rate limits and credits, and the live
 //! credit balances admins read.
+//!
+//! A charge is one call of [`scripts::CHARGE_USAGE`] on the identity's hash
+//! tag, and concurrent charges of one identity share calls ("group
+//! commit"): while a charge of an identity is in flight, further charges of
+//! it wait in a queue, and when it returns, a task of their own sends the
+//! queue as one script call (at most [`MAX_BATCH`] charges), in arrival
+//! order, until the queue is empty. The script settles each charge as a call
+//! of its own would be settled, so every charge gets the answer it would
+//! have got alone, one after another; a charge with nothing in flight before
+//! it goes at once, alone, so a single stream waits for nothing. Under load
+//! Redis runs one script for many Verify calls: the script's fixed cost (the
+//! records, the clock, the writes) was most of its cost per call.
 
 use super::{RedisStore, scripts, unavailable};
 use crate::domain::usage::{self, LimitReport, Refusal, Settlement, UsageCheck};
-use crate::domain::{ApiKey, Identity, UnixMillis};
+use crate::domain::{ApiKey, Identity, IdentityId, UnixMillis};
 use crate::store::{Charge, StoreError, StoreResult};
 use redis::aio::ConnectionLike;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+
+/// The most charges one script call carries. It bounds the call's size
+/// (arguments, states written at once) and how long it holds Redis, which
+/// runs nothing else meanwhile.
+const MAX_BATCH: usize = 64;
+
+/// The charges waiting, per identity with a charge in flight. An identity
+/// is present exactly while a charge of it is in flight (or a task is
+/// sending its queue); its queue may be empty.
+#[derive(Default)]
+pub(super) struct ChargeQueues {
+    waiting: Mutex<HashMap<IdentityId, VecDeque<Queued>>>,
+}
+
+impl ChargeQueues {
+    fn lock(&self) -> MutexGuard<'_, HashMap<IdentityId, VecDeque<Queued>>> {
+        // Nothing panics while holding it; a poisoned map is still whole.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A charge waiting for its turn, and where its answer goes.
+struct Queued {
+    charge: ChargeArgs,
+    answer: oneshot::Sender<Result<Vec<redis::Value>, Failure>>,
+}
+
+/// Why a batch failed, for each of its charges (a `StoreError` is not
+/// `Clone`).
+#[derive(Debug, Clone)]
+enum Failure {
+    Unavailable(String),
+    Corrupt(String),
+}
+
+impl Failure {
+    fn of(error: &StoreError) -> Self {
+        match error {
+            StoreError::Corrupt(message) => Failure::Corrupt(message.clone()),
+            other => Failure::Unavailable(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        match self {
+            Failure::Unavailable(message) => StoreError::Unavailable(message),
+            Failure::Corrupt(message) => StoreError::Corrupt(message),
+        }
+    }
+}
+
+/// One charge as CHARGE_USAGE takes it, owned, so that it can wait in a
+/// queue and be sent by another task.
+struct ChargeArgs {
+    key_record: String,
+    key_revision: u64,
+    identity_revision: u64,
+    cost: u64,
+    /// Field, granted balance, granted_at, refill amount, refill interval.
+    credits: Option<(String, u64, i64, u64, u64)>,
+    /// Field, limit, duration (ms).
+    limits: Vec<(String, u64, u64)>,
+}
+
+impl ChargeArgs {
+    fn new(key_record: String, key: &ApiKey, identity: &Identity, check: &UsageCheck<'_>) -> Self {
+        Self {
+            key_record,
+            key_revision: key.revision,
+            identity_revision: identity.revision,
+            cost: check.cost,
+            credits: check.credits.as_ref().map(|(field, credits)| {
+                let refill = credits.refill.unwrap_or(usage::Refill {
+                    amount: 0,
+                    interval_ms: 0,
+                });
+                (
+                    field.clone(),
+                    credits.remaining,
+                    credits.granted_at.0,
+                    refill.amount,
+                    refill.interval_ms,
+                )
+            }),
+            limits: check
+                .limits
+                .iter()
+                .map(|limit| {
+                    (
+                        limit.field.clone(),
+                        limit.limit.limit,
+                        limit.limit.duration_ms,
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The names of an identity's records a batch needs besides its keys'.
+#[derive(Clone)]
+struct TagNames {
+    identity: String,
+    usage: String,
+}
+
+/// Sends `charges` (of one identity, in order) as one CHARGE_USAGE call and
+/// returns each one's answer, in the same order.
+async fn charge_batch<C: ConnectionLike>(
+    connection: &mut C,
+    names: &TagNames,
+    charges: &[&ChargeArgs],
+) -> StoreResult<Vec<Vec<redis::Value>>> {
+    let mut invocation = scripts::CHARGE_USAGE.prepare_invoke();
+    invocation.key(&names.identity).key(&names.usage);
+    // Each key record once in KEYS; a charge names its record's index.
+    let mut key_records: Vec<&str> = Vec::with_capacity(charges.len().min(4));
+    invocation.arg(charges.len());
+    for charge in charges {
+        let index = match key_records
+            .iter()
+            .position(|name| *name == charge.key_record)
+        {
+            Some(index) => index,
+            None => {
+                invocation.key(&charge.key_record);
+                key_records.push(&charge.key_record);
+                key_records.len() - 1
+            }
+        };
+        invocation
+            .arg(3 + index)
+            .arg(charge.key_revision)
+            .arg(charge.identity_revision)
+            .arg(charge.cost);
+        match &charge.credits {
+            Some((field, remaining, granted_at, amount, interval)) => {
+                invocation
+                    .arg(field)
+                    .arg(remaining)
+                    .arg(granted_at)
+                    .arg(amount)
+                    .arg(interval);
+            }
+            None => {
+                invocation.arg("").arg(0).arg(0).arg(0).arg(0);
+            }
+        }
+        invocation.arg(charge.limits.len());
+        for (field, limit, duration) in &charge.limits {
+            invocation.arg(field).arg(limit).arg(duration);
+        }
+    }
+    // A charge is not an audited change: no durability wait on Verify.
+    let replies: Vec<Vec<redis::Value>> = invocation
+        .invoke_async(connection)
+        .await
+        .map_err(unavailable)?;
+    if replies.len() != charges.len() {
+        return Err(StoreError::Corrupt(
+            "a usage charge answered for another number of calls".into(),
+        ));
+    }
+    Ok(replies)
+}
+
+/// Sends the queue of `tag`, a batch at a time, until it is empty; then
+/// marks nothing in flight for `tag`.
+async fn send_queue<C: ConnectionLike>(
+    queues: Arc<ChargeQueues>,
+    mut connection: C,
+    tag: IdentityId,
+    names: TagNames,
+) {
+    loop {
+        let batch: Vec<Queued> = {
+            let mut waiting = queues.lock();
+            let Some(queue) = waiting.get_mut(&tag) else {
+                return;
+            };
+            if queue.is_empty() {
+                waiting.remove(&tag);
+                return;
+            }
+            let size = queue.len().min(MAX_BATCH);
+            queue.drain(..size).collect()
+        };
+        let charges: Vec<&ChargeArgs> = batch.iter().map(|queued| &queued.charge).collect();
+        let answers = charge_batch(&mut connection, &names, &charges).await;
+        // A caller that gave up has dropped its receiver; its charge stands,
+        // as a lone charge sent before its caller gave up would.
+        match answers {
+            Ok(replies) => {
+                for (queued, reply) in batch.into_iter().zip(replies) {
+                    let _ = queued.answer.send(Ok(reply));
+                }
+            }
+            Err(error) => {
+                let failure = Failure::of(&error);
+                for queued in batch {
+                    let _ = queued.answer.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The charge in flight for an identity, run by its caller. However it
+/// ends (answered, failed or its caller gone), the charges queued behind
+/// it are handed to a task of their own, or the identity is marked idle.
+struct InFlight<'a, C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    store: &'a RedisStore<C>,
+    tag: &'a IdentityId,
+    names: &'a TagNames,
+}
+
+impl<C> Drop for InFlight<'_, C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let queues = &self.store.usage_charges;
+        {
+            let mut waiting = queues.lock();
+            if waiting.get(self.tag).is_none_or(VecDeque::is_empty) {
+                waiting.remove(self.tag);
+                return;
+            }
+        }
+        let sender = send_queue(
+            Arc::clone(queues),
+            self.store.connection(),
+            self.tag.clone(),
+            self.names.clone(),
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(sender);
+            }
+            // No runtime to send them on (it is shutting down): dropping the
+            // queue answers each waiting charge as unavailable.
+            Err(_) => {
+                queues.lock().remove(self.tag);
+            }
+        }
+    }
+}
 
 impl<C> RedisStore<C>
 where
@@ -20,42 +286,46 @@ where
         check: &UsageCheck<'_>,
     ) -> StoreResult<Charge> {
         let tag = &identity.id;
-        let mut invocation = scripts::CHARGE_USAGE.key(self.keyspace.key(&key.id));
-        invocation
-            .key(self.keyspace.identity(tag))
-            .key(self.keyspace.usage(tag))
-            .arg(key.revision)
-            .arg(identity.revision)
-            .arg(check.cost);
-        match &check.credits {
-            Some((field, credits)) => {
-                let refill = credits.refill.unwrap_or(usage::Refill {
-                    amount: 0,
-                    interval_ms: 0,
-                });
-                invocation
-                    .arg(field)
-                    .arg(credits.remaining)
-                    .arg(credits.granted_at.0)
-                    .arg(refill.amount)
-                    .arg(refill.interval_ms);
+        let charge = ChargeArgs::new(self.keyspace.key(&key.id), key, identity, check);
+        let queued = {
+            let mut waiting = self.usage_charges.lock();
+            match waiting.get_mut(tag) {
+                Some(queue) => {
+                    let (answer, answered) = oneshot::channel();
+                    queue.push_back(Queued { charge, answer });
+                    Err(answered)
+                }
+                None => {
+                    waiting.insert(tag.clone(), VecDeque::new());
+                    Ok(charge)
+                }
             }
-            None => {
-                invocation.arg("").arg(0).arg(0).arg(0).arg(0);
+        };
+        let reply = match queued {
+            Ok(charge) => {
+                let names = TagNames {
+                    identity: self.keyspace.identity(tag),
+                    usage: self.keyspace.usage(tag),
+                };
+                let _in_flight = InFlight {
+                    store: self,
+                    tag,
+                    names: &names,
+                };
+                charge_batch(&mut self.connection(), &names, &[&charge])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("an empty reply to the usage charge".into())
+                    })?
             }
-        }
-        invocation.arg(check.limits.len());
-        for limit in &check.limits {
-            invocation
-                .arg(&limit.field)
-                .arg(limit.limit.limit)
-                .arg(limit.limit.duration_ms);
-        }
-        // A charge is not an audited change: no durability wait on Verify.
-        let reply: Vec<redis::Value> = invocation
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            Err(answered) => answered
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable("the usage charge was dropped unanswered".into())
+                })?
+                .map_err(Failure::into_error)?,
+        };
         settlement_of(&reply, check)
     }
 }
