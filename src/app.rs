@@ -3,9 +3,8 @@
 //! the chosen command.
 
 use crate::config::{
-    self, BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs,
-    ReflectionMode, ServeArgs, ServeConfig, ServerSecrets, StoreArgs, StoreChoice, StoreConfig,
-    TlsMaterial,
+    BootstrapArgs, Cli, Command, ConfigError, HealthArgs, ImportArgs, ProtosetArgs, ReflectionMode,
+    ServeArgs, ServeConfig, ServerSecrets, StoreArgs, StoreChoice, StoreConfig, TlsMaterial,
 };
 use crate::grpc::reflection::ReflectionAccess;
 use crate::server::{self, ServerOptions};
@@ -16,7 +15,7 @@ use crate::service::webhooks::{WebhookOptions, WebhookSecret};
 use crate::service::{Authority, AuthorityOptions};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{Durability, RedisOptions, RedisStore, VerifyCacheOptions};
+use crate::store::redis::{RedisOptions, RedisStore, VerifyCacheOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,17 +60,6 @@ fn keyring(secrets: ServerSecrets) -> Result<Keyring, ConfigError> {
     }
 }
 
-/// The store's durability rule for the checked flags.
-fn durability(checked: config::Durability) -> Durability {
-    match checked {
-        config::Durability::None => Durability::None,
-        config::Durability::Replica { replicas, timeout } => {
-            Durability::Replica { replicas, timeout }
-        }
-        config::Durability::Aof { replicas, timeout } => Durability::Aof { replicas, timeout },
-    }
-}
-
 /// Builds the authority over the configured store; `options` says all but
 /// the token prefix, which comes from the store flags. The keyring is built
 /// before Redis is contacted, so a bad secret stops the start first.
@@ -81,7 +69,7 @@ async fn open_authority(
     mut options: AuthorityOptions,
 ) -> Result<(Arc<Authority>, bool), RunError> {
     let keyring = keyring(config.secrets)?;
-    let durability = durability(config.durability);
+    let durability = config.durability;
     // Each verified token needs its key and its identity record.
     let verify_cache = config
         .verify_cache_max_staleness

@@ -6,9 +6,9 @@
 //! it checked) and imports nothing of keyrack but `domain/`, so every other
 //! module may read it without closing a circle.
 
-use crate::domain::ServerSecret;
 use crate::domain::expiry::LeadTimes;
 use crate::domain::token::TokenPrefix;
+use crate::domain::{Durability, ServerSecret};
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -393,28 +393,6 @@ pub enum ServerSecrets {
         current: ServerSecret,
         /// Still accepted for what version `current - 1` hashed or sealed.
         previous: Vec<ServerSecret>,
-    },
-}
-
-/// When a change counts as done, checked against the other flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// When the primary applied it.
-    None,
-    /// When `replicas` replicas acknowledged it within `timeout` (WAIT).
-    Replica {
-        /// Replicas that must acknowledge.
-        replicas: u32,
-        /// How long to wait for them.
-        timeout: Duration,
-    },
-    /// When the AOF of the primary and of `replicas` replicas has it
-    /// (WAITAOF).
-    Aof {
-        /// Replicas whose AOF must have it too.
-        replicas: u32,
-        /// How long to wait for them.
-        timeout: Duration,
     },
 }
 

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cidr;
 pub mod dataset;
+pub mod durability;
 pub mod error;
 pub mod expiry;
 pub mod identity;
@@ -23,6 +24,7 @@ pub mod verdict;
 
 pub use audit::{AuditEvent, AuditFilter, EventKind};
 pub use dataset::Dataset;
+pub use durability::Durability;
 pub use error::{Code, Error, FieldViolation, Violations};
 pub use identity::{Identity, IdentityKind, State};
 pub use ids::{IdentityId, KeyId};

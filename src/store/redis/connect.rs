@@ -6,7 +6,7 @@ use super::sentinel::SentinelConnection;
 use super::write::{self, Durability, Writers};
 use super::{Keyspace, RedisStore, record_cache, unavailable};
 use crate::store::{StoreError, StoreResult};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,27 +56,24 @@ impl RedisStore<ConnectionManager> {
             ConnectionManager::new_with_config(client.clone(), config.clone())
         })
         .await?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
-        store.audit_max_events = options.audit_max_events;
-        store.response_timeout = options.response_timeout;
         let link_client = client.clone();
-        store.link_opener = Some(Arc::new(move || {
-            let client = link_client.clone();
-            Box::pin(async move { Ok(record_cache::Shard::whole(client)) })
-        }));
-        if options.durability != Durability::None {
-            store.writers = Writers::Standalone(write::standalone_writers(
+        Self::opened(
+            connection,
+            options,
+            Arc::new(move || {
+                let client = link_client.clone();
+                Box::pin(async move { Ok(record_cache::Shard::whole(client)) })
+            }),
+        )
+        .ready(options, || {
+            Ok(Writers::Standalone(write::standalone_writers(
                 &options.url,
                 options.writer_pool_size,
                 options.connect_timeout,
                 options.response_timeout,
-            )?);
-            store.durability = options.durability;
-            store.check_durability_support().await?;
-        }
-        store.require_supported_redis().await?;
-        Ok(store)
+            )?))
+        })
+        .await
     }
 }
 
@@ -127,31 +124,28 @@ impl RedisStore<SentinelConnection> {
             SentinelConnection::connect(sentinels, master_name, config.clone())
         })
         .await?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
-        store.audit_max_events = options.audit_max_events;
-        store.response_timeout = options.response_timeout;
         let following = connection.clone();
-        store.link_opener = Some(Arc::new(move || {
-            let following = following.clone();
-            Box::pin(async move {
-                Ok(record_cache::Shard::whole(
-                    following.primary_client().await?,
-                ))
-            })
-        }));
-        if options.durability != Durability::None {
-            store.writers = Writers::Sentinel(write::sentinel_writers(
+        Self::opened(
+            connection.clone(),
+            options,
+            Arc::new(move || {
+                let following = following.clone();
+                Box::pin(async move {
+                    Ok(record_cache::Shard::whole(
+                        following.primary_client().await?,
+                    ))
+                })
+            }),
+        )
+        .ready(options, || {
+            Ok(Writers::Sentinel(write::sentinel_writers(
                 &connection,
                 options.writer_pool_size,
                 options.connect_timeout,
                 options.response_timeout,
-            )?);
-            store.durability = options.durability;
-            store.check_durability_support().await?;
-        }
-        store.require_supported_redis().await?;
-        Ok(store)
+            )?))
+        })
+        .await
     }
 }
 
@@ -181,16 +175,59 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
                 redis::IntoConnectionInfo::into_connection_info(node.as_str())
                     .map_err(|e| StoreError::Unavailable(format!("bad cluster nodes: {e}")))
             })?;
-        let mut store =
-            Self::with_connection(connection.clone(), Keyspace::new(&options.key_prefix));
+        let mut store = Self::opened(
+            connection.clone(),
+            options,
+            Arc::new(move || {
+                let (mut connection, seed) = (connection.clone(), seed.clone());
+                Box::pin(
+                    async move { record_cache::Shard::of_cluster(&mut connection, &seed).await },
+                )
+            }),
+        );
+        store.cluster = true;
+        store
+            .ready(options, || {
+                Err(StoreError::Unavailable(
+                    "--durability is not available with Redis Cluster".into(),
+                ))
+            })
+            .await
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store over `connection` with `options`' bounds, whose record cache
+    /// opens its tracking links through `link_opener`.
+    fn opened(
+        connection: C,
+        options: &RedisOptions,
+        link_opener: record_cache::LinkOpener,
+    ) -> Self {
+        let mut store = Self::with_connection(connection, Keyspace::new(&options.key_prefix));
         store.audit_max_events = options.audit_max_events;
         store.response_timeout = options.response_timeout;
-        store.cluster = true;
-        store.link_opener = Some(Arc::new(move || {
-            let (mut connection, seed) = (connection.clone(), seed.clone());
-            Box::pin(async move { record_cache::Shard::of_cluster(&mut connection, &seed).await })
-        }));
-        store.require_supported_redis().await?;
-        Ok(store)
+        store.link_opener = Some(link_opener);
+        store
+    }
+
+    /// Finishes a connect: under a durability mode, changes take their
+    /// connections from `writers` and the mode is checked against the
+    /// server; then the server's version is.
+    async fn ready(
+        mut self,
+        options: &RedisOptions,
+        writers: impl FnOnce() -> StoreResult<Writers<C>>,
+    ) -> StoreResult<Self> {
+        if options.durability != Durability::None {
+            self.writers = writers()?;
+            self.durability = options.durability;
+            self.check_durability_support().await?;
+        }
+        self.require_supported_redis().await?;
+        Ok(self)
     }
 }

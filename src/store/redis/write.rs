@@ -15,34 +15,12 @@
 
 use super::sentinel::SentinelConnection;
 use super::{RedisStore, encode, journal, unavailable};
+pub use crate::domain::Durability;
 use crate::domain::IdentityId;
 use crate::store::{StoreError, StoreResult};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Value};
 use std::time::Duration;
-
-/// When a change counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// When the primary applied it (lost if the primary dies before a replica
-    /// or its AOF has it).
-    None,
-    /// When `replicas` replicas acknowledged it (WAIT).
-    Replica {
-        /// Replicas that must acknowledge.
-        replicas: u32,
-        /// How long to wait for them.
-        timeout: Duration,
-    },
-    /// When the primary's AOF fsynced it, and `replicas` replicas' AOFs too
-    /// (WAITAOF, Redis 7.2+).
-    Aof {
-        /// Replicas whose AOF must have it too.
-        replicas: u32,
-        /// How long to wait.
-        timeout: Duration,
-    },
-}
 
 /// The arguments every audited script takes last: the deadline index and
 /// whether to write it, the stream, the armed event (empty when none) and
