@@ -10,6 +10,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The oldest Redis keyrack runs on (major, minor).
+const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
+
 /// How a standalone Redis is reached. No `Debug`: the URL may hold a password.
 #[derive(Clone)]
 pub struct RedisOptions {
@@ -229,5 +232,41 @@ where
         }
         self.require_supported_redis().await?;
         Ok(self)
+    }
+    /// Refuses a Redis older than 6.2, whose missing commands keyrack uses
+    /// (`SET ... PXAT`, exclusive `XRANGE` bounds, `XAUTOCLAIM`, and the
+    /// record cache's RESP3 and `CLIENT TRACKING`): better a clear refusal at
+    /// start than features failing one by one later. Under Cluster every
+    /// master answers, and each must be recent enough.
+    async fn require_supported_redis(&self) -> StoreResult<()> {
+        let info: redis::Value = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let answers: Vec<String> = match info {
+            redis::Value::Map(answers) => answers
+                .into_iter()
+                .filter_map(|(_, answer)| redis::from_redis_value(answer).ok())
+                .collect(),
+            answer => redis::from_redis_value(answer).into_iter().collect(),
+        };
+        for answer in &answers {
+            let version = answer
+                .lines()
+                .find_map(|line| line.strip_prefix("redis_version:"))
+                .map(str::trim)
+                .unwrap_or("unknown");
+            let mut numbers = version.split('.').map(|part| part.parse::<u32>().ok());
+            let (major, minor) = (numbers.next().flatten(), numbers.next().flatten());
+            if !matches!((major, minor), (Some(major), Some(minor)) if (major, minor) >= MIN_REDIS_VERSION)
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "Redis {version} is too old: keyrack needs Redis {}.{} or later",
+                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
+                )));
+            }
+        }
+        Ok(())
     }
 }

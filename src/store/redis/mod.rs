@@ -61,9 +61,6 @@ pub struct RedisStore<C = ConnectionManager> {
     usage_charges: Arc<usage::ChargeQueues>,
 }
 
-/// The oldest Redis keyrack runs on (major, minor).
-const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
-
 /// Attempts to take back, under Cluster, a grant written for a dataset being
 /// deleted, when other writes to the identity keep moving its revision.
 const UNDO_ATTEMPTS: usize = 5;
@@ -161,43 +158,6 @@ where
     /// What the record cache has done; None while it is off.
     pub fn verify_cache_stats(&self) -> Option<VerifyCacheStats> {
         self.record_cache.as_ref().map(|cache| cache.stats())
-    }
-
-    /// Refuses a Redis older than 6.2, whose missing commands keyrack uses
-    /// (`SET ... PXAT`, exclusive `XRANGE` bounds, `XAUTOCLAIM`, and the
-    /// record cache's RESP3 and `CLIENT TRACKING`): better a clear refusal at
-    /// start than features failing one by one later. Under Cluster every
-    /// master answers, and each must be recent enough.
-    async fn require_supported_redis(&self) -> StoreResult<()> {
-        let info: redis::Value = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        let answers: Vec<String> = match info {
-            redis::Value::Map(answers) => answers
-                .into_iter()
-                .filter_map(|(_, answer)| redis::from_redis_value(answer).ok())
-                .collect(),
-            answer => redis::from_redis_value(answer).into_iter().collect(),
-        };
-        for answer in &answers {
-            let version = answer
-                .lines()
-                .find_map(|line| line.strip_prefix("redis_version:"))
-                .map(str::trim)
-                .unwrap_or("unknown");
-            let mut numbers = version.split('.').map(|part| part.parse::<u32>().ok());
-            let (major, minor) = (numbers.next().flatten(), numbers.next().flatten());
-            if !matches!((major, minor), (Some(major), Some(minor)) if (major, minor) >= MIN_REDIS_VERSION)
-            {
-                return Err(StoreError::Unavailable(format!(
-                    "Redis {version} is too old: keyrack needs Redis {}.{} or later",
-                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// This replica changed `identity`'s records: its cached entries go now,
