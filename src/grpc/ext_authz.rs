@@ -17,19 +17,17 @@ use crate::domain::scope::parse_scopes;
 use crate::domain::token::bearer_credential;
 use crate::domain::{Error, IdentityKind, Verdict, VerifyCode};
 use crate::service::{Authority, CallContext, VerifyQuery};
-use answer::{CheckAnswer, HeaderToSet, MetadataField, MetadataStruct, OkAnswer, check_answer};
-use bytes::{Bytes, BytesMut};
+use answer::{AllowedAnswer, CheckAnswer};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckResponse, DeniedHttpResponse, check_response,
+};
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::rpc;
-use request_view::{
-    AttributeContextView, CheckRequestView, HttpRequestView, MapEntry, address_view, map_get,
-    socket_address_view,
-};
-use std::net::IpAddr;
+use request_view::{AttributesView, CheckRequestView, HttpRequestView};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
@@ -104,7 +102,7 @@ impl ExtAuthzApi {
     }
 
     /// The token of the configured credential header, if the request has one.
-    fn token<'a>(&self, http: &'a HttpRequestView) -> Option<&'a str> {
+    fn token<'a>(&self, http: HttpRequestView<'a>) -> Option<&'a str> {
         let value = http.header(self.options.token_header.as_str())?;
         let token = if self.options.token_header == http::header::AUTHORIZATION {
             bearer_credential(value)?
@@ -118,7 +116,7 @@ impl ExtAuthzApi {
     /// (unless kept) and every `x-keyrack-*` header the client sent that
     /// keyrack does not overwrite. Envoy removes after it sets, so the
     /// identity headers must not be listed.
-    fn headers_to_remove(&self, http: &HttpRequestView) -> Vec<Bytes> {
+    fn headers_to_remove(&self, http: HttpRequestView<'_>) -> Vec<Bytes> {
         let mut remove: Vec<Bytes> = Vec::with_capacity(1);
         for name in http.header_names() {
             // A name sent twice is removed once, as when headers were a map.
@@ -156,15 +154,16 @@ struct RouteRequirements<'a> {
 /// error makes Envoy refuse the request (fail closed) and log it, rather
 /// than keyrack guessing what was meant.
 fn route_requirements<'a>(
-    extensions: &'a [MapEntry],
-    http: &HttpRequestView,
+    attributes: AttributesView<'a>,
+    http: HttpRequestView<'a>,
 ) -> Result<RouteRequirements<'a>, Status> {
     let invalid = |name: &str, reason: &dyn std::fmt::Display| {
         Status::invalid_argument(format!("context extension {name}: {reason}"))
     };
-    if let Some(unknown) = extensions.iter().map(|entry| &entry.key).find(|name| {
-        name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(&name.as_str())
-    }) {
+    if let Some(unknown) = attributes
+        .context_extension_names()
+        .find(|name| name.starts_with(EXTENSION_PREFIX) && !KNOWN_EXTENSIONS.contains(name))
+    {
         return Err(invalid(
             unknown,
             &format!(
@@ -173,7 +172,7 @@ fn route_requirements<'a>(
             ),
         ));
     }
-    let dataset = match map_get(extensions, DATASET_EXTENSION) {
+    let dataset = match attributes.context_extension(DATASET_EXTENSION) {
         None => None,
         Some(name) => Some(
             parse_name(name)
@@ -181,7 +180,8 @@ fn route_requirements<'a>(
                 .map_err(|reason| invalid(DATASET_EXTENSION, &reason))?,
         ),
     };
-    let listed: Vec<String> = map_get(extensions, SCOPES_EXTENSION)
+    let listed: Vec<String> = attributes
+        .context_extension(SCOPES_EXTENSION)
         .map(|text| text.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
     let mut scopes = parse_scopes(SCOPES_EXTENSION, &listed).map_err(|errors| {
@@ -191,16 +191,14 @@ fn route_requirements<'a>(
             .collect();
         invalid(SCOPES_EXTENSION, &reasons.join("; "))
     })?;
-    match map_get(extensions, SCOPE_FROM_PATH_EXTENSION) {
+    match attributes.context_extension(SCOPE_FROM_PATH_EXTENSION) {
         None | Some("false") => {}
         // The path without its query string. It is the client's, so it is
         // not checked as a scope's syntax: a path no grant covers is simply
         // a scope the key does not hold.
         Some("true") => {
-            let path = http
-                .path
-                .split_once('?')
-                .map_or(http.path.as_str(), |(path, _)| path);
+            let path = http.path();
+            let path = path.split_once('?').map_or(path, |(path, _)| path);
             scopes.push(path.to_owned());
         }
         Some(other) => {
@@ -210,7 +208,7 @@ fn route_requirements<'a>(
             ));
         }
     }
-    let cost = match map_get(extensions, COST_EXTENSION) {
+    let cost = match attributes.context_extension(COST_EXTENSION) {
         None => 1,
         Some(text) => text
             .parse::<i64>()
@@ -223,30 +221,6 @@ fn route_requirements<'a>(
         scopes,
         cost,
     })
-}
-
-/// The HTTP request's source address and port, as Envoy saw it.
-fn peer_address(attributes: &AttributeContextView) -> Option<std::net::SocketAddr> {
-    match attributes
-        .source
-        .as_ref()?
-        .address
-        .as_ref()?
-        .address
-        .as_ref()?
-    {
-        address_view::Address::SocketAddress(socket) => {
-            let ip: IpAddr = socket.address.parse().ok()?;
-            let port = match socket.port_specifier {
-                Some(socket_address_view::PortSpecifier::PortValue(port)) => {
-                    u16::try_from(port).unwrap_or(0)
-                }
-                _ => 0,
-            };
-            Some(std::net::SocketAddr::new(ip, port))
-        }
-        _ => None,
-    }
 }
 
 fn kind_name(kind: IdentityKind) -> &'static str {
@@ -367,13 +341,13 @@ impl Refusal {
             headers.push(overwrite("retry-after", seconds.to_string()));
         }
         let body = serde_json::json!({ "code": self.code, "message": self.message }).to_string();
-        CheckAnswer {
+        CheckAnswer::Refused(CheckResponse {
             status: Some(rpc::Status {
                 code: self.grpc_code as i32,
                 message: self.message,
                 details: Vec::new(),
             }),
-            http_response: Some(check_answer::HttpResponse::DeniedResponse(
+            http_response: Some(check_response::HttpResponse::DeniedResponse(
                 DeniedHttpResponse {
                     status: Some(HttpStatus {
                         code: self.status.into(),
@@ -383,76 +357,37 @@ impl Refusal {
                 },
             )),
             dynamic_metadata: None,
-        }
+        })
     }
 }
 
 /// The OK answer: identity headers set, client copies and credential removed,
 /// the same values as dynamic metadata for Envoy's other filters and logs.
-fn allowed(verdict: &Verdict, headers_to_remove: Vec<Bytes>) -> CheckAnswer {
-    let Some((key, identity)) = &verdict.subject else {
+/// The verdict's values move into the answer: nothing is copied.
+fn allowed(verdict: Verdict, headers_to_remove: Vec<Bytes>) -> CheckAnswer {
+    let Some((key, identity)) = verdict.subject else {
         unreachable!("a valid verdict names its key and identity")
     };
-    // The three values that are not fixed are copied into one buffer, and
-    // each is a slice of it. Each value is written twice, as a header and as
-    // metadata: the second is the same slice.
-    let (identity_id, name, key_id) = (
-        identity.id.as_str().as_bytes(),
-        identity.name.as_bytes(),
-        key.id.as_str().as_bytes(),
-    );
-    let mut texts = BytesMut::with_capacity(identity_id.len() + name.len() + key_id.len());
-    texts.extend_from_slice(identity_id);
-    texts.extend_from_slice(name);
-    texts.extend_from_slice(key_id);
-    let mut texts = texts.freeze();
-    let identity_id = texts.split_to(identity_id.len());
-    let name = texts.split_to(name.len());
-    let values = [
-        (IDENTITY_ID_HEADER, "identity_id", identity_id),
-        (IDENTITY_NAME_HEADER, "identity_name", name),
-        (
-            IDENTITY_KIND_HEADER,
-            "identity_kind",
-            Bytes::from_static(kind_name(identity.kind).as_bytes()),
-        ),
-        (KEY_ID_HEADER, "key_id", texts),
-    ];
-    let headers = values
-        .iter()
-        .map(|(header, _, value)| {
-            HeaderToSet::overwrite(Bytes::from_static(header.as_bytes()), value.clone())
-        })
-        .collect();
-    let metadata = MetadataStruct {
-        fields: values
-            .into_iter()
-            .map(|(_, name, value)| MetadataField::text(Bytes::from_static(name.as_bytes()), value))
-            .collect(),
-    };
-    CheckAnswer {
-        status: Some(rpc::Status::default()),
-        http_response: Some(check_answer::HttpResponse::OkResponse(OkAnswer {
-            headers,
-            headers_to_remove,
-        })),
-        dynamic_metadata: Some(metadata),
-    }
+    CheckAnswer::Allowed(AllowedAnswer {
+        identity_kind: kind_name(identity.kind),
+        identity_id: identity.id,
+        identity_name: identity.name,
+        key_id: key.id,
+        headers_to_remove,
+    })
 }
 
 impl ExtAuthzApi {
     /// Envoy's question about one HTTP request, answered. The request
     /// carries the credential: it is never formatted or logged.
     async fn check(&self, request: CheckRequestView) -> Result<CheckAnswer, Status> {
-        let Some(attributes) = request.attributes.as_ref() else {
+        let Some(attributes) = request.attributes() else {
             return Err(Status::invalid_argument("attributes are required"));
         };
         let http = attributes
-            .request
-            .as_ref()
-            .and_then(|request| request.http.as_ref())
+            .http()
             .ok_or_else(|| Status::invalid_argument("attributes.request.http is required"))?;
-        let route = route_requirements(&attributes.context_extensions, http)?;
+        let route = route_requirements(attributes, http)?;
         let Some(token) = self.token(http) else {
             let header = self.options.token_header.as_str();
             let expected = if self.options.token_header == http::header::AUTHORIZATION {
@@ -471,7 +406,7 @@ impl ExtAuthzApi {
         };
         // The peer of a Check is Envoy; the caller is the HTTP request's
         // source, and its request and trace ids travel in its headers.
-        let peer = peer_address(attributes);
+        let peer = attributes.source();
         let context = CallContext {
             peer,
             request_id: http.header("x-request-id"),
@@ -508,7 +443,7 @@ impl ExtAuthzApi {
         };
         record_verdict(&verdict);
         let response = if verdict.is_valid() {
-            allowed(&verdict, self.headers_to_remove(http))
+            allowed(verdict, self.headers_to_remove(http))
         } else {
             Refusal::of_verdict(&verdict, route.dataset).into_response()
         };

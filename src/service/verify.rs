@@ -12,6 +12,7 @@ use crate::domain::{
 };
 use crate::metrics::metrics;
 use crate::store::Charge;
+use futures_util::future::BoxFuture;
 use std::net::{IpAddr, SocketAddr};
 
 /// How many times in a row Verify decides again when a charge finds the
@@ -191,7 +192,8 @@ impl Authority {
         let matched = self.check_with_argon2(digest, secret, &key.id, phc).await?;
         if matched {
             *accepted = Some(key.secret_hash.fingerprint());
-            self.rehash_if_outdated(key, secret, digest).await;
+            // Boxed, as argon2 is: it runs once per key and server secret.
+            Box::pin(self.rehash_if_outdated(key, secret, digest)).await;
         }
         Ok(matched)
     }
@@ -248,20 +250,24 @@ impl Authority {
     }
 
     /// Runs argon2 against `phc` (bounded in concurrency) and lets the guard
-    /// remember the answer.
-    async fn check_with_argon2(
-        &self,
+    /// remember the answer. Boxed: this is Verify's cold path, and inlined
+    /// its state would make every Verify's future, which each layer above
+    /// it moves, that much larger (BENCHMARKS.md, "Verify's future").
+    fn check_with_argon2<'a>(
+        &'a self,
         digest: TokenDigest,
-        secret: &str,
-        key_id: &KeyId,
-        phc: &str,
-    ) -> Result<bool, Error> {
-        let matched = {
-            let _slot = self.guard.hash_slot().await?;
-            self.secret_matches(secret, phc).await?
-        };
-        self.guard.remember(key_id, digest, phc, matched).await;
-        Ok(matched)
+        secret: &'a str,
+        key_id: &'a KeyId,
+        phc: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let matched = {
+                let _slot = self.guard.hash_slot().await?;
+                self.secret_matches(secret, phc).await?
+            };
+            self.guard.remember(key_id, digest, phc, matched).await;
+            Ok(matched)
+        })
     }
 
     /// The key an imported token belongs to, found through the import index
