@@ -31,4 +31,4 @@ pub use ids::{IdentityId, KeyId};
 pub use key::{ApiKey, HashFingerprint, KeyEnd, KeyEndKind, SecretHash};
 pub use secret::{SecretString, ServerSecret};
 pub use time::UnixMillis;
-pub use verdict::{Verdict, VerifyCode};
+pub use verdict::{Subject, Verdict, VerifyCode};

@@ -45,13 +45,19 @@ impl VerifyCode {
     }
 }
 
+/// A key and its identity, as Verify reads them and as its verdict names
+/// them. Boxed: the pair is about 700 bytes, and a Verify answer moves it
+/// through each of the futures between the store and the gRPC layer, where
+/// a box moves as a pointer (BENCHMARKS.md, "Verify's future").
+pub type Subject = Box<(ApiKey, Identity)>;
+
 /// The outcome of Verify: the code and, once the secret matched, the owner.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     /// The decision.
     pub code: VerifyCode,
     /// The key and its identity, present once the secret matched.
-    pub subject: Option<(ApiKey, Identity)>,
+    pub subject: Option<Subject>,
     /// What the key's limits and credits say after this call, for a key
     /// that has any (and only once everything else admitted the call).
     pub usage: Option<Settlement>,
@@ -76,7 +82,7 @@ impl Verdict {
     /// grace deadline and its identity's expiry.
     pub fn expire_time(&self) -> Option<UnixMillis> {
         self.subject
-            .as_ref()
+            .as_deref()
             .and_then(|(key, identity)| key.record_deadline(identity.expire_time))
     }
 }

@@ -365,9 +365,10 @@ impl Refusal {
 /// the same values as dynamic metadata for Envoy's other filters and logs.
 /// The verdict's values move into the answer: nothing is copied.
 fn allowed(verdict: Verdict, headers_to_remove: Vec<Bytes>) -> CheckAnswer {
-    let Some((key, identity)) = verdict.subject else {
+    let Some(subject) = verdict.subject else {
         unreachable!("a valid verdict names its key and identity")
     };
+    let (key, identity) = *subject;
     CheckAnswer::Allowed(AllowedAnswer {
         identity_kind: kind_name(identity.kind),
         identity_id: identity.id,

@@ -53,7 +53,8 @@ fn verdict_out(verdict: Verdict) -> proto::VerifyResponse {
             response.retry_after,
         ) = convert::usage_out(usage);
     }
-    if let Some((key, identity)) = verdict.subject {
+    if let Some(subject) = verdict.subject {
+        let (key, identity) = *subject;
         response.in_grace = key.in_grace();
         response.key_id = key.id.to_string();
         response.datasets = key.effective_datasets(&identity);
@@ -82,7 +83,7 @@ pub(super) fn record_verdict(verdict: &Verdict) {
     count_outcome(verdict.code.name());
     let span = tracing::Span::current();
     span.record(field::VERIFY_CODE, verdict.code.name());
-    if let Some((key, identity)) = &verdict.subject {
+    if let Some((key, identity)) = verdict.subject.as_deref() {
         span.record(field::KEY_ID, key.id.as_str());
         span.record(field::IDENTITY_ID, identity.id.as_str());
     }

@@ -94,7 +94,7 @@ impl Authority {
             .get_session(&handle(cookie))
             .await?
             .ok_or_else(signed_out)?;
-        let (key, identity) = self
+        let (key, identity) = *self
             .store
             .key_with_identity(&session.key_id)
             .await?

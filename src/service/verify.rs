@@ -98,7 +98,7 @@ impl Authority {
         // a token argon2 accepted against that hash before, but argon2 itself
         // needs the PHC string, so any other token reads the record from the
         // store (argon2's cost dwarfs the read).
-        if record.as_ref().is_some_and(|(key, _)| {
+        if record.as_deref().is_some_and(|(key, _)| {
             key.secret_hash.phc().is_none() && !accepted_against(accepted, &key.secret_hash)
         }) {
             record = self.store.key_with_identity_uncached(&key_id).await?;
@@ -107,9 +107,9 @@ impl Authority {
         // copy within its staleness bound, or a change in between) at most a
         // few times in a row; each time Verify decides again on a fresh read.
         for _ in 0..MAX_STALE_CHARGES {
-            let Some((key, identity)) = record
+            let Some(subject) = record
                 .take()
-                .filter(|(key, identity)| self.is_current(key, identity))
+                .filter(|subject| self.is_current(&subject.0, &subject.1))
             else {
                 // A key id that does not exist gets the work and the answers a
                 // wrong secret for a live one gets, so neither tells whether it
@@ -118,8 +118,9 @@ impl Authority {
                     .await?;
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             };
+            let (key, identity) = &*subject;
             if !self
-                .secret_matches_record(digest, secret, &key, &mut accepted)
+                .secret_matches_record(digest, secret, key, &mut accepted)
                 .await?
             {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
@@ -127,16 +128,16 @@ impl Authority {
             if key.honeytoken {
                 // The very answer an unknown token gets: nothing else is said,
                 // whatever the key's state or settings.
-                self.record_honeytoken_use(&key, &query);
+                self.record_honeytoken_use(key, &query);
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
-            let mut code = Self::decide(&key, &identity, &query);
+            let mut code = Self::decide(key, identity, &query);
             // Only a call that is otherwise valid is charged.
             let mut usage = None;
             if code == VerifyCode::Valid
-                && let Some(check) = key.usage_check(&identity, query.cost)
+                && let Some(check) = key.usage_check(identity, query.cost)
             {
-                match self.store.charge_usage(&key, &identity, &check).await? {
+                match self.store.charge_usage(key, identity, &check).await? {
                     Charge::Stale => {
                         record = self.store.key_with_identity_uncached(&key_id).await?;
                         continue;
@@ -156,7 +157,7 @@ impl Authority {
             }
             return Ok(Verdict {
                 code,
-                subject: Some((key, identity)),
+                subject: Some(subject),
                 usage,
             });
         }
@@ -315,7 +316,7 @@ impl Authority {
                 cost: 1,
             })
             .await?;
-        match (verdict.code, verdict.subject) {
+        match (verdict.code, verdict.subject.map(|subject| *subject)) {
             (VerifyCode::Valid, Some((key, identity))) if identity.admin => Ok(Caller {
                 identity,
                 key_id: key.id,

@@ -10,7 +10,8 @@ use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{self, StepOutcome, TotpRecord};
 use crate::domain::usage::{self, UsageCheck};
 use crate::domain::{
-    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, UnixMillis,
+    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, Subject,
+    UnixMillis,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -555,11 +556,11 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<Subject>> {
         self.with_state(|state| {
             let key = state.key(id).cloned();
             let identity = state.identity(&id.identity_id()).cloned();
-            Ok(key.zip(identity))
+            Ok(key.zip(identity).map(Box::new))
         })
     }
 

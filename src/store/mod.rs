@@ -35,7 +35,9 @@ pub mod redis;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::usage::{Settlement, UsageCheck};
-use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
+use crate::domain::{
+    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, Subject, UnixMillis,
+};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -153,14 +155,11 @@ pub trait Store: Send + Sync + 'static {
     /// only what Verify decides on: the key's hash is then its fingerprint
     /// alone ([`crate::domain::SecretHash::Fingerprint`]), and its name, description, hint,
     /// times and roll links are empty. Read uncached to write a key back.
-    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>>;
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<Subject>>;
 
     /// [`Store::key_with_identity`] from the system of record itself, past
     /// any cache: what Verify reads after a [`Charge::Stale`].
-    async fn key_with_identity_uncached(
-        &self,
-        id: &KeyId,
-    ) -> StoreResult<Option<(ApiKey, Identity)>> {
+    async fn key_with_identity_uncached(&self, id: &KeyId) -> StoreResult<Option<Subject>> {
         self.key_with_identity(id).await
     }
 

@@ -214,7 +214,7 @@ async fn identities_are_created_found_and_listed(store: &dyn Store) {
         Some(alpha.clone())
     );
     assert_eq!(store.find_identity_by_name("nobody").await.unwrap(), None);
-    let (found_key, found_identity) = store.key_with_identity(&first.id).await.unwrap().unwrap();
+    let (found_key, found_identity) = *store.key_with_identity(&first.id).await.unwrap().unwrap();
     assert_eq!((found_key, found_identity), (first.clone(), alpha.clone()));
 
     let duplicate = identity("alpha");
@@ -517,7 +517,7 @@ async fn rolling_with_grace_keeps_the_old_key_until_its_deadline(store: &dyn Sto
     retiring.grace_expire_time = soon(1_000);
     store.roll_key(&retiring, &replacement).await.unwrap();
 
-    let (stored_old, _) = store.key_with_identity(&old.id).await.unwrap().unwrap();
+    let (stored_old, _) = *store.key_with_identity(&old.id).await.unwrap().unwrap();
     assert_eq!(stored_old.rolled_to.as_ref(), Some(&replacement.id));
     assert!(stored_old.in_grace());
     assert!(

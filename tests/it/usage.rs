@@ -854,12 +854,12 @@ async fn metered_pair(
         .create_identity(&identity, &[prepaid.clone(), narrow.clone()])
         .await
         .unwrap();
-    let (prepaid, identity) = store
+    let (prepaid, identity) = *store
         .key_with_identity_uncached(&prepaid.id)
         .await
         .unwrap()
         .unwrap();
-    let (narrow, _) = store
+    let (narrow, _) = *store
         .key_with_identity_uncached(&narrow.id)
         .await
         .unwrap()

@@ -27,7 +27,9 @@ use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::dataset;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
-use crate::domain::{ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, UnixMillis};
+use crate::domain::{
+    ApiKey, AuditEvent, Dataset, Identity, IdentityId, KeyEnd, KeyId, Subject, UnixMillis,
+};
 use async_trait::async_trait;
 use names::parse_claim;
 use records::{decode, encode};
@@ -176,7 +178,7 @@ where
         &self,
         cache: &record_cache::RecordCache,
         id: &KeyId,
-    ) -> Option<StoreResult<Option<(ApiKey, Identity)>>> {
+    ) -> Option<StoreResult<Option<Subject>>> {
         if let Some(found) = cache.lookup(id) {
             return Some(Ok(Some(found)));
         }
@@ -203,7 +205,7 @@ where
             let key: ApiKey = decode(&raw_key)?;
             let identity: Identity = decode(&raw_identity)?;
             cache.insert(removals_before, &key, &identity);
-            Ok(Some((key, identity)))
+            Ok(Some(Box::new((key, identity))))
         })())
     }
 
@@ -798,7 +800,7 @@ where
     }
 
     #[tracing::instrument(level = "debug", name = "redis.key_with_identity", skip_all)]
-    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<(ApiKey, Identity)>> {
+    async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<Subject>> {
         if let Some(cache) = &self.record_cache
             && let Some(found) = self.tracked_key_with_identity(cache, id).await
         {
@@ -807,17 +809,14 @@ where
         self.key_with_identity_uncached(id).await
     }
 
-    async fn key_with_identity_uncached(
-        &self,
-        id: &KeyId,
-    ) -> StoreResult<Option<(ApiKey, Identity)>> {
+    async fn key_with_identity_uncached(&self, id: &KeyId) -> StoreResult<Option<Subject>> {
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
             .mget(&self.keyspace.verify_records(id))
             .await
             .map_err(unavailable)?;
         match (raw_key, raw_identity) {
-            (Some(key), Some(identity)) => Ok(Some((decode(&key)?, decode(&identity)?))),
+            (Some(key), Some(identity)) => Ok(Some(Box::new((decode(&key)?, decode(&identity)?)))),
             _ => Ok(None),
         }
     }

@@ -33,7 +33,7 @@
 
 use super::cached_key::CachedKey;
 use super::keys::{Keyspace, VerifyRecordName};
-use crate::domain::{ApiKey, Identity, IdentityId, KeyId, UnixMillis};
+use crate::domain::{ApiKey, Identity, IdentityId, KeyId, Subject, UnixMillis};
 use crate::metrics::metrics;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisResult, Value};
@@ -426,7 +426,7 @@ impl RecordCache {
 
     /// The key and its identity, if both are cached and the fence is fresh.
     /// The key is the cached form: see `CachedKey::to_key`.
-    pub(super) fn lookup(&self, id: &KeyId) -> Option<(ApiKey, Identity)> {
+    pub(super) fn lookup(&self, id: &KeyId) -> Option<Subject> {
         let identity_id = id.identity_id();
         let found = self.fresh(self.shard_of(&identity_id)).then(|| {
             match (
@@ -441,7 +441,7 @@ impl RecordCache {
                     // contract promises.
                     key.record_deadline(identity.expire_time)
                         .is_none_or(|deadline| deadline > UnixMillis::now())
-                        .then(|| (key, Identity::clone(&identity)))
+                        .then(|| Box::new((key, Identity::clone(&identity))))
                 }
                 _ => None,
             }
