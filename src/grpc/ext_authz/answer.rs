@@ -37,11 +37,16 @@ pub enum CheckAnswer {
 /// metadata for Envoy's other filters and its access log.
 #[derive(Debug)]
 pub struct AllowedAnswer {
+    /// `x-keyrack-identity-id` and `identity_id`.
     pub identity_id: IdentityId,
+    /// `x-keyrack-identity-name` and `identity_name`.
     pub identity_name: IdentityName,
-    /// `SERVICE` or `PERSON`.
+    /// `x-keyrack-identity-kind` and `identity_kind`: `SERVICE` or `PERSON`.
     pub identity_kind: &'static str,
+    /// `x-keyrack-key-id` and `key_id`.
     pub key_id: KeyId,
+    /// The credential (unless kept) and the client's own `x-keyrack-*`
+    /// headers.
     pub headers_to_remove: Vec<Bytes>,
 }
 
