@@ -1,48 +1,15 @@
 //! The Store contract: one suite, run against the memory store and a real
 //! redis-server, so both backends mean the same thing.
 
-use crate::support::{Backend, RedisServer, eventually, open_store};
+use crate::support::{
+    Backend, RedisServer, eventually, open_store, service_identity as identity,
+    unlimited_key as key,
+};
 use keyrack::domain::names::{DatasetName, IdentityName};
 use keyrack::domain::session::ConsoleSession;
 use keyrack::domain::{ApiKey, Identity, IdentityId, KeyEnd, KeyEndKind, KeyId, State, UnixMillis};
 use keyrack::store::{Store, StoreError};
 use std::time::Duration;
-
-fn identity(name: &str) -> Identity {
-    Identity::new_service(
-        IdentityName::parse_service(name).unwrap(),
-        String::new(),
-        UnixMillis::now(),
-    )
-}
-
-fn key(identity: &Identity, name: &str) -> ApiKey {
-    ApiKey {
-        id: KeyId::generate(&identity.id),
-        identity_id: identity.id.clone(),
-        name: name.to_owned(),
-        description: String::new(),
-        state: State::Active,
-        create_time: UnixMillis::now(),
-        expire_time: None,
-        last_use_time: None,
-        rolled_from: None,
-        rolled_to: None,
-        grace_expire_time: None,
-        token_hint: String::new(),
-        allowed_cidrs: Vec::new(),
-        scopes: Vec::new(),
-        datasets: Vec::new(),
-        labels: Default::default(),
-        origin: None,
-        honeytoken: false,
-        rate_limits: Vec::new(),
-        credits: None,
-        usage_account: None,
-        secret_hash: keyrack::domain::SecretHash::Phc("$argon2id$placeholder".into()),
-        revision: 0,
-    }
-}
 
 fn soon(millis: i64) -> Option<UnixMillis> {
     Some(UnixMillis(UnixMillis::now().0 + millis))

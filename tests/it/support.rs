@@ -1,6 +1,7 @@
 //! What the integration tests share: a redis-server of their own, an
 //! in-process keyrack on 127.0.0.1:0, clients, and polling helpers.
 
+use keyrack::domain::{ApiKey, Identity, KeyId, State, UnixMillis};
 use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
@@ -725,15 +726,7 @@ impl RedisCluster {
             .unwrap()
             .get_connection()
             .unwrap();
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut connection)
-            .unwrap();
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().unwrap())
+        calls_served(&mut connection, command)
     }
 
     /// Kills one master, as a crash would.
@@ -1112,13 +1105,57 @@ pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 
 /// Calls of `command` Redis has served so far (INFO commandstats).
 pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    calls_served(&mut redis.connection(), command)
+}
+
+/// Calls of `command` the server behind `connection` has served so far.
+fn calls_served(connection: &mut redis::Connection, command: &str) -> u64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query(&mut redis.connection())
+        .query(connection)
         .unwrap();
     stats
         .lines()
         .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// A service identity with nothing set, as a store test writes it directly.
+pub fn service_identity(name: &str) -> Identity {
+    Identity::new_service(
+        keyrack::domain::names::IdentityName::parse_service(name).unwrap(),
+        String::new(),
+        UnixMillis::now(),
+    )
+}
+
+/// An active key of `identity` with no limits, grants or settings, as a
+/// store test writes it directly.
+pub fn unlimited_key(identity: &Identity, name: &str) -> ApiKey {
+    ApiKey {
+        id: KeyId::generate(&identity.id),
+        identity_id: identity.id.clone(),
+        name: name.to_owned(),
+        description: String::new(),
+        state: State::Active,
+        create_time: UnixMillis::now(),
+        expire_time: None,
+        last_use_time: None,
+        rolled_from: None,
+        rolled_to: None,
+        grace_expire_time: None,
+        token_hint: String::new(),
+        allowed_cidrs: Vec::new(),
+        scopes: Vec::new(),
+        datasets: Vec::new(),
+        labels: Default::default(),
+        origin: None,
+        honeytoken: false,
+        rate_limits: Vec::new(),
+        credits: None,
+        usage_account: None,
+        secret_hash: keyrack::domain::SecretHash::Phc("$argon2id$placeholder".into()),
+        revision: 0,
+    }
 }

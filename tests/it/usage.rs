@@ -4,8 +4,9 @@
 
 use crate::support::{
     Backend, RedisServer, Replica, TestServer, authed, command_calls, mask, two_replicas,
+    unlimited_key,
 };
-use keyrack::domain::{ApiKey, Identity, KeyId, State, UnixMillis};
+use keyrack::domain::{ApiKey, Identity, UnixMillis};
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
 use keyrack::store::{Charge, Store};
@@ -817,31 +818,7 @@ async fn metered_pair(
         now,
     );
     identity.rate_limits = vec![hourly(10, "hourly")];
-    let key = |name: &str| ApiKey {
-        id: KeyId::generate(&identity.id),
-        identity_id: identity.id.clone(),
-        name: name.to_owned(),
-        description: String::new(),
-        state: State::Active,
-        create_time: now,
-        expire_time: None,
-        last_use_time: None,
-        rolled_from: None,
-        rolled_to: None,
-        grace_expire_time: None,
-        token_hint: String::new(),
-        allowed_cidrs: Vec::new(),
-        scopes: Vec::new(),
-        datasets: Vec::new(),
-        labels: Default::default(),
-        origin: None,
-        honeytoken: false,
-        rate_limits: Vec::new(),
-        credits: None,
-        usage_account: None,
-        secret_hash: keyrack::domain::SecretHash::Phc("$argon2id$placeholder".into()),
-        revision: 0,
-    };
+    let key = |name: &str| unlimited_key(&identity, name);
     let mut prepaid = key("prepaid");
     prepaid.credits = Some(Credits {
         remaining: 7,
