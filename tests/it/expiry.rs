@@ -97,7 +97,7 @@ fn timestamp_in(from_now: Duration) -> prost_types::Timestamp {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap();
     prost_types::Timestamp {
         seconds: i64::try_from(since_epoch.as_secs()).unwrap(),
-        nanos: 0,
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap(),
     }
 }
 
@@ -267,7 +267,7 @@ on_every_backend!(
     key_expiring_once_per_lead_time_across_two_replicas
 );
 
-/// A key with a 2 s expiry and a key rolled with a 2 s grace: KEY_EXPIRED
+/// A key with a 3 s expiry and a key rolled with a 2 s grace: KEY_EXPIRED
 /// and GRACE_ENDED show on the stream shortly after, once each across both
 /// replicas, and nothing else ends.
 async fn ends_are_reported_once_across_two_replicas(backend: Backend) {
@@ -282,7 +282,7 @@ async fn ends_are_reported_once_across_two_replicas(backend: Backend) {
         &[proto::EventKind::KeyExpired, proto::EventKind::GraceEnded],
     )
     .await;
-    let expiring = create_key(&server, &identity.id, "brief", Some(Duration::from_secs(2))).await;
+    let expiring = create_key(&server, &identity.id, "brief", Some(Duration::from_secs(3))).await;
     let replacement = server
         .admin()
         .await
@@ -307,7 +307,7 @@ async fn ends_are_reported_once_across_two_replicas(backend: Backend) {
 
     let mut ended = Vec::new();
     for _ in 0..2 {
-        let event = next_event(&mut stream, Duration::from_secs(2) + SHORTLY).await;
+        let event = next_event(&mut stream, Duration::from_secs(3) + SHORTLY).await;
         ended.push((event.kind(), record(&event).target_ids[0].clone()));
     }
     ended.sort();
@@ -341,31 +341,17 @@ on_every_backend!(
 /// it, are never reported expired; a key ending after both, left alone, is
 /// (so the check did run past their ends).
 async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
+    // Long enough for the setup below on a loaded two-core machine: the
+    // revoke and the delete must land before the doomed keys end.
+    const DOOMED_LIFE: Duration = Duration::from_secs(5);
+    const CONTROL_LIFE: Duration = Duration::from_secs(7);
     let server = server_with(backend, quick_expiry("1d")).await;
     let identity = server.create_service("revoking").await.identity.unwrap();
     let doomed_identity = server.create_service("doomed").await.identity.unwrap();
     let mut stream = watch(&server, "", &[proto::EventKind::KeyExpired]).await;
-    let revoked = create_key(
-        &server,
-        &identity.id,
-        "revoked",
-        Some(Duration::from_secs(1)),
-    )
-    .await;
-    let orphaned = create_key(
-        &server,
-        &doomed_identity.id,
-        "orphaned",
-        Some(Duration::from_secs(1)),
-    )
-    .await;
-    let control = create_key(
-        &server,
-        &identity.id,
-        "control",
-        Some(Duration::from_secs(3)),
-    )
-    .await;
+    let revoked = create_key(&server, &identity.id, "revoked", Some(DOOMED_LIFE)).await;
+    let orphaned = create_key(&server, &doomed_identity.id, "orphaned", Some(DOOMED_LIFE)).await;
+    let control = create_key(&server, &identity.id, "control", Some(CONTROL_LIFE)).await;
     let mut admin = server.admin().await;
     admin
         .revoke_key(authed(
@@ -375,7 +361,7 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
             },
         ))
         .await
-        .expect("revoke");
+        .expect("revoked before its end (the setup outlived DOOMED_LIFE)");
     admin
         .delete_identity(authed(
             &server.admin_token,
@@ -386,7 +372,7 @@ async fn a_revoked_key_is_never_reported_expired(backend: Backend) {
         .await
         .expect("delete identity");
 
-    let event = next_event(&mut stream, Duration::from_secs(3) + SHORTLY).await;
+    let event = next_event(&mut stream, CONTROL_LIFE + SHORTLY).await;
     assert_eq!(record(&event).target_ids[0], control.id, "{event:?}");
     assert!(logged(&server, &revoked.id, "KEY_EXPIRED").await.is_empty());
     assert!(
