@@ -243,7 +243,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYRACK_NO_TOTP_FOR_ROLL")]
     pub no_totp_for_roll: bool,
     /// Most verified tokens remembered, so steady-state Verify runs no argon2.
-    #[arg(long, env = "KEYRACK_VERIFY_CACHE_ENTRIES", default_value_t = 100_000)]
+    #[arg(long, env = "KEYRACK_VERIFY_CACHE_ENTRIES", default_value_t = crate::service::guard::DEFAULT_VERIFIED_ENTRIES)]
     pub verify_cache_entries: u64,
     /// How often key last-use times are written to the store.
     #[arg(long, env = "KEYRACK_LAST_USE_FLUSH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -327,7 +327,7 @@ pub struct ServeArgs {
     pub expiry_warnings: String,
     /// How often one replica sweeps for keys to warn of; a warning comes
     /// between its lead time and its lead time plus this before the end.
-    #[arg(long, env = "KEYRACK_EXPIRY_SWEEP_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KEYRACK_EXPIRY_SWEEP_INTERVAL", default_value = crate::service::expiry::DEFAULT_SWEEP_INTERVAL, value_parser = humantime::parse_duration)]
     pub expiry_sweep_interval: Duration,
     /// How long in-flight calls may take to finish at shutdown.
     #[arg(long, env = "KEYRACK_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

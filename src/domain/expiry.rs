@@ -80,10 +80,7 @@ impl LeadTimes {
 
 impl Default for LeadTimes {
     fn default() -> Self {
-        Self(vec![
-            Duration::from_secs(24 * 3600),
-            Duration::from_secs(14 * 24 * 3600),
-        ])
+        Self::parse(DEFAULT_LEAD_TIMES).expect("the default lead times parse")
     }
 }
 
@@ -127,9 +124,7 @@ mod tests {
 
     #[test]
     fn lead_times_parse_and_refuse_clearly() {
-        let leads = LeadTimes::parse(DEFAULT_LEAD_TIMES).unwrap();
-        assert_eq!(leads, LeadTimes::default());
-        assert_eq!(leads.as_slice(), [DAY, 14 * DAY]);
+        assert_eq!(LeadTimes::default().as_slice(), [DAY, 14 * DAY]);
         let mixed = LeadTimes::parse("45s, 30m,12h").unwrap();
         assert_eq!(
             mixed.as_slice(),

@@ -22,6 +22,9 @@ const BATCH: usize = 500;
 /// starts soon after the last one's lease lapses.
 const MAX_SWEEP_ATTEMPT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often one replica sweeps when `--expiry-sweep-interval` is not given.
+pub const DEFAULT_SWEEP_INTERVAL: &str = "24h";
+
 /// How expiry events are produced.
 #[derive(Debug, Clone)]
 pub struct ExpiryOptions {
@@ -41,7 +44,8 @@ impl Default for ExpiryOptions {
     fn default() -> Self {
         Self {
             lead_times: LeadTimes::default(),
-            sweep_interval: Duration::from_secs(24 * 3600),
+            sweep_interval: humantime::parse_duration(DEFAULT_SWEEP_INTERVAL)
+                .expect("the default sweep interval is a duration"),
             check_interval: Duration::from_secs(1),
             holder: format!("keyrack-{:016x}", rand::random::<u64>()),
         }

@@ -31,6 +31,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use zeroize::Zeroizing;
 
+/// Verified tokens remembered when `--verify-cache-entries` is not given.
+pub const DEFAULT_VERIFIED_ENTRIES: u64 = 100_000;
+
 /// Settings of the guard.
 #[derive(Debug, Clone)]
 pub struct GuardOptions {
@@ -56,7 +59,7 @@ pub struct GuardOptions {
 impl Default for GuardOptions {
     fn default() -> Self {
         Self {
-            verified_entries: 100_000,
+            verified_entries: DEFAULT_VERIFIED_ENTRIES,
             rejected_entries: 100_000,
             failures_per_window: 20,
             failure_window: Duration::from_secs(60),
