@@ -17,6 +17,11 @@ pub const MAX_SCOPE_CHARS: usize = 128;
 
 /// Checks one scope's syntax.
 pub fn parse_scope(text: &str) -> Result<String, String> {
+    check_syntax(text)?;
+    Ok(text.to_owned())
+}
+
+fn check_syntax(text: &str) -> Result<(), String> {
     let body = text.strip_suffix('*').unwrap_or(text);
     if body.is_empty() {
         return Err(if text.is_empty() {
@@ -36,7 +41,20 @@ pub fn parse_scope(text: &str) -> Result<String, String> {
             "{text:?} contains {bad:?}; scopes use letters, digits and _ . : / - (and a trailing *)"
         ));
     }
-    Ok(text.to_owned())
+    Ok(())
+}
+
+/// Whether a grant can hold `wanted` at all: it must have a scope's syntax
+/// and, when it is a path, no `.` or `..` segment. A required scope may be a
+/// request's path, the client's to choose: `/orders.v1.OrderService/../reports/x`
+/// starts with what `/orders.v1.OrderService/*` grants, yet names what an
+/// upstream resolves to `/reports/x`.
+fn is_holdable(wanted: &str) -> bool {
+    check_syntax(wanted).is_ok()
+        && !(wanted.starts_with('/')
+            && wanted
+                .split('/')
+                .any(|segment| segment == "." || segment == ".."))
 }
 
 /// Checks a list of scopes (syntax, size, duplicates), naming each bad entry
@@ -87,7 +105,8 @@ pub fn any_covers(grants: &[String], wanted: &str) -> bool {
 /// holds `wanted`: the identity must grant it, and so must the key's own list
 /// when it has one.
 pub fn holds(identity_scopes: &[String], key_scopes: &[String], wanted: &str) -> bool {
-    any_covers(identity_scopes, wanted) && (key_scopes.is_empty() || any_covers(key_scopes, wanted))
+    is_holdable(wanted)
+        && any_covers(identity_scopes, wanted) && (key_scopes.is_empty() || any_covers(key_scopes, wanted))
 }
 
 /// The scopes a key of an identity effectively grants: the identity's when the
@@ -206,6 +225,23 @@ mod tests {
         // An identity that loses a grant takes it from its keys.
         assert!(!holds(&list(&["reports:read"]), &key, "billing:read"));
         assert!(!holds(&[], &[], "anything"));
+    }
+
+    #[test]
+    fn a_path_with_dot_segments_or_foreign_characters_is_never_held() {
+        let grants = list(&["/orders.v1.OrderService/*"]);
+        assert!(holds(&grants, &[], "/orders.v1.OrderService/GetOrder"));
+        assert!(holds(&grants, &[], "/orders.v1.OrderService/a.b/c..d"));
+        for escaping in [
+            "/orders.v1.OrderService/../reports/x",
+            "/orders.v1.OrderService/./GetOrder",
+            "/orders.v1.OrderService/GetOrder/..",
+            "/orders.v1.OrderService/%2e%2e/reports/x",
+            "/orders.v1.OrderService/..%2freports",
+            "/orders.v1.OrderService/Get Order",
+        ] {
+            assert!(!holds(&grants, &[], escaping), "{escaping}");
+        }
     }
 
     #[test]

@@ -194,8 +194,9 @@ fn route_requirements<'a>(
     match attributes.context_extension(SCOPE_FROM_PATH_EXTENSION) {
         None | Some("false") => {}
         // The path without its query string. It is the client's, so it is
-        // not checked as a scope's syntax: a path no grant covers is simply
-        // a scope the key does not hold.
+        // not checked as a scope's syntax: a path no grant covers, or one
+        // with a dot segment or an escape, is a scope no key holds
+        // (`scope::holds`).
         Some("true") => {
             let path = http.path();
             let path = path.split_once('?').map_or(path, |(path, _)| path);

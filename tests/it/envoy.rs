@@ -533,6 +533,22 @@ async fn envoy_routes_require_scopes_listed_or_taken_from_the_path() {
         403,
         "SCOPE_NOT_ALLOWED",
     );
+    // A path cannot climb out of the route whose scope it matches: Envoy
+    // resolves it first (the /reports/ route then wants its dataset), and
+    // keyrack never grants a path with a dot segment or an escape.
+    for escaping in [
+        "/orders.v1.OrderService/../../reports/x",
+        "/orders.v1.OrderService/%2e%2e/%2e%2e/reports/x",
+        "/orders.v1.OrderService/..%2f..%2freports/x",
+    ] {
+        let answer = envoy.get_as(escaping, &order_reader).await;
+        assert_ne!(answer.status, 200, "{escaping}: {}", answer.body);
+        assert!(
+            !answer.body.contains("x-keyrack-identity-id"),
+            "{escaping} reached the upstream: {}",
+            answer.body
+        );
+    }
     // Routes without scope settings admit any valid key.
     assert_eq!(envoy.get_as("/invoices", &reader).await.status, 200);
     drop(envoy);
