@@ -119,6 +119,7 @@ impl Authority {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             };
             let (key, identity) = &*subject;
+            let argon2_accepted_before = accepted_against(accepted, &key.secret_hash);
             if !self
                 .secret_matches_record(digest, secret, key, &mut accepted)
                 .await?
@@ -127,8 +128,14 @@ impl Authority {
             }
             if key.honeytoken {
                 // The very answer an unknown token gets: nothing else is said,
-                // whatever the key's state or settings.
+                // whatever the key's state or settings. Its first use ran
+                // argon2, as an unknown token's does; a later one is held
+                // back, as a known-wrong token's is, so timing cannot tell
+                // them apart either.
                 self.record_honeytoken_use(key, &query);
+                if argon2_accepted_before {
+                    self.guard.hold_back().await;
+                }
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             let mut code = Self::decide(key, identity, &query);

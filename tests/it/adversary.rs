@@ -823,3 +823,50 @@ async fn silent_grpc_connections_are_closed_and_health_gets_through() {
     );
     server.stop().await;
 }
+
+/// A honeytoken's uses are timed as an unknown token's are: the first runs
+/// argon2, and every later one is held back as a known-wrong token is, so
+/// timing cannot tell a decoy from a token that was never valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_honeytoken_is_held_back_on_reuse_as_an_unknown_token_is() {
+    const DELAY: Duration = Duration::from_millis(400);
+    let server = TestServer::start_serving(
+        Backend::Redis(RedisServer::start()),
+        AuthorityOptions {
+            guard: GuardOptions {
+                refusal_delay: DELAY,
+                ..GuardOptions::default()
+            },
+            ..AuthorityOptions::default()
+        },
+        test_server_options(),
+    )
+    .await;
+    let owner = server.create_service("payroll").await;
+    let honeytoken = server
+        .admin()
+        .await
+        .create_key(authed(
+            &server.admin_token,
+            proto::CreateKeyRequest {
+                identity_id: owner.identity.unwrap().id,
+                name: "backup_2019".into(),
+                honeytoken: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let unknown = forged_for(&KeyId::generate(&keyrack::domain::IdentityId::generate()));
+    for token in [&honeytoken, &unknown] {
+        server.verify_code(token).await.unwrap();
+        for _ in 0..2 {
+            let started = Instant::now();
+            assert_eq!(server.verify_code(token).await, Ok(VerifyCode::Unknown));
+            assert!(started.elapsed() >= DELAY, "a reuse was answered at once");
+        }
+    }
+    server.stop().await;
+}
