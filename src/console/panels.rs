@@ -13,8 +13,8 @@ use crate::domain::{
 };
 use crate::scim::listener::Peer;
 use crate::service::{
-    Authority, IdentityChanges, MintedKey, NewDataset, NewIdentity, NewKey, OldKeyEnd, PageRequest,
-    RollRequest,
+    Authority, CallContext, IdentityChanges, MintedKey, NewDataset, NewIdentity, NewKey, OldKeyEnd,
+    PageRequest, RollRequest,
 };
 use axum::Form;
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
@@ -163,12 +163,16 @@ pub(super) async fn sign_in_page() -> Response {
 pub(super) async fn sign_in(
     State(state): Shared,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: header::HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
     let token = SecretString::new(form.token.trim().to_owned());
     let ConsoleState { authority, options } = &*state;
+    let context = CallContext::from_headers(Some(peer), |name| {
+        headers.get(name).and_then(|value| value.to_str().ok())
+    });
     match authority
-        .open_console_session(token.expose(), Some(peer.ip()), options.session_ttl)
+        .open_console_session(token.expose(), context, options.session_ttl)
         .await
     {
         Ok(opened) => {

@@ -106,7 +106,8 @@ pub fn any_covers(grants: &[String], wanted: &str) -> bool {
 /// when it has one.
 pub fn holds(identity_scopes: &[String], key_scopes: &[String], wanted: &str) -> bool {
     is_holdable(wanted)
-        && any_covers(identity_scopes, wanted) && (key_scopes.is_empty() || any_covers(key_scopes, wanted))
+        && any_covers(identity_scopes, wanted)
+        && (key_scopes.is_empty() || any_covers(key_scopes, wanted))
 }
 
 /// The scopes a key of an identity effectively grants: the identity's when the

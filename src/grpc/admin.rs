@@ -4,6 +4,7 @@ use super::telemetry::{code_name, field};
 use super::{bearer_token, convert, filter};
 use crate::domain::{Error, Identity, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
+use crate::service::CallContext;
 use crate::service::{Authority, Caller, audit};
 use std::future::Future;
 use std::sync::Arc;
@@ -22,10 +23,13 @@ impl AdminApi {
     }
 
     async fn authorize<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let peer = request.remote_addr().map(|addr| addr.ip());
+        let metadata = request.metadata();
+        let context = CallContext::from_headers(request.remote_addr(), |name| {
+            metadata.get(name).and_then(|value| value.to_str().ok())
+        });
         let caller = self
             .authority
-            .authenticate_admin(bearer_token(request.metadata()), peer)
+            .authenticate_admin(bearer_token(metadata), context)
             .await?;
         let span = tracing::Span::current();
         span.record(field::IDENTITY_ID, caller.identity.id.as_str());

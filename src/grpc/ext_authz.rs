@@ -409,11 +409,7 @@ impl ExtAuthzApi {
         // The peer of a Check is Envoy; the caller is the HTTP request's
         // source, and its request and trace ids travel in its headers.
         let peer = attributes.source();
-        let context = CallContext {
-            peer,
-            request_id: http.header("x-request-id"),
-            traceparent: http.header("traceparent"),
-        };
+        let context = CallContext::from_headers(peer, |name| http.header(name));
         let query = VerifyQuery {
             token,
             dataset: route.dataset,

@@ -4,6 +4,7 @@
 
 use super::bearer_token;
 use crate::service::Authority;
+use crate::service::CallContext;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -67,8 +68,11 @@ where
         Box::pin(async move {
             let metadata = MetadataMap::from_headers(request.headers().clone());
             let peer = peer_address(request.extensions());
+            let context = CallContext::from_headers(peer, |name| {
+                metadata.get(name).and_then(|value| value.to_str().ok())
+            });
             match authority
-                .authenticate_admin(bearer_token(&metadata), peer)
+                .authenticate_admin(bearer_token(&metadata), context)
                 .await
             {
                 Ok(_) => inner.call(request).await,
@@ -80,7 +84,7 @@ where
 
 /// The caller's address, over plain TCP or TLS (where tonic files it under
 /// `TlsConnectInfo`), as `tonic::Request::remote_addr` finds it.
-fn peer_address(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+fn peer_address(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
@@ -89,5 +93,4 @@ fn peer_address(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|info| info.get_ref().remote_addr())
         })
-        .map(|address| address.ip())
 }

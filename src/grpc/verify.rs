@@ -98,11 +98,7 @@ impl VerifyService for VerifyApi {
         let peer = request.remote_addr();
         let (metadata, _, request) = request.into_parts();
         let text_of = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
-        let context = CallContext {
-            peer,
-            request_id: text_of("x-request-id"),
-            traceparent: text_of("traceparent"),
-        };
+        let context = CallContext::from_headers(peer, text_of);
         let token = if request.token.is_empty() {
             bearer_token(&metadata).unwrap_or_default()
         } else {

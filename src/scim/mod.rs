@@ -132,10 +132,6 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .and_then(|value| value.to_str().ok())
         .and_then(crate::domain::token::bearer_credential)
         .map(str::to_owned);
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -150,7 +146,15 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
     let work = async {
         let caller = state
             .authority
-            .authenticate_admin(token.as_deref(), peer)
+            .authenticate_admin(
+                token.as_deref(),
+                crate::service::CallContext::from_headers(address, |name| {
+                    request
+                        .headers()
+                        .get(name)
+                        .and_then(|value| value.to_str().ok())
+                }),
+            )
             .await?;
         tracing::debug!(actor = %caller.identity.id, method = %request.method(), path = %request.uri().path(), "SCIM request");
         request.extensions_mut().insert(CallContext {

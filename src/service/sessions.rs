@@ -5,7 +5,7 @@
 //! else needs storing. Each request re-reads the signing key and its
 //! identity: revoking, disabling or demoting ends the session at once.
 
-use super::{Authority, Caller};
+use super::{Authority, CallContext, Caller};
 use crate::domain::session::ConsoleSession;
 use crate::domain::{Error, SecretString, State, UnixMillis};
 use base64::Engine;
@@ -56,13 +56,14 @@ fn signed_out() -> Error {
 
 impl Authority {
     /// Signs an admin in with an admin token: a session that lasts `ttl`.
+    /// `context` is the sign-in request's (what a honeytoken records).
     pub async fn open_console_session(
         &self,
         token: &str,
-        peer: Option<IpAddr>,
+        context: CallContext<'_>,
         ttl: Duration,
     ) -> Result<OpenedSession, Error> {
-        let caller = self.authenticate_admin(Some(token), peer).await?;
+        let caller = self.authenticate_admin(Some(token), context).await?;
         let mut secret = [0u8; SESSION_SECRET_BYTES];
         rand::fill(&mut secret);
         let cookie =

@@ -49,6 +49,21 @@ pub struct CallContext<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+impl<'a> CallContext<'a> {
+    /// The context of a call from `peer` whose request headers (or gRPC
+    /// metadata) `header` reads.
+    pub fn from_headers(
+        peer: Option<SocketAddr>,
+        header: impl Fn(&'static str) -> Option<&'a str>,
+    ) -> Self {
+        Self {
+            peer,
+            request_id: header("x-request-id"),
+            traceparent: header("traceparent"),
+        }
+    }
+}
+
 impl std::fmt::Debug for VerifyQuery<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyQuery")
@@ -302,11 +317,14 @@ impl Authority {
     }
 
     /// Authenticates an AdminService caller: UNAUTHENTICATED without a valid
-    /// token, PERMISSION_DENIED for a valid token of a non-admin identity.
+    /// token, PERMISSION_DENIED for a valid token of a non-admin identity,
+    /// RESOURCE_EXHAUSTED for an admin whose rate limits or credits are
+    /// spent (an admin's calls are charged as its Verify calls are).
+    /// `context` is what a honeytoken presented here records.
     pub async fn authenticate_admin(
         &self,
         token: Option<&str>,
-        peer: Option<IpAddr>,
+        context: CallContext<'_>,
     ) -> Result<Caller, Error> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(Error::Unauthenticated(
@@ -317,9 +335,9 @@ impl Authority {
             .verify(VerifyQuery {
                 token,
                 dataset: None,
-                client_ip: peer,
+                client_ip: context.peer.map(|peer| peer.ip()),
                 required_scopes: &[],
-                context: CallContext::default(),
+                context,
                 cost: 1,
             })
             .await?;
@@ -331,6 +349,17 @@ impl Authority {
             (VerifyCode::Valid, Some(_)) => Err(Error::PermissionDenied(
                 "the token is valid but its identity is not an admin".into(),
             )),
+            (VerifyCode::RateLimited | VerifyCode::UsageExceeded, Some((_, identity)))
+                if identity.admin =>
+            {
+                let retry = match verdict.usage.and_then(|usage| usage.retry_after_ms) {
+                    Some(ms) => format!("retry in {} s", ms.div_ceil(1000)),
+                    None => "another admin can raise them".into(),
+                };
+                Err(Error::ResourceExhausted(format!(
+                    "this admin key or its identity has spent its rate limit or credits; {retry}"
+                )))
+            }
             _ => Err(Error::Unauthenticated(
                 "the bearer token is not a valid admin token".into(),
             )),

@@ -462,7 +462,7 @@ async fn a_totp_seed_used_during_rotation_works_after_the_previous_secret_is_dro
     let (_, operator) = before.create_admin("operator", "").await.unwrap();
     let (_, target) = before.create_admin("target", "").await.unwrap();
     let caller = before
-        .authenticate_admin(Some(operator.token.expose()), None)
+        .authenticate_admin(Some(operator.token.expose()), Default::default())
         .await
         .unwrap();
     let enrollment = before.enroll_totp(&caller).await.unwrap();

@@ -6,7 +6,7 @@ use crate::cli::{Served, free_port, text};
 use crate::support::{TestServer, authed, require_program};
 use keyrack::domain::Error;
 use keyrack::proto;
-use keyrack::service::sessions;
+use keyrack::service::{CallContext, sessions};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,9 +16,14 @@ const SESSION_TTL: Duration = Duration::from_secs(3600);
 /// key and its identity's admin flag do.
 async fn sessions_follow_their_admin(server: TestServer) {
     let authority = &server.authority;
-    let peer = Some("127.0.0.1".parse().unwrap());
+    let address: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let peer = Some(address.ip());
+    let sign_in = CallContext {
+        peer: Some(address),
+        ..CallContext::default()
+    };
     let opened = authority
-        .open_console_session(&server.admin_token, peer, SESSION_TTL)
+        .open_console_session(&server.admin_token, sign_in, SESSION_TTL)
         .await
         .unwrap();
     let cookie = opened.cookie.expose().to_owned();
@@ -38,7 +43,7 @@ async fn sessions_follow_their_admin(server: TestServer) {
     let service = server.create_service("plain").await;
     assert!(matches!(
         authority
-            .open_console_session(&service.token, peer, SESSION_TTL)
+            .open_console_session(&service.token, sign_in, SESSION_TTL)
             .await,
         Err(Error::PermissionDenied(_))
     ));
@@ -59,7 +64,7 @@ async fn sessions_follow_their_admin(server: TestServer) {
         })
         .await;
     let cookie = authority
-        .open_console_session(&second.token, peer, SESSION_TTL)
+        .open_console_session(&second.token, sign_in, SESSION_TTL)
         .await
         .unwrap()
         .cookie;
@@ -86,7 +91,7 @@ async fn sessions_follow_their_admin(server: TestServer) {
 
     // A session's form token is its own.
     let other = authority
-        .open_console_session(&server.admin_token, peer, SESSION_TTL)
+        .open_console_session(&server.admin_token, sign_in, SESSION_TTL)
         .await
         .unwrap()
         .cookie;

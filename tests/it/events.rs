@@ -414,20 +414,35 @@ async fn honeytokens_answer_as_unknown_and_are_recorded(server: TestServer) {
     }
     assert!(keyrack::metrics::metrics().honeytoken_uses.get() >= uses_before + 3);
 
-    // As an admin token it is just as unknown, and just as recorded.
-    let status = admin
-        .list_keys(authed(
-            &created.token,
-            proto::ListKeysRequest {
-                identity_id: owner_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap_err();
+    // As an admin token it is just as unknown, and just as recorded, with
+    // the call's peer, request id and trace id.
+    let mut as_admin = authed(
+        &created.token,
+        proto::ListKeysRequest {
+            identity_id: owner_id.clone(),
+            ..Default::default()
+        },
+    );
+    as_admin
+        .metadata_mut()
+        .insert("x-request-id", "admin-probe".parse().unwrap());
+    as_admin.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let status = admin.list_keys(as_admin).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let event = next_event(&mut events).await;
-    assert_eq!(event.audit_event.unwrap().target_ids[0], decoy.id);
+    let record = next_event(&mut events).await.audit_event.unwrap();
+    assert_eq!(record.target_ids[0], decoy.id);
+    assert!(
+        record.caller_address.starts_with("127.0.0.1:"),
+        "the peer: {record:?}"
+    );
+    assert_eq!(record.client_ip, "127.0.0.1");
+    assert_eq!(record.request_id, "admin-probe");
+    assert_eq!(record.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 
     // Rolling a decoy would mint a working twin: refused.
     let status = admin

@@ -1050,3 +1050,36 @@ async fn many_concurrent_verifies_share_charge_scripts_and_stay_exact() {
     );
     server.stop().await;
 }
+
+/// An admin's AdminService calls spend its limits as its Verify calls do;
+/// a spent limit is RESOURCE_EXHAUSTED with when to retry, not a bad token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_past_its_rate_limit_is_told_so_and_when_to_retry() {
+    let server = TestServer::memory().await;
+    let limited_admin = server
+        .create_identity(proto::CreateIdentityRequest {
+            name: "limited_ops".into(),
+            admin: true,
+            rate_limits: vec![per(2, "admin_calls", 60)],
+            ..Default::default()
+        })
+        .await;
+    let mut admin = server.admin().await;
+    let list =
+        || crate::support::authed(&limited_admin.token, proto::ListDatasetsRequest::default());
+    for _ in 0..2 {
+        admin.list_datasets(list()).await.unwrap();
+    }
+    let spent = admin.list_datasets(list()).await.unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted, "{spent:?}");
+    assert!(spent.message().contains("retry in"), "{}", spent.message());
+    // Another admin is unaffected.
+    admin
+        .list_datasets(crate::support::authed(
+            &server.admin_token,
+            proto::ListDatasetsRequest::default(),
+        ))
+        .await
+        .unwrap();
+    server.stop().await;
+}
