@@ -356,6 +356,10 @@ pub fn settle(
     let needed = check.cost.max(1);
     let mut settlement = Settlement::default();
     let mut writes = Vec::new();
+    // Whether a later call of this cost can pass at all: not when it needs
+    // more than a refill grants or a limit's whole bucket holds. A refusal
+    // that waiting cannot cure says no time to retry.
+    let mut attainable = true;
 
     let balance = check.credits.as_ref().map(|(field, credits)| {
         let balance = Balance::current(read(field).as_deref(), credits, now);
@@ -365,9 +369,13 @@ pub fn settle(
         settlement.credits_remaining = Some(balance.remaining);
         if balance.remaining < needed {
             settlement.refusal = Some(Refusal::UsageExceeded);
-            settlement.retry_after_ms = credits
-                .refill
-                .map(|refill| (balance.refilled_at_ms + refill.interval_ms as i64 - now) as u64);
+            match credits.refill.filter(|refill| refill.amount >= needed) {
+                Some(refill) => {
+                    settlement.retry_after_ms =
+                        Some((balance.refilled_at_ms + refill.interval_ms as i64 - now) as u64);
+                }
+                None => attainable = false,
+            }
         }
     }
 
@@ -376,6 +384,9 @@ pub fn settle(
         let before = units_until_full(read(&limit.field).as_deref(), limit.limit, now);
         let capacity = limit.limit.limit * limit.limit.duration_ms;
         let after_needed = before + needed * limit.limit.duration_ms;
+        if needed > limit.limit.limit {
+            attainable = false;
+        }
         if after_needed > capacity && settlement.refusal != Some(Refusal::UsageExceeded) {
             settlement.refusal = Some(Refusal::RateLimited);
             let wait = (after_needed - capacity).div_ceil(limit.limit.limit);
@@ -384,6 +395,9 @@ pub fn settle(
         units.push(before);
     }
 
+    if !attainable {
+        settlement.retry_after_ms = None;
+    }
     if settlement.refusal.is_some() {
         settlement.limits = check
             .limits

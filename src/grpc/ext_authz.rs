@@ -63,8 +63,20 @@ const KNOWN_EXTENSIONS: &[&str] = &[
 ];
 const EXTENSION_PREFIX: &str = "keyrack-";
 
-/// `retry-after` for spent credits that no refill will restore.
-const NO_REFILL_RETRY_AFTER_MS: u64 = 86_400_000;
+/// `retry-after` for a usage refusal that no wait cures (spent credits
+/// without a refill, a cost beyond what a limit's bucket or a refill holds):
+/// only an admin's change helps, and a day is a polite pause for a client
+/// that retries anyway.
+const NO_WAIT_HELPS_RETRY_AFTER_MS: u64 = 86_400_000;
+
+/// When a call refused for its rate limits or credits can pass.
+fn usage_retry_after_ms(verdict: &Verdict) -> u64 {
+    verdict
+        .usage
+        .as_ref()
+        .and_then(|usage| usage.retry_after_ms)
+        .unwrap_or(NO_WAIT_HELPS_RETRY_AFTER_MS)
+}
 
 /// How Check reads the credential and what it passes upstream.
 #[derive(Debug, Clone)]
@@ -295,10 +307,7 @@ impl Refusal {
                 "the key does not hold every scope this route requires".to_owned(),
             ),
             VerifyCode::RateLimited => {
-                retry_after = verdict
-                    .usage
-                    .as_ref()
-                    .and_then(|usage| usage.retry_after_ms);
+                retry_after = Some(usage_retry_after_ms(verdict));
                 (
                     HttpStatusCode::TooManyRequests,
                     tonic::Code::ResourceExhausted,
@@ -306,15 +315,7 @@ impl Refusal {
                 )
             }
             VerifyCode::UsageExceeded => {
-                // Without a refill only an admin's top-up helps: a day is a
-                // polite pause for a client that retries anyway.
-                retry_after = Some(
-                    verdict
-                        .usage
-                        .as_ref()
-                        .and_then(|usage| usage.retry_after_ms)
-                        .unwrap_or(NO_REFILL_RETRY_AFTER_MS),
-                );
+                retry_after = Some(usage_retry_after_ms(verdict));
                 (
                     HttpStatusCode::TooManyRequests,
                     tonic::Code::ResourceExhausted,

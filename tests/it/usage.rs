@@ -1083,3 +1083,62 @@ async fn an_admin_past_its_rate_limit_is_told_so_and_when_to_retry() {
         .unwrap();
     server.stop().await;
 }
+
+/// A cost no wait can cover (more than a limit's whole bucket, or more than
+/// a refill grants) is refused without a time to retry; a cost a wait can
+/// cover gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_no_wait_can_cover_gets_no_retry_time() {
+    for backend in [Backend::Memory, Backend::Redis(RedisServer::start())] {
+        let server = TestServer::start(backend).await;
+        let identity_id = server.create_service("metered").await.identity.unwrap().id;
+        let (_, limited) = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id: identity_id.clone(),
+                name: "limited".into(),
+                rate_limits: vec![per(2, "per_minute", 60)],
+                ..Default::default()
+            },
+        )
+        .await;
+        let (_, refilled) = create_key(
+            &server,
+            proto::CreateKeyRequest {
+                identity_id,
+                name: "refilled".into(),
+                credits: Some(credits(3, Some((5, Duration::from_secs(3600))))),
+                ..Default::default()
+            },
+        )
+        .await;
+        let verifier = server.verifier().await;
+        let costing = |token: &str, cost| proto::VerifyRequest {
+            token: token.to_owned(),
+            cost: Some(cost),
+            ..Default::default()
+        };
+
+        let beyond_the_bucket = verify(&verifier, costing(&limited, 3)).await;
+        assert_eq!(beyond_the_bucket.code(), VerifyCode::RateLimited);
+        assert_eq!(beyond_the_bucket.retry_after, None, "{beyond_the_bucket:?}");
+        assert_eq!(
+            verify(&verifier, costing(&limited, 2)).await.code(),
+            VerifyCode::Valid
+        );
+        let after_the_burst = verify(&verifier, costing(&limited, 1)).await;
+        assert_eq!(after_the_burst.code(), VerifyCode::RateLimited);
+        assert!(after_the_burst.retry_after.is_some(), "{after_the_burst:?}");
+
+        let beyond_the_refill = verify(&verifier, costing(&refilled, 6)).await;
+        assert_eq!(beyond_the_refill.code(), VerifyCode::UsageExceeded);
+        assert_eq!(beyond_the_refill.retry_after, None, "{beyond_the_refill:?}");
+        let until_the_refill = verify(&verifier, costing(&refilled, 4)).await;
+        assert_eq!(until_the_refill.code(), VerifyCode::UsageExceeded);
+        assert!(
+            until_the_refill.retry_after.is_some(),
+            "{until_the_refill:?}"
+        );
+        server.stop().await;
+    }
+}

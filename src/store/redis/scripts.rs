@@ -587,6 +587,7 @@ local function charge(at)
   local needed = math.max(cost, 1)
   local refusal = nil
   local retry = -1
+  local attainable = true
   local balance = nil
   local credits_field = ARGV[at + 4]
   if credits_field ~= '' then
@@ -605,7 +606,11 @@ local function charge(at)
     end
     if balance[1] < needed then
       refusal = 'USAGE_EXCEEDED'
-      if interval > 0 then retry = balance[2] + interval - now end
+      if interval > 0 and amount >= needed then
+        retry = balance[2] + interval - now
+      else
+        attainable = false
+      end
     end
   end
   local limits = {{}}
@@ -619,12 +624,14 @@ local function charge(at)
     end
     local capacity = limit * duration
     local wanted = units + needed * duration
+    if needed > limit then attainable = false end
     if wanted > capacity and refusal ~= 'USAGE_EXCEEDED' then
       refusal = 'RATE_LIMITED'
       retry = math.max(retry, ceil_div(wanted - capacity, limit))
     end
     limits[#limits + 1] = {{field, limit, duration, units}}
   end
+  if not attainable then retry = -1 end
   local reply = {{refusal or 'OK', retry, -1}}
   if balance then reply[3] = balance[1] end
   local function report(limit, units)
