@@ -784,6 +784,9 @@ impl Authority {
     ) -> Result<Vec<ApiKey>, Error> {
         let now = UnixMillis::now();
         let identity = self.get_identity(identity_id).await?;
+        if keys.iter().any(|key| key.expire_time.is_some()) {
+            require_lifetime_owned_by_admins(&identity)?;
+        }
         let mut violations = Violations::new();
         let mut digests: Vec<Vec<String>> = Vec::with_capacity(keys.len());
         for (index, key) in keys.iter().enumerate() {
@@ -813,12 +816,6 @@ impl Authority {
             {
                 violations.add(&field, "was imported already");
             }
-            if key.expire_time.is_some() && identity.kind == IdentityKind::Person {
-                violations.add(
-                    format!("keys[{index}].expire_time"),
-                    "the expiry of a person's keys is owned by the identity provider",
-                );
-            }
             if key.expire_time.is_some_and(|time| time <= now) {
                 violations.add(
                     format!("keys[{index}].expire_time"),
@@ -828,63 +825,94 @@ impl Authority {
             digests.push(self.hasher.import_digests(&key.token));
         }
         violations.finish()?;
-        let mut imported = Vec::with_capacity(keys.len());
+        let mut imported: Vec<(ApiKey, String)> = Vec::with_capacity(keys.len());
         for (key, digests) in keys.into_iter().zip(digests) {
-            let token = key.token;
-            let hasher = Arc::clone(&self.hasher);
-            let hashed = token.clone();
-            let secret_hash = self.hash_pool.run(move || hasher.hash(&hashed)).await??;
-            let id = KeyId::generate(identity_id);
-            let hint: String = token.expose().chars().take(4).collect();
-            let record = ApiKey {
-                id: id.clone(),
-                identity_id: identity_id.clone(),
-                name: key.name,
-                description: key.description,
-                state: if key.disabled {
-                    State::Disabled
-                } else {
-                    State::Active
-                },
-                create_time: now,
-                expire_time: key.expire_time,
-                last_use_time: None,
-                rolled_from: None,
-                rolled_to: None,
-                grace_expire_time: None,
-                token_hint: format!("{hint}…"),
-                allowed_cidrs: Vec::new(),
-                scopes: Vec::new(),
-                datasets: Vec::new(),
-                labels: Labels::new(),
-                origin: Some(Origin::Import),
-                honeytoken: false,
-                rate_limits: Vec::new(),
-                credits: None,
-                usage_account: None,
-                secret_hash: SecretHash::Phc(secret_hash),
-                revision: 0,
-            };
-            // The index entry comes first, so a token is never stored without
-            // a way to find it; a failed write takes it back.
-            let current = &digests[0];
-            if !self.store.claim_import(current, &id).await? {
-                return Err(Error::invalid(
-                    "keys",
-                    "a token was imported concurrently; nothing after it was imported",
-                ));
+            match self.import_one(identity_id, key, &digests[0], now).await {
+                Ok(record) => imported.push((record, digests[0].clone())),
+                Err(error) => {
+                    self.undo_imports(&imported).await;
+                    return Err(error);
+                }
             }
-            journal::add_target(id.as_str());
-            if let Err(error) = self.store.create_key(&record).await {
-                let _ = self.store.release_import(current).await;
-                return Err(match Error::from(error) {
-                    Error::NotFound(_) => Error::NotFound(format!("identity {identity_id}")),
-                    other => other,
-                });
-            }
-            tracing::info!(key_id = %id, identity_id = %identity_id, "key imported");
-            imported.push(record);
         }
-        Ok(imported)
+        Ok(imported.into_iter().map(|(record, _)| record).collect())
+    }
+
+    /// Takes back the keys of an import that failed part-way, so it leaves
+    /// nothing behind. Best effort: a key this cannot delete (the store
+    /// failed again) is logged for an admin to revoke.
+    async fn undo_imports(&self, imported: &[(ApiKey, String)]) {
+        for (record, digest) in imported {
+            let deleted = self.store.delete_key(&record.id).await;
+            let released = self.store.release_import(digest).await;
+            if deleted.is_err() || released.is_err() {
+                tracing::error!(
+                    key_id = %record.id,
+                    "a failed import could not take back this imported key; revoke it"
+                );
+            }
+        }
+    }
+
+    /// Stores one checked imported key: its index entry, then its record.
+    async fn import_one(
+        &self,
+        identity_id: &IdentityId,
+        key: ImportedKey,
+        current: &str,
+        now: UnixMillis,
+    ) -> Result<ApiKey, Error> {
+        let token = key.token;
+        let hasher = Arc::clone(&self.hasher);
+        let hashed = token.clone();
+        let secret_hash = self.hash_pool.run(move || hasher.hash(&hashed)).await??;
+        let id = KeyId::generate(identity_id);
+        let hint: String = token.expose().chars().take(4).collect();
+        let record = ApiKey {
+            id: id.clone(),
+            identity_id: identity_id.clone(),
+            name: key.name,
+            description: key.description,
+            state: if key.disabled {
+                State::Disabled
+            } else {
+                State::Active
+            },
+            create_time: now,
+            expire_time: key.expire_time,
+            last_use_time: None,
+            rolled_from: None,
+            rolled_to: None,
+            grace_expire_time: None,
+            token_hint: format!("{hint}…"),
+            allowed_cidrs: Vec::new(),
+            scopes: Vec::new(),
+            datasets: Vec::new(),
+            labels: Labels::new(),
+            origin: Some(Origin::Import),
+            honeytoken: false,
+            rate_limits: Vec::new(),
+            credits: None,
+            usage_account: None,
+            secret_hash: SecretHash::Phc(secret_hash),
+            revision: 0,
+        };
+        // The index entry comes first, so a token is never stored without
+        // a way to find it; a failed write takes it back.
+        if !self.store.claim_import(current, &id).await? {
+            return Err(Error::Aborted(
+                "the import index of a token being imported".into(),
+            ));
+        }
+        journal::add_target(id.as_str());
+        if let Err(error) = self.store.create_key(&record).await {
+            let _ = self.store.release_import(current).await;
+            return Err(match Error::from(error) {
+                Error::NotFound(_) => Error::NotFound(format!("identity {identity_id}")),
+                other => other,
+            });
+        }
+        tracing::info!(key_id = %id, identity_id = %identity_id, "key imported");
+        Ok(record)
     }
 }

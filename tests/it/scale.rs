@@ -534,6 +534,24 @@ async fn people_lifetimes_belong_to_the_identity_provider() {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition);
+        let refused = server
+            .admin()
+            .await
+            .import_keys(authed(
+                &server.admin_token,
+                proto::ImportKeysRequest {
+                    identity_id: person.id.to_string(),
+                    keys: vec![proto::ImportedKey {
+                        name: "legacy".into(),
+                        token: "a-legacy-token-of-a-person-0000".into(),
+                        expire_time: in_days(3),
+                        ..Default::default()
+                    }],
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         server.stop().await;
     }
 }
@@ -633,6 +651,46 @@ async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
             server.verify_code(LEGACY_TOKEN).await,
             Ok(VerifyCode::Valid)
         );
+
+        // Two imports race for one token: the one that loses it fails as a
+        // whole, and the keys it had written before are taken back.
+        const SHARED: &str = "a-token-both-imports-list-0000";
+        let batch = |prefix: &str, shared_at: usize| -> Vec<proto::ImportedKey> {
+            (0..8)
+                .map(|index| {
+                    let token = if index == shared_at {
+                        SHARED.to_owned()
+                    } else {
+                        format!("{prefix}-legacy-token-number-{index:04}")
+                    };
+                    key(&format!("{prefix}_{index}"), &token)
+                })
+                .collect()
+        };
+        let (late, early) = (batch("late", 7), batch("early", 0));
+        let (late_answer, early_answer) = tokio::join!(import(late.clone()), import(early.clone()));
+        let (winner, loser) = match (&late_answer, &early_answer) {
+            (Ok(_), Err(status)) | (Err(status), Ok(_)) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                if late_answer.is_ok() {
+                    (&late, &early)
+                } else {
+                    (&early, &late)
+                }
+            }
+            answers => panic!("exactly one import should win the shared token: {answers:?}"),
+        };
+        for key in winner {
+            assert_eq!(server.verify_code(&key.token).await, Ok(VerifyCode::Valid));
+        }
+        for key in loser.iter().filter(|key| key.token != SHARED) {
+            assert_eq!(
+                server.verify_code(&key.token).await,
+                Ok(VerifyCode::Malformed),
+                "{} outlived its failed import",
+                key.name
+            );
+        }
         if let Backend::Redis(redis) = &server.backend {
             for (name, value) in redis.dump() {
                 assert!(
