@@ -86,6 +86,10 @@ pub struct ServerOptions {
     pub expiry: crate::service::expiry::ExpiryOptions,
 }
 
+/// How often a replica asks whether tokens were ever imported, until they
+/// were: how soon another replica's first import is looked up here.
+const IMPORTS_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the store is pinged for health (no flag sets it).
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long an HTTP/2 keepalive ping may go unanswered (no flag sets it).
@@ -192,6 +196,10 @@ pub async fn serve(
             webhooks,
         ))
     });
+
+    let watched = Arc::clone(&authority);
+    let imports_watch =
+        tokio::spawn(async move { watched.watch_for_imports(IMPORTS_POLL_INTERVAL).await });
 
     let expiry = tokio::spawn(crate::service::expiry::run(
         Arc::clone(authority.store()),
@@ -300,6 +308,7 @@ pub async fn serve(
     health_task.abort();
     flusher.abort();
     count_under_older_secret.abort();
+    imports_watch.abort();
     expiry.abort();
     if let Some(webhooks) = webhooks {
         webhooks.abort();

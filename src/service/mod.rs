@@ -44,6 +44,8 @@ use keyring::Keyring;
 use last_use::LastUseTracker;
 use sealing::SeedSealer;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// Most items one List call returns.
@@ -185,6 +187,10 @@ pub struct Authority {
     /// what a wrong secret for a live key costs.
     decoy_hash: String,
     events: events::EventFeed,
+    /// Whether tokens were ever imported into the store, as this replica
+    /// last learned (`watch_for_imports`): until then, a token that is not
+    /// in keyrack's format is refused without an import lookup.
+    imports_seen: AtomicBool,
     options: AuthorityOptions,
 }
 
@@ -209,7 +215,27 @@ impl Authority {
             hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
             events: events::EventFeed::new(options.events.clone()),
+            imports_seen: AtomicBool::new(false),
             options,
+        }
+    }
+
+    /// Learns whether tokens were ever imported into the store: asks every
+    /// `interval` until they were (an import through this replica tells it
+    /// at once), then returns. Another replica's first import is thus looked
+    /// up here within about `interval`.
+    pub async fn watch_for_imports(&self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.imports_seen.load(Ordering::Relaxed) {
+            ticks.tick().await;
+            match self.store.has_imports().await {
+                Ok(true) => self.imports_seen.store(true, Ordering::Relaxed),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "could not learn whether tokens were imported")
+                }
+            }
         }
     }
 

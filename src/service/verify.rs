@@ -14,6 +14,7 @@ use crate::metrics::metrics;
 use crate::store::Charge;
 use futures_util::future::BoxFuture;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 
 /// How many times in a row Verify decides again when a charge finds the
 /// records it read changed (see `Store::charge_usage`).
@@ -293,10 +294,12 @@ impl Authority {
         })
     }
 
-    /// The key an imported token belongs to, found through the import index
-    /// (one store read, only for tokens of an importable shape).
+    /// The key an imported token belongs to, found through the import index:
+    /// one store read, only once tokens were imported into the store, and
+    /// only for tokens of an importable shape. Before that, a token not in
+    /// keyrack's format costs neither a hash nor a read.
     async fn imported_key(&self, token: &str) -> Result<Option<KeyId>, Error> {
-        if !super::keys::importable_shape(token) {
+        if !self.imports_seen.load(Ordering::Relaxed) || !super::keys::importable_shape(token) {
             return Ok(None);
         }
         let digests = self

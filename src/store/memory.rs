@@ -51,6 +51,8 @@ struct State {
     usage: HashMap<IdentityId, HashMap<String, String>>,
     /// Keyed digests of imported tokens -> their keys.
     imports: HashMap<String, KeyId>,
+    /// Whether a token was ever imported (the Redis marker's twin).
+    imported_ever: bool,
     /// The time of the operation under way: every read honours deadlines at it.
     now: UnixMillis,
     last_purge: UnixMillis,
@@ -732,12 +734,17 @@ impl Store for MemoryStore {
 
     async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
         self.with_state(|state| {
+            state.imported_ever = true;
             if state.imports.contains_key(digest) {
                 return Ok(false);
             }
             state.imports.insert(digest.to_owned(), key.clone());
             Ok(true)
         })
+    }
+
+    async fn has_imports(&self) -> StoreResult<bool> {
+        self.with_state(|state| Ok(state.imported_ever))
     }
 
     async fn find_imported(&self, digests: &[String]) -> StoreResult<Option<KeyId>> {

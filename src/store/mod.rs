@@ -245,7 +245,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Points the import index entry `digest` (a keyed digest of an imported
     /// token) at `key`, unless it already points somewhere: false then.
+    /// The store notes, before the entry, that tokens have been imported.
     async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool>;
+
+    /// Whether any token was ever imported into this store: until one is,
+    /// a token not in keyrack's format needs no import lookup.
+    async fn has_imports(&self) -> StoreResult<bool>;
 
     /// The key the first of `digests` that is indexed points at. One round
     /// trip on Redis.

@@ -71,6 +71,7 @@ contract!(
     totp_rules_hold_case_by_case,
     key_grace_and_revision_rules_hold_case_by_case,
     identity_revisions_hold_case_by_case,
+    imported_tokens_are_claimed_once_and_noted_for_good,
 );
 
 /// The actions of `events`, in order.
@@ -1568,5 +1569,25 @@ async fn identity_revisions_hold_case_by_case(store: &dyn Store) {
             .delete_identity(&alpha.id, Some(current.revision))
             .await
             .unwrap()
+    );
+}
+
+async fn imported_tokens_are_claimed_once_and_noted_for_good(store: &dyn Store) {
+    assert!(
+        !store.has_imports().await.unwrap(),
+        "a fresh store has no imports"
+    );
+    let key = KeyId::generate(&IdentityId::generate());
+    let other = KeyId::generate(&IdentityId::generate());
+    assert!(store.claim_import("digest-1", &key).await.unwrap());
+    assert!(store.has_imports().await.unwrap());
+    assert!(!store.claim_import("digest-1", &other).await.unwrap());
+    let digests = ["absent".to_owned(), "digest-1".to_owned()];
+    assert_eq!(store.find_imported(&digests).await.unwrap(), Some(key));
+    store.release_import("digest-1").await.unwrap();
+    assert_eq!(store.find_imported(&digests).await.unwrap(), None);
+    assert!(
+        store.has_imports().await.unwrap(),
+        "the marker outlives the index entries"
     );
 }

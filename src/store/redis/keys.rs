@@ -261,6 +261,12 @@ impl Keyspace {
         format!("{}expiry:indexed", self.prefix)
     }
 
+    /// The marker that a token was ever imported (set before the first
+    /// import index entry, never removed).
+    pub fn imports_marker(&self) -> String {
+        format!("{}imports", self.prefix)
+    }
+
     /// The import index entry of one imported token's keyed digest: the id
     /// of its key. Its own slot, so written around the key record.
     pub fn import(&self, digest: &str) -> String {

@@ -1044,13 +1044,26 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.claim_import", skip_all)]
     async fn claim_import(&self, digest: &str, key: &KeyId) -> StoreResult<bool> {
-        let claimed: bool = self
-            .writer()
-            .await?
+        let mut writer = self.writer().await?;
+        // The marker first: an index entry never exists without it. (Two
+        // slots under Cluster, so two commands.)
+        let () = writer
+            .set(self.keyspace.imports_marker(), 1)
+            .await
+            .map_err(unavailable)?;
+        let claimed: bool = writer
             .set_nx(self.keyspace.import(digest), key.as_str())
             .await
             .map_err(unavailable)?;
         Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", name = "redis.has_imports", skip_all)]
+    async fn has_imports(&self) -> StoreResult<bool> {
+        self.connection()
+            .exists(self.keyspace.imports_marker())
+            .await
+            .map_err(unavailable)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.find_imported", skip_all)]
