@@ -179,8 +179,8 @@ pub struct StoreArgs {
     #[arg(long, env = "KEYRACK_TOKEN_PREFIX", default_value = "kr")]
     pub token_prefix: String,
     /// Verify's record cache: `tracked` keeps the key and identity records
-    /// Verify reads while Redis tracks them for this replica (6.0+; not yet
-    /// under Cluster); `off` reads Redis on every Verify.
+    /// Verify reads while Redis tracks them for this replica (each Cluster
+    /// master on a link of its own); `off` reads Redis on every Verify.
     #[arg(
         long,
         env = "KEYRACK_VERIFY_CACHE",

@@ -154,15 +154,14 @@ fn label_term(field: &str, op: Op, value: &str) -> Option<Result<(String, String
     }))
 }
 
+/// An RFC 3339 time, in UTC (`Z`) or with an offset (`+02:00`).
 fn time_value(field: &str, value: &str) -> Result<UnixMillis, String> {
-    let time = humantime::parse_rfc3339_weak(value).map_err(|_| {
-        format!("{field} needs an RFC 3339 time in UTC, e.g. 2027-01-01T00:00:00Z, not {value:?}")
+    let time: prost_types::Timestamp = value.parse().map_err(|_| {
+        format!(
+            "{field} needs an RFC 3339 time, e.g. 2027-01-01T00:00:00Z or 2027-01-01T02:00:00+02:00, not {value:?}"
+        )
     })?;
-    let millis = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{field} must be after 1970"))?
-        .as_millis();
-    Ok(UnixMillis(i64::try_from(millis).unwrap_or(i64::MAX)))
+    super::convert::timestamp_in(&time).map_err(|why| format!("{field} {why}"))
 }
 
 fn state_value(value: &str) -> Result<State, String> {
@@ -325,12 +324,18 @@ mod tests {
         assert_eq!(keys.labels, [("team".to_string(), "pay ments".to_string())]);
         assert_eq!(keys.expire_after, Some(UnixMillis(1_798_761_600_000)));
         assert_eq!(keys.expire_before, Some(UnixMillis(1_830_297_600_000)));
+        // An offset is the same instant written elsewhere.
+        let offset = parse_key_filter("last_use_time > 2027-01-01T02:00:00+02:00").unwrap();
+        assert_eq!(offset.last_use_after, Some(UnixMillis(1_798_761_600_000)));
+        let fractional = parse_key_filter("last_use_time < 2027-01-01T00:00:00.250Z").unwrap();
+        assert_eq!(fractional.last_use_before, Some(UnixMillis(1_798_761_600_250)));
         for bad in [
             "expire_time = 2027-01-01T00:00:00Z",
             "state < ACTIVE",
             "labels.Team = x",
             "labels.team > x",
             "last_use_time > yesterday",
+            "last_use_time > 1960-01-01T00:00:00Z",
             "origin = MAGIC",
             "identity_id = short",
         ] {
