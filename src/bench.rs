@@ -65,36 +65,36 @@ pub struct BenchArgs {
     #[arg(long, env = "KEYRACK_BENCH_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
     /// Which load to run.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, env = "KEYRACK_BENCH_MODE", value_enum, default_value = "all")]
     pub mode: BenchMode,
     /// Concurrent request streams.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "KEYRACK_BENCH_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// HTTP/2 connections the streams share.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "KEYRACK_BENCH_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
     /// How long each measured phase runs.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KEYRACK_BENCH_DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Distinct cached tokens the hot load cycles through.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "KEYRACK_BENCH_HOT_KEYS", default_value_t = 64)]
     pub hot_keys: usize,
     /// Fresh tokens minted for the cold phases.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = "KEYRACK_BENCH_COLD_KEYS", default_value_t = 2000)]
     pub cold_keys: usize,
     /// Tokens verified by `fill`.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "KEYRACK_BENCH_FILL_TOKENS", default_value_t = 100_000)]
     pub fill_tokens: usize,
     /// With `fill`: a server process whose resident memory to report.
-    #[arg(long)]
+    #[arg(long, env = "KEYRACK_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
     /// The Redis that --target serves from: the c=1 phase then also times
     /// the very MGET Verify makes, from a bare client, as the floor that
     /// Verify's latency cannot go below.
-    #[arg(long)]
+    #[arg(long, env = "KEYRACK_BENCH_REDIS_URL")]
     pub redis_url: Option<String>,
     /// The --redis-prefix --target was started with.
-    #[arg(long, default_value = "keyrack:")]
+    #[arg(long, env = "KEYRACK_BENCH_REDIS_PREFIX", default_value = "keyrack:")]
     pub redis_prefix: String,
 }
 

@@ -76,10 +76,10 @@ pub enum Command {
 pub struct ImportArgs {
     /// The CSV file: a header `Name,Key,Description,Enabled` (further columns
     /// ignored); `Enabled=false` imports a disabled key.
-    #[arg(long)]
+    #[arg(long, env = "KEYRACK_IMPORT_CSV")]
     pub csv: PathBuf,
     /// The identity the keys will belong to.
-    #[arg(long)]
+    #[arg(long, env = "KEYRACK_IMPORT_IDENTITY")]
     pub identity: String,
     /// Store and secret flags.
     #[command(flatten)]
@@ -94,10 +94,10 @@ pub struct HealthArgs {
     pub target: String,
     /// The service to ask about: "" (the server), keyrack.v1.VerifyService or
     /// keyrack.v1.AdminService.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "KEYRACK_HEALTH_SERVICE", default_value = "")]
     pub service: String,
     /// How long to wait for the answer.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KEYRACK_HEALTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -344,7 +344,7 @@ pub struct BootstrapArgs {
     #[arg(long, env = "KEYRACK_BOOTSTRAP_NAME")]
     pub name: String,
     /// Create it even when an admin already exists.
-    #[arg(long)]
+    #[arg(long, env = "KEYRACK_BOOTSTRAP_FORCE")]
     pub force: bool,
     /// Store and secret flags.
     #[command(flatten)]
@@ -355,7 +355,7 @@ pub struct BootstrapArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ProtosetArgs {
     /// Write here instead of standard output.
-    #[arg(long, short)]
+    #[arg(long, short, env = "KEYRACK_PROTOSET_OUTPUT")]
     pub output: Option<PathBuf>,
 }
 

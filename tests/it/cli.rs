@@ -677,7 +677,16 @@ fn import_reads_an_api_gateway_key_file() {
         assert!(answer.status.success(), "{}", text(&answer.stderr));
         text(&answer.stdout)
     };
-    assert!(verify("GwKeyMobile0123456789abcdefXYZ").contains("VERIFY_CODE_VALID"));
+    // The serving keyrack learns of the store's first import within about a
+    // second (until then such a token costs it no lookup).
+    let learned = std::time::Instant::now();
+    while !verify("GwKeyMobile0123456789abcdefXYZ").contains("VERIFY_CODE_VALID") {
+        assert!(
+            learned.elapsed() < Duration::from_secs(10),
+            "the imported token never verified"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(verify("GwKeyRetired0123456789abcdefXY").contains("VERIFY_CODE_DISABLED"));
     assert!(verify("GwKeyMobile0123456789abcdefXYY").contains("VERIFY_CODE_MALFORMED"));
     for (name, value) in redis.dump() {
