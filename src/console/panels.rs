@@ -6,7 +6,9 @@
 use super::views::{self, AuditFilters, IdentityFilters};
 use super::{Admin, ConsoleState, Failure, Shared, set_cookie, to_sign_in};
 use crate::domain::identity::IdentityFilter;
-use crate::domain::names::{DatasetName, IdentityName, parse_description, parse_name};
+use crate::domain::names::{
+    DatasetName, IdentityName, NameError, parse_description, parse_name, parse_person_name,
+};
 use crate::domain::{
     AuditFilter, Error, IdentityId, IdentityKind, KeyId, SecretString, State as LifeState,
     UnixMillis, Violations, cidr, scope,
@@ -312,10 +314,19 @@ struct CheckedRecord {
 }
 
 impl RecordForm {
-    /// Checks every field, reporting all bad ones at once.
+    /// Checks every field, reporting all bad ones at once; the name by the
+    /// rule of services and keys.
     fn checked(&self) -> Result<CheckedRecord, Error> {
+        self.checked_with(parse_name)
+    }
+
+    /// Checks every field, the name by `name_rule`.
+    fn checked_with(
+        &self,
+        name_rule: fn(&str) -> Result<String, NameError>,
+    ) -> Result<CheckedRecord, Error> {
         let mut violations = Violations::new();
-        let name = violations.check("name", parse_name(&self.name));
+        let name = violations.check("name", name_rule(&self.name));
         let description = violations.check("description", parse_description(&self.description));
         let datasets = check_names(&mut violations, "datasets", &self.datasets);
         let allowed_cidrs = check_cidrs(&mut violations, "allowed_cidrs", &self.allowed_cidrs);
@@ -394,7 +405,17 @@ pub(super) async fn edit_identity(
     Form(form): Form<RecordForm>,
 ) -> Reply {
     let id = identity_id(&id)?;
-    let record = form.checked()?;
+    let kind = state.authority.get_identity(&id).await?.kind;
+    // A person keeps its SCIM userName's rule, and its lifetime is the
+    // identity provider's: its form has no expiry, and none is changed.
+    let (record, expire_time) = match kind {
+        IdentityKind::Service => {
+            let record = form.checked()?;
+            let expire_time = Some(record.expire_time);
+            (record, expire_time)
+        }
+        IdentityKind::Person => (form.checked_with(parse_person_name)?, None),
+    };
     // The admin flag is not on the edit form: who is an admin changes
     // through the Admin API only.
     let changes = IdentityChanges {
@@ -404,7 +425,7 @@ pub(super) async fn edit_identity(
         allowed_cidrs: Some(record.allowed_cidrs),
         scopes: Some(record.scopes),
         admin: None,
-        expire_time: Some(record.expire_time),
+        expire_time,
         labels: None,
         rate_limits: None,
     };

@@ -389,8 +389,10 @@ pub fn identity(viewer: &Viewer<'_>, identity: &Identity, keys: &[ApiKey]) -> Ma
                     label for="edit-description" { "Description" }
                     input #edit-description type="text" name="description" value=(identity.description) maxlength="256";
                     (list_fields("edit", &identity.datasets.join(", "), &identity.scopes.join(", "), &nets(&identity.allowed_cidrs)))
-                    label for="edit-expire" { "Expires (UTC, empty for never)" }
-                    input #edit-expire type="datetime-local" name="expire_time" value=(datetime_value(identity.expire_time));
+                    @if identity.kind == IdentityKind::Service {
+                        label for="edit-expire" { "Expires (UTC, empty for never)" }
+                        input #edit-expire type="datetime-local" name="expire_time" value=(datetime_value(identity.expire_time));
+                    }
                     button type="submit" { "Save" }
                 }
             }

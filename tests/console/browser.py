@@ -246,6 +246,18 @@ def run(driver):
     shoot(driver, "identities")
     step("people have no Roll or Disable")
 
+    # A person's name and description are an admin's to edit; its expiry is
+    # the identity provider's, so the form has none.
+    follow(driver, row.find_element(By.LINK_TEXT, "ada.lovelace"))
+    check(not driver.find_elements(By.ID, "edit-expire"), "a person's edit form offers an expiry")
+    description = driver.find_element(By.ID, "edit-description")
+    description.clear()
+    description.send_keys("Analytical engine")
+    follow(driver, driver.find_element(By.CSS_SELECTOR, "form[action$='/edit'] button[type=submit]"))
+    check("Analytical engine" in driver.page_source, "the person's description was not saved")
+    check("ada.lovelace" in driver.page_source, "the person's name changed")
+    step("a person's description edited")
+
     # Enroll TOTP with the QR code, confirm with oathtool's code.
     driver.get(URL + "/totp")
     follow(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/totp/enroll'] button"))

@@ -152,6 +152,7 @@ fn the_console_works_in_headless_chromium() {
         "create identity, token copied once",
         "identity filters",
         "people have no Roll or Disable",
+        "a person's description edited",
         "TOTP enrolled",
         "roll with TOTP",
         "revoke, then the audit entry",
