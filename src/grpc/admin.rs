@@ -5,6 +5,7 @@ use super::{bearer_token, convert, filter};
 use crate::domain::{Error, Identity, SecretString, State};
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::service::CallContext;
+use crate::service::events::Watcher;
 use crate::service::{Authority, Caller, audit};
 use std::future::Future;
 use std::sync::Arc;
@@ -85,11 +86,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
+        let watcher = Watcher {
+            key_id: caller.key_id,
+            identity_id: caller.identity.id,
+            peer: request.remote_addr().map(|address| address.ip()),
+        };
         let (cursor, filter) = convert::watch_in(request.get_ref())?;
         let items = self
             .authority
-            .watch_events(cursor.as_deref(), filter)
+            .watch_events(watcher, cursor.as_deref(), filter)
             .await?;
         let stream = futures_util::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(items),

@@ -11,7 +11,8 @@
 use super::Authority;
 use super::audit::is_event_id;
 use crate::domain::audit::entry_position;
-use crate::domain::{AuditEvent, Error, EventKind, IdentityId, UnixMillis};
+use crate::domain::{AuditEvent, Error, EventKind, IdentityId, KeyId, UnixMillis};
+use std::net::IpAddr;
 use crate::store::Store;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -161,6 +162,7 @@ impl Authority {
     /// a store failure ends the stream with its error.
     pub async fn watch_events(
         self: &Arc<Self>,
+        watcher: Watcher,
         after_cursor: Option<&str>,
         filter: EventFilter,
     ) -> Result<mpsc::Receiver<Result<WatchItem, Error>>, Error> {
@@ -192,7 +194,9 @@ impl Authority {
         let authority = Arc::clone(self);
         let closing = self.events.closing.subscribe();
         tokio::spawn(async move {
-            authority.follow(start, filter, feed, closing, sender).await;
+            authority
+                .follow(&watcher, start, filter, feed, closing, sender)
+                .await;
         });
         Ok(receiver)
     }
@@ -201,6 +205,7 @@ impl Authority {
     /// the store fails or the authority goes away.
     async fn follow(
         &self,
+        watcher: &Watcher,
         mut cursor: String,
         filter: EventFilter,
         mut feed: watch::Receiver<Option<String>>,
@@ -224,6 +229,9 @@ impl Authority {
                     }
                 };
                 let exhausted = batch.len() < READ_BATCH;
+                if !batch.is_empty() && !self.still_watching(watcher, &sender).await {
+                    return;
+                }
                 for event in batch {
                     cursor.clone_from(&event.id);
                     if filter.matches(&event) {
@@ -238,6 +246,9 @@ impl Authority {
                 }
             }
             if heartbeat_due && last_sent.elapsed() >= heartbeat {
+                if !self.still_watching(watcher, &sender).await {
+                    return;
+                }
                 let beat = WatchItem::Heartbeat {
                     time: UnixMillis::now(),
                     cursor: cursor.clone(),
@@ -259,6 +270,42 @@ impl Authority {
                 _ = closing.changed() => {}
             }
         }
+    }
+}
+
+/// Who watches a stream: the admin it was opened by, checked again before
+/// each batch of events and each heartbeat, so a stream ends soon after its
+/// admin's key or identity stops admitting it.
+#[derive(Debug, Clone)]
+pub struct Watcher {
+    /// The admin's key.
+    pub key_id: KeyId,
+    /// The admin's identity.
+    pub identity_id: IdentityId,
+    /// Where the stream was opened from (for the key's allow-list).
+    pub peer: Option<IpAddr>,
+}
+
+impl Authority {
+    /// Whether `watcher` may still be sent events; if not, or if the store
+    /// cannot say, the stream ends with why.
+    async fn still_watching(
+        &self,
+        watcher: &Watcher,
+        sender: &mpsc::Sender<Result<WatchItem, Error>>,
+    ) -> bool {
+        let refusal = match self
+            .admin_still_admitted(&watcher.key_id, &watcher.identity_id, watcher.peer)
+            .await
+        {
+            Ok(Some(_)) => return true,
+            Ok(None) => Error::Unauthenticated(
+                "the admin token this stream was opened with is no longer valid".into(),
+            ),
+            Err(error) => error,
+        };
+        let _ = sender.send(Err(refusal)).await;
+        false
     }
 }
 

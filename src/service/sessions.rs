@@ -7,7 +7,7 @@
 
 use super::{Authority, CallContext, Caller};
 use crate::domain::session::ConsoleSession;
-use crate::domain::{Error, SecretString, State, UnixMillis};
+use crate::domain::{Error, IdentityId, KeyId, SecretString, State, UnixMillis};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -95,23 +95,33 @@ impl Authority {
             .get_session(&handle(cookie))
             .await?
             .ok_or_else(signed_out)?;
-        let (key, identity) = *self
-            .store
-            .key_with_identity(&session.key_id)
+        self.admin_still_admitted(&session.key_id, &session.identity_id, peer)
             .await?
-            .ok_or_else(signed_out)?;
-        let admits = identity.id == session.identity_id
+            .ok_or_else(signed_out)
+    }
+
+    /// The admin an earlier authentication found (its key and identity), if
+    /// they still admit an admin from `peer` as a fresh token would be: for
+    /// what outlives one call, a console session or an event stream.
+    pub async fn admin_still_admitted(
+        &self,
+        key_id: &KeyId,
+        identity_id: &IdentityId,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Caller>, Error> {
+        let Some(subject) = self.store.key_with_identity(key_id).await? else {
+            return Ok(None);
+        };
+        let (key, identity) = *subject;
+        let admits = identity.id == *identity_id
             && identity.admin
             && identity.state == State::Active
             && key.state == State::Active
             && identity.permits_address(&key.allowed_cidrs, peer);
-        if !admits {
-            return Err(signed_out());
-        }
-        Ok(Caller {
+        Ok(admits.then_some(Caller {
             identity,
             key_id: key.id,
-        })
+        }))
     }
 
     /// Signs out: the session is gone from the store.

@@ -257,6 +257,47 @@ async fn server_with_fast_heartbeats() -> TestServer {
     .await
 }
 
+/// A stream lasts only as long as its admin's token would still be
+/// accepted: once the key it was opened with is revoked, the stream ends
+/// with UNAUTHENTICATED and carries nothing more, not even that revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_admin_is_revoked() {
+    let server = server_with_fast_heartbeats().await;
+    let second = server
+        .create_identity(proto::CreateIdentityRequest {
+            name: "second_admin".into(),
+            admin: true,
+            ..Default::default()
+        })
+        .await;
+    let mut stream = server
+        .admin()
+        .await
+        .watch_events(authed(&second.token, proto::WatchEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    // Live, it sees what happens.
+    let watched = server.create_service("watched").await;
+    assert_eq!(action(&next_event(&mut stream).await), "CreateIdentity");
+    revoke(&server, &second.key.unwrap().id).await;
+    revoke(&server, &watched.key.unwrap().id).await;
+    let ended = loop {
+        let message = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("the stream ends in time");
+        match message {
+            Ok(Some(proto::WatchEventsResponse {
+                payload: Some(Payload::Heartbeat(_)),
+            })) => {}
+            Ok(other) => panic!("a revoked admin was sent {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    server.stop().await;
+}
+
 /// Filters by identity and kind hold; events that do not pass still move
 /// the heartbeat's cursor, and an idle stream keeps beating.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
