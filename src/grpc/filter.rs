@@ -328,7 +328,10 @@ mod tests {
         let offset = parse_key_filter("last_use_time > 2027-01-01T02:00:00+02:00").unwrap();
         assert_eq!(offset.last_use_after, Some(UnixMillis(1_798_761_600_000)));
         let fractional = parse_key_filter("last_use_time < 2027-01-01T00:00:00.250Z").unwrap();
-        assert_eq!(fractional.last_use_before, Some(UnixMillis(1_798_761_600_250)));
+        assert_eq!(
+            fractional.last_use_before,
+            Some(UnixMillis(1_798_761_600_250))
+        );
         for bad in [
             "expire_time = 2027-01-01T00:00:00Z",
             "state < ACTIVE",

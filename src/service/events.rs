@@ -12,8 +12,8 @@ use super::Authority;
 use super::audit::is_event_id;
 use crate::domain::audit::entry_position;
 use crate::domain::{AuditEvent, Error, EventKind, IdentityId, KeyId, UnixMillis};
-use std::net::IpAddr;
 use crate::store::Store;
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -186,7 +186,17 @@ impl Authority {
                     "cursor {cursor} is older than the oldest event kept ({oldest}); re-read the log with ListAuditEvents and watch from its newest event"
                 )));
             }
-            (Some(cursor), _) => cursor.to_owned(),
+            (Some(cursor), Some(_)) => cursor.to_owned(),
+            // An empty log: everything was trimmed, so a cursor before the
+            // newest event ever appended would silently skip the rest.
+            (Some(cursor), None) => match self.store.last_audit_id().await? {
+                Some(last) if entry_position(cursor) < entry_position(&last) => {
+                    return Err(Error::OutOfRange(format!(
+                        "cursor {cursor} is older than events already trimmed away (the log is empty; the newest was {last}); re-read the log with ListAuditEvents and watch from its newest event"
+                    )));
+                }
+                _ => cursor.to_owned(),
+            },
             (None, Some((_, newest))) => newest,
             (None, None) => "0-0".to_owned(),
         };

@@ -826,6 +826,13 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn last_audit_id(&self) -> StoreResult<Option<String>> {
+        self.with_state(|state| {
+            let (millis, seq) = state.last_audit_id;
+            Ok((millis > 0).then(|| format!("{millis}-{seq}")))
+        })
+    }
+
     async fn take_deliveries(
         &self,
         group: &str,

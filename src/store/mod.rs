@@ -280,6 +280,10 @@ pub trait Store: Send + Sync + 'static {
     /// the log is empty.
     async fn audit_bounds(&self) -> StoreResult<Option<(String, String)>>;
 
+    /// The id of the newest audit event ever appended, kept or trimmed away;
+    /// `None` before the first.
+    async fn last_audit_id(&self) -> StoreResult<Option<String>>;
+
     /// Up to `limit` audit events that no consumer of the delivery `group`
     /// has been given yet, now pending for `consumer`, oldest first. The
     /// group is created on first use and starts with the events appended

@@ -186,6 +186,35 @@ async fn trimmed_cursors_are_out_of_range(server: TestServer) {
     .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
+    // With every event trimmed away the log is empty: a cursor before the
+    // newest event ever written missed some, the newest one missed none.
+    let newest = ids_after(&server, "").await.last().unwrap().clone();
+    server
+        .store
+        .trim_audit(keyrack::domain::UnixMillis(i64::MAX))
+        .await
+        .unwrap();
+    assert!(ids_after(&server, "").await.is_empty(), "the log is empty");
+    let status = watch(
+        &server,
+        proto::WatchEventsRequest {
+            after_cursor: first.last().unwrap().clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    watch(
+        &server,
+        proto::WatchEventsRequest {
+            after_cursor: newest,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("the newest cursor missed nothing");
+
     // Bad requests are refused with the field named.
     for (request, field) in [
         (

@@ -72,6 +72,7 @@ contract!(
     key_grace_and_revision_rules_hold_case_by_case,
     identity_revisions_hold_case_by_case,
     imported_tokens_are_claimed_once_and_noted_for_good,
+    the_last_audit_id_outlives_trimming,
 );
 
 /// The actions of `events`, in order.
@@ -1590,4 +1591,20 @@ async fn imported_tokens_are_claimed_once_and_noted_for_good(store: &dyn Store) 
         store.has_imports().await.unwrap(),
         "the marker outlives the index entries"
     );
+}
+
+async fn the_last_audit_id_outlives_trimming(store: &dyn Store) {
+    assert_eq!(store.last_audit_id().await.unwrap(), None);
+    store
+        .append_audit(&keyrack::domain::AuditEvent::new(
+            "CreateIdentity",
+            "trim-1",
+        ))
+        .await
+        .unwrap();
+    let (_, newest) = store.audit_bounds().await.unwrap().unwrap();
+    assert_eq!(store.last_audit_id().await.unwrap(), Some(newest.clone()));
+    store.trim_audit(UnixMillis(i64::MAX)).await.unwrap();
+    assert_eq!(store.audit_bounds().await.unwrap(), None);
+    assert_eq!(store.last_audit_id().await.unwrap(), Some(newest));
 }

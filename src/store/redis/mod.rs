@@ -1152,6 +1152,33 @@ where
             .map(|(first, last)| (first.id, last.id)))
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.last_audit_id", skip_all)]
+    async fn last_audit_id(&self) -> StoreResult<Option<String>> {
+        let info: Result<std::collections::HashMap<String, redis::Value>, RedisError> =
+            redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(self.keyspace.audit())
+                .query_async(&mut self.connection())
+                .await;
+        let info = match info {
+            Ok(info) => info,
+            // Redis answered: there is no stream, so nothing was appended.
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(unavailable(error)),
+        };
+        let last: Option<String> = info
+            .get("last-generated-id")
+            .map(<String as redis::FromRedisValue>::from_redis_value_ref)
+            .transpose()
+            .map_err(|error| StoreError::Corrupt(format!("XINFO STREAM: {error}")))?;
+        Ok(last.filter(|id| id != "0-0"))
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.take_deliveries", skip_all)]
     async fn take_deliveries(
         &self,
