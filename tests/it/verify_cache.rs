@@ -471,3 +471,37 @@ async fn the_binary_reads_redis_only_with_the_cache_off() {
         assert!(exit.success());
     }
 }
+
+/// A Redis that refuses `CLIENT TRACKING` (here an ACL without
+/// `client|tracking`) leaves the record cache off, with a warning, and
+/// keyrack serves, reading Redis on every Verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_refusing_tracking_leaves_the_cache_off() {
+    let redis = RedisServer::start();
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("untracked")
+        .arg("on")
+        .arg(">untracked-password")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-client|tracking")
+        .query(&mut redis.connection())
+        .unwrap();
+    let url = format!("{}?user=untracked&pass=untracked-password", redis.url());
+    let mut store = RedisStore::connect(
+        &crate::support::redis_options(url, Duration::from_millis(500)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect as the user without tracking");
+    store
+        .enable_verify_cache(crate::support::test_verify_cache_options())
+        .await
+        .expect("no tracking is no reason to stop");
+    assert!(store.verify_cache_stats().is_none(), "the cache is off");
+    let identity = crate::support::service_identity("untracked_svc");
+    store.create_identity(&identity, &[]).await.unwrap();
+    assert!(store.get_identity(&identity.id).await.unwrap().is_some());
+}

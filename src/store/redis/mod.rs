@@ -140,20 +140,32 @@ where
 
     /// Turns on Verify's tracked record cache (see `record_cache.rs`); under
     /// Cluster it tracks each master on its own link. Every Redis keyrack
-    /// accepts can track reads (see `require_supported_redis`).
+    /// accepts can track reads (see `require_supported_redis`); one whose
+    /// ACL refuses `CLIENT TRACKING` leaves the cache off, with a warning.
     pub async fn enable_verify_cache(&mut self, options: VerifyCacheOptions) -> StoreResult<()> {
         let Some(opener) = self.link_opener.clone() else {
             return Ok(());
         };
-        let cache = record_cache::RecordCache::start(
+        let started = record_cache::RecordCache::start(
             options,
             self.response_timeout,
             opener,
             self.keyspace.clone(),
         )
-        .await
-        .map_err(unavailable)?;
-        self.record_cache = Some(cache);
+        .await;
+        match started {
+            Ok(cache) => self.record_cache = Some(cache),
+            // Redis answered, and refused: no tracking there (an ACL without
+            // `client|tracking`, a server without it). Verify then reads
+            // Redis every time, as `--verify-cache off` does.
+            Err(error) if matches!(error.kind(), redis::ErrorKind::Server(_)) => {
+                tracing::warn!(
+                    %error,
+                    "Redis refused CLIENT TRACKING: Verify's record cache is off, and every Verify reads Redis (as with --verify-cache off)"
+                );
+            }
+            Err(error) => return Err(unavailable(error)),
+        }
         Ok(())
     }
 
