@@ -82,7 +82,7 @@ impl RedisServer {
             .expect("start redis-server")
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.path().join("redis.sock")
     }
 

@@ -15,6 +15,7 @@ use keyrack::store::Store;
 use keyrack::store::redis::RedisStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -491,17 +492,155 @@ async fn a_redis_refusing_tracking_leaves_the_cache_off() {
         .unwrap();
     let url = format!("{}?user=untracked&pass=untracked-password", redis.url());
     let mut store = RedisStore::connect(
-        &crate::support::redis_options(url, Duration::from_millis(500)),
+        &redis_options(url, Duration::from_millis(500)),
         Duration::from_secs(5),
     )
     .await
     .expect("connect as the user without tracking");
     store
-        .enable_verify_cache(crate::support::test_verify_cache_options())
+        .enable_verify_cache(test_verify_cache_options())
         .await
         .expect("no tracking is no reason to stop");
     assert!(store.verify_cache_stats().is_none(), "the cache is off");
     let identity = crate::support::service_identity("untracked_svc");
     store.create_identity(&identity, &[]).await.unwrap();
     assert!(store.get_identity(&identity.id).await.unwrap().is_some());
+}
+
+/// Forwards connections from a Unix socket to Redis's, and can stop passing
+/// Redis's replies to the connections that turned tracking on: a tracking
+/// link that stalls silently while Redis itself answers.
+struct TrackingStaller {
+    path: std::path::PathBuf,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl TrackingStaller {
+    fn start(redis: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let upstream = redis.socket();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = Arc::clone(&stalled);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::UnixStream::connect(&upstream).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let tracking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let seen = Arc::clone(&tracking);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(read @ 1..) = client_read.read(&mut buffer).await {
+                        let sent = &buffer[..read];
+                        if sent
+                            .windows(8)
+                            .any(|window| window.eq_ignore_ascii_case(b"TRACKING"))
+                        {
+                            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if server_write.write_all(sent).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let stall = Arc::clone(&stall);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(read @ 1..) = server_read.read(&mut buffer).await {
+                        let frozen = || {
+                            tracking.load(std::sync::atomic::Ordering::SeqCst)
+                                && stall.load(std::sync::atomic::Ordering::SeqCst)
+                        };
+                        if frozen() {
+                            // Replies are swallowed: the connection stays
+                            // open and silent, as a stalled link would.
+                            continue;
+                        }
+                        if client_write.write_all(&buffer[..read]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            path,
+            stalled,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.path.display())
+    }
+
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A tracking link that stalls silently while Redis answers: the cache
+/// stops serving within its bound, the link is dropped and reopened, and
+/// Verify keeps answering from Redis meanwhile (a new link stalls too here,
+/// so every answer comes through the main connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tracking_link_is_replaced_and_verify_keeps_answering() {
+    let redis = RedisServer::start();
+    let staller = TrackingStaller::start(&redis);
+    let mut store = RedisStore::connect(
+        &redis_options(staller.url(), Duration::from_millis(500)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    store
+        .enable_verify_cache(test_verify_cache_options())
+        .await
+        .unwrap();
+    let store = Arc::new(store);
+    let authority = test_authority(
+        Arc::clone(&store) as Arc<dyn Store>,
+        keyrack::service::AuthorityOptions::default(),
+    );
+    let (_, minted) = authority.create_admin("stalled_admin", "").await.unwrap();
+    let token = minted.token.expose().to_owned();
+    let verify = || async {
+        authority
+            .verify(VerifyQuery {
+                token: &token,
+                dataset: None,
+                client_ip: None,
+                required_scopes: &[],
+                context: Default::default(),
+                cost: 1,
+            })
+            .await
+            .map(|verdict| verdict.code)
+    };
+    eventually("the record is cached", Duration::from_secs(5), || async {
+        verify().await.is_ok() && store.verify_cache_stats().unwrap().hits > 0
+    })
+    .await;
+    let resets = store.verify_cache_stats().unwrap().link_resets;
+
+    staller.stall();
+    let stalled_at = Instant::now();
+    eventually(
+        "the stalled link is dropped",
+        Duration::from_secs(5),
+        || async { store.verify_cache_stats().unwrap().link_resets > resets },
+    )
+    .await;
+    assert!(stalled_at.elapsed() < Duration::from_secs(3));
+    for _ in 0..5 {
+        assert_eq!(
+            verify().await.map_err(|error| error.to_string()),
+            Ok(keyrack::domain::VerifyCode::Valid),
+            "Verify answers from Redis while the link is stalled"
+        );
+    }
 }

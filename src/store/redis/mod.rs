@@ -185,7 +185,8 @@ where
     }
 
     /// Verify's read through the tracking link, cached when Redis returned
-    /// both records and nothing changed meanwhile; None when no link is up.
+    /// both records and nothing changed meanwhile; None when no link is up
+    /// or the read on it failed (the caller then reads uncached).
     async fn tracked_key_with_identity(
         &self,
         cache: &record_cache::RecordCache,
@@ -207,7 +208,15 @@ where
                 cache.slots_moved(generation);
                 return None;
             }
-            Err(error) => return Some(Err(unavailable(error))),
+            Err(error) => {
+                // A link that fails a read (a timeout on a link stalled
+                // silently, say) is dropped and replaced; this read goes
+                // through the main connection, so one bad link costs no
+                // answer that Redis itself could give.
+                tracing::debug!(%error, "a read on the tracking link failed");
+                cache.link_failed(generation);
+                return None;
+            }
         };
         let (Some(raw_key), Some(raw_identity)) = (raw_key, raw_identity) else {
             // An unknown key id is never cached as absent.

@@ -404,6 +404,13 @@ impl RecordCache {
         self.reset(generation);
     }
 
+    /// A read or a fence on a link of `generation` failed (an error, or no
+    /// answer within the response timeout): the link may have stalled
+    /// silently, so the links are dropped and reopened rather than waited on.
+    pub(super) fn link_failed(&self, generation: u64) {
+        self.reset(generation);
+    }
+
     fn removal_count(&self) -> u64 {
         *self.removals.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -609,7 +616,8 @@ async fn keep_link_up(cache: Weak<RecordCache>, opener: LinkOpener) {
 
 /// Sends a PING on the link every quarter of the bound; each reply moves the
 /// fence to the moment its PING was sent. PINGs are not awaited one by one, so
-/// a stalled Redis stops the fence without stopping the ticks.
+/// a stalled Redis stops the fence without stopping the ticks; a PING that
+/// fails or times out drops the links, which are then reopened.
 async fn fence(cache: Weak<RecordCache>) {
     let period = match cache.upgrade() {
         Some(cache) => (cache.max_staleness / 4).max(Duration::from_millis(1)),
@@ -648,10 +656,11 @@ async fn fence(cache: Weak<RecordCache>) {
             tokio::spawn(async move {
                 let answered: RedisResult<String> =
                     redis::cmd("PING").query_async(&mut connection).await;
-                if answered.is_ok()
-                    && let Some(cache) = weak.upgrade()
-                {
-                    cache.fenced(generation, shard, sent_at);
+                if let Some(cache) = weak.upgrade() {
+                    match answered {
+                        Ok(_) => cache.fenced(generation, shard, sent_at),
+                        Err(_) => cache.link_failed(generation),
+                    }
                 }
             });
         }
