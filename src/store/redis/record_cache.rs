@@ -385,17 +385,34 @@ impl RecordCache {
     }
 
     /// The link to read `identity`'s records through, its generation and
-    /// the removal count before the read, or None while no link is up.
+    /// the removal count before the read; None while no link is up for its
+    /// shard, or while that link has answered no fence for the response
+    /// timeout (a link that stalled silently: the read then goes through the
+    /// ordinary connection rather than wait on it).
     pub(super) fn begin_read(
         &self,
         identity: &IdentityId,
     ) -> Option<(MultiplexedConnection, u64, u64)> {
+        let shard = self.shard_of(identity);
+        if !self.answering(shard) {
+            return None;
+        }
         let (connection, generation) = {
             let links = self.lock_link();
-            let connection = links.connections.get(self.shard_of(identity))?.clone();
+            let connection = links.connections.get(shard)?.clone();
             (connection, links.generation)
         };
         Some((connection, generation, self.removal_count()))
+    }
+
+    /// Whether `shard`'s link answered a fence within the response timeout.
+    fn answering(&self, shard: usize) -> bool {
+        let Some(fenced_at) = self.fenced_at.get(shard) else {
+            return false;
+        };
+        let fenced_at = fenced_at.load(Ordering::Acquire);
+        let limit = self.response_timeout.max(self.max_staleness);
+        fenced_at != 0 && self.nanos_now().saturating_sub(fenced_at) < limit.as_nanos() as u64
     }
 
     /// A read through the links of `generation` was answered MOVED or ASK:
@@ -406,9 +423,15 @@ impl RecordCache {
 
     /// A read or a fence on a link of `generation` failed (an error, or no
     /// answer within the response timeout): the link may have stalled
-    /// silently, so the links are dropped and reopened rather than waited on.
+    /// silently. A single Redis's link is dropped and reopened. Under
+    /// Cluster the links stay, so the other masters' records keep being
+    /// served: reads of the failing shard bypass its link until it answers
+    /// a fence again (`begin_read`), and a lost link resets them all.
     pub(super) fn link_failed(&self, generation: u64) {
-        self.reset(generation);
+        let single = self.lock_link().connections.len() == 1;
+        if single {
+            self.reset(generation);
+        }
     }
 
     fn removal_count(&self) -> u64 {
