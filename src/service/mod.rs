@@ -35,7 +35,7 @@ pub use verify::{CallContext, Caller, VerifyQuery};
 
 use crate::domain::key::Origin;
 use crate::domain::token::{self, TokenPrefix};
-use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, UnixMillis};
+use crate::domain::{ApiKey, Error, IdentityId, KeyId, SecretString, Subject, UnixMillis};
 use crate::store::{Store, StoreError};
 use guard::{GuardOptions, VerifyGuard};
 use hash_pool::HashPool;
@@ -174,6 +174,9 @@ impl Default for AuthorityOptions {
     }
 }
 
+/// Most limited keys whose charged records Verify keeps (`charged_records`).
+const CHARGED_RECORDS: usize = 10_000;
+
 /// The credential authority: every operation the API offers.
 pub struct Authority {
     store: Arc<dyn Store>,
@@ -187,6 +190,9 @@ pub struct Authority {
     /// what a wrong secret for a live key costs.
     decoy_hash: String,
     events: events::EventFeed,
+    /// With a store that reads every record from Redis: the records of
+    /// limited keys as their last charge confirmed them (see `verify.rs`).
+    charged_records: Option<quick_cache::sync::Cache<KeyId, Subject>>,
     /// Whether tokens were ever imported into the store, as this replica
     /// last learned (`watch_for_imports`): until then, a token that is not
     /// in keyrack's format is refused without an import lookup.
@@ -199,6 +205,7 @@ impl Authority {
     /// seeds with `keyring`.
     pub fn new(store: Arc<dyn Store>, keyring: Keyring, options: AuthorityOptions) -> Self {
         let (hasher, sealer) = keyring.into_parts();
+        let store_reads_every_time = store.reads_records_every_time();
         let decoy_key = KeyId::generate(&IdentityId::generate());
         let decoy_secret = token::mint(&options.token_prefix, &decoy_key).secret;
         // `Keyring::new` checked the parameters; hashing fails only if
@@ -216,6 +223,8 @@ impl Authority {
             last_use: LastUseTracker::new(options.last_use_capacity),
             events: events::EventFeed::new(options.events.clone()),
             imports_seen: AtomicBool::new(false),
+            charged_records: store_reads_every_time
+                .then(|| quick_cache::sync::Cache::new(CHARGED_RECORDS)),
             options,
         }
     }

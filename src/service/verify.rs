@@ -109,7 +109,20 @@ impl Authority {
             self.guard.hold_back().await;
             return Ok(Verdict::refused(VerifyCode::Unknown));
         }
-        let mut record = self.store.key_with_identity(&key_id).await?;
+        // A limited key's records as its last charge confirmed them, for a
+        // token argon2 accepted against that very hash: decided on, they
+        // stand only if this call's charge confirms them again (the charge
+        // refuses changed revisions); any other outcome reads the store.
+        let charged = self
+            .charged_records
+            .as_ref()
+            .and_then(|charged| charged.get(&key_id))
+            .filter(|subject| accepted_against(accepted, &subject.0.secret_hash));
+        let mut unconfirmed = charged.is_some();
+        let mut record = match charged {
+            Some(subject) => Some(subject),
+            None => self.store.key_with_identity(&key_id).await?,
+        };
         // A cached key record keeps only its hash's fingerprint: enough for
         // a token argon2 accepted against that hash before, but argon2 itself
         // needs the PHC string, so any other token reads the record from the
@@ -123,10 +136,15 @@ impl Authority {
         // copy within its staleness bound, or a change in between) at most a
         // few times in a row; each time Verify decides again on a fresh read.
         for _ in 0..MAX_STALE_CHARGES {
-            let Some(subject) = record
+            let current = record
                 .take()
-                .filter(|subject| self.is_current(&subject.0, &subject.1))
-            else {
+                .filter(|subject| self.is_current(&subject.0, &subject.1));
+            if unconfirmed && current.is_none() {
+                unconfirmed = false;
+                record = self.store.key_with_identity_uncached(&key_id).await?;
+                continue;
+            }
+            let Some(subject) = current else {
                 // A key id that does not exist gets the work and the answers a
                 // wrong secret for a live one gets, so neither tells whether it
                 // exists.
@@ -155,17 +173,31 @@ impl Authority {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             let mut code = Self::decide(key, identity, &query);
+            let check = (code == VerifyCode::Valid)
+                .then(|| key.usage_check(identity, query.cost))
+                .flatten();
+            if unconfirmed && check.is_none() {
+                // A refusal needs records no charge confirms: read them.
+                unconfirmed = false;
+                record = self.store.key_with_identity_uncached(&key_id).await?;
+                continue;
+            }
             // Only a call that is otherwise valid is charged.
             let mut usage = None;
-            if code == VerifyCode::Valid
-                && let Some(check) = key.usage_check(identity, query.cost)
-            {
+            if let Some(check) = check {
                 match self.store.charge_usage(key, identity, &check).await? {
                     Charge::Stale => {
+                        if let Some(charged) = &self.charged_records {
+                            charged.remove(&key_id);
+                        }
+                        unconfirmed = false;
                         record = self.store.key_with_identity_uncached(&key_id).await?;
                         continue;
                     }
                     Charge::Settled(settlement) => {
+                        if !unconfirmed && let Some(charged) = &self.charged_records {
+                            charged.insert(key_id.clone(), subject.clone());
+                        }
                         code = match settlement.refusal {
                             None => VerifyCode::Valid,
                             Some(Refusal::RateLimited) => VerifyCode::RateLimited,

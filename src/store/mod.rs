@@ -157,6 +157,14 @@ pub trait Store: Send + Sync + 'static {
     /// times and roll links are empty. Read uncached to write a key back.
     async fn key_with_identity(&self, id: &KeyId) -> StoreResult<Option<Subject>>;
 
+    /// Whether every [`Store::key_with_identity`] is a round trip to the
+    /// system of record (Redis without Verify's record cache). Verify then
+    /// decides a limited key's call on the records it charged the last time
+    /// and lets the charge confirm them, rather than read them first.
+    fn reads_records_every_time(&self) -> bool {
+        false
+    }
+
     /// [`Store::key_with_identity`] from the system of record itself, past
     /// any cache: what Verify reads after a [`Charge::Stale`].
     async fn key_with_identity_uncached(&self, id: &KeyId) -> StoreResult<Option<Subject>> {

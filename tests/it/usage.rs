@@ -1142,3 +1142,81 @@ async fn a_cost_no_wait_can_cover_gets_no_retry_time() {
         server.stop().await;
     }
 }
+
+/// A limited key answers every change at once: a disable, an enable, a new
+/// allow-list and a revoke each decide the very next Verify, whether its
+/// records come from the record cache or, with the cache off, from its last
+/// confirmed charge (scripts/test runs this suite both ways).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_key_answers_every_change_at_once() {
+    let server = TestServer::start(Backend::Redis(RedisServer::start())).await;
+    let created = server
+        .create_identity(proto::CreateIdentityRequest {
+            name: "limited_changes".into(),
+            rate_limits: vec![per(1_000_000, "per_second", 1)],
+            ..Default::default()
+        })
+        .await;
+    let identity_id = created.identity.unwrap().id;
+    let key_id = created.key.unwrap().id;
+    let verifier = server.verifier().await;
+    let code = || async { verify_token(&verifier, &created.token).await.code() };
+    for _ in 0..3 {
+        assert_eq!(code().await, VerifyCode::Valid);
+    }
+    let mut admin = server.admin().await;
+    admin
+        .disable_identity(authed(
+            &server.admin_token,
+            proto::DisableIdentityRequest {
+                identity_id: identity_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(code().await, VerifyCode::Disabled);
+    admin
+        .enable_identity(authed(
+            &server.admin_token,
+            proto::EnableIdentityRequest {
+                identity_id: identity_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(code().await, VerifyCode::Valid);
+    assert_eq!(code().await, VerifyCode::Valid);
+    admin
+        .update_key(authed(
+            &server.admin_token,
+            proto::UpdateKeyRequest {
+                key: Some(proto::ApiKey {
+                    id: key_id.clone(),
+                    allowed_cidrs: vec!["192.0.2.0/24".into()],
+                    ..Default::default()
+                }),
+                update_mask: mask(&["allowed_cidrs"]),
+            },
+        ))
+        .await
+        .unwrap();
+    let elsewhere = verify(
+        &verifier,
+        proto::VerifyRequest {
+            token: created.token.clone(),
+            client_ip: "198.51.100.7".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(elsewhere.code(), VerifyCode::IpNotAllowed);
+    admin
+        .revoke_key(authed(
+            &server.admin_token,
+            proto::RevokeKeyRequest { key_id },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(code().await, VerifyCode::Unknown);
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ use crate::support::{
     RedisSentinels, RedisServer, TestServer, authed, capture_logs, command_calls, eventually, mask,
     redis_options, test_authority, test_verify_cache_options, two_replicas,
 };
+use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
 use keyrack::service::VerifyQuery;
@@ -443,7 +444,7 @@ async fn the_binary_reads_redis_only_with_the_cache_off() {
             .connect()
             .await
             .unwrap();
-        let mut verifier = VerifyServiceClient::new(channel);
+        let mut verifier = VerifyServiceClient::new(channel.clone());
         let mut verify = async || {
             verifier
                 .verify(proto::VerifyRequest {
@@ -467,6 +468,58 @@ async fn the_binary_reads_redis_only_with_the_cache_off() {
         assert!(
             reads <= most_reads && (mode == "tracked" || reads == CALLS),
             "--verify-cache {mode}: {reads} reads for {CALLS} Verify calls"
+        );
+
+        // A limited key: one round trip per Verify, the charge, in either
+        // mode (with the cache off, the charge confirms the records it
+        // charged the last time instead of a read before it).
+        let limited = AdminServiceClient::new(channel.clone())
+            .create_identity(authed(
+                &token,
+                proto::CreateIdentityRequest {
+                    name: format!("limited_{mode}"),
+                    rate_limits: vec![proto::RateLimit {
+                        name: "per_second".into(),
+                        limit: 1_000_000,
+                        duration: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                    }],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let mut verify_limited = async || {
+            verifier
+                .verify(proto::VerifyRequest {
+                    token: limited.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .code()
+        };
+        for _ in 0..3 {
+            assert_eq!(verify_limited().await, VerifyCode::Valid);
+        }
+        let (reads_before, charges_before) = (
+            command_calls(&redis, "mget"),
+            command_calls(&redis, "evalsha"),
+        );
+        for _ in 0..CALLS {
+            assert_eq!(verify_limited().await, VerifyCode::Valid);
+        }
+        let reads = command_calls(&redis, "mget") - reads_before;
+        let charges = command_calls(&redis, "evalsha") - charges_before;
+        assert_eq!(charges, CALLS, "--verify-cache {mode}: one charge per call");
+        assert!(
+            reads <= CALLS / 10 && (mode == "tracked" || reads == 0),
+            "--verify-cache {mode}: {reads} reads besides the charges of {CALLS} limited Verify calls"
         );
         let (exit, _) = served.terminate();
         assert!(exit.success());

@@ -830,6 +830,10 @@ where
         self.key_with_identity_uncached(id).await
     }
 
+    fn reads_records_every_time(&self) -> bool {
+        self.record_cache.is_none()
+    }
+
     async fn key_with_identity_uncached(&self, id: &KeyId) -> StoreResult<Option<Subject>> {
         let (raw_key, raw_identity): (Option<String>, Option<String>) = self
             .connection()
