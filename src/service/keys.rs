@@ -825,10 +825,7 @@ impl Authority {
             digests.push(self.hasher.import_digests(&key.token));
         }
         violations.finish()?;
-        // This replica looks imported tokens up from now on; the store's
-        // marker tells the others.
-        self.imports_seen
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.note_imports();
         let mut imported: Vec<(ApiKey, String)> = Vec::with_capacity(keys.len());
         for (key, digests) in keys.into_iter().zip(digests) {
             match self.import_one(identity_id, key, &digests[0], now).await {

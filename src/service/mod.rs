@@ -44,7 +44,7 @@ use keyring::Keyring;
 use last_use::LastUseTracker;
 use sealing::SeedSealer;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -174,6 +174,12 @@ impl Default for AuthorityOptions {
     }
 }
 
+/// What `Authority::imports` knows: not yet asked (imported tokens are
+/// looked up), none ever imported, some imported.
+const IMPORTS_UNKNOWN: u8 = 0;
+const IMPORTS_NONE: u8 = 1;
+const IMPORTS_SEEN: u8 = 2;
+
 /// Most limited keys whose charged records Verify keeps (`charged_records`).
 const CHARGED_RECORDS: usize = 10_000;
 
@@ -194,9 +200,9 @@ pub struct Authority {
     /// limited keys as their last charge confirmed them (see `verify.rs`).
     charged_records: Option<quick_cache::sync::Cache<KeyId, Subject>>,
     /// Whether tokens were ever imported into the store, as this replica
-    /// last learned (`watch_for_imports`): until then, a token that is not
-    /// in keyrack's format is refused without an import lookup.
-    imports_seen: AtomicBool,
+    /// last learned (`watch_for_imports`): while the store says none were,
+    /// a token not in keyrack's format is refused without an import lookup.
+    imports: AtomicU8,
     options: AuthorityOptions,
 }
 
@@ -222,7 +228,7 @@ impl Authority {
             hash_pool: HashPool::new(options.guard.hash_slots),
             last_use: LastUseTracker::new(options.last_use_capacity),
             events: events::EventFeed::new(options.events.clone()),
-            imports_seen: AtomicBool::new(false),
+            imports: AtomicU8::new(IMPORTS_UNKNOWN),
             charged_records: store_reads_every_time
                 .then(|| quick_cache::sync::Cache::new(CHARGED_RECORDS)),
             options,
@@ -236,16 +242,36 @@ impl Authority {
     pub async fn watch_for_imports(&self, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !self.imports_seen.load(Ordering::Relaxed) {
+        while self.imports.load(Ordering::Relaxed) != IMPORTS_SEEN {
             ticks.tick().await;
             match self.store.has_imports().await {
-                Ok(true) => self.imports_seen.store(true, Ordering::Relaxed),
-                Ok(false) => {}
+                Ok(true) => self.imports.store(IMPORTS_SEEN, Ordering::Relaxed),
+                Ok(false) => {
+                    // Never over an import this replica made meanwhile.
+                    let _ = self.imports.compare_exchange(
+                        IMPORTS_UNKNOWN,
+                        IMPORTS_NONE,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 Err(error) => {
                     tracing::debug!(%error, "could not learn whether tokens were imported")
                 }
             }
         }
+    }
+
+    /// Whether a token not in keyrack's format may be an imported one, so
+    /// worth an import lookup: unless the store said none was ever imported.
+    fn imports_possible(&self) -> bool {
+        self.imports.load(Ordering::Relaxed) != IMPORTS_NONE
+    }
+
+    /// This replica imports tokens: it looks them up from now on (the
+    /// store's marker tells the others).
+    fn note_imports(&self) {
+        self.imports.store(IMPORTS_SEEN, Ordering::Relaxed);
     }
 
     /// Writes the key uses noted since the last flush to the store. On

@@ -14,7 +14,6 @@ use crate::metrics::metrics;
 use crate::store::Charge;
 use futures_util::future::BoxFuture;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 
 /// How many times in a row Verify decides again when a charge finds the
 /// records it read changed (see `Store::charge_usage`).
@@ -327,11 +326,11 @@ impl Authority {
     }
 
     /// The key an imported token belongs to, found through the import index:
-    /// one store read, only once tokens were imported into the store, and
-    /// only for tokens of an importable shape. Before that, a token not in
-    /// keyrack's format costs neither a hash nor a read.
+    /// one store read, only for tokens of an importable shape, and not once
+    /// the store said no token was ever imported into it: then a token not
+    /// in keyrack's format costs neither a hash nor a read.
     async fn imported_key(&self, token: &str) -> Result<Option<KeyId>, Error> {
-        if !self.imports_seen.load(Ordering::Relaxed) || !super::keys::importable_shape(token) {
+        if !self.imports_possible() || !super::keys::importable_shape(token) {
             return Ok(None);
         }
         let digests = self

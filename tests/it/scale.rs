@@ -767,3 +767,55 @@ async fn malformed_tokens_cost_no_lookup_until_tokens_are_imported() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A store whose tokens were imported before the imports marker existed is
+/// walked once for imported keys: they are found, the marker is set, and
+/// every replica looks imported tokens up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_made_before_the_marker_are_found_by_one_walk() {
+    let server = TestServer::start(Backend::Redis(RedisServer::start())).await;
+    let redis = server.backend.redis();
+    assert!(!server.store.has_imports().await.unwrap());
+    let walked: bool = ::redis::cmd("EXISTS")
+        .arg("keyrack:{imports}:checked")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(
+        walked,
+        "a store without imports is walked once, and says so"
+    );
+
+    let identity = server.create_service("legacy").await.identity.unwrap().id;
+    server
+        .admin()
+        .await
+        .import_keys(authed(
+            &server.admin_token,
+            proto::ImportKeysRequest {
+                identity_id: identity,
+                keys: vec![proto::ImportedKey {
+                    name: "gateway".into(),
+                    token: LEGACY_TOKEN.into(),
+                    ..Default::default()
+                }],
+            },
+        ))
+        .await
+        .unwrap();
+    // As an older release left it: the index entry, no marker, no walk.
+    let _: () = ::redis::cmd("DEL")
+        .arg("keyrack:{imports}")
+        .arg("keyrack:{imports}:checked")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(
+        server.store.has_imports().await.unwrap(),
+        "the walk finds it"
+    );
+    let marked: bool = ::redis::cmd("EXISTS")
+        .arg("keyrack:{imports}")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(marked, "and marks the store");
+    server.stop().await;
+}

@@ -262,9 +262,16 @@ impl Keyspace {
     }
 
     /// The marker that a token was ever imported (set before the first
-    /// import index entry, never removed).
+    /// import index entry, never removed). It shares its slot with
+    /// `imports_checked`, so both are read in one round trip under Cluster.
     pub fn imports_marker(&self) -> String {
-        format!("{}imports", self.prefix)
+        format!("{}{{imports}}", self.prefix)
+    }
+
+    /// The marker that a store written before `imports_marker` existed was
+    /// walked once for imported keys (and had none then).
+    pub fn imports_checked(&self) -> String {
+        format!("{}{{imports}}:checked", self.prefix)
     }
 
     /// The import index entry of one imported token's keyed digest: the id

@@ -25,6 +25,7 @@ pub use write::Durability;
 
 use super::{Store, StoreError, StoreResult, journal};
 use crate::domain::dataset;
+use crate::domain::key::Origin;
 use crate::domain::session::ConsoleSession;
 use crate::domain::totp::{StepOutcome, TotpRecord};
 use crate::domain::{
@@ -167,6 +168,34 @@ where
             Err(error) => return Err(unavailable(error)),
         }
         Ok(())
+    }
+
+    /// Whether any key record says it was imported: a walk over every
+    /// identity's keys, for `has_imports` on a store older than its marker.
+    async fn any_imported_key(&self) -> StoreResult<bool> {
+        const PAGE: usize = 256;
+        let mut after_identity: Option<IdentityId> = None;
+        loop {
+            let identities = Store::list_identities(self, after_identity.as_ref(), PAGE).await?;
+            for identity in &identities {
+                let mut after_key: Option<KeyId> = None;
+                loop {
+                    let keys =
+                        Store::list_keys(self, &identity.id, after_key.as_ref(), PAGE).await?;
+                    if keys.iter().any(|key| key.origin == Some(Origin::Import)) {
+                        return Ok(true);
+                    }
+                    match keys.last() {
+                        Some(last) if keys.len() == PAGE => after_key = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            match identities.last() {
+                Some(last) if identities.len() == PAGE => after_identity = Some(last.id.clone()),
+                _ => return Ok(false),
+            }
+        }
     }
 
     /// What the record cache has done; None while it is off.
@@ -1085,10 +1114,34 @@ where
 
     #[tracing::instrument(level = "debug", name = "redis.has_imports", skip_all)]
     async fn has_imports(&self) -> StoreResult<bool> {
-        self.connection()
+        let (marked, checked): (bool, bool) = redis::pipe()
             .exists(self.keyspace.imports_marker())
+            .exists(self.keyspace.imports_checked())
+            .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if marked {
+            return Ok(true);
+        }
+        if checked {
+            return Ok(false);
+        }
+        // A store written before the marker existed: its keys are walked
+        // once for an imported one. An import meanwhile sets the marker,
+        // which is read first next time.
+        let found = self.any_imported_key().await?;
+        let marker = if found {
+            self.keyspace.imports_marker()
+        } else {
+            self.keyspace.imports_checked()
+        };
+        let () = self
+            .writer()
+            .await?
+            .set(marker, 1)
+            .await
+            .map_err(unavailable)?;
+        Ok(found)
     }
 
     #[tracing::instrument(level = "debug", name = "redis.find_imported", skip_all)]
