@@ -44,17 +44,18 @@ fn check_syntax(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a grant can hold `wanted` at all: it must have a scope's syntax
-/// and, when it is a path, no `.` or `..` segment. A required scope may be a
+/// Whether a grant can hold `wanted` at all. A required scope may be a
 /// request's path, the client's to choose: `/orders.v1.OrderService/../reports/x`
 /// starts with what `/orders.v1.OrderService/*` grants, yet names what an
-/// upstream resolves to `/reports/x`.
+/// upstream resolves to `/reports/x`. So a path with a `.` or `..` segment,
+/// an escape (`%2e`, `%2f`) or a backslash is held by no grant; any other
+/// path is matched as it is (a REST path need not have a scope's syntax).
 fn is_holdable(wanted: &str) -> bool {
-    check_syntax(wanted).is_ok()
-        && !(wanted.starts_with('/')
-            && wanted
+    !(wanted.starts_with('/')
+        && (wanted.contains(['%', '\\'])
+            || wanted
                 .split('/')
-                .any(|segment| segment == "." || segment == ".."))
+                .any(|segment| segment == "." || segment == "..")))
 }
 
 /// Checks a list of scopes (syntax, size, duplicates), naming each bad entry
@@ -233,13 +234,15 @@ mod tests {
         let grants = list(&["/orders.v1.OrderService/*"]);
         assert!(holds(&grants, &[], "/orders.v1.OrderService/GetOrder"));
         assert!(holds(&grants, &[], "/orders.v1.OrderService/a.b/c..d"));
+        // A REST path need not have a scope's syntax to be covered.
+        assert!(holds(&grants, &[], "/orders.v1.OrderService/~a+b=c,d@e"));
         for escaping in [
             "/orders.v1.OrderService/../reports/x",
             "/orders.v1.OrderService/./GetOrder",
             "/orders.v1.OrderService/GetOrder/..",
             "/orders.v1.OrderService/%2e%2e/reports/x",
             "/orders.v1.OrderService/..%2freports",
-            "/orders.v1.OrderService/Get Order",
+            "/orders.v1.OrderService/..\\reports",
         ] {
             assert!(!holds(&grants, &[], escaping), "{escaping}");
         }

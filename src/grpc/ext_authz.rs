@@ -207,8 +207,8 @@ fn route_requirements<'a>(
         None | Some("false") => {}
         // The path without its query string. It is the client's, so it is
         // not checked as a scope's syntax: a path no grant covers, or one
-        // with a dot segment or an escape, is a scope no key holds
-        // (`scope::holds`).
+        // with a dot segment, an escape or a backslash, is a scope no key
+        // holds (`scope::holds`).
         Some("true") => {
             let path = http.path();
             let path = path.split_once('?').map_or(path, |(path, _)| path);
