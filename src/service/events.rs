@@ -179,24 +179,20 @@ impl Authority {
         let feed = self.events.subscribe(&self.store);
         let bounds = self.store.audit_bounds().await?;
         let start = match (after_cursor, bounds) {
-            (Some(cursor), Some((oldest, _)))
-                if entry_position(cursor) < entry_position(&oldest) =>
-            {
-                return Err(Error::OutOfRange(format!(
-                    "cursor {cursor} is older than the oldest event kept ({oldest}); re-read the log with ListAuditEvents and watch from its newest event"
-                )));
+            (Some(cursor), Some((oldest, _))) => {
+                refuse_if_trimmed(cursor, Some(&oldest), None)?;
+                cursor.to_owned()
             }
-            (Some(cursor), Some(_)) => cursor.to_owned(),
             // An empty log: everything was trimmed, so a cursor before the
-            // newest event ever appended would silently skip the rest.
-            (Some(cursor), None) => match self.store.last_audit_id().await? {
-                Some(last) if entry_position(cursor) < entry_position(&last) => {
-                    return Err(Error::OutOfRange(format!(
-                        "cursor {cursor} is older than events already trimmed away (the log is empty; the newest was {last}); re-read the log with ListAuditEvents and watch from its newest event"
-                    )));
-                }
-                _ => cursor.to_owned(),
-            },
+            // newest event ever appended would silently skip the rest. That
+            // id is read before the bounds again: an event appended after it
+            // shows in them, and is not taken for one trimmed away.
+            (Some(cursor), None) => {
+                let last = self.store.last_audit_id().await?;
+                let oldest = self.store.audit_bounds().await?.map(|(oldest, _)| oldest);
+                refuse_if_trimmed(cursor, oldest.as_deref(), last.as_deref())?;
+                cursor.to_owned()
+            }
             (None, Some((_, newest))) => newest,
             (None, None) => "0-0".to_owned(),
         };
@@ -281,6 +277,26 @@ impl Authority {
             }
         }
     }
+}
+
+/// OUT_OF_RANGE when events after `cursor` were trimmed away: it is older
+/// than the oldest event kept or, with none kept, than the last appended.
+fn refuse_if_trimmed(
+    cursor: &str,
+    oldest_kept: Option<&str>,
+    last_appended: Option<&str>,
+) -> Result<(), Error> {
+    let missed = match (oldest_kept, last_appended) {
+        (Some(oldest), _) => entry_position(cursor) < entry_position(oldest),
+        (None, Some(last)) => entry_position(cursor) < entry_position(last),
+        (None, None) => false,
+    };
+    if missed {
+        return Err(Error::OutOfRange(format!(
+            "cursor {cursor} is older than events already trimmed away; re-read the log with ListAuditEvents and watch from its newest event"
+        )));
+    }
+    Ok(())
 }
 
 /// Who watches a stream: the admin it was opened by, checked again before

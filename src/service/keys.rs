@@ -901,8 +901,8 @@ impl Authority {
         // The index entry comes first, so a token is never stored without
         // a way to find it; a failed write takes it back.
         if !self.store.claim_import(current, &id).await? {
-            return Err(Error::Aborted(
-                "the import index of a token being imported".into(),
+            return Err(Error::AlreadyExists(
+                "a token of this import, imported by a concurrent request,".into(),
             ));
         }
         journal::add_target(id.as_str());

@@ -134,7 +134,8 @@ impl Authority {
         // A charge finds the records changed since they were read (a cached
         // copy within its staleness bound, or a change in between) at most a
         // few times in a row; each time Verify decides again on a fresh read.
-        for _ in 0..MAX_STALE_CHARGES {
+        // Records no charge confirmed yet may cost one more decision.
+        for _ in 0..MAX_STALE_CHARGES + usize::from(unconfirmed) {
             let current = record
                 .take()
                 .filter(|subject| self.is_current(&subject.0, &subject.1));

@@ -673,7 +673,7 @@ async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
             (Ok(_), Err(status)) | (Err(status), Ok(_)) => {
                 // Lost while writing, or found taken while checking.
                 assert!(
-                    [Code::Aborted, Code::InvalidArgument].contains(&status.code()),
+                    [Code::AlreadyExists, Code::InvalidArgument].contains(&status.code()),
                     "{status:?}"
                 );
                 if late_answer.is_ok() {

@@ -1210,6 +1210,38 @@ async fn a_limited_key_answers_every_change_at_once() {
     )
     .await;
     assert_eq!(elsewhere.code(), VerifyCode::IpNotAllowed);
+    // Charged from inside the allow-list, then the allow-list goes: the
+    // records the last charge settled on would refuse the outsider, the
+    // store's admit it.
+    let inside = proto::VerifyRequest {
+        token: created.token.clone(),
+        client_ip: "192.0.2.7".into(),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            verify(&verifier, inside.clone()).await.code(),
+            VerifyCode::Valid
+        );
+    }
+    admin
+        .update_key(authed(
+            &server.admin_token,
+            proto::UpdateKeyRequest {
+                key: Some(proto::ApiKey {
+                    id: key_id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["allowed_cidrs"]),
+            },
+        ))
+        .await
+        .unwrap();
+    let outsider = proto::VerifyRequest {
+        client_ip: "198.51.100.7".into(),
+        ..inside
+    };
+    assert_eq!(verify(&verifier, outsider).await.code(), VerifyCode::Valid);
     admin
         .revoke_key(authed(
             &server.admin_token,

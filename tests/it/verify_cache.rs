@@ -555,9 +555,23 @@ async fn a_redis_refusing_tracking_leaves_the_cache_off() {
         .await
         .expect("no tracking is no reason to stop");
     assert!(store.verify_cache_stats().is_none(), "the cache is off");
-    let identity = crate::support::service_identity("untracked_svc");
-    store.create_identity(&identity, &[]).await.unwrap();
-    assert!(store.get_identity(&identity.id).await.unwrap().is_some());
+    let authority = test_authority(
+        Arc::new(store) as Arc<dyn Store>,
+        keyrack::service::AuthorityOptions::default(),
+    );
+    let (_, minted) = authority.create_admin("untracked_admin", "").await.unwrap();
+    let verdict = authority
+        .verify(VerifyQuery {
+            token: minted.token.expose(),
+            dataset: None,
+            client_ip: None,
+            required_scopes: &[],
+            context: Default::default(),
+            cost: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(verdict.code, keyrack::domain::VerifyCode::Valid);
 }
 
 /// Forwards connections from a Unix socket to Redis's, and can stop passing

@@ -159,7 +159,14 @@ where
             // Redis answered, and refused: no tracking there (an ACL without
             // `client|tracking`, a server without it). Verify then reads
             // Redis every time, as `--verify-cache off` does.
-            Err(error) if matches!(error.kind(), redis::ErrorKind::Server(_)) => {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::NoPerm | redis::ServerErrorKind::ResponseError
+                    )
+                ) =>
+            {
                 tracing::warn!(
                     %error,
                     "Redis refused CLIENT TRACKING: Verify's record cache is off, and every Verify reads Redis (as with --verify-cache off)"
