@@ -175,15 +175,16 @@ async fn trimmed_cursors_are_out_of_range(server: TestServer) {
         .trim_audit(keyrack::domain::UnixMillis(oldest_kept.parse().unwrap()))
         .await
         .unwrap();
-    let status = watch(
-        &server,
-        proto::WatchEventsRequest {
-            after_cursor: first.last().unwrap().clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let watch_from = |cursor: String| {
+        watch(
+            &server,
+            proto::WatchEventsRequest {
+                after_cursor: cursor,
+                ..Default::default()
+            },
+        )
+    };
+    let status = watch_from(first.last().unwrap().clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
     // With every event trimmed away the log is empty: a cursor before the
@@ -195,25 +196,11 @@ async fn trimmed_cursors_are_out_of_range(server: TestServer) {
         .await
         .unwrap();
     assert!(ids_after(&server, "").await.is_empty(), "the log is empty");
-    let status = watch(
-        &server,
-        proto::WatchEventsRequest {
-            after_cursor: first.last().unwrap().clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let status = watch_from(first.last().unwrap().clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    watch(
-        &server,
-        proto::WatchEventsRequest {
-            after_cursor: newest,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("the newest cursor missed nothing");
+    watch_from(newest)
+        .await
+        .expect("the newest cursor missed nothing");
 
     // Bad requests are refused with the field named.
     for (request, field) in [

@@ -709,6 +709,27 @@ async fn imported_tokens_verify_and_nothing_of_them_is_stored() {
     }
 }
 
+/// Imports `LEGACY_TOKEN` as the key `gateway` of a new identity.
+async fn import_legacy_token(server: &TestServer) {
+    let identity = server.create_service("importer").await.identity.unwrap().id;
+    server
+        .admin()
+        .await
+        .import_keys(authed(
+            &server.admin_token,
+            proto::ImportKeysRequest {
+                identity_id: identity,
+                keys: vec![proto::ImportedKey {
+                    name: "gateway".into(),
+                    token: LEGACY_TOKEN.into(),
+                    ..Default::default()
+                }],
+            },
+        ))
+        .await
+        .unwrap();
+}
+
 /// Until a token is imported, a token that is not in keyrack's format (or
 /// fails its checksum) is refused without an import lookup; once one replica
 /// imports, another looks imported tokens up within about a second.
@@ -735,22 +756,7 @@ async fn malformed_tokens_cost_no_lookup_until_tokens_are_imported() {
     }
     assert_eq!(reads(), before, "a malformed token was looked up");
 
-    let identity = a.create_service("importer").await.identity.unwrap().id;
-    a.admin()
-        .await
-        .import_keys(authed(
-            &a.admin_token,
-            proto::ImportKeysRequest {
-                identity_id: identity,
-                keys: vec![proto::ImportedKey {
-                    name: "gateway".into(),
-                    token: LEGACY_TOKEN.into(),
-                    ..Default::default()
-                }],
-            },
-        ))
-        .await
-        .unwrap();
+    import_legacy_token(&a).await;
     assert_eq!(a.verify_code(LEGACY_TOKEN).await, Ok(VerifyCode::Valid));
     eventually(
         "replica B looks imported tokens up",
@@ -785,23 +791,7 @@ async fn imports_made_before_the_marker_are_found_by_one_walk() {
         "a store without imports is walked once, and says so"
     );
 
-    let identity = server.create_service("legacy").await.identity.unwrap().id;
-    server
-        .admin()
-        .await
-        .import_keys(authed(
-            &server.admin_token,
-            proto::ImportKeysRequest {
-                identity_id: identity,
-                keys: vec![proto::ImportedKey {
-                    name: "gateway".into(),
-                    token: LEGACY_TOKEN.into(),
-                    ..Default::default()
-                }],
-            },
-        ))
-        .await
-        .unwrap();
+    import_legacy_token(&server).await;
     // As an older release left it: the index entry, no marker, no walk.
     let _: () = ::redis::cmd("DEL")
         .arg("keyrack:{imports}")
