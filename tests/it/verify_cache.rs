@@ -370,19 +370,7 @@ async fn a_sentinel_failover_empties_the_cache() {
     let store = Arc::new(store);
     let authority = test_authority(Arc::clone(&store) as Arc<dyn Store>, Default::default());
     let (_, minted) = authority.create_admin("root", "admin").await.unwrap();
-    let verify = || async {
-        authority
-            .verify(VerifyQuery {
-                token: minted.token.expose(),
-                dataset: None,
-                client_ip: None,
-                required_scopes: &[],
-                context: Default::default(),
-                cost: 1,
-            })
-            .await
-            .map(|verdict| verdict.code)
-    };
+    let verify = || verify_directly(&authority, minted.token.expose());
     // Let the replica have the records before the primary dies.
     let hits = store.verify_cache_stats().unwrap().hits;
     eventually(
@@ -549,18 +537,12 @@ async fn a_redis_refusing_tracking_leaves_the_cache_off() {
         keyrack::service::AuthorityOptions::default(),
     );
     let (_, minted) = authority.create_admin("untracked_admin", "").await.unwrap();
-    let verdict = authority
-        .verify(VerifyQuery {
-            token: minted.token.expose(),
-            dataset: None,
-            client_ip: None,
-            required_scopes: &[],
-            context: Default::default(),
-            cost: 1,
-        })
-        .await
-        .unwrap();
-    assert_eq!(verdict.code, keyrack::domain::VerifyCode::Valid);
+    assert_eq!(
+        verify_directly(&authority, minted.token.expose())
+            .await
+            .unwrap(),
+        keyrack::domain::VerifyCode::Valid
+    );
 }
 
 /// Forwards connections from a Unix socket to Redis's, and can stop passing
@@ -664,19 +646,7 @@ async fn a_stalled_tracking_link_is_replaced_and_verify_keeps_answering() {
     );
     let (_, minted) = authority.create_admin("stalled_admin", "").await.unwrap();
     let token = minted.token.expose().to_owned();
-    let verify = || async {
-        authority
-            .verify(VerifyQuery {
-                token: &token,
-                dataset: None,
-                client_ip: None,
-                required_scopes: &[],
-                context: Default::default(),
-                cost: 1,
-            })
-            .await
-            .map(|verdict| verdict.code)
-    };
+    let verify = || verify_directly(&authority, &token);
     eventually("the record is cached", Duration::from_secs(5), || async {
         verify().await.is_ok() && store.verify_cache_stats().unwrap().hits > 0
     })
@@ -699,4 +669,22 @@ async fn a_stalled_tracking_link_is_replaced_and_verify_keeps_answering() {
             "Verify answers from Redis while the link is stalled"
         );
     }
+}
+
+/// Verify of `token` on `authority` itself, with nothing asked but the token.
+async fn verify_directly(
+    authority: &keyrack::service::Authority,
+    token: &str,
+) -> Result<keyrack::domain::VerifyCode, keyrack::domain::Error> {
+    authority
+        .verify(VerifyQuery {
+            token,
+            dataset: None,
+            client_ip: None,
+            required_scopes: &[],
+            context: Default::default(),
+            cost: 1,
+        })
+        .await
+        .map(|verdict| verdict.code)
 }
