@@ -1,8 +1,6 @@
 //! Operations on API keys.
 
-use super::{
-    Authority, Caller, MAX_PAGE_SIZE, MintedKey, PageRequest, require_future, with_retries,
-};
+use super::{Authority, Caller, MintedKey, PageRequest, require_future, with_retries};
 use crate::domain::key::{Origin, SecretHash};
 use crate::domain::labels::Labels;
 use crate::domain::scope;
@@ -560,7 +558,7 @@ impl Authority {
                     }
                     Err(error) => return Err(error),
                 };
-                let keys = self.all_keys_of(&identity.id).await?;
+                let keys = self.store.all_keys_of(&identity.id).await?;
                 keep(keys, &identity);
             }
             None => {
@@ -576,7 +574,7 @@ impl Authority {
                     let keys = futures_util::future::try_join_all(
                         identities
                             .iter()
-                            .map(|identity| self.all_keys_of(&identity.id)),
+                            .map(|identity| self.store.all_keys_of(&identity.id)),
                     )
                     .await?;
                     for (identity, keys) in identities.iter().zip(keys) {
@@ -648,32 +646,12 @@ impl Authority {
         })
     }
 
-    /// Every key of one identity, in id order.
-    async fn all_keys_of(&self, identity: &IdentityId) -> Result<Vec<ApiKey>, Error> {
-        let mut keys = Vec::new();
-        loop {
-            let batch = self
-                .store
-                .list_keys(
-                    identity,
-                    keys.last().map(|key: &ApiKey| &key.id),
-                    MAX_PAGE_SIZE,
-                )
-                .await?;
-            let exhausted = batch.len() < MAX_PAGE_SIZE;
-            keys.extend(batch);
-            if exhausted {
-                return Ok(keys);
-            }
-        }
-    }
-
     /// The identities with how many keys each holds (read concurrently).
     pub async fn with_key_counts(&self, identities: Vec<Identity>) -> Result<Vec<Identity>, Error> {
         let counts = futures_util::future::try_join_all(
             identities
                 .iter()
-                .map(|identity| self.all_keys_of(&identity.id)),
+                .map(|identity| self.store.all_keys_of(&identity.id)),
         )
         .await?;
         Ok(identities

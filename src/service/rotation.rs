@@ -12,7 +12,7 @@
 
 use super::Authority;
 use super::guard::TokenDigest;
-use crate::domain::{ApiKey, Error, Identity, IdentityId, KeyId, SecretHash, SecretString};
+use crate::domain::{ApiKey, Error, Identity, IdentityId, SecretHash, SecretString};
 use crate::store::StoreError;
 use std::sync::Arc;
 
@@ -129,25 +129,15 @@ impl Authority {
                 if self.totp_seed_under_older_secret(identity).await? {
                     count.totp_seeds += 1;
                 }
-                let mut after_key: Option<KeyId> = None;
-                loop {
-                    let keys = self
-                        .store
-                        .list_keys(&identity.id, after_key.as_ref(), COUNT_PAGE)
-                        .await?;
-                    count.keys += keys
-                        .iter()
-                        .filter(|key| {
-                            key.secret_hash
-                                .phc()
-                                .is_some_and(|phc| !self.hasher.is_current(phc))
-                        })
-                        .count() as u64;
-                    match keys.last() {
-                        Some(last) if keys.len() == COUNT_PAGE => after_key = Some(last.id.clone()),
-                        _ => break,
-                    }
-                }
+                let keys = self.store.all_keys_of(&identity.id).await?;
+                count.keys += keys
+                    .iter()
+                    .filter(|key| {
+                        key.secret_hash
+                            .phc()
+                            .is_some_and(|phc| !self.hasher.is_current(phc))
+                    })
+                    .count() as u64;
             }
             match identities.last() {
                 Some(last) if identities.len() == COUNT_PAGE => {

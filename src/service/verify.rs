@@ -77,6 +77,17 @@ impl std::fmt::Debug for VerifyQuery<'_> {
     }
 }
 
+/// How a presented secret compared with a key's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretMatch {
+    /// Argon2 accepted this token against this very hash on an earlier call.
+    AcceptedBefore,
+    /// Argon2 accepted it on this call.
+    ByArgon2,
+    /// It is not the key's secret.
+    No,
+}
+
 /// An authenticated admin.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -153,11 +164,10 @@ impl Authority {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             };
             let (key, identity) = &*subject;
-            let argon2_accepted_before = accepted_against(accepted, &key.secret_hash);
-            if !self
+            let matched = self
                 .secret_matches_record(digest, secret, key, &mut accepted)
-                .await?
-            {
+                .await?;
+            if matched == SecretMatch::No {
                 return Ok(Verdict::refused(VerifyCode::Unknown));
             }
             if key.honeytoken {
@@ -167,7 +177,7 @@ impl Authority {
                 // back, as a known-wrong token's is, so timing cannot tell
                 // them apart either.
                 self.record_honeytoken_use(key, &query);
-                if argon2_accepted_before {
+                if matched == SecretMatch::AcceptedBefore {
                     self.guard.hold_back().await;
                 }
                 return Ok(Verdict::refused(VerifyCode::Unknown));
@@ -230,12 +240,12 @@ impl Authority {
         secret: &str,
         key: &ApiKey,
         accepted: &mut Option<HashFingerprint>,
-    ) -> Result<bool, Error> {
+    ) -> Result<SecretMatch, Error> {
         // The record is read on every call; a cached acceptance counts only
         // for the very hash it was made against.
         if accepted_against(*accepted, &key.secret_hash) {
             metrics().verify_cache_hits.inc();
-            return Ok(true);
+            return Ok(SecretMatch::AcceptedBefore);
         }
         metrics().verify_cache_misses.inc();
         let Some(phc) = key.secret_hash.phc() else {
@@ -245,13 +255,13 @@ impl Authority {
                 key.id
             )));
         };
-        let matched = self.check_with_argon2(digest, secret, &key.id, phc).await?;
-        if matched {
-            *accepted = Some(key.secret_hash.fingerprint());
-            // Boxed, as argon2 is: it runs once per key and server secret.
-            Box::pin(self.rehash_if_outdated(key, secret, digest)).await;
+        if !self.check_with_argon2(digest, secret, &key.id, phc).await? {
+            return Ok(SecretMatch::No);
         }
-        Ok(matched)
+        *accepted = Some(key.secret_hash.fingerprint());
+        // Boxed, as argon2 is: it runs once per key and server secret.
+        Box::pin(self.rehash_if_outdated(key, secret, digest)).await;
+        Ok(SecretMatch::ByArgon2)
     }
 
     /// The reasons a matching secret is still refused, in the order the

@@ -136,6 +136,23 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<ApiKey>>;
 
+    /// Every key of `identity`, in id order, read a page at a time (an
+    /// identity has few keys).
+    async fn all_keys_of(&self, identity: &IdentityId) -> StoreResult<Vec<ApiKey>> {
+        const PAGE: usize = 256;
+        let mut keys: Vec<ApiKey> = Vec::new();
+        loop {
+            let batch = self
+                .list_keys(identity, keys.last().map(|key| &key.id), PAGE)
+                .await?;
+            let exhausted = batch.len() < PAGE;
+            keys.extend(batch);
+            if exhausted {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Replaces a key read at `key.revision`; returns it as stored. Its
     /// deadline is recomputed from the record, so a grace period survives.
     async fn update_key(&self, key: &ApiKey) -> StoreResult<ApiKey>;

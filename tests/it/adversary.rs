@@ -2,7 +2,9 @@
 //! tokens for public key ids, floods of known-wrong tokens, slow clients. Each
 //! test is one finding of the adversarial review, on a real redis-server.
 
-use crate::support::{Backend, RedisServer, TestServer, authed, eventually, test_server_options};
+use crate::support::{
+    Backend, RedisServer, TestServer, authed, eventually, test_server_options, verify_directly,
+};
 use axum::http::{StatusCode, header};
 use keyrack::domain::KeyId;
 use keyrack::proto::{self, VerifyCode};
@@ -342,22 +344,6 @@ async fn slow_header_clients_are_cut_off_while_scim_keeps_answering() {
     server.stop().await;
 }
 
-/// Verify's answer from `authority` itself.
-async fn verify_code(
-    authority: &keyrack::service::Authority,
-    token: &str,
-) -> keyrack::domain::VerifyCode {
-    let query = keyrack::service::VerifyQuery {
-        token,
-        dataset: None,
-        client_ip: None,
-        required_scopes: &[],
-        context: Default::default(),
-        cost: 1,
-    };
-    authority.verify(query).await.unwrap().code
-}
-
 /// A server secret of one repeated byte.
 fn server_secret(version: u32, fill: u8) -> keyrack::service::hashing::ServerSecret {
     keyrack::service::hashing::ServerSecret {
@@ -392,23 +378,23 @@ async fn a_key_used_during_rotation_works_after_the_previous_secret_is_dropped()
     let during = authority(server_secret(2, 2), vec![server_secret(1, 1)]);
     assert_eq!(during.count_under_older_secret().await.unwrap().keys, 2);
     assert_eq!(
-        verify_code(&during, &used).await,
+        verify_directly(&during, &used).await.unwrap(),
         keyrack::domain::VerifyCode::Valid
     );
     assert_eq!(during.count_under_older_secret().await.unwrap().keys, 1);
     assert_eq!(
-        verify_code(&during, &used).await,
+        verify_directly(&during, &used).await.unwrap(),
         keyrack::domain::VerifyCode::Valid
     );
 
     let after = authority(server_secret(2, 2), vec![]);
     assert_eq!(
-        verify_code(&after, &used).await,
+        verify_directly(&after, &used).await.unwrap(),
         keyrack::domain::VerifyCode::Valid
     );
     // The key nobody used is still under the dropped secret, as counted.
     assert_eq!(
-        verify_code(&after, &unused).await,
+        verify_directly(&after, &unused).await.unwrap(),
         keyrack::domain::VerifyCode::Unknown
     );
 }

@@ -1159,3 +1159,21 @@ pub fn unlimited_key(identity: &Identity, name: &str) -> ApiKey {
         revision: 0,
     }
 }
+
+/// Verify of `token` on `authority` itself, with nothing asked but the token.
+pub async fn verify_directly(
+    authority: &keyrack::service::Authority,
+    token: &str,
+) -> Result<keyrack::domain::VerifyCode, keyrack::domain::Error> {
+    authority
+        .verify(keyrack::service::VerifyQuery {
+            token,
+            dataset: None,
+            client_ip: None,
+            required_scopes: &[],
+            context: Default::default(),
+            cost: 1,
+        })
+        .await
+        .map(|verdict| verdict.code)
+}

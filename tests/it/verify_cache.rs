@@ -6,12 +6,11 @@
 
 use crate::support::{
     RedisSentinels, RedisServer, TestServer, authed, capture_logs, command_calls, eventually, mask,
-    redis_options, test_authority, test_verify_cache_options, two_replicas,
+    redis_options, test_authority, test_verify_cache_options, two_replicas, verify_directly,
 };
 use keyrack::proto::admin_service_client::AdminServiceClient;
 use keyrack::proto::verify_service_client::VerifyServiceClient;
 use keyrack::proto::{self, VerifyCode};
-use keyrack::service::VerifyQuery;
 use keyrack::store::Store;
 use keyrack::store::redis::RedisStore;
 use std::sync::Arc;
@@ -669,22 +668,4 @@ async fn a_stalled_tracking_link_is_replaced_and_verify_keeps_answering() {
             "Verify answers from Redis while the link is stalled"
         );
     }
-}
-
-/// Verify of `token` on `authority` itself, with nothing asked but the token.
-async fn verify_directly(
-    authority: &keyrack::service::Authority,
-    token: &str,
-) -> Result<keyrack::domain::VerifyCode, keyrack::domain::Error> {
-    authority
-        .verify(VerifyQuery {
-            token,
-            dataset: None,
-            client_ip: None,
-            required_scopes: &[],
-            context: Default::default(),
-            cost: 1,
-        })
-        .await
-        .map(|verdict| verdict.code)
 }

@@ -185,17 +185,9 @@ where
         loop {
             let identities = Store::list_identities(self, after_identity.as_ref(), PAGE).await?;
             for identity in &identities {
-                let mut after_key: Option<KeyId> = None;
-                loop {
-                    let keys =
-                        Store::list_keys(self, &identity.id, after_key.as_ref(), PAGE).await?;
-                    if keys.iter().any(|key| key.origin == Some(Origin::Import)) {
-                        return Ok(true);
-                    }
-                    match keys.last() {
-                        Some(last) if keys.len() == PAGE => after_key = Some(last.id.clone()),
-                        _ => break,
-                    }
+                let keys = Store::all_keys_of(self, &identity.id).await?;
+                if keys.iter().any(|key| key.origin == Some(Origin::Import)) {
+                    return Ok(true);
                 }
             }
             match identities.last() {

@@ -407,12 +407,7 @@ impl RecordCache {
 
     /// Whether `shard`'s link answered a fence within the response timeout.
     fn answering(&self, shard: usize) -> bool {
-        let Some(fenced_at) = self.fenced_at.get(shard) else {
-            return false;
-        };
-        let fenced_at = fenced_at.load(Ordering::Acquire);
-        let limit = self.response_timeout.max(self.max_staleness);
-        fenced_at != 0 && self.nanos_now().saturating_sub(fenced_at) < limit.as_nanos() as u64
+        self.fenced_within(shard, self.response_timeout.max(self.max_staleness))
     }
 
     /// A read through the links of `generation` was answered MOVED or ASK:
@@ -441,12 +436,17 @@ impl RecordCache {
     /// Whether entries of `shard` may be served now: its link is up and its
     /// last fence completed within the bound.
     fn fresh(&self, shard: usize) -> bool {
+        self.fenced_within(shard, self.max_staleness)
+    }
+
+    /// Whether `shard`'s link is up and its last fence completed less than
+    /// `limit` ago.
+    fn fenced_within(&self, shard: usize, limit: Duration) -> bool {
         let Some(fenced_at) = self.fenced_at.get(shard) else {
             return false;
         };
         let fenced_at = fenced_at.load(Ordering::Acquire);
-        fenced_at != 0
-            && self.nanos_now().saturating_sub(fenced_at) < self.max_staleness.as_nanos() as u64
+        fenced_at != 0 && self.nanos_now().saturating_sub(fenced_at) < limit.as_nanos() as u64
     }
 
     fn nanos_now(&self) -> u64 {
